@@ -1,0 +1,256 @@
+"""The wire format between agents and the controller.
+
+One definition for both ends: plain, frozen stdlib dataclasses, so the agent needs nothing
+beyond the standard library to read a plan or write results (it must run on a guest VM with
+only Python 3). The controller validates incoming JSON against these same classes with
+pydantic (``__pydantic_config__`` forbids unknown keys there); the agent decodes with
+:func:`decode`, which is strict enough for what the controller sends.
+
+Version 1 of the format. Field names are part of the stable interface: add, never rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+WIRE_VERSION = 1
+
+# What happened to one outbound port, seen from the source.
+ProbeState = Literal["open", "refused", "filtered", "unreachable", "prohibited", "error"]
+PROBE_STATES: tuple[str, ...] = get_args(ProbeState)
+# How the state was found: a full TCP connect, or a raw half-open SYN (needs CAP_NET_RAW).
+ProbeMode = Literal["connect", "syn"]
+# What a stand-in listener could do with its port.
+ListenState = Literal["listening", "occupied", "denied", "error"]
+# The application protocol a port should answer with (see topology.yaml, `service`).
+Service = Literal["tcp", "ssh", "tls", "https", "vsphere", "docker", "authd", "iscsi"]
+SERVICES: tuple[str, ...] = get_args(Service)
+# Outcome of the protocol check layered on an open connection.
+ServiceOutcome = Literal["ok", "mismatch", "error", "skipped"]
+Expectation = Literal["open", "closed"]
+
+_FORBID: dict[str, Any] = {"extra": "forbid"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """What an agent says about itself when it registers."""
+
+    __pydantic_config__ = _FORBID
+
+    role: str
+    host: str
+    address: str
+    version: str
+    mode: ProbeMode
+    wire_version: int = WIRE_VERSION
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenSpec:
+    """One inbound port the agent must hold as a stand-in for its role."""
+
+    __pydantic_config__ = _FORBID
+
+    port: int
+    service: Service
+    interactions: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckSpec:
+    """One outbound check: this agent's host to one destination host and port."""
+
+    __pydantic_config__ = _FORBID
+
+    check_id: str
+    interaction: int
+    dst_role: str
+    dst_host: str
+    dst_address: str
+    port: int
+    service: Service
+    expect: Expectation = "open"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything an agent does: listen on `listen`, probe `checks`, every `period_s`."""
+
+    __pydantic_config__ = _FORBID
+
+    role: str
+    host: str
+    address: str
+    listen: tuple[ListenSpec, ...]
+    checks: tuple[CheckSpec, ...]
+    timeout_s: float = 2.0
+    retries: int = 2
+    period_s: float = 300.0
+    concurrency: int = 512
+    wire_version: int = WIRE_VERSION
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceCheck:
+    """What the protocol check on an open port found."""
+
+    __pydantic_config__ = _FORBID
+
+    service: Service
+    outcome: ServiceOutcome
+    detail: str = ""
+    # TLS only: certificate subject and expiry (seconds since the epoch).
+    tls_subject: str | None = None
+    tls_not_after: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """What happened to one outbound check."""
+
+    __pydantic_config__ = _FORBID
+
+    check_id: str
+    interaction: int
+    src_host: str
+    src_address: str
+    dst_host: str
+    dst_address: str
+    port: int
+    state: ProbeState
+    mode: ProbeMode
+    attempts: int
+    started_at: float
+    latency_s: float | None = None
+    service_check: ServiceCheck | None = None
+    # The last router that answered a TCP traceroute on this port (raw mode, not-open ports).
+    last_hop: str | None = None
+    # Where the ICMP error or the reset came from, when that is known (raw mode).
+    responder: str | None = None
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerSeen:
+    """A connection a stand-in listener accepted: who it came from, as seen here."""
+
+    __pydantic_config__ = _FORBID
+
+    port: int
+    src_address: str
+    at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenerStatus:
+    """The state of one stand-in listener on the agent's host."""
+
+    __pydantic_config__ = _FORBID
+
+    port: int
+    state: ListenState
+    since: float
+    owner: str = ""
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultBatch:
+    """One report from an agent: probe results, listener states and peers seen."""
+
+    __pydantic_config__ = _FORBID
+
+    role: str
+    host: str
+    results: tuple[ProbeResult, ...] = ()
+    listeners: tuple[ListenerStatus, ...] = ()
+    peers: tuple[PeerSeen, ...] = ()
+    sent_at: float = 0.0
+    # Results the agent had to drop because its buffer was full while the controller was away.
+    dropped: int = 0
+    wire_version: int = WIRE_VERSION
+
+
+def check_id(interaction: int, src_host: str, dst_host: str, port: int) -> str:
+    """The stable key of one expected check."""
+    return f"{interaction}:{src_host}>{dst_host}:{port}"
+
+
+def encode(obj: Any) -> Any:
+    """A wire dataclass (or a list of them) as JSON-ready data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [encode(v) for v in obj]
+    return obj
+
+
+T = TypeVar("T")
+
+
+class WireError(ValueError):
+    """Data that does not fit the wire format; the message names the field."""
+
+
+def decode(cls: type[T], data: Any, where: str = "") -> T:
+    """Build a wire dataclass from JSON data, refusing unknown or missing fields."""
+    value = _decode(cls, data, where or cls.__name__)
+    return typing.cast(T, value)
+
+
+def _decode(tp: Any, data: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        if data not in get_args(tp):
+            raise WireError(f"{where}: {data!r} is not one of {list(get_args(tp))}")
+        return data
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if data is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode(arg, data, where)
+            except WireError as exc:
+                errors.append(str(exc))
+        raise WireError("; ".join(errors))
+    if origin is tuple:
+        if not isinstance(data, list | tuple):
+            raise WireError(f"{where}: expected a list")
+        (item,) = get_args(tp)[:1]
+        return tuple(_decode(item, v, f"{where}[{i}]") for i, v in enumerate(data))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise WireError(f"{where}: expected an object")
+        hints = get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = set(data) - set(fields)
+        if unknown:
+            raise WireError(f"{where}: unknown field(s) {sorted(unknown)}")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in data:
+                kwargs[name] = _decode(hints[name], data[name], f"{where}.{name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise WireError(f"{where}: missing field {name!r}")
+        return tp(**kwargs)
+    if tp is float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            raise WireError(f"{where}: expected a number")
+        return float(data)
+    if tp is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise WireError(f"{where}: expected an integer")
+        return data
+    if tp is str:
+        if not isinstance(data, str):
+            raise WireError(f"{where}: expected a string")
+        return data
+    raise WireError(f"{where}: unsupported type {tp!r}")
