@@ -240,7 +240,7 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
                 kwargs[name] = _decode(hints[name], data[name], f"{where}.{name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise WireError(f"{where}: missing field {name!r}")
-        return tp(**kwargs)
+        return typing.cast(Any, tp)(**kwargs)
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, int | float):
             raise WireError(f"{where}: expected a number")

@@ -1,0 +1,102 @@
+"""spec x inventory -> the expected checks, and each agent's plan. Pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.wire import CheckSpec, Expectation, ListenSpec, Plan, Service, check_id
+from controller.inventory import Inventory
+from controller.spec import Spec
+
+
+@dataclass(frozen=True)
+class ExpectedCheck:
+    """One check the spec requires: src host connects to dst host on one port."""
+
+    check_id: str
+    interaction: int
+    src_role: str
+    src_host: str
+    src_address: str
+    dst_role: str
+    dst_host: str
+    dst_address: str
+    port: int
+    service: Service
+    expect: Expectation
+    modes: tuple[str, ...]
+    direction: str  # "forward" or "reverse", relative to the interaction's title
+
+
+def expand(spec: Spec, inventory: Inventory) -> tuple[ExpectedCheck, ...]:
+    """Every (interaction, source host, destination host, port) the spec requires."""
+    out: list[ExpectedCheck] = []
+    for ref in spec.flows():
+        modes = spec.modes_of(ref.interaction.id)
+        for src in inventory.of_role(ref.src_role):
+            for dst in inventory.of_role(ref.dst_role):
+                for port in ref.flow.port_range:
+                    out.append(
+                        ExpectedCheck(
+                            check_id=check_id(ref.interaction.id, src.name, dst.name, port),
+                            interaction=ref.interaction.id,
+                            src_role=ref.src_role,
+                            src_host=src.name,
+                            src_address=src.address,
+                            dst_role=ref.dst_role,
+                            dst_host=dst.name,
+                            dst_address=dst.address,
+                            port=port,
+                            service=ref.flow.service,
+                            expect=ref.flow.expect,
+                            modes=modes,
+                            direction=ref.flow.direction,
+                        )
+                    )
+    return tuple(out)
+
+
+def listen_specs(spec: Spec, role: str) -> tuple[ListenSpec, ...]:
+    """The inbound ports a stand-in for ``role`` must hold (flows expected open to it)."""
+    ports: dict[int, tuple[Service, list[int]]] = {}
+    for ref in spec.flows():
+        if ref.dst_role != role or ref.flow.expect != "open":
+            continue
+        for port in ref.flow.port_range:
+            _, inters = ports.setdefault(port, (ref.flow.service, []))
+            if ref.interaction.id not in inters:
+                inters.append(ref.interaction.id)
+    return tuple(
+        ListenSpec(port=p, service=svc, interactions=tuple(inters))
+        for p, (svc, inters) in sorted(ports.items())
+    )
+
+
+def plan_for(spec: Spec, inventory: Inventory, role: str, host: str, address: str) -> Plan:
+    """The plan of the agent on ``host`` (of ``role``): what to hold and what to probe."""
+    checks = tuple(
+        CheckSpec(
+            check_id=c.check_id,
+            interaction=c.interaction,
+            dst_role=c.dst_role,
+            dst_host=c.dst_host,
+            dst_address=c.dst_address,
+            port=c.port,
+            service=c.service,
+            expect=c.expect,
+        )
+        for c in expand(spec, inventory)
+        if c.src_role == role and c.src_host == host
+    )
+    p = spec.policy
+    return Plan(
+        role=role,
+        host=host,
+        address=address,
+        listen=listen_specs(spec, role),
+        checks=checks,
+        timeout_s=p.probe_timeout_seconds,
+        retries=p.probe_retries,
+        period_s=p.probe_period_seconds,
+        concurrency=p.probe_concurrency,
+    )

@@ -1,0 +1,106 @@
+"""A customer site: which hosts play which role (inventory.yaml).
+
+topology.yaml is the product's spec; the inventory is the customer's. ``load_inventory``
+checks it against the spec: roles must exist, host names are unique, addresses are IP
+addresses, and a VM's OS and boot mode must be a row of the guest OS matrix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from controller.sourced import Problem, load_yaml, raise_if, validate
+from controller.spec import BootMode, Spec
+
+
+class Host(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    address: str
+    # Guest VM facts, used by the per-VM gate (guest OS support matrix).
+    os: str | None = None
+    boot: BootMode | None = None
+    static_ip: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address") from None
+
+
+class _InventoryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1]
+    site: str = "site"
+    hosts: dict[str, tuple[Host, ...]]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    file: str
+    site: str
+    hosts: dict[str, tuple[Host, ...]]
+
+    def by_name(self, name: str) -> tuple[str, Host] | None:
+        for role, hosts in self.hosts.items():
+            for host in hosts:
+                if host.name == name:
+                    return role, host
+        return None
+
+    def of_role(self, role: str) -> tuple[Host, ...]:
+        return self.hosts.get(role, ())
+
+
+def load_inventory(path: str | Path, spec: Spec) -> Inventory:
+    src = load_yaml(path)
+    inv = validate(src, _InventoryFile)
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for role, hosts in inv.hosts.items():
+        if role not in spec.roles:
+            problems.append(
+                src.problem(
+                    ("hosts", role),
+                    f"unknown role {role!r} (roles are: {', '.join(sorted(spec.roles))})",
+                )
+            )
+        for i, host in enumerate(hosts):
+            at = ("hosts", role, i)
+            if host.name in names:
+                problems.append(
+                    src.problem(
+                        (*at, "name"),
+                        f"duplicate host name {host.name!r} (first at line {names[host.name]})",
+                    )
+                )
+            names.setdefault(host.name, src.line((*at, "name")))
+            if (host.os is None) != (host.boot is None):
+                problems.append(
+                    src.problem(at, f"host {host.name!r}: give both 'os' and 'boot', or neither")
+                )
+            elif (
+                host.os is not None
+                and host.boot is not None
+                and spec.matrix_row(host.os, host.boot) is None
+            ):
+                known = sorted({r.os for r in spec.matrix})
+                problems.append(
+                    src.problem(
+                        (*at, "os"),
+                        f"host {host.name!r}: {host.os} {host.boot} is not in the guest OS "
+                        f"matrix (known systems: {', '.join(known)})",
+                    )
+                )
+    raise_if(problems)
+    return Inventory(file=str(path), site=inv.site, hosts=inv.hosts)

@@ -1,0 +1,120 @@
+"""What evaluation produces: verdicts per expected check, roll-ups, gate decisions.
+
+These are the shapes every renderer (page, reports, metrics) and the gate read. They are
+built by :mod:`controller.evaluate` and :mod:`controller.gate` (pure functions); nothing else
+constructs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.wire import ListenerStatus, PeerSeen, ProbeResult
+from controller.expand import ExpectedCheck
+
+Verdict = Literal["pass", "fail", "unknown"]
+# Why a check has its verdict, as a stable code (the JSON report's `cause`).
+Cause = Literal[
+    "ok",  # open as expected (or closed as expected)
+    "dropped",  # no answer at all: a firewall drops the packets
+    "rejected",  # a reset (or ICMP reject) from a firewall, the destination was listening
+    "nothing_listening",  # a reset from the destination itself, nothing listens there
+    "refused",  # a reset, and nothing tells whether the firewall or the host sent it
+    "unreachable",  # ICMP host/network unreachable
+    "prohibited",  # ICMP administratively prohibited (a firewall's reject)
+    "wrong_service",  # the port is open but something else answers
+    "nat",  # open, but the destination saw the connection come from another address
+    "unexpected_open",  # expected closed, but it connected
+    "error",  # the probe itself failed (local error)
+    "not_tested",  # no result yet
+    "stale",  # the newest result is older than the freshness limit
+]
+Decision = Literal["go", "no-go", "undecided"]
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One expected check with its verdict and a diagnosis in plain words."""
+
+    check: ExpectedCheck
+    verdict: Verdict
+    cause: Cause
+    diagnosis: str
+    result: ProbeResult | None = None
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """Counts over a group of checks (one interaction, or one role pair)."""
+
+    key: str  # "4" for interaction 4, "pio>prem_manager" for a role pair
+    title: str
+    src_role: str
+    dst_role: str
+    passed: int
+    failed: int
+    unknown: int
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.failed:
+            return "fail"
+        if self.unknown:
+            return "unknown"
+        return "pass"
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.unknown
+
+
+@dataclass(frozen=True)
+class AgentSeen:
+    """An agent as the controller last heard from it."""
+
+    role: str
+    host: str
+    address: str
+    mode: str
+    version: str
+    last_report: float | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the controller knows, judged against the spec at ``generated_at``."""
+
+    generated_at: float
+    site: str
+    rows: tuple[CheckRow, ...]
+    by_interaction: tuple[Rollup, ...]
+    by_role_pair: tuple[Rollup, ...]
+    # Results that match no expected check: kept and shown, never dropped.
+    unexpected: tuple[ProbeResult, ...]
+    listeners: dict[str, tuple[ListenerStatus, ...]]  # host -> its stand-in listeners
+    peers: tuple[PeerSeen, ...]
+    agents: tuple[AgentSeen, ...]
+
+
+@dataclass(frozen=True)
+class MatrixFinding:
+    """What the guest OS matrix says about one VM for one mode."""
+
+    column: str
+    status: str  # qualified | not_qualified | not_supported
+    text: str  # the seed's text, e.g. "Not Qualified(DP-2953)"
+    blocks: bool
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Go / no-go for one migration mode (and optionally one VM)."""
+
+    mode: str
+    decision: Decision
+    blocking: tuple[CheckRow, ...]  # required checks that fail or are unknown
+    reasons: tuple[str, ...]  # plain words, first the blocking ones
+    warnings: tuple[str, ...]
+    vm: str | None = None
+    matrix: tuple[MatrixFinding, ...] = ()

@@ -1,0 +1,315 @@
+"""topology.yaml and the guest OS matrix as immutable, validated objects.
+
+``load_spec(path)`` is the only way in: it refuses unknown keys, unknown roles, bad port
+ranges, duplicate interaction ids, overlapping ports and unknown matrix statuses, each as
+``file:line: what is wrong`` (:class:`controller.sourced.InputError`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.wire import Expectation, Service
+from controller.sourced import InputError, Problem, Sourced, load_yaml, raise_if, validate
+
+Site = Literal["user", "on_prem", "cloud"]
+Direction = Literal["forward", "reverse"]
+BootMode = Literal["MBR", "UEFI", "UEFI Secure"]
+MatrixColumn = Literal[
+    "vcd_warm", "vcs_warm", "any_cold", "static_ip_vcd_cold", "static_ip_vcd_warm"
+]
+MATRIX_COLUMNS: tuple[MatrixColumn, ...] = (
+    "vcd_warm",
+    "vcs_warm",
+    "any_cold",
+    "static_ip_vcd_cold",
+    "static_ip_vcd_warm",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(_Frozen):
+    freshness_seconds: float = Field(900, gt=0)
+    warnings_block: bool = False
+    probe_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    probe_retries: int = Field(2, ge=0, le=10)
+    probe_period_seconds: float = Field(300, gt=0)
+    probe_concurrency: int = Field(512, ge=1, le=65536)
+
+
+class Role(_Frozen):
+    name: str
+    site: Site
+    agent: bool
+
+
+_PORTS = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+class Flow(_Frozen):
+    ports: str
+    service: Service = "tcp"
+    direction: Direction = "forward"
+    expect: Expectation = "open"
+    purpose: str = ""
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("ports")
+    @classmethod
+    def _port_range(cls, v: str) -> str:
+        m = _PORTS.match(v)
+        if not m:
+            raise ValueError(f"{v!r} is not a port or a range like 8000-8010")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
+            raise ValueError(f"{v!r}: ports are 1-65535")
+        if lo > hi:
+            raise ValueError(f"{v!r}: the range runs backwards")
+        return f"{lo}-{hi}" if hi != lo else str(lo)
+
+    @property
+    def port_range(self) -> range:
+        lo, _, hi = self.ports.partition("-")
+        return range(int(lo), int(hi or lo) + 1)
+
+
+class Interaction(_Frozen):
+    id: int = Field(ge=1)
+    title: str
+    source: str
+    destination: str
+    authentication: str = ""
+    authorization: str = ""
+    interconnect: bool = False
+    flows: tuple[Flow, ...] = Field(min_length=1)
+
+    def ends(self, flow: Flow) -> tuple[str, str]:
+        """(connecting role, listening role) of one of this interaction's flows."""
+        if flow.direction == "reverse":
+            return self.destination, self.source
+        return self.source, self.destination
+
+
+class Mode(_Frozen):
+    title: str
+    interactions: tuple[int, ...]
+    matrix_columns: tuple[MatrixColumn, ...] = ()
+    static_ip_column: MatrixColumn | None = None
+
+
+class _TopologyFile(_Frozen):
+    version: Literal[1]
+    matrix: str
+    policy: Policy = Policy()
+    roles: dict[str, Role]
+    interactions: tuple[Interaction, ...]
+    modes: dict[str, Mode]
+
+
+Status = Literal["qualified", "not_qualified", "not_supported"]
+_STATUS = re.compile(
+    r"^(?:(?P<q>Qualified)(?:\s*\((?P<note>[^)]+)\))?"
+    r"|Not Qualified\s*\((?P<ticket>[^)]+)\)"
+    r"|(?P<ns>Not Supported))$"
+)
+
+
+class Support(_Frozen):
+    """One cell of the matrix: a status, with the ticket or note the seed gives."""
+
+    status: Status
+    text: str
+    ticket: str = ""
+    note: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Support:
+        m = _STATUS.match(text.strip())
+        if not m:
+            raise ValueError(
+                f"unknown status {text!r}; expected Qualified, 'Qualified (note)', "
+                "'Not Qualified(TICKET)' or Not Supported"
+            )
+        if m.group("q"):
+            return cls(status="qualified", text=text, note=m.group("note") or "")
+        if m.group("ns"):
+            return cls(status="not_supported", text=text)
+        return cls(status="not_qualified", text=text, ticket=m.group("ticket"))
+
+
+class _MatrixRowFile(_Frozen):
+    family: str
+    os: str
+    boot: BootMode
+    vcd_warm: str
+    vcs_warm: str
+    any_cold: str
+    static_ip_vcd_cold: str
+    static_ip_vcd_warm: str
+
+
+class _MatrixFile(_Frozen):
+    version: Literal[1]
+    rows: tuple[_MatrixRowFile, ...]
+
+
+class MatrixRow(_Frozen):
+    family: str
+    os: str
+    boot: BootMode
+    support: dict[MatrixColumn, Support]
+
+
+@dataclass(frozen=True)
+class FlowRef:
+    """One flow of the spec with its resolved ends."""
+
+    interaction: Interaction
+    flow: Flow
+    src_role: str  # the role that connects
+    dst_role: str  # the role that listens
+
+
+@dataclass(frozen=True)
+class Spec:
+    file: str
+    policy: Policy
+    roles: dict[str, Role]
+    interactions: tuple[Interaction, ...]
+    modes: dict[str, Mode]
+    matrix: tuple[MatrixRow, ...]
+
+    def flows(self) -> Iterator[FlowRef]:
+        for inter in self.interactions:
+            for flow in inter.flows:
+                src, dst = inter.ends(flow)
+                yield FlowRef(inter, flow, src, dst)
+
+    def interaction(self, ident: int) -> Interaction:
+        for inter in self.interactions:
+            if inter.id == ident:
+                return inter
+        raise KeyError(ident)
+
+    def matrix_row(self, os_name: str, boot: str) -> MatrixRow | None:
+        for row in self.matrix:
+            if row.os == os_name and row.boot == boot:
+                return row
+        return None
+
+    def modes_of(self, interaction: int) -> tuple[str, ...]:
+        return tuple(name for name, m in self.modes.items() if interaction in m.interactions)
+
+
+def _check_topology(src: Sourced, topo: _TopologyFile) -> list[Problem]:
+    problems: list[Problem] = []
+    seen_ids: dict[int, int] = {}
+    # (connecting role, listening role, port) -> where it was first given
+    seen_ports: dict[tuple[str, str, int], tuple[int, str]] = {}
+    for i, inter in enumerate(topo.interactions):
+        at: tuple[str | int, ...] = ("interactions", i)
+        if inter.id in seen_ids:
+            problems.append(
+                src.problem(
+                    (*at, "id"),
+                    f"duplicate interaction id {inter.id} (first at line {seen_ids[inter.id]})",
+                )
+            )
+        else:
+            seen_ids[inter.id] = src.line((*at, "id"))
+        for key in ("source", "destination"):
+            role = getattr(inter, key)
+            if role not in topo.roles:
+                problems.append(
+                    src.problem(
+                        (*at, key),
+                        f"interaction {inter.id}: unknown role {role!r} "
+                        f"(roles are: {', '.join(sorted(topo.roles))})",
+                    )
+                )
+        for j, flow in enumerate(inter.flows):
+            s, d = inter.ends(flow)
+            for port in flow.port_range:
+                key3 = (s, d, port)
+                if key3 in seen_ports:
+                    first_id, first_ports = seen_ports[key3]
+                    problems.append(
+                        src.problem(
+                            (*at, "flows", j, "ports"),
+                            f"interaction {inter.id}: port {port} from {s} to {d} overlaps "
+                            f"ports {first_ports} of interaction {first_id}",
+                        )
+                    )
+                    break
+                seen_ports[key3] = (inter.id, flow.ports)
+    for name, mode in topo.modes.items():
+        for k, ident in enumerate(mode.interactions):
+            if ident not in seen_ids:
+                problems.append(
+                    src.problem(
+                        ("modes", name, "interactions", k),
+                        f"mode {name!r} names interaction {ident}, which does not exist",
+                    )
+                )
+    return problems
+
+
+def load_matrix(path: str | Path) -> tuple[MatrixRow, ...]:
+    src = load_yaml(path)
+    parsed = validate(src, _MatrixFile)
+    rows: list[MatrixRow] = []
+    problems: list[Problem] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(parsed.rows):
+        support: dict[MatrixColumn, Support] = {}
+        for col in MATRIX_COLUMNS:
+            try:
+                support[col] = Support.parse(getattr(row, col))
+            except ValueError as exc:
+                problems.append(src.problem(("rows", i, col), f"{col}: {exc}"))
+        key = (row.os, row.boot)
+        if key in seen:
+            problems.append(
+                src.problem(
+                    ("rows", i),
+                    f"duplicate row for {row.os} {row.boot} (first at line {seen[key]})",
+                )
+            )
+        seen[key] = src.line(("rows", i))
+        if len(support) == len(MATRIX_COLUMNS):
+            rows.append(MatrixRow(family=row.family, os=row.os, boot=row.boot, support=support))
+    raise_if(problems)
+    return tuple(rows)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Load and validate topology.yaml and the matrix file it names."""
+    src = load_yaml(path)
+    topo = validate(src, _TopologyFile)
+    raise_if(_check_topology(src, topo))
+    matrix_path = Path(path).parent / topo.matrix
+    if not matrix_path.is_file():
+        raise InputError([src.problem(("matrix",), f"matrix file {topo.matrix!r} not found")])
+    matrix = load_matrix(matrix_path)
+    return Spec(
+        file=str(path),
+        policy=topo.policy,
+        roles=topo.roles,
+        interactions=tuple(sorted(topo.interactions, key=lambda i: i.id)),
+        modes=topo.modes,
+        matrix=matrix,
+    )
