@@ -1,0 +1,85 @@
+"""Run a plan's checks concurrently under a cap, and schedule re-runs with jitter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import resource
+from collections.abc import Iterator, Sequence
+
+from agent.probes import ProbeOptions, connect
+from agent.wire import CheckSpec, Plan, ProbeMode, ProbeResult
+
+log = logging.getLogger(__name__)
+
+
+def raise_nofile_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` (never above the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE to %d: %s", target, exc)
+    return soft
+
+
+def options_for(plan: Plan, bind_address: str = "", service_checks: bool = True) -> ProbeOptions:
+    return ProbeOptions(
+        src_host=plan.host,
+        src_address=plan.address,
+        timeout_s=plan.timeout_s,
+        retries=plan.retries,
+        bind_address=bind_address,
+        service_checks=service_checks,
+    )
+
+
+async def run_connect(
+    checks: Sequence[CheckSpec], opts: ProbeOptions, concurrency: int
+) -> list[ProbeResult]:
+    """Connect-probe every check, at most `concurrency` at once; results in input order."""
+    cap = max(1, concurrency)
+    raise_nofile_limit(cap * max(1, opts.attempts) + 256)
+    sem = asyncio.Semaphore(cap)
+
+    async def one(check: CheckSpec) -> ProbeResult:
+        async with sem:
+            return await connect.probe(check, opts)
+
+    return list(await asyncio.gather(*(one(c) for c in checks)))
+
+
+async def run_plan(plan: Plan, mode: ProbeMode, bind_address: str = "") -> list[ProbeResult]:
+    """Every check of `plan`, in `mode` (``syn`` needs CAP_NET_RAW and scapy)."""
+    opts = options_for(plan, bind_address)
+    if mode == "syn":
+        from agent.probes import raw
+
+        return await raw.run(plan.checks, opts, plan.concurrency)
+    return await run_connect(plan.checks, opts, plan.concurrency)
+
+
+def schedule(period_s: float, rng: random.Random, first_cap_s: float = 60.0) -> Iterator[float]:
+    """Delays between runs: a random first offset (capped), then the period ± 10 %."""
+    yield rng.uniform(0.0, min(period_s, first_cap_s))
+    while True:
+        yield period_s * rng.uniform(0.9, 1.1)
+
+
+def choose_mode(requested: str) -> tuple[ProbeMode, str]:
+    """The probe mode to use for `requested` (auto|connect|syn), and why."""
+    import importlib.util
+
+    from agent.caps import can_use_raw_sockets
+
+    if requested == "connect":
+        return "connect", "connect mode requested"
+    if not can_use_raw_sockets():
+        return "connect", "no CAP_NET_RAW: connect probes"
+    if importlib.util.find_spec("scapy") is None:
+        return "connect", "scapy is not installed: connect probes"
+    return "syn", "CAP_NET_RAW and scapy available: SYN probes"

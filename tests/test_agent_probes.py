@@ -1,0 +1,175 @@
+"""Listeners and connect probes against real sockets on 127.0.0.x (no root needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent.certs import StandinCert
+from agent.listeners import ListenerSet
+from agent.probes import ProbeOptions, connect
+from agent.runner import run_connect, schedule
+from agent.wire import CheckSpec, ListenSpec, Service
+
+ADDR = "127.0.0.7"
+
+
+def free_port(addr: str = ADDR) -> int:
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return int(s.getsockname()[1])
+
+
+def check(port: int, service: Service = "tcp", addr: str = ADDR) -> CheckSpec:
+    return CheckSpec(
+        check_id=f"1:a>b:{port}",
+        interaction=1,
+        dst_role="b",
+        dst_host="b",
+        dst_address=addr,
+        port=port,
+        service=service,
+    )
+
+
+OPTS = ProbeOptions(src_host="a", src_address="127.0.0.1", timeout_s=1.0, retries=2)
+
+
+@pytest.fixture
+async def standins() -> AsyncIterator[tuple[ListenerSet, dict[Service, int]]]:
+    cert = StandinCert("test")
+    listeners = ListenerSet(ADDR, cert.server_context(), idle_timeout=1.0)
+    services: list[Service] = ["tcp", "ssh", "tls", "authd", "iscsi", "docker", "vsphere"]
+    ports = {svc: free_port() for svc in services}
+    statuses = await listeners.reconcile(ListenSpec(port=p, service=s) for s, p in ports.items())
+    assert [s.state for s in statuses] == ["listening"] * len(services)
+    try:
+        yield listeners, ports
+    finally:
+        await listeners.close()
+        cert.cleanup()
+
+
+async def test_open_ports_pass_their_protocol_checks(
+    standins: tuple[ListenerSet, dict[Service, int]],
+) -> None:
+    listeners, ports = standins
+    results = {svc: await connect.probe(check(port, svc), OPTS) for svc, port in ports.items()}
+    for svc, res in results.items():
+        assert res.state == "open", (svc, res)
+        assert res.attempts == 1
+        assert res.latency_s is not None and res.latency_s < 0.5
+        assert res.mode == "connect"
+    assert results["tcp"].service_check is None
+    for svc in ("ssh", "tls", "authd", "iscsi", "docker", "vsphere"):
+        sc = results[svc].service_check  # type: ignore[index]
+        assert sc is not None and sc.outcome == "ok", (svc, sc)
+    ssh = results["ssh"].service_check
+    assert ssh is not None and ssh.detail.startswith("SSH-2.0-netcheck_")
+    tls = results["tls"].service_check
+    assert (
+        tls is not None and tls.tls_subject is not None and "netcheck stand-in" in tls.tls_subject
+    )
+    assert tls.tls_not_after is not None and tls.tls_not_after > time.time()
+    authd = results["authd"].service_check
+    assert authd is not None and authd.detail.startswith("220 VMware Authentication Daemon")
+    # The receiving side saw every connection, from the probing address.
+    await asyncio.sleep(0.05)
+    seen = listeners.take_peers()
+    assert {p.port for p in seen} == set(ports.values())
+    assert all(p.src_address == "127.0.0.1" for p in seen)
+
+
+async def test_wrong_service_is_a_mismatch(
+    standins: tuple[ListenerSet, dict[Service, int]],
+) -> None:
+    _, ports = standins
+    ssh_on_authd = await connect.probe(check(ports["authd"], "ssh"), OPTS)
+    assert ssh_on_authd.state == "open"
+    assert ssh_on_authd.service_check is not None
+    assert ssh_on_authd.service_check.outcome == "mismatch"
+    tls_on_ssh = await connect.probe(check(ports["ssh"], "tls"), OPTS)
+    assert tls_on_ssh.service_check is not None
+    assert tls_on_ssh.service_check.outcome == "mismatch"
+    authd_on_tcp = await connect.probe(check(ports["tcp"], "authd"), OPTS)
+    assert authd_on_tcp.service_check is not None
+    assert authd_on_tcp.service_check.outcome in ("mismatch", "error")
+
+
+async def test_nothing_listening_is_refused() -> None:
+    res = await connect.probe(check(free_port()), OPTS)
+    assert res.state == "refused"
+    assert res.attempts == 1
+    assert "reset" in res.error
+
+
+async def test_full_backlog_is_filtered_after_all_attempts() -> None:
+    # A listener that never accepts, with its backlog full, drops further SYNs: a real
+    # silent path without any firewall.
+    server = socket.socket()
+    server.bind((ADDR, 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex((ADDR, port))
+            fillers.append(c)
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        res = await connect.probe(check(port), ProbeOptions("a", ADDR, timeout_s=0.9, retries=2))
+        elapsed = time.monotonic() - t0
+    finally:
+        for c in fillers:
+            c.close()
+        server.close()
+    assert res.state == "filtered"
+    assert res.attempts == 3
+    assert 0.85 < elapsed < 1.5
+
+
+async def test_occupied_port_names_its_owner() -> None:
+    holder = socket.socket()
+    holder.bind((ADDR, 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    listeners = ListenerSet(ADDR, None)
+    try:
+        free = free_port()
+        statuses = await listeners.reconcile(
+            [ListenSpec(port=port, service="tcp"), ListenSpec(port=free, service="tcp")]
+        )
+    finally:
+        await listeners.close()
+        holder.close()
+    by_port = {s.port: s for s in statuses}
+    assert by_port[port].state == "occupied"
+    assert f"[{os.getpid()}]" in by_port[port].owner
+    assert by_port[free].state == "listening"
+
+
+async def test_concurrent_plan_takes_about_one_timeout() -> None:
+    ports = [free_port() for _ in range(40)]
+    t0 = time.monotonic()
+    results = await run_connect([check(p) for p in ports], OPTS, concurrency=512)
+    assert time.monotonic() - t0 < 1.0
+    assert [r.state for r in results] == ["refused"] * 40
+    assert [r.port for r in results] == ports
+
+
+def test_schedule_jitters_within_ten_percent() -> None:
+    import random
+
+    delays = schedule(300.0, random.Random(1), first_cap_s=30.0)
+    first = next(delays)
+    assert 0.0 <= first <= 30.0
+    rest = [next(delays) for _ in range(200)]
+    assert all(270.0 <= d <= 330.0 for d in rest)
+    assert len({round(d, 3) for d in rest}) > 150
