@@ -123,7 +123,8 @@ def validation_problems(src: Sourced, exc: ValidationError, base: PathKey = ()) 
         elif kind == "missing":
             msg = f"missing key {loc[-1]!r} in {_describe(loc[:-1])}"
         else:
-            msg = f"{_describe(loc)}: {err['msg']}"
+            text = str(err["msg"]).removeprefix("Value error, ")
+            msg = f"{_describe(loc)}: {text}"
         out.append(src.problem(loc, msg))
     return out
 

@@ -1,0 +1,292 @@
+"""Each malformed input file gets its precise ``file:line: problem`` message, no traceback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from controller.inventory import load_inventory
+from controller.sourced import InputError
+from controller.spec import load_matrix, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOPOLOGY_OK = """\
+version: 1
+matrix: matrix.yaml
+roles:
+  a: {name: A, site: on_prem, agent: true}
+  b: {name: B, site: cloud, agent: false}
+interactions:
+  - id: 1
+    title: A to B
+    source: a
+    destination: b
+    flows:
+      - ports: "443"
+        service: https
+modes:
+  deploy:
+    title: Deploy
+    interactions: [1]
+"""
+
+MATRIX_OK = """\
+version: 1
+rows:
+  - {family: RHEL, os: "RHEL 7.4", boot: UEFI, vcd_warm: "Qualified", vcs_warm: "Qualified",
+     any_cold: "Qualified", static_ip_vcd_cold: "Qualified", static_ip_vcd_warm: "Qualified"}
+"""
+
+# (name, topology text, expected message: "line: text")
+TOPOLOGY_CASES = [
+    (
+        "unknown top-level key",
+        TOPOLOGY_OK + "extra: 1\n",
+        "18: unknown key 'extra' in the document",
+    ),
+    (
+        "unknown key in a role",
+        TOPOLOGY_OK.replace("agent: false}", "agent: false, colour: red}"),
+        "5: unknown key 'colour' in roles.b",
+    ),
+    (
+        "unknown role in an interaction",
+        TOPOLOGY_OK.replace("destination: b", "destination: c"),
+        "10: interaction 1: unknown role 'c' (roles are: a, b)",
+    ),
+    (
+        "port range backwards",
+        TOPOLOGY_OK.replace('ports: "443"', 'ports: "8010-8000"'),
+        "12: interactions.0.flows.0.ports: '8010-8000': the range runs backwards",
+    ),
+    (
+        "port out of range",
+        TOPOLOGY_OK.replace('ports: "443"', 'ports: "70000"'),
+        "12: interactions.0.flows.0.ports: '70000': ports are 1-65535",
+    ),
+    (
+        "port not a number",
+        TOPOLOGY_OK.replace('ports: "443"', 'ports: "https"'),
+        "12: interactions.0.flows.0.ports: 'https' is not a port or a range",
+    ),
+    (
+        "duplicate interaction id",
+        TOPOLOGY_OK.replace(
+            "modes:",
+            "  - id: 1\n    title: again\n    source: a\n    destination: b\n"
+            '    flows:\n      - ports: "22"\nmodes:',
+        ),
+        "14: duplicate interaction id 1 (first at line 7)",
+    ),
+    (
+        "overlapping ports",
+        TOPOLOGY_OK.replace(
+            "        service: https\n",
+            '        service: https\n      - ports: "440-450"\n',
+        ),
+        "14: interaction 1: port 443 from a to b overlaps ports 443 of interaction 1",
+    ),
+    (
+        "unknown service",
+        TOPOLOGY_OK.replace("service: https", "service: gopher"),
+        "13: interactions.0.flows.0.service: Input should be 'tcp', 'ssh'",
+    ),
+    (
+        "unknown direction",
+        TOPOLOGY_OK.replace("service: https", "service: https\n        direction: sideways"),
+        "14: interactions.0.flows.0.direction: Input should be 'forward' or 'reverse'",
+    ),
+    (
+        "mode names a missing interaction",
+        TOPOLOGY_OK.replace("interactions: [1]", "interactions: [1, 7]"),
+        "17: mode 'deploy' names interaction 7, which does not exist",
+    ),
+    (
+        "missing key",
+        TOPOLOGY_OK.replace("    title: A to B\n", ""),
+        "7: missing key 'title' in interactions.0",
+    ),
+    (
+        "duplicate key",
+        TOPOLOGY_OK.replace("    title: A to B\n", "    title: A to B\n    title: again\n"),
+        "9: duplicate key 'title'",
+    ),
+    (
+        "YAML syntax error",
+        TOPOLOGY_OK.replace("    title: A to B\n", "    title: [A to B\n"),
+        "YAML syntax error",
+    ),
+    (
+        "bad site",
+        TOPOLOGY_OK.replace("site: cloud", "site: moon"),
+        "5: roles.b.site: Input should be 'user', 'on_prem' or 'cloud'",
+    ),
+    ("empty file", "", "1: the file is empty"),
+]
+
+
+def _write(tmp: Path, topology: str, matrix: str = MATRIX_OK) -> Path:
+    (tmp / "matrix.yaml").write_text(matrix)
+    path = tmp / "topology.yaml"
+    path.write_text(topology)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [c[1:] for c in TOPOLOGY_CASES], ids=[c[0] for c in TOPOLOGY_CASES]
+)
+def test_bad_topology_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError) as info:
+        load_spec(path)
+    assert f"{path}:" in str(info.value)
+    assert message in str(info.value), str(info.value)
+
+
+def test_the_good_topology_loads(tmp_path: Path) -> None:
+    spec = load_spec(_write(tmp_path, TOPOLOGY_OK))
+    assert [f.port_range for f in spec.interactions[0].flows] == [range(443, 444)]
+
+
+MATRIX_CASES = [
+    (
+        "unknown status",
+        MATRIX_OK.replace('vcd_warm: "Qualified"', 'vcd_warm: "Maybe"'),
+        "3: vcd_warm: unknown status 'Maybe'",
+    ),
+    (
+        "unknown boot mode",
+        MATRIX_OK.replace("boot: UEFI", "boot: BIOS"),
+        "3: rows.0.boot: Input should be 'MBR', 'UEFI' or 'UEFI Secure'",
+    ),
+    (
+        "missing column",
+        MATRIX_OK.replace('any_cold: "Qualified", ', ""),
+        "3: missing key 'any_cold' in rows.0",
+    ),
+    (
+        "duplicate row",
+        MATRIX_OK + MATRIX_OK.split("rows:\n", 1)[1],
+        "5: duplicate row for RHEL 7.4 UEFI (first at line 3)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [c[1:] for c in MATRIX_CASES], ids=[c[0] for c in MATRIX_CASES]
+)
+def test_bad_matrix_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        load_matrix(path)
+    assert f"{path}:{message}" in str(info.value), str(info.value)
+
+
+INVENTORY_OK = """\
+version: 1
+site: lab
+hosts:
+  a:
+    - {name: a1, address: 198.18.1.1}
+  b:
+    - {name: b1, address: 198.18.2.1, os: "RHEL 7.4", boot: UEFI}
+"""
+
+INVENTORY_CASES = [
+    (
+        "unknown role",
+        INVENTORY_OK.replace("  b:\n", "  z:\n"),
+        "6: unknown role 'z' (roles are: a, b)",
+    ),
+    (
+        "bad address",
+        INVENTORY_OK.replace("198.18.1.1", "198.18.1.300"),
+        "5: hosts.a.0.address: '198.18.1.300' is not an IP address",
+    ),
+    (
+        "duplicate host",
+        INVENTORY_OK.replace("name: b1", "name: a1"),
+        "7: duplicate host name 'a1' (first at line 5)",
+    ),
+    (
+        "OS not in the matrix",
+        INVENTORY_OK.replace("RHEL 7.4", "BeOS 5"),
+        "7: host 'b1': BeOS 5 UEFI is not in the guest OS matrix",
+    ),
+    (
+        "os without boot mode",
+        INVENTORY_OK.replace(", boot: UEFI", ""),
+        "7: host 'b1': give both 'os' and 'boot', or neither",
+    ),
+    (
+        "unknown key",
+        INVENTORY_OK.replace("site: lab", "site: lab\nowner: me"),
+        "3: unknown key 'owner' in the document",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [c[1:] for c in INVENTORY_CASES], ids=[c[0] for c in INVENTORY_CASES]
+)
+def test_bad_inventory_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    spec = load_spec(_write(tmp_path, TOPOLOGY_OK))
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        load_inventory(path, spec)
+    assert f"{path}:{message}" in str(info.value), str(info.value)
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_command_prints_a_summary_of_the_shipped_spec() -> None:
+    done = _cli("check", "topology.yaml", "--inventory", "inventory.example.yaml")
+    assert done.returncode == 0, done.stderr
+    assert "interactions: 15" in done.stdout
+    assert "guest OS matrix: 82 rows" in done.stdout
+    assert "expected checks:" in done.stdout
+
+
+def test_check_command_refuses_a_bad_file_without_a_traceback(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "guest_os_matrix.yaml", tmp_path / "guest_os_matrix.yaml")
+    bad = (
+        (ROOT / "topology.yaml").read_text().replace("destination: prem_vcenter", "destination: vc")
+    )
+    (tmp_path / "topology.yaml").write_text(bad)
+    done = _cli("check", str(tmp_path / "topology.yaml"))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    line = next(
+        n for n, text in enumerate(bad.splitlines(), 1) if text.strip() == "destination: vc"
+    )
+    assert f"topology.yaml:{line}: interaction 2: unknown role 'vc'" in done.stderr
+
+
+def test_check_command_reports_a_missing_file() -> None:
+    done = _cli("check", "no-such-file.yaml")
+    assert done.returncode == 1
+    assert "no-such-file.yaml:0: cannot read" in done.stderr
+
+
+def test_multiline_yaml_keeps_lines(tmp_path: Path) -> None:
+    text = textwrap.dedent(TOPOLOGY_OK).replace("agent: true}", "agent: maybe}")
+    with pytest.raises(InputError) as info:
+        load_spec(_write(tmp_path, text))
+    assert ":4: roles.a.agent: Input should be a valid boolean" in str(info.value)
