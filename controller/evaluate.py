@@ -1,0 +1,274 @@
+"""Judge what the agents reported against what the spec expects. Pure: no I/O, no clock.
+
+``evaluate(...)`` turns the newest result of every expected check, together with what the
+destination's own agent says (its stand-in listeners and the peers it saw), into one
+:class:`~controller.model.CheckRow` with a verdict, a stable cause and a diagnosis in plain
+words. It reads both ends of a path: a "connection refused" is only called a firewall's
+reject when the destination agent was listening on that port (or a raw probe saw the reset
+come from another address than the destination).
+
+NAT: when the destination agent saw the connection arrive from an address that is not the
+source's, and never from the source's own address, the check *passes* with cause ``nat``
+and a diagnosis: an HDM appliance-to-appliance path through NAT usually works, so it is a
+finding to read, not a blocker. An ``expect: closed`` check that connected always fails
+(``unexpected_open``), NAT or not.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.wire import ListenerStatus, PeerSeen, ProbeResult
+from controller.expand import ExpectedCheck, expand
+from controller.inventory import Inventory
+from controller.model import AgentSeen, Cause, CheckRow, Evaluation, Rollup, Verdict
+from controller.spec import Spec
+
+SERVICE_WORDS: dict[str, str] = {
+    "tcp": "a TCP connection",
+    "ssh": "an SSH banner",
+    "tls": "a TLS handshake",
+    "https": "HTTPS",
+    "vsphere": "the vSphere API on /sdk",
+    "docker": "the Docker API over TLS",
+    "authd": "the VMware authd '220' banner",
+    "iscsi": "an iSCSI target",
+}
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the other end says, indexed for one evaluation."""
+
+    freshness: float
+    now: float
+    listeners: Mapping[str, Mapping[int, ListenerStatus]]  # host -> port -> status
+    peers: Mapping[tuple[str, int], frozenset[str]]  # (host, port) -> source addresses
+    expected_sources: Mapping[tuple[str, int], frozenset[str]]  # (host, port) -> src addrs
+    agent_hosts: frozenset[str]
+    agent_roles: frozenset[str]  # roles that can hold an agent
+
+
+def newest_by_check(results: Iterable[ProbeResult]) -> dict[str, ProbeResult]:
+    """The newest result (by ``started_at``) for each check id."""
+    out: dict[str, ProbeResult] = {}
+    for r in results:
+        old = out.get(r.check_id)
+        if old is None or r.started_at >= old.started_at:
+            out[r.check_id] = r
+    return out
+
+
+def _where(check: ExpectedCheck) -> str:
+    return f"{check.dst_address}:{check.port}"
+
+
+def _ms(latency: float | None) -> str:
+    return f" in {latency * 1000:.1f} ms" if latency is not None else ""
+
+
+def _not_tested(check: ExpectedCheck, ctx: _Context) -> tuple[Verdict, Cause, str]:
+    if check.src_role not in ctx.agent_roles:
+        why = f"role {check.src_role} cannot run an agent, so nothing probes this path"
+    elif check.src_host not in ctx.agent_hosts:
+        why = f"no agent has registered on {check.src_host}"
+    else:
+        why = f"the agent on {check.src_host} has not reported this check yet"
+    return "unknown", "not_tested", f"not tested: {why}"
+
+
+def _open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Verdict, Cause, str]:
+    if check.expect == "closed":
+        return (
+            "fail",
+            "unexpected_open",
+            f"expected closed, but {check.src_host} connected to {_where(check)}{_ms(r.latency_s)}",
+        )
+    sc = r.service_check
+    wanted = SERVICE_WORDS.get(check.service, check.service)
+    if sc is not None and sc.outcome == "mismatch":
+        got = sc.detail or "something else"
+        return "fail", "wrong_service", f"wrong service: expected {wanted}, got {got}"
+    seen = ctx.peers.get((check.dst_host, check.port), frozenset())
+    others = seen - ctx.expected_sources.get((check.dst_host, check.port), frozenset())
+    if check.dst_host in ctx.agent_hosts and others and check.src_address not in seen:
+        addrs = ", ".join(sorted(others))
+        return (
+            "pass",
+            "nat",
+            f"open{_ms(r.latency_s)}, but the destination agent saw this connection arrive "
+            f"from {addrs}, not {check.src_address} (NAT)",
+        )
+    text = f"open{_ms(r.latency_s)}"
+    if sc is None or check.service == "tcp":
+        pass
+    elif sc.outcome == "ok":
+        text += f"; {wanted} answered" + (f" ({sc.detail})" if sc.detail else "")
+    else:
+        reason = f": {sc.detail}" if sc.detail else ""
+        text += f"; the {check.service} check was {sc.outcome}{reason}, the port alone passes"
+    return "pass", "ok", text
+
+
+def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause, str]:
+    port = check.port
+    status = ctx.listeners.get(check.dst_host, {}).get(port)
+    if r.responder and r.responder != check.dst_address:
+        return (
+            "rejected",
+            f"rejected by a firewall: the reset came from {r.responder}, "
+            f"not from {check.dst_address}",
+        )
+    if status is not None and status.state in ("listening", "occupied"):
+        held = (
+            f"the destination agent was listening on {port}"
+            if status.state == "listening"
+            else f"port {port} on the destination was held by {status.owner or 'a service'}"
+        )
+        return "rejected", f"rejected by a firewall: reset while {held}"
+    if status is not None:
+        why = f"{status.state}" + (f": {status.error}" if status.error else "")
+        return (
+            "nothing_listening",
+            f"nothing listening on the destination: the agent on {check.dst_host} could not "
+            f"hold port {port} ({why})",
+        )
+    if r.responder == check.dst_address:
+        return "nothing_listening", "nothing listening on the destination: it sent the reset itself"
+    if check.dst_host in ctx.listeners:
+        return (
+            "nothing_listening",
+            f"nothing listening on the destination: the agent on {check.dst_host} does not "
+            f"hold port {port}",
+        )
+    return (
+        "refused",
+        "refused: a reset; no agent on the destination to tell a firewall from a closed port",
+    )
+
+
+def _not_open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause, str]:
+    tries = f"after {r.attempts} {'try' if r.attempts == 1 else 'tries'}"
+    if r.state == "refused":
+        return _refused(check, r, ctx)
+    if r.state == "filtered":
+        text = f"dropped: no answer from {_where(check)} {tries}"
+        if r.last_hop:
+            text += f"; last hop that answered {r.last_hop}"
+        elif r.mode == "syn":
+            text += "; no hop answered a traceroute"
+        return "dropped", text
+    if r.state == "unreachable":
+        kind = r.error or "ICMP host unreachable"
+        frm = f" from {r.responder}" if r.responder else ""
+        return "unreachable", f"unreachable: {kind}{frm}"
+    if r.state == "prohibited":
+        frm = f" from {r.responder}" if r.responder else ""
+        return "prohibited", f"prohibited by a firewall (ICMP administratively prohibited{frm})"
+    return "error", f"the probe failed on {check.src_host}: {r.error or 'unknown error'}"
+
+
+def judge(check: ExpectedCheck, r: ProbeResult | None, ctx: _Context) -> CheckRow:
+    """The verdict of one expected check given its newest result."""
+    if r is None:
+        verdict, cause, text = _not_tested(check, ctx)
+        return CheckRow(check, verdict, cause, text, None)
+    age = ctx.now - r.started_at
+    if age > ctx.freshness:
+        text = (
+            f"stale: the newest result is {age:.0f} s old (limit {ctx.freshness:.0f} s); "
+            f"it was {r.state}"
+        )
+        return CheckRow(check, "unknown", "stale", text, r)
+    if r.state == "open":
+        verdict, cause, text = _open(check, r, ctx)
+        return CheckRow(check, verdict, cause, text, r)
+    if check.expect == "closed" and r.state != "error":
+        return CheckRow(check, "pass", "ok", f"closed as expected ({r.state})", r)
+    cause, text = _not_open(check, r, ctx)
+    return CheckRow(check, "fail", cause, text, r)
+
+
+def _rollups(
+    rows: Sequence[CheckRow], key_of: Mapping[str, tuple[str, str, str, str]], by: str
+) -> tuple[Rollup, ...]:
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"pass": 0, "fail": 0, "unknown": 0})
+    order: list[str] = []
+    for row in rows:
+        k = str(row.check.interaction) if by == "interaction" else _pair(row.check)
+        if k not in counts:
+            order.append(k)
+        counts[k][row.verdict] += 1
+    out = []
+    for k in order:
+        title, src, dst, _ = key_of[k]
+        c = counts[k]
+        out.append(Rollup(k, title, src, dst, c["pass"], c["fail"], c["unknown"]))
+    return tuple(out)
+
+
+def _pair(c: ExpectedCheck) -> str:
+    return f"{c.src_role}>{c.dst_role}"
+
+
+def evaluate(
+    spec: Spec,
+    inventory: Inventory,
+    results: Iterable[ProbeResult],
+    listeners: Mapping[str, Sequence[ListenerStatus]],
+    peers: Mapping[str, Sequence[PeerSeen]],
+    agents: Sequence[AgentSeen],
+    now: float,
+) -> Evaluation:
+    """Every expected check with its verdict, plus roll-ups and the unexpected results.
+
+    ``listeners`` and ``peers`` are keyed by the host that reported them (the destination's
+    agent). A peer counts for NAT detection only when seen within the freshness window.
+    """
+    checks = expand(spec, inventory)
+    newest = newest_by_check(results)
+    expected_sources: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for c in checks:
+        expected_sources[(c.dst_host, c.port)].add(c.src_address)
+    fresh_after = now - spec.policy.freshness_seconds
+    seen: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for host, ps in peers.items():
+        for p in ps:
+            if p.at >= fresh_after:
+                seen[(host, p.port)].add(p.src_address)
+    ctx = _Context(
+        freshness=spec.policy.freshness_seconds,
+        now=now,
+        listeners={h: {s.port: s for s in ls} for h, ls in listeners.items()},
+        peers={k: frozenset(v) for k, v in seen.items()},
+        expected_sources={k: frozenset(v) for k, v in expected_sources.items()},
+        agent_hosts=frozenset(a.host for a in agents),
+        agent_roles=frozenset(n for n, r in spec.roles.items() if r.agent),
+    )
+    rows = tuple(judge(c, newest.get(c.check_id), ctx) for c in checks)
+    known = {c.check_id for c in checks}
+    unexpected = tuple(
+        sorted((r for cid, r in newest.items() if cid not in known), key=lambda r: r.check_id)
+    )
+    keys: dict[str, tuple[str, str, str, str]] = {}
+    for inter in spec.interactions:
+        keys[str(inter.id)] = (inter.title, inter.source, inter.destination, "")
+    for c in checks:
+        pair = _pair(c)
+        if pair not in keys:
+            src_name = spec.roles[c.src_role].name
+            dst_name = spec.roles[c.dst_role].name
+            keys[pair] = (f"{src_name} to {dst_name}", c.src_role, c.dst_role, "")
+    return Evaluation(
+        generated_at=now,
+        site=inventory.site,
+        rows=rows,
+        by_interaction=_rollups(rows, keys, "interaction"),
+        by_role_pair=_rollups(rows, keys, "pair"),
+        unexpected=unexpected,
+        listeners={h: tuple(ls) for h, ls in listeners.items()},
+        peers=tuple(p for ps in peers.values() for p in ps),
+        agents=tuple(agents),
+    )
