@@ -1,0 +1,193 @@
+"""Go / no-go for one migration mode, and optionally one VM. Pure.
+
+A mode needs every check of its interactions to pass: a failing or unknown (never tested,
+stale) check blocks. With a VM, the checks that involve the VM's own role (``prem_vm`` or
+``cloud_vm``) are narrowed to that VM's host pairs (interaction 15 to that guest, for
+instance); every other check of the mode still counts. The guest OS matrix then speaks:
+``Not Supported`` blocks, ``Not Qualified(TICKET)`` and a qualified note ("Need SI
+handling", "No GOSC") are warnings, which block only when ``policy.warnings_block`` is set.
+
+An interaction of the mode with no checks at all (no hosts of one of its roles in the
+inventory) is a warning, not a blocker: before a migration there are often no cloud VMs
+yet. A mode without any check is ``undecided``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from controller.inventory import Host, Inventory
+from controller.model import CheckRow, Decision, Evaluation, GateDecision, MatrixFinding
+from controller.spec import Spec
+
+VM_ROLES: tuple[str, ...] = ("prem_vm", "cloud_vm")
+COLUMN_TITLES: dict[str, str] = {
+    "vcd_warm": "VCD WARM",
+    "vcs_warm": "VCS WARM",
+    "any_cold": "Any Cold",
+    "static_ip_vcd_cold": "Guest Static IP for VCD Cold",
+    "static_ip_vcd_warm": "Guest Static IP for VCD Warm",
+}
+# How many example diagnoses a reason line quotes per interaction.
+_EXAMPLES = 1
+
+
+class GateError(ValueError):
+    """The question cannot be asked: unknown mode, unknown VM, or a host that is no VM."""
+
+
+def _vm_host(spec: Spec, inventory: Inventory, vm: str) -> tuple[str, Host]:
+    found = inventory.by_name(vm)
+    if found is None:
+        raise GateError(f"unknown VM {vm!r}: no host of that name in {inventory.file}")
+    role, host = found
+    if role not in VM_ROLES:
+        raise GateError(f"{vm!r} is a {role} host, not a guest VM ({', '.join(VM_ROLES)})")
+    return role, host
+
+
+def _in_scope(row: CheckRow, mode: str, vm: tuple[str, Host] | None) -> bool:
+    c = row.check
+    if mode not in c.modes:
+        return False
+    if vm is None:
+        return True
+    role, host = vm
+    if role in (c.src_role, c.dst_role):
+        return host.name in (c.src_host, c.dst_host)
+    return True
+
+
+def _matrix(spec: Spec, mode: str, host: Host) -> tuple[list[MatrixFinding], list[str], list[str]]:
+    """(findings, blocking reasons, warnings) of the guest OS matrix for one VM."""
+    m = spec.modes[mode]
+    if host.os is None or host.boot is None:
+        return [], [], [f"{host.name}: OS unknown, matrix not checked"]
+    row = spec.matrix_row(host.os, host.boot)
+    if row is None:  # load_inventory refuses this; kept for inventories built in code
+        return [], [], [f"{host.name}: {host.os} {host.boot} is not in the guest OS matrix"]
+    columns = list(m.matrix_columns)
+    if host.static_ip and m.static_ip_column is not None:
+        columns.append(m.static_ip_column)
+    findings: list[MatrixFinding] = []
+    blocking: list[str] = []
+    warnings: list[str] = []
+    warn_blocks = spec.policy.warnings_block
+    for col in columns:
+        s = row.support[col]
+        where = f"{host.os} {host.boot}: {{}} for {mode} ({COLUMN_TITLES[col]})"
+        if s.status == "not_supported":
+            blocking.append(where.format("Not Supported"))
+            findings.append(MatrixFinding(col, s.status, s.text, True))
+        elif s.status == "not_qualified":
+            warnings.append(where.format(f"Not Qualified, ticket {s.ticket}"))
+            findings.append(MatrixFinding(col, s.status, s.text, warn_blocks))
+        elif s.note:
+            warnings.append(where.format(f"Qualified with a note: {s.note}"))
+            findings.append(MatrixFinding(col, s.status, s.text, warn_blocks))
+        else:
+            findings.append(MatrixFinding(col, s.status, s.text, False))
+    return findings, blocking, warnings
+
+
+def _check_reasons(spec: Spec, blocking: list[CheckRow]) -> list[str]:
+    groups: dict[int, list[CheckRow]] = defaultdict(list)
+    for row in blocking:
+        groups[row.check.interaction].append(row)
+    out = []
+    for ident in sorted(groups):
+        rows = groups[ident]
+        failed = sum(r.verdict == "fail" for r in rows)
+        unknown = len(rows) - failed
+        counts = ", ".join(
+            t
+            for t in (
+                f"{failed} failing" if failed else "",
+                f"{unknown} unknown" if unknown else "",
+            )
+            if t
+        )
+        ex = "; ".join(
+            f"{r.check.src_host} -> {r.check.dst_host}:{r.check.port}: {r.diagnosis}"
+            for r in sorted(rows, key=lambda r: r.verdict != "fail")[:_EXAMPLES]
+        )
+        title = spec.interaction(ident).title
+        out.append(f"interaction {ident} ({title}): {counts} (e.g. {ex})")
+    return out
+
+
+def gate(
+    spec: Spec,
+    inventory: Inventory,
+    evaluation: Evaluation,
+    mode: str,
+    vm: str | None = None,
+) -> GateDecision:
+    """Go / no-go for ``mode`` (and ``vm``, a prem_vm or cloud_vm host name)."""
+    if mode not in spec.modes:
+        raise GateError(f"unknown mode {mode!r} (modes are: {', '.join(spec.modes)})")
+    vm_host = _vm_host(spec, inventory, vm) if vm is not None else None
+    rows = [r for r in evaluation.rows if _in_scope(r, mode, vm_host)]
+    blocking = [r for r in rows if r.verdict != "pass"]
+    reasons = _check_reasons(spec, blocking)
+    warnings: list[str] = []
+    checked = {r.check.interaction for r in rows}
+    for ident in spec.modes[mode].interactions:
+        if ident not in checked:
+            inter = spec.interaction(ident)
+            missing = [r for r in (inter.source, inter.destination) if not inventory.of_role(r)]
+            why = f"no {' or '.join(missing)} hosts in the inventory" if missing else "no checks"
+            warnings.append(f"interaction {ident} ({inter.title}) not checked: {why}")
+    findings: list[MatrixFinding] = []
+    if vm_host is not None:
+        found, blocks, warns = _matrix(spec, mode, vm_host[1])
+        findings, reasons, warnings = found, [*blocks, *reasons], [*warns, *warnings]
+    if spec.policy.warnings_block:
+        reasons = [*reasons, *(f"warning (policy: warnings block): {w}" for w in warnings)]
+    decision: Decision
+    if not rows:
+        decision = "undecided"
+        reasons = [f"no checks of mode {mode!r} in this inventory", *reasons]
+    else:
+        decision = "no-go" if reasons else "go"
+    return GateDecision(
+        mode=mode,
+        decision=decision,
+        blocking=tuple(blocking),
+        reasons=tuple(reasons),
+        warnings=tuple(warnings),
+        vm=vm,
+        matrix=tuple(findings),
+    )
+
+
+def decision_to_dict(d: GateDecision) -> dict[str, Any]:
+    """A gate decision as JSON-ready data (the API's and the JSON report's shape)."""
+    return {
+        "mode": d.mode,
+        "vm": d.vm,
+        "decision": d.decision,
+        "blocking": [
+            {
+                "check_id": r.check.check_id,
+                "interaction": r.check.interaction,
+                "src_role": r.check.src_role,
+                "src_host": r.check.src_host,
+                "dst_role": r.check.dst_role,
+                "dst_host": r.check.dst_host,
+                "dst_address": r.check.dst_address,
+                "port": r.check.port,
+                "verdict": r.verdict,
+                "cause": r.cause,
+                "diagnosis": r.diagnosis,
+            }
+            for r in d.blocking
+        ],
+        "reasons": list(d.reasons),
+        "warnings": list(d.warnings),
+        "matrix": [
+            {"column": f.column, "status": f.status, "text": f.text, "blocks": f.blocks}
+            for f in d.matrix
+        ],
+    }

@@ -1,0 +1,187 @@
+"""gate(): network checks of a mode, narrowed per VM, and the guest OS matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection
+from pathlib import Path
+
+import pytest
+
+from agent.wire import ProbeResult
+from controller.evaluate import evaluate
+from controller.expand import expand
+from controller.gate import GateError, decision_to_dict, gate
+from controller.inventory import Inventory, load_inventory
+from controller.model import AgentSeen, Evaluation
+from controller.spec import Spec, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+NOW = 1_700_000_000.0
+
+SITE = """version: 1
+site: gate-test
+hosts:
+  user: [{name: admin-ws, address: 198.18.10.10}]
+  pio: [{name: pio-1, address: 198.18.1.10}]
+  prem_vcenter: [{name: prem-vc, address: 198.18.1.20}]
+  prem_manager: [{name: prem-mgr, address: 198.18.1.30}]
+  prem_esxi_manager: [{name: prem-esxi-mgr, address: 198.18.1.40}]
+  prem_esxi: [{name: prem-esxi-1, address: 198.18.1.51}]
+  cloud_vcenter: [{name: cloud-vc, address: 198.18.2.20}]
+  cloud_manager: [{name: cloud-mgr, address: 198.18.2.30}]
+  cloud_cache: [{name: cloud-cache, address: 198.18.2.40}]
+  cloud_esxi: [{name: cloud-esxi-1, address: 198.18.2.51}]
+  cloud_vm: [{name: cloud-vm-1, address: 198.18.2.101}]
+  prem_vm:
+    - {name: vm-qualified, address: 198.18.1.101, os: "RHEL 7.4", boot: UEFI, static_ip: true}
+    - {name: vm-not-qualified, address: 198.18.1.102, os: "Ubuntu Server 18.04", boot: UEFI}
+    - {name: vm-not-supported, address: 198.18.1.103, os: "Windows 2008 R2", boot: UEFI}
+    - {name: vm-si, address: 198.18.1.104, os: "RHEL 7.2", boot: UEFI Secure, static_ip: true}
+    - {name: vm-gosc, address: 198.18.1.105, os: "Photon OS 4", boot: UEFI Secure}
+    - {name: vm-no-os, address: 198.18.1.106}
+"""
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_spec(REPO / "topology.yaml")
+
+
+@pytest.fixture(scope="module")
+def inv(spec: Spec, tmp_path_factory: pytest.TempPathFactory) -> Inventory:
+    path = tmp_path_factory.mktemp("site") / "inventory.yaml"
+    path.write_text(SITE)
+    return load_inventory(path, spec)
+
+
+def all_open(spec: Spec, inv: Inventory, but: Collection[str] = ()) -> Evaluation:
+    results = [
+        ProbeResult(
+            check_id=c.check_id,
+            interaction=c.interaction,
+            src_host=c.src_host,
+            src_address=c.src_address,
+            dst_host=c.dst_host,
+            dst_address=c.dst_address,
+            port=c.port,
+            state="filtered" if c.check_id in but else "open",
+            mode="connect",
+            attempts=1,
+            started_at=NOW - 1,
+        )
+        for c in expand(spec, inv)
+    ]
+    agents = [AgentSeen("pio", "pio-1", "198.18.1.10", "connect", "1", NOW)]
+    return evaluate(spec, inv, results, {}, {}, agents, NOW)
+
+
+@pytest.mark.parametrize(
+    ("vm", "mode", "decision", "reason", "warning"),
+    [
+        ("vm-qualified", "warm_vcd", "go", None, None),
+        ("vm-not-qualified", "warm_vcd", "go", None, "Not Qualified, ticket CP-5956"),
+        (
+            "vm-not-supported",
+            "warm_vcd",
+            "no-go",
+            "Windows 2008 R2 UEFI: Not Supported for warm_vcd (VCD WARM)",
+            None,
+        ),
+        ("vm-si", "cold_vcd", "go", None, "Qualified with a note: Need SI handling"),
+        ("vm-gosc", "cold_vcs", "go", None, "Qualified with a note: No GOSC"),
+        ("vm-no-os", "cold_vcs", "go", None, "OS unknown, matrix not checked"),
+    ],
+)
+def test_matrix(
+    spec: Spec,
+    inv: Inventory,
+    vm: str,
+    mode: str,
+    decision: str,
+    reason: str | None,
+    warning: str | None,
+) -> None:
+    d = gate(spec, inv, all_open(spec, inv), mode, vm)
+    assert d.decision == decision, d.reasons
+    assert not d.blocking
+    if reason:
+        assert reason in d.reasons
+    if warning:
+        assert any(warning in w for w in d.warnings), d.warnings
+        strict = dataclasses.replace(
+            spec, policy=spec.policy.model_copy(update={"warnings_block": True})
+        )
+        assert gate(strict, inv, all_open(strict, inv), mode, vm).decision == "no-go"
+    else:
+        assert d.warnings == ()
+
+
+def test_static_ip_column_applies(spec: Spec, inv: Inventory) -> None:
+    d = gate(spec, inv, all_open(spec, inv), "cold_vcd", "vm-si")
+    assert [f.column for f in d.matrix] == ["any_cold", "static_ip_vcd_cold"]
+    d = gate(spec, inv, all_open(spec, inv), "cold_vcs", "vm-si")
+    assert [f.column for f in d.matrix] == ["any_cold"]
+
+
+def test_failing_check_blocks_the_mode(spec: Spec, inv: Inventory) -> None:
+    bad = "4:pio-1>prem-mgr:2376"
+    d = gate(spec, inv, all_open(spec, inv, {bad}), "deployment")
+    assert d.decision == "no-go"
+    assert [r.check.check_id for r in d.blocking] == [bad]
+    assert d.reasons[0].startswith("interaction 4 (HDM PIO Appliance to HDM Prem Manager)")
+    assert "1 failing" in d.reasons[0]
+    # Interaction 9 (the interconnect) is not part of deployment.
+    other = next(c.check_id for c in expand(spec, inv) if c.interaction == 9)
+    assert gate(spec, inv, all_open(spec, inv, {other}), "deployment").decision == "go"
+
+
+def test_unknown_blocks(spec: Spec, inv: Inventory) -> None:
+    ev = evaluate(spec, inv, [], {}, {}, [], NOW)
+    d = gate(spec, inv, ev, "deployment")
+    assert d.decision == "no-go"
+    assert all(r.verdict == "unknown" for r in d.blocking)
+    assert "unknown" in d.reasons[0]
+
+
+def test_vm_narrows_its_own_role(spec: Spec, inv: Inventory) -> None:
+    other_vm = "15:pio-1>vm-not-supported:443"
+    ev = all_open(spec, inv, {other_vm})
+    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "go"
+    assert gate(spec, inv, ev, "warm_vcs").decision == "no-go"
+    # A non-VM check still blocks a VM's gate.
+    ev = all_open(spec, inv, {"4:pio-1>prem-mgr:22"})
+    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "no-go"
+
+
+def test_unchecked_interaction_warns(spec: Spec, tmp_path: Path) -> None:
+    path = tmp_path / "inv.yaml"
+    path.write_text(SITE.replace("  cloud_vm: [{name: cloud-vm-1, address: 198.18.2.101}]\n", ""))
+    inv = load_inventory(path, spec)
+    d = gate(spec, inv, all_open(spec, inv), "warm_vcd")
+    assert d.decision == "go"
+    assert any("interaction 12" in w and "no cloud_vm hosts" in w for w in d.warnings)
+
+
+def test_errors_and_json(spec: Spec, inv: Inventory) -> None:
+    ev = all_open(spec, inv, {"4:pio-1>prem-mgr:22"})
+    with pytest.raises(GateError, match="unknown mode"):
+        gate(spec, inv, ev, "hot")
+    with pytest.raises(GateError, match="unknown VM"):
+        gate(spec, inv, ev, "cold_vcd", "nope")
+    with pytest.raises(GateError, match="not a guest VM"):
+        gate(spec, inv, ev, "cold_vcd", "pio-1")
+    data = json.loads(json.dumps(decision_to_dict(gate(spec, inv, ev, "cold_vcd", "vm-si"))))
+    assert data["decision"] == "no-go"
+    assert data["blocking"][0]["check_id"] == "4:pio-1>prem-mgr:22"
+    assert data["blocking"][0]["cause"] == "dropped"
+    assert data["matrix"][1]["text"] == "Qualified (Need SI handling)"
+
+
+def test_empty_inventory_is_undecided(spec: Spec, tmp_path: Path) -> None:
+    path = tmp_path / "inv.yaml"
+    path.write_text("version: 1\nhosts:\n  pio: [{name: pio-1, address: 198.18.1.10}]\n")
+    inv = load_inventory(path, spec)
+    d = gate(spec, inv, evaluate(spec, inv, [], {}, {}, [], NOW), "cold_vcd")
+    assert d.decision == "undecided"
