@@ -54,8 +54,18 @@ def test_offline_run_probes_its_own_listeners(tmp_path: Path) -> None:
     plan_file, out = tmp_path / "plan.json", tmp_path / "results.json"
     plan_file.write_text(json.dumps(encode(plan)))
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out)]
-        + ["--mode", "connect"],
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--plan",
+            str(plan_file),
+            "--out",
+            str(out),
+            "--mode",
+            "connect",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -106,8 +116,21 @@ def _run_unprivileged(tmp_path: Path) -> None:
     plan_file.write_text(json.dumps(encode(plan)))
     tmp_path.chmod(0o777)
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
-        + [sys.executable, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out)],
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--plan",
+            str(plan_file),
+            "--out",
+            str(out),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,0 +1,185 @@
+"""``serve``: register, hold listeners, probe once or periodically, report, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import signal
+import socket
+
+from agent import __version__
+from agent.certs import StandinCert
+from agent.health import AgentState, start_health_server
+from agent.link import Backoff, HttpTransport, Link, LinkError, Transport
+from agent.listeners import ListenerSet
+from agent.runner import choose_mode, run_plan, schedule
+from agent.wire import ProbeMode, Registration
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    controller: str
+    token: str = dataclasses.field(repr=False)
+    role: str
+    host: str
+    address: str
+    bind: str
+    once: bool = False
+    health_listen: str | None = None
+    mode_request: str = "auto"
+    buffer_size: int = 50_000
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    first_run_cap_s: float = 60.0
+    # How long the last flush may take at shutdown (and, with --once, the whole delivery).
+    final_flush_s: float = 30.0
+
+
+async def _wait(stop: asyncio.Event, delay: float) -> bool:
+    """Sleep `delay` seconds unless `stop` is set first; True when stopping."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(0.0, delay))
+    return stop.is_set()
+
+
+async def _register(link: Link, stop: asyncio.Event, backoff: Backoff) -> bool:
+    while not stop.is_set():
+        try:
+            await link.register()
+            backoff.reset()
+            return True
+        except LinkError as exc:
+            delay = backoff.next_delay()
+            log.warning("cannot register (%s); retrying in %.1f s", exc, delay)
+            if await _wait(stop, delay):
+                break
+    return False
+
+
+async def _flush_loop(
+    link: Link, stop: asyncio.Event, wake: asyncio.Event, cfg: DaemonConfig
+) -> None:
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+    while not stop.is_set():
+        if not link.pending:
+            wake.clear()
+            stop_task = asyncio.ensure_future(stop.wait())
+            wake_task = asyncio.ensure_future(wake.wait())
+            await asyncio.wait({stop_task, wake_task}, return_when="FIRST_COMPLETED")
+            stop_task.cancel()
+            wake_task.cancel()
+            continue
+        try:
+            await link.flush()
+            backoff.reset()
+        except LinkError as exc:
+            delay = backoff.next_delay()
+            log.warning(
+                "controller unavailable (%s): %d results buffered, retrying in %.1f s",
+                exc,
+                link.buffered,
+                delay,
+            )
+            await _wait(stop, delay)
+
+
+async def _final_flush(link: Link, cfg: DaemonConfig) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.final_flush_s
+    backoff = Backoff(cfg.backoff_initial_s, min(cfg.backoff_max_s, 5.0))
+    while True:
+        try:
+            await asyncio.wait_for(link.flush(), max(0.1, deadline - loop.time()))
+            return True
+        except (LinkError, TimeoutError) as exc:
+            delay = backoff.next_delay()
+            if loop.time() + delay >= deadline:
+                log.error("could not deliver %d buffered results: %s", link.buffered, exc)
+                return False
+            await asyncio.sleep(delay)
+
+
+async def _probe_loop(
+    cfg: DaemonConfig,
+    mode: ProbeMode,
+    link: Link,
+    listeners: ListenerSet,
+    state: AgentState,
+    stop: asyncio.Event,
+    wake: asyncio.Event,
+) -> None:
+    assert link.plan is not None
+    await listeners.reconcile(link.plan.listen)
+    plan_version = link.plan_version
+    delays = schedule(link.plan.period_s, random.Random(), cfg.first_run_cap_s)
+    if not cfg.once and await _wait(stop, next(delays)):
+        return
+    while not stop.is_set():
+        plan = link.plan
+        if link.plan_version != plan_version:
+            await listeners.reconcile(plan.listen)
+            plan_version = link.plan_version
+        results = await run_plan(plan, mode)
+        state.count(results)
+        link.add(results, listeners.statuses(), listeners.take_peers())
+        wake.set()
+        if cfg.once or await _wait(stop, next(delays)):
+            return
+
+
+async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
+    mode, why = choose_mode(cfg.mode_request)
+    log.info("netcheck-agent %s for %s/%s: %s", __version__, cfg.role, cfg.host, why)
+    registration = Registration(
+        role=cfg.role, host=cfg.host, address=cfg.address, version=__version__, mode=mode
+    )
+    link = Link(
+        transport or HttpTransport(cfg.controller, cfg.token), registration, cfg.buffer_size
+    )
+    state = AgentState(mode=mode, link=link)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    health = await start_health_server(state, cfg.health_listen) if cfg.health_listen else None
+    cert: StandinCert | None = None
+    listeners: ListenerSet | None = None
+    flusher: asyncio.Task[None] | None = None
+    delivered = True
+    registered = False
+    try:
+        registered = await _register(link, stop, Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
+        if registered:
+            cert = StandinCert(cfg.host or socket.gethostname())
+            listeners = ListenerSet(cfg.bind, cert.server_context())
+            state.listeners = listeners
+            wake = asyncio.Event()
+            if not cfg.once:
+                flusher = asyncio.create_task(_flush_loop(link, stop, wake, cfg))
+            await _probe_loop(cfg, mode, link, listeners, state, stop, wake)
+    finally:
+        stop.set()
+        if flusher is not None:
+            await flusher
+        if listeners is not None:
+            link.add(listeners=listeners.statuses(), peers=listeners.take_peers())
+            await listeners.close()
+        if link.plan is not None:
+            delivered = await _final_flush(link, cfg)
+        if cfg.once and not delivered:
+            log.error("--once: results were not delivered")
+        await link.transport.close()
+        if cert is not None:
+            cert.cleanup()
+        if health is not None:
+            await health.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if not registered:
+        return 1
+    return 0 if delivered or not cfg.once else 1

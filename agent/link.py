@@ -1,0 +1,246 @@
+"""The controller link: register, then deliver results in batches, buffering while away.
+
+The transport is a small protocol (:class:`Transport`) so mutual TLS can replace the
+bearer-token HTTP implementation later. Nothing is lost silently: results beyond the buffer
+bound are dropped oldest first and counted, and the count travels in ``ResultBatch.dropped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from agent.wire import (
+    ListenerStatus,
+    PeerSeen,
+    Plan,
+    ProbeResult,
+    Registration,
+    ResultBatch,
+    WireError,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+REGISTER_PATH = "/api/v1/register"
+RESULTS_PATH = "/api/v1/results"
+
+
+class LinkError(Exception):
+    """The controller could not be reached or refused us; the message says which."""
+
+
+class TransportError(LinkError):
+    """No HTTP answer at all (connection refused, reset, timeout)."""
+
+
+class Transport(Protocol):
+    async def post(self, path: str, payload: Any) -> tuple[int, Any]:
+        """POST JSON `payload` to `path`: (HTTP status, decoded JSON body or None)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class HttpTransport:
+    """aiohttp, one session per process, ``Authorization: Bearer <token>``."""
+
+    def __init__(self, base_url: str, token: str, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout_s = timeout_s
+        self._session: Any = None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"HttpTransport({self.base_url!r})"
+
+    async def post(self, path: str, payload: Any) -> tuple[int, Any]:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                headers={"Authorization": f"Bearer {self._token}"},
+            )
+        try:
+            async with self._session.post(self.base_url + path, json=payload) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                return int(resp.status), body
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"{self.base_url}{path}: {type(exc).__name__} {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class Link:
+    """Registration, the bounded result buffer and batched delivery."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        registration: Registration,
+        buffer_size: int = 50_000,
+        batch_size: int = 1_000,
+    ) -> None:
+        self.transport = transport
+        self.registration = registration
+        self.buffer_size = max(1, buffer_size)
+        self.batch_size = max(1, batch_size)
+        self.plan: Plan | None = None
+        self.plan_version = 0
+        self._results: deque[ProbeResult] = deque()
+        self._peers: deque[PeerSeen] = deque(maxlen=self.buffer_size)
+        self._listeners: tuple[ListenerStatus, ...] = ()
+        self._listeners_dirty = False
+        self._lock = asyncio.Lock()
+        self.dropped_unsent = 0  # dropped since the last accepted batch: sent in `dropped`
+        self.dropped_total = 0
+        self.rejected_batches = 0
+        self.accepted_results = 0
+        self.last_report: float | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._results)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._results or self._peers or self._listeners_dirty or self.dropped_unsent)
+
+    async def register(self) -> Plan:
+        status, body = await self.transport.post(REGISTER_PATH, encode(self.registration))
+        if status != 200:
+            raise LinkError(f"registration refused: HTTP {status} {_error_text(body)}")
+        try:
+            plan = decode(Plan, body)
+        except WireError as exc:
+            raise LinkError(f"the controller sent an invalid plan: {exc}") from exc
+        if plan != self.plan:
+            self.plan = plan
+            self.plan_version += 1
+        log.info(
+            "registered as %s/%s: %d listeners, %d checks",
+            plan.role,
+            plan.host,
+            len(plan.listen),
+            len(plan.checks),
+        )
+        return plan
+
+    def add(
+        self,
+        results: Iterable[ProbeResult] = (),
+        listeners: tuple[ListenerStatus, ...] | None = None,
+        peers: Iterable[PeerSeen] = (),
+    ) -> None:
+        self._results.extend(results)
+        self._trim()
+        if listeners is not None:
+            self._listeners = listeners
+            self._listeners_dirty = True
+        for peer in peers:
+            if len(self._peers) == self._peers.maxlen:
+                self.dropped_total += 1
+            self._peers.append(peer)
+
+    def _trim(self) -> None:
+        excess = len(self._results) - self.buffer_size
+        for _ in range(max(0, excess)):
+            self._results.popleft()
+        if excess > 0:
+            self.dropped_unsent += excess
+            self.dropped_total += excess
+            log.warning("result buffer full: dropped the %d oldest results", excess)
+
+    async def flush(self) -> None:
+        """Deliver everything buffered; raises :class:`LinkError` (data kept) when it cannot."""
+        async with self._lock:
+            while self.pending:
+                await self._send_one()
+
+    async def _send_one(self) -> None:
+        chunk = [self._results.popleft() for _ in range(min(self.batch_size, len(self._results)))]
+        peers = [self._peers.popleft() for _ in range(min(self.batch_size, len(self._peers)))]
+        batch = ResultBatch(
+            role=self.registration.role,
+            host=self.registration.host,
+            results=tuple(chunk),
+            listeners=self._listeners,
+            peers=tuple(peers),
+            sent_at=time.time(),
+            dropped=self.dropped_unsent,
+        )
+        try:
+            status, body = await self._post_batch(batch)
+        except BaseException:
+            self._requeue(chunk, peers)
+            raise
+        if status == 200:
+            self.accepted_results += len(chunk)
+            self.dropped_unsent -= batch.dropped
+            self._listeners_dirty = False
+            self.last_report = time.time()
+            return
+        if status == 400:
+            # The controller will never take this batch: drop it, counted, and go on.
+            self.rejected_batches += 1
+            self.dropped_unsent -= batch.dropped
+            self.dropped_total += len(chunk)
+            self._listeners_dirty = False
+            log.error(
+                "controller rejected a batch of %d results: %s", len(chunk), _error_text(body)
+            )
+            return
+        self._requeue(chunk, peers)
+        raise LinkError(f"results refused: HTTP {status} {_error_text(body)}")
+
+    async def _post_batch(self, batch: ResultBatch) -> tuple[int, Any]:
+        status, body = await self.transport.post(RESULTS_PATH, encode(batch))
+        if status == 409:
+            log.info("the controller does not know this agent: registering again")
+            await self.register()
+            status, body = await self.transport.post(RESULTS_PATH, encode(batch))
+        return status, body
+
+    def _requeue(self, chunk: list[ProbeResult], peers: list[PeerSeen]) -> None:
+        self._results.extendleft(reversed(chunk))
+        self._trim()
+        self._peers.extendleft(reversed(peers))
+
+
+def _error_text(body: Any) -> str:
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    return ""
+
+
+class Backoff:
+    """Exponential delays with full jitter: initial, ×2 each failure, capped; reset on success."""
+
+    def __init__(self, initial: float = 1.0, cap: float = 60.0) -> None:
+        import random
+
+        self.initial = initial
+        self.cap = cap
+        self._next = initial
+        self._rng = random.Random()
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+    def next_delay(self) -> float:
+        delay = self._rng.uniform(self._next / 2, self._next)
+        self._next = min(self.cap, self._next * 2)
+        return delay
