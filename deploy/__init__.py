@@ -1,0 +1,1 @@
+"""Deployment helpers for netcheck (the network-namespace lab lives in deploy.lab)."""

@@ -1,0 +1,5 @@
+import sys
+
+from deploy.lab.cli import main
+
+sys.exit(main())

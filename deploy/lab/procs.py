@@ -1,0 +1,109 @@
+"""The lab's processes: started inside a namespace, recorded in pid files, ended by pid.
+
+Every process gets ``NETCHECK_LAB=<state dir>`` in its environment; :func:`stop_all` ends a
+pid from a pid file only when that marker is still in ``/proc/PID/environ`` (pid reuse can
+never make it kill someone else's process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+MARKER = "NETCHECK_LAB"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def state_dir() -> Path:
+    """``$NETCHECK_LAB_STATE``, else /tmp/netcheck-lab (root) or $XDG_RUNTIME_DIR/netcheck-lab."""
+    env = os.environ.get("NETCHECK_LAB_STATE")
+    if env:
+        return Path(env)
+    if os.geteuid() != 0 and os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "netcheck-lab"
+    return Path("/tmp/netcheck-lab")
+
+
+def start(name: str, argv: Sequence[str], netns: str | None, state: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (a Python module run: ``[-m, mod, ...]``) in ``netns``; log and pid file."""
+    (state / "pids").mkdir(parents=True, exist_ok=True)
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, *argv]
+    if netns is not None:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    env = dict(os.environ, **{MARKER: str(state)})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    with open(state / "logs" / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (state / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    return proc
+
+
+def is_ours(pid: int, state: Path) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{MARKER}={state}".encode() in environ.split(b"\0")
+
+
+def recorded_pids(state: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in sorted((state / "pids").glob("*.pid")):
+        with contextlib.suppress(ValueError, OSError):
+            out[f.stem] = int(f.read_text().strip())
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def terminate(pids: Iterable[int], grace_s: float = 3.0) -> None:
+    """SIGTERM each pid, SIGKILL what is still there after ``grace_s``."""
+    alive = [p for p in pids if _alive(p)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for _ in range(int(grace_s / 0.05) + 1):
+        alive = [p for p in alive if _alive(p)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def stop_recorded(state: Path) -> list[int]:
+    """End the processes of the pid files that are still ours; remove the pid files."""
+    pids = [p for p in recorded_pids(state).values() if is_ours(p, state)]
+    terminate(pids)
+    for f in (state / "pids").glob("*.pid"):
+        f.unlink(missing_ok=True)
+    return pids
