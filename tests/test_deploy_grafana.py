@@ -1,0 +1,124 @@
+"""The provisioned Grafana dashboard in deploy/grafana: well-formed and on the metric contract."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+GRAFANA = REPO / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "netcheck.json"
+METRIC = re.compile(r"\b(netcheck_[a-z_]+)\b")
+PROMTOOL = shutil.which("promtool")
+
+
+def contract_metrics() -> set[str]:
+    lines = (REPO / "deploy" / "prometheus" / "metric_names.txt").read_text().splitlines()
+    return {ln.split()[0] for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def query_panels(d: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for p in d["panels"]:
+        if p["type"] != "row":
+            yield p
+        yield from (q for q in p.get("panels", []) if q["type"] != "row")
+
+
+def queries(d: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in query_panels(d) for t in p["targets"]]
+
+
+def test_stable_uid_and_datasource_variable() -> None:
+    d = dashboard()
+    assert d["uid"] == "netcheck-overview"
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for p in query_panels(d):
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", p["title"]
+    for v in d["templating"]["list"]:
+        if v["type"] == "query":
+            assert v["datasource"]["uid"] == "${datasource}"
+
+
+def test_panels_cover_the_issue() -> None:
+    """Pass/fail per interaction, failing ports, gate per mode, agent freshness."""
+    exprs = "\n".join(queries(dashboard()))
+    for metric in (
+        "netcheck_checks",
+        "netcheck_interaction_up",
+        "netcheck_port_checks",
+        "netcheck_gate_go",
+        "netcheck_gate_blocking_checks",
+        "netcheck_agent_report_age_seconds",
+    ):
+        assert re.search(rf"\b{metric}\b", exprs), metric
+
+
+def test_every_metric_is_in_the_contract() -> None:
+    d = dashboard()
+    used = set(METRIC.findall("\n".join(queries(d))))
+    for v in d["templating"]["list"]:
+        used |= set(METRIC.findall(v.get("definition", "")))
+    assert used <= contract_metrics(), sorted(used - contract_metrics())
+
+
+def test_layout_ids_and_ref_ids() -> None:
+    d = dashboard()
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for p in d["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
+        xs = range(g["x"], g["x"] + g["w"])
+        mine = {(x, y) for x in xs for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells, f"{p['title']} overlaps another panel"
+        cells |= mine
+    for p in query_panels(d):
+        refs = [t["refId"] for t in p["targets"]]
+        assert refs and len(refs) == len(set(refs)), p["title"]
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_queries_are_valid_promql(tmp_path: Path) -> None:
+    """Each panel query, with the dashboard variables filled in, parses as PromQL."""
+    fill = {"$interaction": ".*", "$mode": ".*", "$__rate_interval": "5m"}
+    rules = []
+    for i, expr in enumerate(queries(dashboard())):
+        for var, value in fill.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"netcheck:dashboard_query_{i}", "expr": expr})
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert PROMTOOL is not None
+    out = subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_provisioning_files() -> None:
+    prov = GRAFANA / "provisioning"
+    dashboards = yaml.safe_load((prov / "dashboards" / "netcheck.yml").read_text())
+    assert dashboards["apiVersion"] == 1
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    sources = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())
+    assert [s["type"] for s in sources["datasources"]] == ["prometheus"]
