@@ -71,6 +71,8 @@ class Lab:
                 sh("ip", "-n", ns, "link", "set", ifname, "up")
         for router in (r1, r2):
             sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            # Routers rate-limit ICMP errors per peer; a lab traceroute of many ports needs all.
+            sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
         sh("ip", "-n", c, "route", "add", "default", "via", R1_LEFT)
         sh("ip", "-n", r1, "route", "add", "198.18.3.0/24", "via", R2_LEFT)
         sh("ip", "-n", r2, "route", "add", "198.18.1.0/24", "via", R1_RIGHT)
@@ -91,7 +93,7 @@ class Lab:
             ["ip", "netns", "exec", self.ns[ns_key], *argv],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         self.procs.append(proc)
         return proc

@@ -1,0 +1,119 @@
+"""Every probe state through a real routed path: namespaces, two routers, nftables rules.
+
+client -- r1 -- r2 (nftables) -- server, all in 198.18.0.0/15 inside namespaces this test
+creates and always deletes. The agent runs through its real CLI inside the client namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_helpers import (
+    CLIENT,
+    LISTEN_SCRIPT,
+    PYTHON,
+    R2_LEFT,
+    SERVER,
+    Lab,
+    root_lab_skip_reason,
+)
+
+from agent.wire import ProbeResult, ResultBatch, decode
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(root_lab_skip_reason() is not None, reason=str(root_lab_skip_reason())),
+]
+
+DROP, RESET, ADMIN, HOST_UNREACH, HOST_PROHIB, OPEN, CLOSED = range(1001, 1008)
+RULES = f"""table inet nct_agent {{
+  chain forward_filter {{
+    type filter hook forward priority 0;
+    tcp dport {DROP} drop
+    tcp dport {RESET} reject with tcp reset
+    tcp dport {ADMIN} reject with icmp type admin-prohibited
+    tcp dport {HOST_UNREACH} reject with icmp type host-unreachable
+    tcp dport {HOST_PROHIB} reject with icmp type host-prohibited
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        lab.nft("r2", RULES)
+        lab.spawn("s", [PYTHON, "-c", LISTEN_SCRIPT, str(OPEN)])
+        time.sleep(0.3)
+        yield lab
+
+
+def run_agent(lab: Lab, tmp_path: Path, mode: str) -> dict[int, ProbeResult]:
+    checks = [
+        {
+            "check_id": f"9:c>s:{port}",
+            "interaction": 9,
+            "dst_role": "s",
+            "dst_host": "s",
+            "dst_address": SERVER,
+            "port": port,
+            "service": "tcp",
+        }
+        for port in range(DROP, CLOSED + 1)
+    ]
+    plan = {"role": "c", "host": "c", "address": CLIENT, "listen": [], "checks": checks}
+    plan["timeout_s"] = 1.0
+    plan_file, out = tmp_path / f"plan-{mode}.json", tmp_path / f"out-{mode}.json"
+    plan_file.write_text(json.dumps(plan))
+    proc = lab.run(
+        "c",
+        [PYTHON, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out), "--mode", mode],
+    )
+    assert proc.returncode == 0, proc.stderr
+    batch = decode(ResultBatch, json.loads(out.read_text()))
+    return {r.port: r for r in batch.results}
+
+
+EXPECTED = {
+    DROP: "filtered",
+    RESET: "refused",
+    ADMIN: "prohibited",
+    HOST_UNREACH: "unreachable",
+    HOST_PROHIB: "prohibited",
+    OPEN: "open",
+    CLOSED: "refused",
+}
+
+
+def test_connect_mode_tells_every_state(lab: Lab, tmp_path: Path) -> None:
+    res = run_agent(lab, tmp_path, "connect")
+    assert {p: r.state for p, r in res.items()} == EXPECTED
+    assert all(r.mode == "connect" for r in res.values())
+    assert res[DROP].attempts == 3
+    assert res[OPEN].attempts == 1
+    # The ICMP error queue names the router that rejected, and the exact ICMP code.
+    for port in (ADMIN, HOST_UNREACH, HOST_PROHIB):
+        assert res[port].responder == R2_LEFT
+    assert "administratively prohibited" in res[ADMIN].error
+    assert "host unreachable" in res[HOST_UNREACH].error
+
+
+def test_syn_mode_tells_every_state_and_finds_the_firewall(lab: Lab, tmp_path: Path) -> None:
+    res = run_agent(lab, tmp_path, "syn")
+    assert {p: r.state for p, r in res.items()} == EXPECTED
+    assert all(r.mode == "syn" for r in res.values())
+    assert res[DROP].attempts == 3
+    # Traceroute on the port: r2 is the last router that answered before the drop.
+    assert res[DROP].last_hop == R2_LEFT
+    # r2's reset pretends to come from the server but arrives with one hop too few.
+    assert res[RESET].responder == SERVER
+    assert "rejected by a firewall" in res[RESET].error
+    assert "firewall" not in res[CLOSED].error
+    assert res[CLOSED].last_hop == R2_LEFT
+    assert res[ADMIN].responder == R2_LEFT
+    assert res[ADMIN].last_hop == R2_LEFT
+    assert res[OPEN].last_hop is None and res[OPEN].latency_s is not None
