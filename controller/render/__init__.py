@@ -1,0 +1,50 @@
+"""Rendering: the topology page and the reports. Pure functions of an evaluation.
+
+``render_report(spec, ev, gates, fmt)`` for fmt in table | json | markdown | junit | html,
+``render_page(spec, ev, gates, refresh_seconds=...)`` for the live page served at ``/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from controller.model import Evaluation, GateDecision
+from controller.render import json_report, junit, markdown, table
+from controller.render.page import render_page
+from controller.spec import Spec
+
+FORMATS: tuple[str, ...] = ("table", "json", "markdown", "junit", "html")
+MEDIA_TYPES: dict[str, str] = {
+    "table": "text/plain",
+    "json": "application/json",
+    "markdown": "text/markdown",
+    "junit": "application/xml",
+    "html": "text/html",
+}
+
+_Renderer = Callable[[Spec, Evaluation, Sequence[GateDecision]], str]
+
+
+def _html(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
+    return render_page(spec, ev, gates, refresh_seconds=None)
+
+
+_RENDERERS: dict[str, _Renderer] = {
+    "table": table.render,
+    "json": json_report.render,
+    "markdown": markdown.render,
+    "junit": junit.render,
+    "html": _html,
+}
+
+
+def render_report(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision], fmt: str) -> str:
+    """The report in ``fmt`` (one of :data:`FORMATS`); ValueError for any other format."""
+    try:
+        renderer = _RENDERERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown report format {fmt!r} (formats: {', '.join(FORMATS)})") from None
+    return renderer(spec, ev, gates)
+
+
+__all__ = ["FORMATS", "MEDIA_TYPES", "render_page", "render_report"]

@@ -1,0 +1,108 @@
+"""Small pure helpers shared by every report format and the page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from controller.model import CheckRow, Evaluation, Rollup, Verdict
+from controller.spec import Interaction
+
+VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unknown")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts over every expected check of an evaluation."""
+
+    total: int
+    passed: int
+    failed: int
+    unknown: int
+    unexpected: int
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.failed:
+            return "fail"
+        if self.unknown:
+            return "unknown"
+        return "pass"
+
+
+def summary(ev: Evaluation) -> Summary:
+    counts = {v: 0 for v in VERDICTS}
+    for row in ev.rows:
+        counts[row.verdict] += 1
+    return Summary(
+        total=len(ev.rows),
+        passed=counts["pass"],
+        failed=counts["fail"],
+        unknown=counts["unknown"],
+        unexpected=len(ev.unexpected),
+    )
+
+
+def iso(ts: float | None) -> str | None:
+    """Seconds since the epoch as an ISO 8601 UTC timestamp (None stays None)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_label(row: CheckRow) -> str:
+    """``pio-1 -> prem-mgr:2376 (docker)``: who connects to what."""
+    c = row.check
+    return f"{c.src_host} -> {c.dst_host}:{c.port} ({c.service})"
+
+
+def interaction_label(inter: Interaction) -> str:
+    """``interaction 4: HDM PIO Appliance to HDM Prem Manager``."""
+    return f"interaction {inter.id}: {inter.title}"
+
+
+def rollup_of(ev: Evaluation, inter: Interaction) -> Rollup:
+    """The roll-up of one interaction (all zero when no host pair exists for it)."""
+    for r in ev.by_interaction:
+        if r.key == str(inter.id):
+            return r
+    return Rollup(str(inter.id), inter.title, inter.source, inter.destination, 0, 0, 0)
+
+
+def counts_text(r: Rollup) -> str:
+    """``52/56`` (passed of total), the label of an edge."""
+    return f"{r.passed}/{r.total}"
+
+
+def not_passing(rows: Iterable[CheckRow]) -> list[CheckRow]:
+    """Failing checks first, then unknown ones, each in the evaluation's order."""
+    rows = list(rows)
+    return [r for r in rows if r.verdict == "fail"] + [r for r in rows if r.verdict == "unknown"]
+
+
+def rows_of(ev: Evaluation, interaction: int) -> list[CheckRow]:
+    return [r for r in ev.rows if r.check.interaction == interaction]
+
+
+def flow_directions(inter: Interaction) -> tuple[bool, bool]:
+    """(has a forward flow, has a reverse flow): which way the arrows of an edge point."""
+    return (
+        any(f.direction == "forward" for f in inter.flows),
+        any(f.direction == "reverse" for f in inter.flows),
+    )
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A plain aligned text table (for terminals)."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])]
+    out.extend(line(r) for r in rows)
+    return out

@@ -1,0 +1,155 @@
+"""The JSON report: THE stable machine interface (see report.schema.json, REPORT_SCHEMA.md).
+
+Add fields, never rename or remove them; bump ``SCHEMA_VERSION`` only for a breaking change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from agent.wire import encode
+from controller.model import AgentSeen, CheckRow, Evaluation, GateDecision, Rollup
+from controller.render.common import VERDICTS, iso, rollup_of, summary
+from controller.render.gates import gate_dict
+from controller.spec import Spec
+
+SCHEMA_VERSION = 1
+
+
+def _rollup(r: Rollup) -> dict[str, Any]:
+    return {
+        "key": r.key,
+        "title": r.title,
+        "src_role": r.src_role,
+        "dst_role": r.dst_role,
+        "passed": r.passed,
+        "failed": r.failed,
+        "unknown": r.unknown,
+        "total": r.total,
+        "verdict": r.verdict,
+    }
+
+
+def _check(row: CheckRow) -> dict[str, Any]:
+    c, r = row.check, row.result
+    sc = r.service_check if r else None
+    return {
+        "check_id": c.check_id,
+        "interaction": c.interaction,
+        "src_role": c.src_role,
+        "src_host": c.src_host,
+        "src_address": c.src_address,
+        "dst_role": c.dst_role,
+        "dst_host": c.dst_host,
+        "dst_address": c.dst_address,
+        "port": c.port,
+        "service": c.service,
+        "expect": c.expect,
+        "direction": c.direction,
+        "modes": list(c.modes),
+        "verdict": row.verdict,
+        "cause": row.cause,
+        "diagnosis": row.diagnosis,
+        "state": r.state if r else None,
+        "mode": r.mode if r else None,
+        "attempts": r.attempts if r else None,
+        "latency_s": r.latency_s if r else None,
+        "observed_at": iso(r.started_at) if r else None,
+        "last_hop": r.last_hop if r else None,
+        "responder": r.responder if r else None,
+        "service_check": encode(sc) if sc else None,
+    }
+
+
+def _agent(a: AgentSeen) -> dict[str, Any]:
+    return {
+        "role": a.role,
+        "host": a.host,
+        "address": a.address,
+        "mode": a.mode,
+        "version": a.version,
+        "last_report": iso(a.last_report),
+    }
+
+
+def _roles(spec: Spec, ev: Evaluation) -> list[dict[str, Any]]:
+    hosts: dict[str, dict[str, str]] = {name: {} for name in spec.roles}
+    for row in ev.rows:
+        c = row.check
+        hosts.setdefault(c.src_role, {})[c.src_host] = c.src_address
+        hosts.setdefault(c.dst_role, {})[c.dst_host] = c.dst_address
+    reporting: dict[str, int] = {}
+    for a in ev.agents:
+        reporting[a.role] = reporting.get(a.role, 0) + (a.last_report is not None)
+    return [
+        {
+            "role": name,
+            "name": role.name,
+            "site": role.site,
+            "agent": role.agent,
+            "hosts": [{"name": h, "address": addr} for h, addr in sorted(hosts[name].items())],
+            "agents_reporting": reporting.get(name, 0),
+        }
+        for name, role in spec.roles.items()
+    ]
+
+
+def report_dict(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> dict[str, Any]:
+    """The whole report as JSON-ready data."""
+    s = summary(ev)
+    interactions = []
+    for inter in spec.interactions:
+        r = rollup_of(ev, inter)
+        interactions.append(
+            {
+                "id": inter.id,
+                "title": inter.title,
+                "source": inter.source,
+                "destination": inter.destination,
+                "interconnect": inter.interconnect,
+                "modes": list(spec.modes_of(inter.id)),
+                "flows": [
+                    {
+                        "ports": f.ports,
+                        "service": f.service,
+                        "direction": f.direction,
+                        "expect": f.expect,
+                        "purpose": f.purpose,
+                    }
+                    for f in inter.flows
+                ],
+                "passed": r.passed,
+                "failed": r.failed,
+                "unknown": r.unknown,
+                "total": r.total,
+                "verdict": r.verdict,
+            }
+        )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": iso(ev.generated_at),
+        "site": ev.site,
+        "summary": {
+            "total": s.total,
+            "passed": s.passed,
+            "failed": s.failed,
+            "unknown": s.unknown,
+            "unexpected": s.unexpected,
+            "verdict": s.verdict,
+        },
+        "verdicts": list(VERDICTS),
+        "roles": _roles(spec, ev),
+        "interactions": interactions,
+        "role_pairs": [_rollup(r) for r in ev.by_role_pair],
+        "checks": [_check(row) for row in ev.rows],
+        "unexpected": [encode(r) for r in ev.unexpected],
+        "listeners": {host: encode(list(ls)) for host, ls in sorted(ev.listeners.items())},
+        "agents": [_agent(a) for a in ev.agents],
+        "gates": [gate_dict(g) for g in gates],
+    }
+
+
+def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
+    return json.dumps(report_dict(spec, ev, gates), indent=2, sort_keys=False) + "\n"

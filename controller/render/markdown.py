@@ -1,0 +1,111 @@
+"""The Markdown report, for a firewall change ticket: what fails, and what to open."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from controller.model import CheckRow, Evaluation, GateDecision
+from controller.render.common import counts_text, iso, not_passing, rollup_of, summary
+from controller.render.gates import gate_headline
+from controller.spec import Spec
+
+_ICON = {"pass": "PASS", "fail": "**FAIL**", "unknown": "UNKNOWN"}
+
+
+def cell(text: str) -> str:
+    """Text made safe for one Markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def what_to_open(row: CheckRow) -> str:
+    c = row.check
+    if c.expect == "closed":
+        return f"block TCP {c.src_address} -> {c.dst_address}:{c.port}"
+    return f"allow TCP {c.src_address} -> {c.dst_address}:{c.port}"
+
+
+def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
+    s = summary(ev)
+    out = [
+        f"# netcheck report: site `{cell(ev.site)}`",
+        "",
+        f"Generated {iso(ev.generated_at)}.",
+        "",
+        "## Summary",
+        "",
+        f"- Expected checks: **{s.total}**: {s.passed} pass, {s.failed} fail, {s.unknown} unknown",
+        f"- Unexpected results (no matching check): {s.unexpected}",
+    ]
+    out += [f"- Gate {cell(gate_headline(g))}" for g in gates]
+    out += ["", "## Interactions", ""]
+    rows = []
+    for inter in spec.interactions:
+        r = rollup_of(ev, inter)
+        rows.append(
+            [
+                str(inter.id),
+                inter.title,
+                f"`{inter.source}` -> `{inter.destination}`",
+                _ICON[r.verdict],
+                counts_text(r),
+                str(r.failed),
+                str(r.unknown),
+            ]
+        )
+    out += _table(["#", "Interaction", "Roles", "Verdict", "Pass", "Fail", "Unknown"], rows)
+    failing = [r for r in ev.rows if r.verdict == "fail"]
+    out += ["", f"## Failing flows ({len(failing)})", ""]
+    if failing:
+        out += _table(
+            ["#", "Source", "Destination", "Port", "What to open", "Cause", "Diagnosis"],
+            [
+                [
+                    str(r.check.interaction),
+                    f"{r.check.src_host} ({r.check.src_address})",
+                    f"{r.check.dst_host} ({r.check.dst_address})",
+                    f"{r.check.port}/tcp ({r.check.service})",
+                    what_to_open(r),
+                    r.cause,
+                    r.diagnosis,
+                ]
+                for r in failing
+            ],
+        )
+    else:
+        out.append("No failing flow.")
+    unknown = [r for r in not_passing(ev.rows) if r.verdict == "unknown"]
+    out += ["", f"## Not yet known ({len(unknown)})", ""]
+    if unknown:
+        out += _table(
+            ["#", "Source", "Destination", "Port", "Cause", "Diagnosis"],
+            [
+                [
+                    str(r.check.interaction),
+                    r.check.src_host,
+                    r.check.dst_host,
+                    str(r.check.port),
+                    r.cause,
+                    r.diagnosis,
+                ]
+                for r in unknown
+            ],
+        )
+    else:
+        out.append("Every check has a fresh result.")
+    if gates:
+        out += ["", "## Gates", ""]
+        for g in gates:
+            out.append(f"### {cell(gate_headline(g))}")
+            out.append("")
+            out += [f"- {cell(x)}" for x in g.reasons]
+            out += [f"- warning: {cell(x)}" for x in g.warnings]
+            if not g.reasons and not g.warnings:
+                out.append("- every required check passes")
+            out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"

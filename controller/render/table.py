@@ -1,0 +1,57 @@
+"""The plain text report, for a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from controller.model import Evaluation, GateDecision
+from controller.render.common import check_label, counts_text, iso, not_passing, rollup_of, summary
+from controller.render.common import text_table as table
+from controller.render.gates import gate_headline
+from controller.spec import Spec
+
+
+def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
+    s = summary(ev)
+    out = [
+        f"netcheck report: site {ev.site}, {iso(ev.generated_at)}",
+        f"{s.total} expected checks: {s.passed} pass, {s.failed} fail, {s.unknown} unknown"
+        f" ({s.unexpected} unexpected results)",
+        "",
+        "Interactions",
+    ]
+    rows = []
+    for inter in spec.interactions:
+        r = rollup_of(ev, inter)
+        rows.append(
+            [
+                str(inter.id),
+                r.verdict.upper(),
+                counts_text(r),
+                str(r.failed),
+                str(r.unknown),
+                f"{inter.source} -> {inter.destination}",
+                inter.title,
+            ]
+        )
+    out += table(["#", "verdict", "pass", "fail", "unknown", "roles", "title"], rows)
+    bad = not_passing(ev.rows)
+    out += ["", f"Failing and unknown checks ({len(bad)})"]
+    if bad:
+        out += table(
+            ["verdict", "#", "check", "cause", "diagnosis"],
+            [
+                [r.verdict.upper(), str(r.check.interaction), check_label(r), r.cause, r.diagnosis]
+                for r in bad
+            ],
+        )
+    else:
+        out.append("none")
+    out += ["", "Gates"]
+    for g in gates:
+        out.append(f"  {gate_headline(g)}")
+        out.extend(f"    - {reason}" for reason in g.reasons)
+        out.extend(f"    ! {w}" for w in g.warnings)
+    if not gates:
+        out.append("  none asked")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,78 @@
+"""Real evaluations for the rendering tests: evaluate() over results made for the example site."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from agent.wire import ListenerStatus, ProbeResult, ProbeState
+from controller.evaluate import evaluate
+from controller.expand import ExpectedCheck, expand
+from controller.gate import gate
+from controller.inventory import Inventory, load_inventory
+from controller.model import AgentSeen, Evaluation, GateDecision
+from controller.spec import Spec, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+NOW = 1_700_000_000.0
+
+
+def load() -> tuple[Spec, Inventory]:
+    spec = load_spec(REPO / "topology.yaml")
+    return spec, load_inventory(REPO / "inventory.example.yaml", spec)
+
+
+def probe(c: ExpectedCheck, state: ProbeState) -> ProbeResult:
+    return ProbeResult(
+        check_id=c.check_id,
+        interaction=c.interaction,
+        src_host=c.src_host,
+        src_address=c.src_address,
+        dst_host=c.dst_host,
+        dst_address=c.dst_address,
+        port=c.port,
+        state=state,
+        mode="connect",
+        attempts=1 if state == "open" else 3,
+        started_at=NOW - 30,
+        latency_s=0.0012 if state == "open" else None,
+    )
+
+
+def make_evaluation(
+    spec: Spec,
+    inv: Inventory,
+    *,
+    states: dict[str, ProbeState] | None = None,
+    untested: Iterable[str] = (),
+    untested_interactions: Iterable[int] = (),
+) -> Evaluation:
+    """Every check open, except ``states`` (check id -> state) and the untested ones."""
+    states = states or {}
+    skip = set(untested)
+    skip_inter = set(untested_interactions)
+    checks = expand(spec, inv)
+    results = [
+        probe(c, states.get(c.check_id, "open"))
+        for c in checks
+        if c.check_id not in skip and c.interaction not in skip_inter
+    ]
+    # Each agent-holding destination reports its listeners up, so a refusal reads as a
+    # firewall's reject rather than "nothing listening".
+    listeners: dict[str, list[ListenerStatus]] = {}
+    for c in checks:
+        if spec.roles[c.dst_role].agent:
+            ls = listeners.setdefault(c.dst_host, [])
+            if all(x.port != c.port for x in ls):
+                ls.append(ListenerStatus(c.port, "listening", NOW - 600))
+    agents = [
+        AgentSeen(role, h.name, h.address, "connect", "0.1.0", NOW - 20)
+        for role, hosts in inv.hosts.items()
+        if spec.roles[role].agent
+        for h in hosts
+    ]
+    return evaluate(spec, inv, results, listeners, {}, agents, NOW)
+
+
+def gates_for(spec: Spec, inv: Inventory, ev: Evaluation) -> list[GateDecision]:
+    return [gate(spec, inv, ev, mode) for mode in spec.modes]
