@@ -64,7 +64,9 @@ def build_plan(layout: Layout) -> tuple[Batch, ...]:
     links.append(f"link add ic netns {prem} type veth peer name ic netns {cloud}")
     # The management bridge's ports, one per host, and each host's site link to its router.
     for h in layout.hosts:
-        links.append(f"link add mgmt0 netns {h.netns} type veth peer name m{h.index} netns {CTL_NETNS}")
+        links.append(
+            f"link add mgmt0 netns {h.netns} type veth peer name m{h.index} netns {CTL_NETNS}"
+        )
         links.append(
             f"link add eth0 netns {h.netns} type veth peer name h{h.index} "
             f"netns {router_netns(h.router)}"
@@ -77,9 +79,7 @@ def build_plan(layout: Layout) -> tuple[Batch, ...]:
         ctl += [f"link set m{h.index} master br0", f"link set m{h.index} up"]
     out.append(Batch(CTL_NETNS, tuple(ctl)))
     ic_prem, ic_cloud = INTERCONNECT
-    per_router: dict[str, list[str]] = {
-        r: ["link set lo up", "link set ic up"] for r in ROUTERS
-    }
+    per_router: dict[str, list[str]] = {r: ["link set lo up", "link set ic up"] for r in ROUTERS}
     per_router["prem"].append(f"addr add {ic_prem}/30 dev ic")
     per_router["cloud"].append(f"addr add {ic_cloud}/30 dev ic")
     for site, net in SITE_NET.items():

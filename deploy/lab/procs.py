@@ -30,7 +30,9 @@ def state_dir() -> Path:
     return Path("/tmp/netcheck-lab")
 
 
-def start(name: str, argv: Sequence[str], netns: str | None, state: Path) -> subprocess.Popen[bytes]:
+def start(
+    name: str, argv: Sequence[str], netns: str | None, state: Path
+) -> subprocess.Popen[bytes]:
     """Start ``argv`` (a Python module run: ``[-m, mod, ...]``) in ``netns``; log and pid file."""
     (state / "pids").mkdir(parents=True, exist_ok=True)
     (state / "logs").mkdir(parents=True, exist_ok=True)

@@ -169,8 +169,9 @@ def _resolve(src: Sourced, i: int, rule: Rule, spec: Spec, layout: Layout) -> li
         if not selected:
             problems.append(
                 src.problem(
-                    at, f"the rule matches no flow of interaction {rule.interaction} (check "
-                    "src/dst, which name the connecting and the listening role, and ports)"
+                    at,
+                    f"the rule matches no flow of interaction {rule.interaction} (check "
+                    "src/dst, which name the connecting and the listening role, and ports)",
                 )
             )
     elif rule.src is None or rule.dst is None or wanted is None:
