@@ -25,12 +25,15 @@ def _log(msg: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 repeat, 1,000-port sweep, 20 s nmap bound, fewer agents")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 repeat, 1,000-port sweep, 20 s nmap bound, fewer agents",
+    )
     p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     p.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3)")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the reports")
-    return p  # fmt: skip
+    return p
 
 
 def _runners(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
@@ -42,8 +45,11 @@ def _runners(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
     def sweep() -> Section:
         from bench.sweep import SweepConfig, run_sweep
 
-        cfg = (SweepConfig(5000, 5999, repeats, 20.0) if args.quick
-               else SweepConfig(5000, 12010, repeats, 120.0))  # fmt: skip
+        cfg = (
+            SweepConfig(5000, 5999, repeats, 20.0)
+            if args.quick
+            else SweepConfig(5000, 12010, repeats, 120.0)
+        )
         return run_sweep(spec, cfg, _log)
 
     def ingest() -> Section:

@@ -107,8 +107,10 @@ def worker(
     done = run([sys.executable, "-m", "bench.worker", kind, json.dumps(args)], timeout_s, netns)
     if done.rc != 0 or done.timed_out:
         tail = done.stderr.strip().splitlines()[-5:]
-        raise BenchError(f"worker {kind} in {netns}: rc={done.rc} timed_out={done.timed_out}: "
-                         + " | ".join(tail))
+        raise BenchError(
+            f"worker {kind} in {netns}: rc={done.rc} timed_out={done.timed_out}: "
+            + " | ".join(tail)
+        )
     answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return answer, done.wall_s
 

@@ -60,8 +60,8 @@ def selectors_floor(targets: Sequence[Target], timeout_s: float) -> list[str]:
             for key, _ in sel.select(left):
                 i = int(key.data)
                 err = socks[i].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                states[i] = "open" if err == 0 else (
-                    "refused" if err == errno.ECONNREFUSED else "error"
+                states[i] = (
+                    "open" if err == 0 else ("refused" if err == errno.ECONNREFUSED else "error")
                 )
                 sel.unregister(socks[i])
     finally:

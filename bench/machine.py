@@ -27,7 +27,9 @@ def _cpu_model() -> str:
 def blackbox_version() -> str:
     try:
         out = subprocess.run(
-            ["prometheus-blackbox-exporter", "--version"], capture_output=True, text=True,
+            ["prometheus-blackbox-exporter", "--version"],
+            capture_output=True,
+            text=True,
             timeout=10,
         )
     except OSError:

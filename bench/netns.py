@@ -50,8 +50,21 @@ def delete_all() -> None:
 
 
 def _veth(a_ns: str, a_if: str, b_ns: str, b_if: str) -> None:
-    sh("ip", "link", "add", a_if, "netns", a_ns, "type", "veth", "peer", "name", b_if,
-       "netns", b_ns)
+    sh(
+        "ip",
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b_ns,
+    )
 
 
 def _addr(ns: str, dev: str, cidr: str) -> None:

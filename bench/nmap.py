@@ -86,9 +86,19 @@ def scan(
 ) -> NmapRun:
     """``nmap -sT|-sS -Pn -T4`` of `ports` on `address`, killed at `bound_s`."""
     argv = [
-        "nmap", f"-s{kind}", "-Pn", "-T4", "-n", "--stats-every", "2s",
-        "-p", port_arg(ports), "-oX", "-", address,
-    ]  # fmt: skip
+        "nmap",
+        f"-s{kind}",
+        "-Pn",
+        "-T4",
+        "-n",
+        "--stats-every",
+        "2s",
+        "-p",
+        port_arg(ports),
+        "-oX",
+        "-",
+        address,
+    ]
     done: Done = run(argv, bound_s, netns)
     states, percent = parse_xml(done.stdout, ports)
     eta = None

@@ -52,25 +52,42 @@ def run_sweep(spec: Spec, cfg: SweepConfig, log: Any) -> Section:
         base = sweep_plan(spec, p.src_address, p.dst_address, ports, shipped_conc)
         shipped = write_plan(base, Path(tmp) / "shipped.json")
         wide = write_plan(with_concurrency(base, n), Path(tmp) / "wide.json")
-        targets = {"targets": [[p.dst_address, x] for x in ports], "timeout_s": timeout}
-        runs = [
-            (Samples("netcheck runner", f"plan as shipped: concurrency {shipped_conc}, "
-                     f"timeout {timeout:g} s, retries {base.retries}"),
-             "runner", {"plan": str(shipped)}),
-            (Samples("netcheck runner", f"plan concurrency {n} (all at once)"),
-             "runner", {"plan": str(wide)}),
-            (Samples("floor: plain asyncio", f"{n} connects at once, 1 SYN, {timeout:g} s"),
-             "floor-asyncio", targets),
-            (Samples("floor: selectors", f"{n} non-blocking connects, 1 SYN, {timeout:g} s"),
-             "floor-selectors", targets),
-        ]  # fmt: skip
+        targets: dict[str, Any] = {"targets": [[p.dst_address, x] for x in ports], "timeout_s": timeout}
+        runs: list[tuple[Samples, str, dict[str, Any]]] = [
+            (
+                Samples(
+                    "netcheck runner",
+                    f"plan as shipped: concurrency {shipped_conc}, "
+                    f"timeout {timeout:g} s, retries {base.retries}",
+                ),
+                "runner",
+                {"plan": str(shipped)},
+            ),
+            (
+                Samples("netcheck runner", f"plan concurrency {n} (all at once)"),
+                "runner",
+                {"plan": str(wide)},
+            ),
+            (
+                Samples("floor: plain asyncio", f"{n} connects at once, 1 SYN, {timeout:g} s"),
+                "floor-asyncio",
+                targets,
+            ),
+            (
+                Samples("floor: selectors", f"{n} non-blocking connects, 1 SYN, {timeout:g} s"),
+                "floor-selectors",
+                targets,
+            ),
+        ]
         bound = 60.0 + 4.0 * timeout * (n / shipped_conc + 1)
         for r in range(cfg.repeats):
             for s, kind, args in runs:
                 answer, wall = worker(kind, args, p.src_netns, bound)
                 s.add(answer, wall)
-                log(f"sweep run {r + 1}/{cfg.repeats} {s.label} ({s.config}): "
-                    f"{answer['probe_s']:.2f} s {answer['counts']}")  # fmt: skip
+                log(
+                    f"sweep run {r + 1}/{cfg.repeats} {s.label} ({s.config}): "
+                    f"{answer['probe_s']:.2f} s {answer['counts']}"
+                )
         log(f"sweep: nmap -sT -Pn -T4 on {n} ports, cut off at {cfg.nmap_bound_s:g} s")
         nm = nmap.scan("T", p.dst_address, ports, cfg.nmap_bound_s, p.src_netns)
     return _section(cfg, n, timeout, shipped_conc, runs, nm)
@@ -88,29 +105,48 @@ def _section(
     if nm.finished:
         nmap_text, nmap_s = secs(nm.wall_s), nm.wall_s
     else:
-        eta = f"; its own estimate of the whole run: {nm.eta_total_s:.0f} s" if nm.eta_total_s else ""
+        eta = ""
+        if nm.eta_total_s:
+            eta = f"; its own estimate of the whole run: {nm.eta_total_s:.0f} s"
         nmap_text = f"> {nm.wall_s:.0f} s (cut off at {nm.percent or 0:.1f} % done{eta})"
         nmap_s = nm.eta_total_s or nm.wall_s
     rows: list[tuple[str, ...]] = []
     for s, _, _ in runs:
         m = median(s.probe_s)
-        rows.append((
-            s.label, s.config, secs(m), secs(median(s.process_s)), str(len(s.probe_s)),
-            _counts(s.counts, len(s.probe_s)), ratio(m, nmap_s), f"{m / floor:.2f} x",
-        ))  # fmt: skip
+        rows.append(
+            (
+                s.label,
+                s.config,
+                secs(m),
+                secs(median(s.process_s)),
+                str(len(s.probe_s)),
+                _counts(s.counts, len(s.probe_s)),
+                ratio(m, nmap_s),
+                f"{m / floor:.2f} x",
+            )
+        )
     nmap_states = Counter(nm.states.values())
-    rows.append((
-        "nmap -sT -Pn -T4", "one process", nmap_text, nmap_text, "1",
-        ", ".join(f"{k} {v}" for k, v in sorted(nmap_states.items())) or "cut off: no port list",
-        "1.0 x", f"{nmap_s / floor:.0f} x",
-    ))  # fmt: skip
+    rows.append(
+        (
+            "nmap -sT -Pn -T4",
+            "one process",
+            nmap_text,
+            nmap_text,
+            "1",
+            ", ".join(f"{k} {v}" for k, v in sorted(nmap_states.items()))
+            or "cut off: no port list",
+            "1.0 x",
+            f"{nmap_s / floor:.0f} x",
+        )
+    )
     shipped = median(runs[0][0].probe_s)
     wide = median(runs[1][0].probe_s)
     speedup = nmap_s / shipped
     lower = "" if nm.finished else ("at least " if not nm.eta_total_s else "about ")
     limit = (
         f"the plan's concurrency cap (policy.probe_concurrency): {n} checks / {conc} at once = "
-        f"{-(-n // conc)} rounds of one {timeout:g} s timeout each; with concurrency {n} the same runner takes {secs(wide)} "
+        f"{-(-n // conc)} rounds of one {timeout:g} s timeout each; "
+        f"with concurrency {n} the same runner takes {secs(wide)} "
         f"({nmap_s / wide:.0f} x faster than nmap)"
     )
     target = Target(
@@ -123,8 +159,8 @@ def _section(
     method = (
         f"One host pair in namespaces (`ncbench-src` -> router `ncbench-rt` -> `ncbench-dst`), "
         f"ports {cfg.lo}-{cfg.hi} ({n}) all dropped by an nftables rule on the router. "
-        "\"probe wall\" is measured inside the worker process from the first connect to the "
-        "last verdict; \"process wall\" adds interpreter start-up and imports. Medians of "
+        '"probe wall" is measured inside the worker process from the first connect to the '
+        'last verdict; "process wall" adds interpreter start-up and imports. Medians of '
         f"{cfg.repeats} run(s) each, runs interleaved. nmap ran once, bounded at "
         f"{cfg.nmap_bound_s:g} s; when cut off, its rate is extrapolated from its own progress "
         "report (`--stats-every`)."
@@ -132,8 +168,16 @@ def _section(
     return Section(
         title=f"Wide sweep: {n} dropped ports, one host pair",
         method=method,
-        headers=("tool", "configuration", "probe wall (median)", "process wall (median)",
-                 "runs", "states per run", "faster than nmap", "vs floor"),  # fmt: skip
+        headers=(
+            "tool",
+            "configuration",
+            "probe wall (median)",
+            "process wall (median)",
+            "runs",
+            "states per run",
+            "faster than nmap",
+            "vs floor",
+        ),
         rows=tuple(rows),
         targets=(target,),
     )
