@@ -1,0 +1,123 @@
+"""Validation of what agents send: schema (pydantic, unknown keys refused) plus meaning.
+
+Shared by the HTTP API and ``netcheck-controller import``: a body either passes every
+check and is written whole, or is refused with a reason and nothing is written.
+:class:`Refused` carries the HTTP status and the ``netcheck_batches_rejected_total``
+reason (auth | schema | role | size).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from agent.wire import WIRE_VERSION, ProbeResult, Registration, ResultBatch, check_id
+from controller.inventory import Inventory
+from controller.model import AgentSeen
+from controller.spec import Spec
+
+Reason = Literal["auth", "schema", "role", "size"]
+T = TypeVar("T")
+
+_REGISTRATION = TypeAdapter(Registration)
+_BATCH = TypeAdapter(ResultBatch)
+
+
+@dataclass(frozen=True)
+class Refused(Exception):
+    """A request refused: the HTTP status, the metric reason, and plain words."""
+
+    status: int
+    reason: Reason
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _schema(adapter: TypeAdapter[T], body: bytes | str, what: str) -> T:
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False)
+        first = errs[0]
+        loc = ".".join(str(p) for p in first["loc"]) or what
+        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+        raise Refused(400, "schema", f"{what}: {loc}: {first['msg']}{more}") from None
+
+
+def _role_host(spec: Spec, inventory: Inventory, role: str, host: str) -> None:
+    if role not in spec.roles:
+        raise Refused(403, "role", f"unknown role {role!r}")
+    if not spec.roles[role].agent:
+        raise Refused(403, "role", f"role {role!r} does not run an agent")
+    if all(h.name != host for h in inventory.of_role(role)):
+        raise Refused(403, "role", f"host {host!r} is not a {role} host in the inventory")
+
+
+def parse_registration(body: bytes | str, spec: Spec, inventory: Inventory) -> Registration:
+    reg = _schema(_REGISTRATION, body, "registration")
+    if reg.wire_version != WIRE_VERSION:
+        raise Refused(400, "schema", f"wire_version {reg.wire_version} is not {WIRE_VERSION}")
+    _role_host(spec, inventory, reg.role, reg.host)
+    return reg
+
+
+def _result_problem(r: ProbeResult, host: str) -> str | None:
+    if r.src_host != host:
+        return f"src_host {r.src_host!r} is not the batch host {host!r}"
+    if r.check_id != check_id(r.interaction, r.src_host, r.dst_host, r.port):
+        return f"check_id {r.check_id!r} does not match its interaction, hosts and port"
+    if not 1 <= r.port <= 65535:
+        return f"port {r.port} is out of range"
+    if r.attempts < 0:
+        return "attempts is negative"
+    floats = [r.started_at, r.latency_s]
+    if r.service_check is not None:
+        floats.append(r.service_check.tls_not_after)
+    if any(f is not None and not math.isfinite(f) for f in floats):
+        return "a time is not a finite number"
+    return None
+
+
+def parse_batch(body: bytes | str) -> ResultBatch:
+    """The body as a ResultBatch (schema only), or :class:`Refused` (400)."""
+    batch = _schema(_BATCH, body, "batch")
+    if batch.wire_version != WIRE_VERSION:
+        raise Refused(400, "schema", f"wire_version {batch.wire_version} is not {WIRE_VERSION}")
+    return batch
+
+
+def check_batch(batch: ResultBatch, spec: Spec, inventory: Inventory) -> None:
+    """What the schema cannot say: a host of the inventory, its own results, sane values."""
+    try:
+        _role_host(spec, inventory, batch.role, batch.host)
+    except Refused as exc:
+        raise Refused(400, "schema", exc.message) from None
+    if batch.dropped < 0:
+        raise Refused(400, "schema", "dropped is negative")
+    for i, r in enumerate(batch.results):
+        problem = _result_problem(r, batch.host)
+        if problem:
+            raise Refused(400, "schema", f"results[{i}] ({r.check_id}): {problem}")
+    times = [s.since for s in batch.listeners] + [p.at for p in batch.peers] + [batch.sent_at]
+    if not all(math.isfinite(t) for t in times):
+        raise Refused(400, "schema", "a time is not a finite number")
+    ports = [s.port for s in batch.listeners] + [p.port for p in batch.peers]
+    if any(not 1 <= port <= 65535 for port in ports):
+        raise Refused(400, "schema", "a listener or peer port is out of range")
+
+
+def authorize_batch(batch: ResultBatch, agent: AgentSeen | None) -> None:
+    """The sender must have registered as this host and role (409 / 403 otherwise)."""
+    if agent is None:
+        raise Refused(409, "role", f"unknown agent {batch.host!r}: register first")
+    if agent.role != batch.role:
+        raise Refused(
+            403,
+            "role",
+            f"{batch.host!r} registered as {agent.role}, not {batch.role}",
+        )

@@ -1,0 +1,147 @@
+"""Prometheus metrics computed at scrape time from the store and a fresh evaluation.
+
+A custom collector (no long-lived gauges), so label sets of checks that no longer exist
+never linger. It is registered in the app's own CollectorRegistry, never the global one.
+Labels are bounded: interaction ids, roles, ports, modes; host names appear only on the
+per-agent metrics (one series per agent).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controller.app import evaluate_store
+from controller.gate import gate
+from controller.inventory import Inventory
+from controller.model import Evaluation
+from controller.spec import Spec
+from controller.store import Store
+
+VERDICTS = ("pass", "fail", "unknown")
+REJECT_REASONS = ("auth", "schema", "role", "size")
+
+
+def check_families(spec: Spec, inventory: Inventory, ev: Evaluation) -> Iterator[Metric]:
+    """The families that depend only on the evaluation (pure)."""
+    checks = GaugeMetricFamily(
+        "netcheck_checks",
+        "Expected checks per interaction and role pair, by verdict.",
+        labels=["interaction", "src_role", "dst_role", "verdict"],
+    )
+    ports = GaugeMetricFamily(
+        "netcheck_port_checks",
+        "Expected checks per interaction, role pair and port, by verdict.",
+        labels=["interaction", "src_role", "dst_role", "port", "verdict"],
+    )
+    up = GaugeMetricFamily(
+        "netcheck_interaction_up",
+        "1 when every check of the interaction (and role pair) passes, else 0.",
+        labels=["interaction", "src_role", "dst_role"],
+    )
+    tls = GaugeMetricFamily(
+        "netcheck_tls_cert_not_after_timestamp_seconds",
+        "Earliest TLS certificate expiry seen on the port (min over hosts), unix time.",
+        labels=["interaction", "dst_role", "port"],
+    )
+    by_pair: dict[tuple[str, str, str], dict[str, int]] = defaultdict(
+        dict.fromkeys(VERDICTS, 0).copy
+    )
+    by_port: dict[tuple[str, str, str, str], dict[str, int]] = defaultdict(
+        dict.fromkeys(VERDICTS, 0).copy
+    )
+    not_after: dict[tuple[str, str, str], float] = {}
+    for row in ev.rows:
+        c = row.check
+        pair = (str(c.interaction), c.src_role, c.dst_role)
+        by_pair[pair][row.verdict] += 1
+        by_port[(*pair, str(c.port))][row.verdict] += 1
+        sc = row.result.service_check if row.result else None
+        if sc is not None and sc.tls_not_after is not None:
+            key = (str(c.interaction), c.dst_role, str(c.port))
+            not_after[key] = min(not_after.get(key, sc.tls_not_after), sc.tls_not_after)
+    for key, counts in by_pair.items():
+        for v in VERDICTS:
+            checks.add_metric([*key, v], counts[v])
+        up.add_metric(list(key), 1.0 if counts["fail"] == counts["unknown"] == 0 else 0.0)
+    for pkey, counts in by_port.items():
+        for v in VERDICTS:
+            ports.add_metric([*pkey, v], counts[v])
+    for tkey, value in sorted(not_after.items()):
+        tls.add_metric(list(tkey), value)
+    go = GaugeMetricFamily("netcheck_gate_go", "1 go, 0 no-go or undecided.", labels=["mode"])
+    blocking = GaugeMetricFamily(
+        "netcheck_gate_blocking_checks", "Checks blocking the mode's gate.", labels=["mode"]
+    )
+    for mode in spec.modes:
+        d = gate(spec, inventory, ev, mode)
+        go.add_metric([mode], 1.0 if d.decision == "go" else 0.0)
+        blocking.add_metric([mode], len(d.blocking))
+    unexpected = GaugeMetricFamily(
+        "netcheck_unexpected_results", "Stored results that match no expected check."
+    )
+    unexpected.add_metric([], len(ev.unexpected))
+    yield from (checks, ports, up, tls, go, blocking, unexpected)
+
+
+def agent_families(ev: Evaluation, now: float) -> Iterator[Metric]:
+    last = GaugeMetricFamily(
+        "netcheck_agent_last_report_timestamp_seconds",
+        "Unix time of the agent's last accepted batch.",
+        labels=["role", "host"],
+    )
+    age = GaugeMetricFamily(
+        "netcheck_agent_report_age_seconds",
+        "Seconds since the agent's last accepted batch.",
+        labels=["role", "host"],
+    )
+    for a in ev.agents:
+        if a.last_report is not None:
+            last.add_metric([a.role, a.host], a.last_report)
+            age.add_metric([a.role, a.host], max(0.0, now - a.last_report))
+    yield from (last, age)
+
+
+def counter_families(counters: dict[str, float]) -> Iterator[Metric]:
+    results = CounterMetricFamily(
+        "netcheck_results_ingested", "Probe results accepted (persisted across restarts)."
+    )
+    results.add_metric([], counters.get("results_ingested", 0.0))
+    batches = CounterMetricFamily(
+        "netcheck_batches_ingested", "Result batches accepted (persisted across restarts)."
+    )
+    batches.add_metric([], counters.get("batches_ingested", 0.0))
+    rejected = CounterMetricFamily(
+        "netcheck_batches_rejected", "Requests refused, by reason.", labels=["reason"]
+    )
+    for reason in REJECT_REASONS:
+        rejected.add_metric([reason], counters.get(f"rejected:{reason}", 0.0))
+    dropped = CounterMetricFamily(
+        "netcheck_agent_dropped_results",
+        "Results agents reported dropping (buffer full while the controller was away).",
+        labels=["role", "host"],
+    )
+    for name, value in sorted(counters.items()):
+        if name.startswith("dropped:"):
+            _, role, host = name.split(":", 2)
+            dropped.add_metric([role, host], value)
+    yield from (results, batches, rejected, dropped)
+
+
+class StoreCollector(Collector):
+    """Everything above, from the store, at each scrape (blocking: call from a thread)."""
+
+    def __init__(
+        self, spec: Spec, inventory: Inventory, store: Store, clock: Callable[[], float]
+    ) -> None:
+        self._spec, self._inv, self._store, self._clock = spec, inventory, store, clock
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        ev = evaluate_store(self._spec, self._inv, self._store, now)
+        yield from check_families(self._spec, self._inv, ev)
+        yield from agent_families(ev, now)
+        yield from counter_families(self._store.counters())

@@ -1,0 +1,173 @@
+"""HTTP handlers: parse, call, serialise. The logic lives in ingest, evaluate, gate, render."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agent.wire import encode
+from controller.app import (
+    CLOCK,
+    INVENTORY,
+    MAX_BODY,
+    REFRESH,
+    REGISTRY,
+    SPEC,
+    STORE,
+    TOKEN,
+    current_evaluation,
+)
+from controller.expand import plan_for
+from controller.gate import GateError, decision_to_dict, gate
+from controller.ingest import (
+    Refused,
+    authorize_batch,
+    check_batch,
+    parse_batch,
+    parse_registration,
+)
+from controller.model import Evaluation, GateDecision
+
+log = logging.getLogger("netcheck.controller")
+routes = web.RouteTableDef()
+
+REPORT_TYPES = {
+    "json": "application/json",
+    "table": "text/plain",
+    "markdown": "text/markdown",
+    "junit": "application/xml",
+    "html": "text/html",
+}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _refuse(request: web.Request, exc: Refused) -> web.Response:
+    await asyncio.to_thread(request.app[STORE].count_rejected, exc.reason)
+    log.info("refused %s %s: %s %s", request.method, request.path, exc.status, exc.message)
+    return _error(exc.status, exc.message)
+
+
+def _authorized(request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    expected = request.app[TOKEN]
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    )
+
+
+async def _body(request: web.Request) -> bytes:
+    """The body, or Refused(401) without a good token, Refused(413) when too large."""
+    if not _authorized(request):
+        raise Refused(401, "auth", "missing or wrong bearer token")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(413, "size", f"body larger than {MAX_BODY} bytes") from None
+
+
+@routes.post("/api/v1/register")
+async def register(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        body = await _body(request)
+        reg = parse_registration(body, app[SPEC], app[INVENTORY])
+    except Refused as exc:
+        return await _refuse(request, exc)
+    await asyncio.to_thread(app[STORE].register, reg, app[CLOCK]())
+    host = next(h for h in app[INVENTORY].of_role(reg.role) if h.name == reg.host)
+    plan = plan_for(app[SPEC], app[INVENTORY], reg.role, reg.host, host.address)
+    log.info("registered %s %s from %s", reg.role, reg.host, reg.address)
+    return web.json_response(encode(plan))
+
+
+@routes.post("/api/v1/results")
+async def results(request: web.Request) -> web.Response:
+    app = request.app
+    store = app[STORE]
+    try:
+        body = await _body(request)
+        batch = parse_batch(body)
+        authorize_batch(batch, await asyncio.to_thread(store.agent, batch.host))
+        check_batch(batch, app[SPEC], app[INVENTORY])
+    except Refused as exc:
+        return await _refuse(request, exc)
+    # Committed before the answer: acknowledged = committed.
+    accepted = await asyncio.to_thread(store.ingest, batch, app[CLOCK]())
+    return web.json_response({"accepted": accepted})
+
+
+@routes.get("/api/v1/plan")
+async def plan(request: web.Request) -> web.Response:
+    app = request.app
+    if not _authorized(request):
+        return await _refuse(request, Refused(401, "auth", "missing or wrong bearer token"))
+    role, host = request.query.get("role", ""), request.query.get("host", "")
+    found = [h for h in app[INVENTORY].of_role(role) if h.name == host]
+    if not found:
+        return _error(404, f"no {role!r} host named {host!r} in the inventory")
+    return web.json_response(
+        encode(plan_for(app[SPEC], app[INVENTORY], role, host, found[0].address))
+    )
+
+
+def _all_gates(request: web.Request, ev: Evaluation) -> list[GateDecision]:
+    spec, inv = request.app[SPEC], request.app[INVENTORY]
+    return [gate(spec, inv, ev, mode) for mode in spec.modes]
+
+
+@routes.get("/api/v1/report")
+async def report(request: web.Request) -> web.Response:
+    from controller.render import render_report
+
+    fmt = request.query.get("format", "json")
+    if fmt not in REPORT_TYPES:
+        return _error(400, f"unknown format {fmt!r} (formats: {', '.join(REPORT_TYPES)})")
+    ev = await current_evaluation(request.app)
+    text = render_report(request.app[SPEC], ev, _all_gates(request, ev), fmt)
+    return web.Response(text=text, content_type=REPORT_TYPES[fmt], charset="utf-8")
+
+
+@routes.get("/api/v1/gate")
+async def gate_endpoint(request: web.Request) -> web.Response:
+    mode = request.query.get("mode", "")
+    vm = request.query.get("vm") or None
+    ev = await current_evaluation(request.app)
+    try:
+        d = gate(request.app[SPEC], request.app[INVENTORY], ev, mode, vm)
+    except GateError as exc:
+        return _error(400, str(exc))
+    return web.json_response(decision_to_dict(d))
+
+
+@routes.get("/")
+async def page(request: web.Request) -> web.Response:
+    from controller.render import render_page
+
+    ev = await current_evaluation(request.app)
+    refresh = request.app[REFRESH] or None
+    html = render_page(request.app[SPEC], ev, _all_gates(request, ev), refresh_seconds=refresh)
+    return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    data = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
+    resp = web.Response(body=data)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    stats: dict[str, Any] = await asyncio.to_thread(request.app[STORE].stats)
+    return web.Response(text=json.dumps({"status": "ok", **stats}), content_type="application/json")

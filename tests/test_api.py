@@ -1,0 +1,227 @@
+"""The controller's HTTP API on a real aiohttp server and a real SQLite file."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent.wire import ProbeResult, Registration, ResultBatch, check_id, encode
+from controller.app import make_app
+from controller.expand import expand
+from controller.inventory import Inventory, load_inventory
+from controller.spec import Spec, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_spec(REPO / "topology.yaml")
+
+
+@pytest.fixture(scope="module")
+def inv(spec: Spec) -> Inventory:
+    return load_inventory(REPO / "inventory.example.yaml", spec)
+
+
+async def start(app: web.Application) -> TestClient[web.Request, web.Application]:
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def client(
+    spec: Spec, inv: Inventory, tmp_path: Path
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    c = await start(make_app(spec, inv, tmp_path / "nc.sqlite", TOKEN))
+    yield c
+    await c.close()
+
+
+def reg(role: str = "pio", host: str = "pio-1") -> dict[str, Any]:
+    return encode(Registration(role, host, "198.18.1.10", "0.1", "connect"))  # type: ignore[no-any-return]
+
+
+def pio_results(spec: Spec, inv: Inventory, state: str = "open") -> list[ProbeResult]:
+    return [
+        ProbeResult(
+            check_id=c.check_id,
+            interaction=c.interaction,
+            src_host=c.src_host,
+            src_address=c.src_address,
+            dst_host=c.dst_host,
+            dst_address=c.dst_address,
+            port=c.port,
+            state=state,  # type: ignore[arg-type]
+            mode="connect",
+            attempts=1,
+            started_at=time.time() - 1,
+        )
+        for c in expand(spec, inv)
+        if c.src_host == "pio-1"
+    ]
+
+
+def batch(spec: Spec, inv: Inventory, **kw: Any) -> dict[str, Any]:
+    b = ResultBatch(role="pio", host="pio-1", results=tuple(pio_results(spec, inv)), **kw)
+    return encode(b)  # type: ignore[no-any-return]
+
+
+async def metric_value(client: TestClient[web.Request, web.Application], line_start: str) -> float:
+    text = await (await client.get("/metrics")).text()
+    (line,) = [x for x in text.splitlines() if x.startswith(line_start + " ")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def test_register_returns_the_plan(
+    client: TestClient[web.Request, web.Application], spec: Spec, inv: Inventory
+) -> None:
+    r = await client.post("/api/v1/register", json=reg(), headers=AUTH)
+    assert r.status == 200
+    plan = await r.json()
+    assert (plan["role"], plan["host"], plan["address"]) == ("pio", "pio-1", "198.18.1.10")
+    assert len(plan["checks"]) == len(pio_results(spec, inv))
+    assert 32820 in [x["port"] for x in plan["listen"]]
+    r = await client.get("/api/v1/plan?role=pio&host=pio-1", headers=AUTH)
+    assert (await r.json()) == plan
+    assert (await client.get("/api/v1/plan?role=pio&host=pio-1")).status == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "words"),
+    [
+        (reg(), {}, 401, "token"),
+        (reg(), {"Authorization": "Bearer wrong"}, 401, "token"),
+        (reg(), {"Authorization": TOKEN}, 401, "token"),
+        (reg("pio", "nope"), AUTH, 403, "not a pio host"),
+        (reg("prem_vcenter", "prem-vc"), AUTH, 403, "does not run an agent"),
+        (reg("ghost", "pio-1"), AUTH, 403, "unknown role"),
+        ({**reg(), "extra": 1}, AUTH, 400, "extra"),
+        ({**reg(), "mode": "udp"}, AUTH, 400, "mode"),
+    ],
+)
+async def test_register_refusals(
+    client: TestClient[web.Request, web.Application],
+    body: dict[str, Any],
+    headers: dict[str, str],
+    status: int,
+    words: str,
+) -> None:
+    r = await client.post("/api/v1/register", json=body, headers=headers)
+    assert r.status == status
+    assert words in (await r.json())["error"]
+    assert json.loads(await (await client.get("/healthz")).text())["agents"] == 0
+
+
+async def test_results_refusals_store_nothing(
+    client: TestClient[web.Request, web.Application], spec: Spec, inv: Inventory
+) -> None:
+    good = batch(spec, inv)
+    r = await client.post("/api/v1/results", json=good, headers=AUTH)
+    assert (r.status, (await r.json())["error"]) == (409, "unknown agent 'pio-1': register first")
+    assert (await client.post("/api/v1/register", json=reg(), headers=AUTH)).status == 200
+
+    wrong_src = json.loads(json.dumps(good))
+    wrong_src["results"][-1]["src_host"] = "prem-mgr"
+    bad_id = json.loads(json.dumps(good))
+    bad_id["results"][0]["check_id"] = check_id(4, "pio-1", "prem-mgr", 1)
+    unknown_key = json.loads(json.dumps(good))
+    unknown_key["results"][0]["colour"] = "red"
+    cases: list[tuple[Any, dict[str, str], int, str]] = [
+        (good, {"Authorization": "Bearer nope"}, 401, "token"),
+        ({**good, "role": "user"}, AUTH, 403, "registered as pio, not user"),
+        (wrong_src, AUTH, 400, "is not the batch host"),
+        (bad_id, AUTH, 400, "does not match"),
+        (unknown_key, AUTH, 400, "colour"),
+        ({**good, "dropped": -1}, AUTH, 400, "dropped is negative"),
+        ({**good, "wire_version": 9}, AUTH, 400, "wire_version"),
+    ]
+    for body, headers, status, words in cases:
+        r = await client.post("/api/v1/results", json=body, headers=headers)
+        assert r.status == status, await r.text()
+        assert words in (await r.json())["error"]
+    r = await client.post("/api/v1/results", data=b"{not json", headers=AUTH)
+    assert r.status == 400
+    r = await client.post(
+        "/api/v1/results", data=io.BytesIO(b"x" * (9 * 1024 * 1024)), headers=AUTH
+    )
+    assert r.status == 413
+    assert await metric_value(client, "netcheck_results_ingested_total") == 0
+    assert await metric_value(client, 'netcheck_batches_rejected_total{reason="schema"}') == 6
+    assert await metric_value(client, 'netcheck_batches_rejected_total{reason="auth"}') == 1
+    assert await metric_value(client, 'netcheck_batches_rejected_total{reason="role"}') == 2
+    assert await metric_value(client, 'netcheck_batches_rejected_total{reason="size"}') == 1
+    gate = await (await client.get("/api/v1/gate?mode=deployment")).json()
+    assert all(b["cause"] == "not_tested" for b in gate["blocking"])
+
+
+async def test_results_gate_and_restart(spec: Spec, inv: Inventory, tmp_path: Path) -> None:
+    db = tmp_path / "nc.sqlite"
+    client = await start(make_app(spec, inv, db, TOKEN))
+    try:
+        assert (await client.post("/api/v1/register", json=reg(), headers=AUTH)).status == 200
+        body = batch(spec, inv, dropped=4)
+        r = await client.post("/api/v1/results", json=body, headers=AUTH)
+        assert (await r.json()) == {"accepted": len(body["results"])}
+        r = await client.get("/api/v1/gate?mode=deployment")
+        assert r.status == 200
+        before = await r.json()
+        assert before["decision"] == "no-go"  # others have not reported
+        assert {b["src_role"] for b in before["blocking"]} == {
+            "user",
+            "cloud_cache",
+            "prem_manager",
+        }
+        assert (await client.get("/api/v1/gate?mode=nope")).status == 400
+        assert (await client.get("/api/v1/gate?mode=warm_vcd&vm=pio-1")).status == 400
+        vm = await (await client.get("/api/v1/gate?mode=warm_vcd&vm=db-01")).json()
+        assert (
+            "Windows Server 2016 (64 bit) UEFI: Not Supported for warm_vcd (VCD WARM)"
+            in (vm["reasons"])
+        )
+    finally:
+        await client.close()
+    # A new app on the same file: everything acknowledged is still there.
+    client = await start(make_app(spec, inv, db, TOKEN))
+    try:
+        after = await (await client.get("/api/v1/gate?mode=deployment")).json()
+        assert after == before
+        assert await metric_value(client, "netcheck_results_ingested_total") == len(body["results"])
+        assert (
+            await metric_value(
+                client, 'netcheck_agent_dropped_results_total{host="pio-1",role="pio"}'
+            )
+            == 4
+        )
+    finally:
+        await client.close()
+
+
+async def test_report_and_page(
+    client: TestClient[web.Request, web.Application], spec: Spec, inv: Inventory
+) -> None:
+    await client.post("/api/v1/register", json=reg(), headers=AUTH)
+    await client.post("/api/v1/results", json=batch(spec, inv), headers=AUTH)
+    r = await client.get("/api/v1/report?format=json")
+    assert r.status == 200
+    data = await r.json()
+    assert "deployment" in json.dumps(data)
+    for fmt in ("table", "markdown", "junit", "html"):
+        r = await client.get(f"/api/v1/report?format={fmt}")
+        assert r.status == 200, fmt
+        assert "pio-1" in await r.text(), fmt
+    assert (await client.get("/api/v1/report?format=pdf")).status == 400
+    r = await client.get("/")
+    assert r.status == 200
+    assert "<svg" in await r.text()
