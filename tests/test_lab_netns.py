@@ -1,0 +1,184 @@
+"""The lab's namespaces, routers and nftables rules, with real sockets (root only)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.probes import service
+from controller.spec import Spec, load_spec
+from deploy.lab import lab as labmod
+from deploy.lab import netns, procs, scenario
+from deploy.lab.enter import call_in
+from deploy.lab.layout import Layout, build_layout
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(
+        shutil.which("ip") is None or shutil.which("nft") is None, reason="needs ip and nft"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_spec(REPO / "topology.yaml")
+
+
+@pytest.fixture(scope="module")
+def layout(spec: Spec) -> Layout:
+    return build_layout({n: (r.site, r.agent) for n, r in spec.roles.items()})
+
+
+@pytest.fixture(scope="module")
+def built(spec: Spec, layout: Layout) -> Iterator[Layout]:
+    """The namespaces with the audit scenario applied (no processes)."""
+    state = Path("/tmp/netcheck-lab-test-netns")
+    labmod.down(state)
+    try:
+        netns.create(layout)
+        scen = scenario.load_scenario("audit", spec, layout)
+        for r in ("prem", "cloud"):
+            netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r))
+        yield layout
+    finally:
+        labmod.down(state)
+
+
+def _listen(ns: str, address: str, port: int) -> socket.socket:
+    def make() -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((address, port))
+        s.listen(8)
+        return s
+
+    return call_in(ns, make)
+
+
+def _connect(ns: str, address: str, port: int, timeout: float = 1.0) -> int:
+    """0 when the connect succeeds, else the errno (ETIMEDOUT on timeout)."""
+
+    def attempt() -> int:
+        with socket.socket() as s:
+            s.settimeout(timeout)
+            try:
+                s.connect((address, port))
+            except TimeoutError:
+                return errno.ETIMEDOUT
+            except OSError as exc:
+                return exc.errno or -1
+            return 0
+
+    return call_in(ns, attempt)
+
+
+def test_allowed_flows_connect_across_routers_and_interconnect(built: Layout) -> None:
+    pio = built.of_role("pio")[0]
+    vm = built.of_role("cloud_vm")[0]
+    mgr = built.of_role("cloud_manager")[0]
+    with _listen(vm.netns, vm.address, 9001), _listen(mgr.netns, mgr.address, 7003):
+        assert _connect(built.of_role("cloud_cache")[0].netns, vm.address, 9001) == 0
+        assert _connect(built.of_role("prem_manager")[0].netns, mgr.address, 7003) == 0
+    # nothing listening: a reset from the destination itself
+    assert _connect(pio.netns, vm.address, 9001) == errno.ECONNREFUSED
+
+
+def test_drop_times_out_even_with_a_listener(built: Layout) -> None:
+    mgr = built.of_role("cloud_manager")[0]
+    with _listen(mgr.netns, mgr.address, 6004):
+        t0 = time.monotonic()
+        assert _connect(built.of_role("prem_manager")[0].netns, mgr.address, 6004) == (
+            errno.ETIMEDOUT
+        )
+        assert time.monotonic() - t0 >= 0.9
+
+
+def test_reset_refuses_while_the_destination_listens(built: Layout) -> None:
+    mgr = built.of_role("cloud_manager")[0]
+    cache = built.of_role("cloud_cache")[0]
+    with _listen(mgr.netns, mgr.address, 32820):
+        assert _connect(cache.netns, mgr.address, 32820) == errno.ECONNREFUSED
+        # the other direction of the same port is not blocked
+    with _listen(cache.netns, cache.address, 32820):
+        assert _connect(mgr.netns, cache.address, 32820) == 0
+
+
+def test_prohibit_answers_icmp_admin_prohibited(built: Layout) -> None:
+    pio = built.of_role("pio")[0]
+    vm1, vm2 = built.of_role("prem_vm")
+    with _listen(vm2.netns, vm2.address, 443), _listen(vm1.netns, vm1.address, 443):
+        assert _connect(pio.netns, vm2.address, 443) == errno.EHOSTUNREACH
+        assert _connect(pio.netns, vm1.address, 443) == 0
+
+
+def test_management_network_reaches_ctl_but_is_not_a_site_path(built: Layout) -> None:
+    pio = built.of_role("pio")[0]
+    with _listen(netns_ctl := "nclab-ctl", "198.19.0.1", 8999):
+        assert _connect(pio.netns, "198.19.0.1", 8999) == 0
+    assert netns_ctl in netns.leftover_namespaces()
+    # the ctl namespace has no route into the sites
+    assert _connect("nclab-ctl", pio.address, 443, 0.5) == errno.ENETUNREACH
+
+
+async def test_standin_answers_like_vcenter_and_esxi_through_the_router(
+    built: Layout, tmp_path: Path
+) -> None:
+    esxi = built.of_role("prem_esxi")[0]
+    src = built.of_role("prem_esxi_manager")[0]
+    state = tmp_path / "state"
+    proc = procs.start(
+        "standin",
+        ["-m", "deploy.lab.standin", "--bind", esxi.address, "--api-type", "HostAgent",
+         "--port", "443:vsphere", "--port", "902:authd", "--port", "32821:tcp"],
+        esxi.netns,
+        state,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if _connect(src.netns, esxi.address, 902) == 0:
+                break
+            await asyncio.sleep(0.1)
+
+        def connected(port: int) -> socket.socket:
+            s = socket.create_connection((esxi.address, port), timeout=2)
+            s.setblocking(False)
+            return s
+
+        soap = await service.check("vsphere", call_in(src.netns, lambda: connected(443)), "", 3)
+        assert soap is not None and soap.outcome == "ok", soap
+        assert "apiType HostAgent" in soap.detail
+        authd = await service.check("authd", call_in(src.netns, lambda: connected(902)), "", 3)
+        assert authd is not None and authd.outcome == "ok"
+        assert authd.detail.startswith("220 VMware Authentication Daemon Version 1.10")
+        assert _connect(src.netns, esxi.address, 32821) == 0
+    finally:
+        assert procs.stop_recorded(state) == [proc.pid]
+        proc.wait(5)
+
+
+def test_down_removes_every_namespace_and_process(layout: Layout, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    labmod.down(state)  # the last test of the module: the shared namespaces go first
+    netns.create(layout)
+    host = layout.hosts[0]
+    proc = procs.start("sleeper", ["-c", "import time; time.sleep(60)"], host.netns, state)
+    stray = procs.start("stray", ["-c", "import time; time.sleep(60)"], host.netns, state)
+    (state / "pids" / "stray.pid").unlink()  # a crash lost its pid file
+    assert set(netns.pids_in(host.netns)) >= {proc.pid, stray.pid}
+    gone = labmod.down(state)
+    assert gone["namespaces"] == len(layout.hosts) + 3
+    assert netns.leftover_namespaces() == ()
+    assert proc.wait(5) is not None and stray.wait(5) is not None
+    assert labmod.down(state) == {"processes": 0, "namespaces": 0}  # idempotent

@@ -1,0 +1,112 @@
+"""The lab's layout and firewall scenarios: pure parts, no root needed."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from controller.expand import expand
+from controller.inventory import load_inventory
+from controller.sourced import InputError
+from controller.spec import Spec, load_spec
+from deploy.lab.layout import Layout, build_layout, inventory_yaml
+from deploy.lab.scenario import load_scenario, nft_ruleset, parse_ports, shipped
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_spec(REPO / "topology.yaml")
+
+
+@pytest.fixture(scope="module")
+def layout(spec: Spec) -> Layout:
+    return build_layout({n: (r.site, r.agent) for n, r in spec.roles.items()})
+
+
+def test_layout_addresses_are_benchmark_space_and_unique(layout: Layout) -> None:
+    bench = ipaddress.ip_network("198.18.0.0/15")
+    addrs = [h.address for h in layout.hosts] + [h.mgmt_address for h in layout.hosts]
+    assert len(set(addrs)) == len(addrs)
+    assert all(ipaddress.ip_address(a) in bench for a in addrs)
+    assert len({h.netns for h in layout.hosts}) == len(layout.hosts)
+    for role in ("prem_esxi", "cloud_esxi", "cloud_vm", "prem_vm"):
+        assert len(layout.of_role(role)) == 2
+    assert len(layout.of_role("pio")) == 1
+
+
+def test_generated_inventory_loads_and_expands(spec: Spec, layout: Layout, tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(inventory_yaml(layout))
+    inv = load_inventory(path, spec)
+    checks = expand(spec, inv)
+    # interaction 11: prem_esxi_manager -> each of the two ESXi hosts on 902, 32821, 32822
+    eleven = [c for c in checks if c.interaction == 11]
+    assert {c.dst_host for c in eleven} == {"prem-esxi-1", "prem-esxi-2"}
+    assert len(eleven) == 6
+
+
+def test_shipped_scenarios_load(spec: Spec, layout: Layout) -> None:
+    assert {"clean", "audit"} <= set(shipped())
+    assert load_scenario("clean", spec, layout).blocks == ()
+    audit = load_scenario("audit", spec, layout)
+    actions = {b.action for b in audit.blocks}
+    assert actions == {"drop", "reset", "prohibit"}
+    # the whole 6000-6010 range across the interconnect, applied at the prem router
+    ic = [b for b in audit.blocks if b.ports == tuple(range(6000, 6011))]
+    assert len(ic) == 1 and ic[0].router == "prem" and ic[0].action == "drop"
+    # the reverse-direction push: cloud cache -> cloud manager, at the cloud router
+    push = [b for b in audit.blocks if b.ports == (32820,)]
+    cache = layout.of_role("cloud_cache")[0].address
+    mgr = layout.of_role("cloud_manager")[0].address
+    assert [(b.src, b.dst, b.router) for b in push] == [((cache,), (mgr,), "cloud")]
+
+
+def test_nft_ruleset_text(spec: Spec, layout: Layout) -> None:
+    audit = load_scenario("audit", spec, layout)
+    prem = nft_ruleset(audit.blocks, "prem")
+    cloud = nft_ruleset(audit.blocks, "cloud")
+    assert "tcp dport { 6000-6010 } counter drop" in prem
+    assert "reject with icmp type admin-prohibited" in prem
+    assert "reject with tcp reset" in cloud and "drop" not in cloud.split("policy accept;")[1]
+    assert prem.startswith("table inet nclab\ndelete table inet nclab\n")
+
+
+def test_parse_ports() -> None:
+    assert parse_ports("22, 443,8000-8002") == (22, 443, 8000, 8001, 8002)
+    with pytest.raises(ValueError):
+        parse_ports("10-5")
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        ("version: 1\nrules:\n  - interaction: 9\n    action: explode\n", 4, "action"),
+        ("version: 1\nrules:\n  - interaction: 9\n    action: drop\n    colour: red\n", 5,
+         "unknown key 'colour'"),
+        ("version: 1\nrules:\n  - interaction: 99\n    action: drop\n", 3, "no interaction 99"),
+        ("version: 1\nrules:\n  - src: pio\n    dst: nobody\n    ports: 22\n    action: drop\n",
+         4, "unknown role 'nobody'"),
+        ("version: 1\nrules:\n  - interaction: 9\n    ports: 9999\n    action: drop\n", 3,
+         "matches no flow"),
+        ("version: 1\nrules:\n  - src: pio\n    dst: prem_manager\n    action: drop\n", 3,
+         "needs 'interaction'"),
+        ("version: 1\nrules:\n  - interaction: 11\n    dst_host: esx-9\n    action: drop\n", 4,
+         "no lab host 'esx-9'"),
+        ("version: 1\nrules:\n  - interaction: 9\n    ports: 70000\n    action: drop\n", 4,
+         "ports are 1-65535"),
+        ("version: 1\nrules: [\n", 3, "YAML syntax error"),
+    ],
+)  # fmt: skip
+def test_scenario_errors_name_file_and_line(
+    spec: Spec, layout: Layout, tmp_path: Path, body: str, line: int, words: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(InputError) as err:
+        load_scenario(str(path), spec, layout)
+    assert f"{path}:{line}: " in str(err.value)
+    assert words in str(err.value)
