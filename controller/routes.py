@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from agent.wire import encode
 from controller.app import (
@@ -35,6 +35,9 @@ from controller.ingest import (
 from controller.model import Evaluation, GateDecision
 
 log = logging.getLogger("netcheck.controller")
+# generate_latest() writes the classic text format (0.0.4); say so, whatever the client
+# library's newest default is, so every Prometheus version parses it the same way.
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 routes = web.RouteTableDef()
 
 REPORT_TYPES = {
@@ -163,7 +166,7 @@ async def page(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     data = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
     resp = web.Response(body=data)
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    resp.headers["Content-Type"] = METRICS_TYPE
     return resp
 
 

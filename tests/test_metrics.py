@@ -1,0 +1,129 @@
+"""Metrics: the contract's names, values that follow the evaluation, promtool's approval."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+from subprocess import PIPE, STDOUT
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.wire import (
+    ProbeResult,
+    Registration,
+    ResultBatch,
+    ServiceCheck,
+    encode,
+)
+from controller.app import make_app
+from controller.expand import expand
+from controller.inventory import load_inventory
+from controller.spec import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "metrics-token-abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NAMES = {
+    "netcheck_checks",
+    "netcheck_port_checks",
+    "netcheck_interaction_up",
+    "netcheck_gate_go",
+    "netcheck_gate_blocking_checks",
+    "netcheck_agent_last_report_timestamp_seconds",
+    "netcheck_agent_report_age_seconds",
+    "netcheck_tls_cert_not_after_timestamp_seconds",
+    "netcheck_results_ingested",
+    "netcheck_batches_ingested",
+    "netcheck_batches_rejected",
+    "netcheck_agent_dropped_results",
+    "netcheck_unexpected_results",
+}
+
+
+async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
+    spec = load_spec(REPO / "topology.yaml")
+    inv = load_inventory(REPO / "inventory.example.yaml", spec)
+    now = time.time()
+    results = []
+    for c in expand(spec, inv):
+        if c.src_host != "pio-1" or c.interaction != 4:
+            continue
+        tls = ServiceCheck("tls", "ok", tls_not_after=2e9 + c.port) if c.port >= 8000 else None
+        results.append(
+            ProbeResult(
+                check_id=c.check_id,
+                interaction=4,
+                src_host="pio-1",
+                src_address=c.src_address,
+                dst_host=c.dst_host,
+                dst_address=c.dst_address,
+                port=c.port,
+                state="filtered" if c.port == 2376 else "open",
+                mode="connect",
+                attempts=1,
+                started_at=now - 1,
+                service_check=tls,
+            )
+        )
+    stray = ProbeResult(
+        "4:pio-1>prem-mgr:9", 4, "pio-1", "198.18.1.10", "prem-mgr", "198.18.1.30", 9, "open",
+        "connect", 1, now - 1,
+    )  # fmt: skip
+    client = TestClient(TestServer(make_app(spec, inv, tmp_path / "m.sqlite", TOKEN)))
+    await client.start_server()
+    try:
+        reg = Registration("pio", "pio-1", "198.18.1.10", "0.1", "connect")
+        assert (await client.post("/api/v1/register", json=encode(reg), headers=AUTH)).ok
+        b = ResultBatch("pio", "pio-1", results=(*results, stray), dropped=2)
+        assert (await client.post("/api/v1/results", json=encode(b), headers=AUTH)).ok
+        r = await client.get("/metrics")
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await r.text()
+    finally:
+        await client.close()
+
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(fams) >= NAMES
+
+    def value(name: str, **labels: str) -> float:
+        (s,) = [
+            s for f in fams.values() for s in f.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        ]  # fmt: skip
+        return s.value
+
+    pair = {"interaction": "4", "src_role": "pio", "dst_role": "prem_manager"}
+    assert value("netcheck_checks", verdict="pass", **pair) == 13  # 22, 443, 8000-8010
+    assert value("netcheck_checks", verdict="fail", **pair) == 1
+    assert value("netcheck_checks", verdict="unknown", **pair) == 0
+    rev = {"interaction": "4", "src_role": "prem_manager", "dst_role": "pio"}
+    assert value("netcheck_checks", verdict="unknown", **rev) == 1
+    assert value("netcheck_port_checks", port="2376", verdict="fail", **pair) == 1
+    assert value("netcheck_interaction_up", **pair) == 0
+    five = {"interaction": "5", "src_role": "pio", "dst_role": "prem_esxi_manager"}
+    assert value("netcheck_interaction_up", **five) == 0
+    assert value("netcheck_gate_go", mode="deployment") == 0
+    assert value("netcheck_gate_blocking_checks", mode="deployment") > 0
+    # The earliest expiry over the hosts of the role (one prem_manager host here).
+    cert = {"interaction": "4", "dst_role": "prem_manager", "port": "8003"}
+    assert value("netcheck_tls_cert_not_after_timestamp_seconds", **cert) == 2e9 + 8003
+    assert value("netcheck_results_ingested_total") == len(results) + 1
+    assert value("netcheck_batches_ingested_total") == 1
+    assert value("netcheck_batches_rejected_total", reason="size") == 0
+    assert value("netcheck_agent_dropped_results_total", role="pio", host="pio-1") == 2
+    assert value("netcheck_unexpected_results") == 1
+    age = value("netcheck_agent_report_age_seconds", role="pio", host="pio-1")
+    assert 0 <= age < 60
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed: the format was checked with the parser only")
+    proc = await asyncio.create_subprocess_exec(
+        promtool, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(text.encode()), 30)
+    assert proc.returncode == 0, out.decode()
