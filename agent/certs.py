@@ -1,7 +1,7 @@
 """A throw-away self-signed certificate for the stand-in TLS listeners.
 
-Made at start in a private temporary directory, with the ``cryptography`` package when it is
-installed and the ``openssl`` command otherwise. The subject names netcheck, so a probe can
+Made at start in a private temporary directory, with the ``openssl`` command, or the
+``cryptography`` package where there is no openssl. The subject names netcheck, so a probe can
 tell a stand-in listener from a real service.
 """
 
@@ -80,10 +80,15 @@ class StandinCert:
         self.cert = Path(self._dir.name) / "cert.pem"
         self.key = Path(self._dir.name) / "key.pem"
         cn = common_name or socket.gethostname() or "netcheck"
-        try:
-            _with_cryptography(self.cert, self.key, cn)
-        except ImportError:
+        # The openssl command first: it costs this process no memory (the agent must stay
+        # small), the cryptography package where there is no openssl.
+        if shutil.which("openssl"):
             _with_openssl(self.cert, self.key, cn)
+        else:
+            try:
+                _with_cryptography(self.cert, self.key, cn)
+            except ImportError as exc:
+                raise CertError("neither openssl nor the cryptography package") from exc
 
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -70,6 +70,7 @@ class _Scanner:
         self.base = random.randrange(1 << 30)
         self.tr_base = (self.base + (1 << 30)) & 0xFFFFFFFF
         self.src: dict[str, str] = {}
+        self.traced: set[Key] = set()
         # A bound, non-listening socket reserves our source port; the kernel resets
         # SYN-ACKs that reach it.
         self.reserve = socket.socket()
@@ -111,16 +112,24 @@ class _Scanner:
                 time.sleep(0.001)
 
     def traceroute_round(self, keys: Sequence[Key]) -> None:
+        self.traced.update(keys)
         for n, key in enumerate(keys):
             for ttl in range(1, MAX_HOPS + 1):
                 self._send(key, "S", (self.tr_base + ttl) & 0xFFFFFFFF, ttl=ttl)
             if n % 16 == 15:
                 time.sleep(0.001)
 
-    def receive_until(self, deadline: float, tracing: bool = False) -> None:
+    def done(self) -> bool:
+        """Every port answered, and every traced port's destination side answered too."""
+        return all(
+            s.state is not None and (k not in self.traced or s.answered_at_ttl is not None)
+            for k, s in self.seen.items()
+        )
+
+    def receive_until(self, deadline: float) -> None:
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or (not tracing and all(s.state for s in self.seen.values())):
+            if left <= 0 or self.done():
                 return
             ready, _, _ = select.select([self.tcp_in, self.icmp_in], [], [], min(left, 0.05))
             for sock in ready:
@@ -130,11 +139,11 @@ class _Scanner:
                     except BlockingIOError:
                         break
                     if sock is self.tcp_in:
-                        self._on_tcp(data, tracing)
+                        self._on_tcp(data)
                     else:
-                        self._on_icmp(data, tracing)
+                        self._on_icmp(data)
 
-    def _on_tcp(self, data: bytes, tracing: bool) -> None:
+    def _on_tcp(self, data: bytes) -> None:
         pkt = self.IP(data)
         tcp = pkt.getlayer(self.TCP)
         if tcp is None or tcp.dport != self.sport:
@@ -145,12 +154,9 @@ class _Scanner:
             return
         ack = int(tcp.ack)
         flags = int(tcp.flags)
-        if tracing:
-            ttl = (ack - 1 - self.tr_base) & 0xFFFFFFFF
-            if 1 <= ttl <= MAX_HOPS and (
-                seen.answered_at_ttl is None or ttl < seen.answered_at_ttl
-            ):
-                seen.answered_at_ttl, seen.answer_ttl = ttl, int(pkt.ttl)
+        ttl = (ack - 1 - self.tr_base) & 0xFFFFFFFF
+        if 1 <= ttl <= MAX_HOPS:
+            seen.answered(ttl, int(pkt.ttl))
             return
         if ack != (self.base + 1) & 0xFFFFFFFF or seen.state is not None:
             return
@@ -164,7 +170,7 @@ class _Scanner:
             seen.state = "refused"
             seen.detail = f"TCP reset from {pkt.src} (TTL {pkt.ttl})"
 
-    def _on_icmp(self, data: bytes, tracing: bool) -> None:
+    def _on_icmp(self, data: bytes) -> None:
         from scapy.layers.inet import ICMP, IPerror, TCPerror
 
         pkt = self.IP(data)
@@ -179,10 +185,8 @@ class _Scanner:
             return
         icmp_type, code, router = int(icmp.type), int(icmp.code), str(pkt.src)
         seq = int(inner_tcp.seq)
-        if tracing:
-            ttl = (seq - self.tr_base) & 0xFFFFFFFF
-            if not 1 <= ttl <= MAX_HOPS:
-                return
+        ttl = (seq - self.tr_base) & 0xFFFFFFFF
+        if 1 <= ttl <= MAX_HOPS:
             if icmp_type == TIME_EXCEEDED:
                 seen.hops[ttl] = router
             else:
@@ -225,14 +229,20 @@ def scan(checks: Sequence[CheckSpec], opts: ProbeOptions) -> dict[Key, _Seen]:
         for attempt in range(opts.attempts):
             scanner.syn_round()
             scanner.receive_until(start + step * (attempt + 1))
+            # Trace every port not (yet) open while the remaining attempts run: the whole
+            # scan stays within one timeout. Traces of ports that open later are ignored.
+            scanner.traceroute_round(
+                [
+                    k
+                    for k, s in scanner.seen.items()
+                    if s.state != "open" and k not in scanner.traced
+                ]
+            )
+        scanner.receive_until(start + opts.timeout_s)
         for seen in scanner.seen.values():
             if seen.state is None:
                 seen.state = "filtered"
                 seen.detail = f"no answer to {seen.attempts} SYN(s) within {opts.timeout_s:g} s"
-        closed = [k for k, s in scanner.seen.items() if s.state != "open"]
-        if closed:
-            scanner.traceroute_round(closed)
-            scanner.receive_until(time.monotonic() + min(opts.timeout_s, 2.0), tracing=True)
         return scanner.seen
     finally:
         scanner.close()
