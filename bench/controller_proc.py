@@ -1,0 +1,32 @@
+"""The real controller app (controller/app.py) in its own process, for the ingest benchmark.
+
+``python -m bench.controller_proc TOPOLOGY INVENTORY DB TOKEN_FILE PORT``: serves on
+127.0.0.1:PORT until SIGTERM. (``netcheck-controller serve`` was not there when this was
+written; this is the same app factory with no extra code in front.)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from controller.app import make_app
+from controller.inventory import load_inventory
+from controller.spec import load_spec
+
+
+def main(argv: list[str]) -> int:
+    topology, inventory, db, token_file, port = argv
+    logging.basicConfig(level=logging.WARNING)
+    spec = load_spec(topology)
+    inv = load_inventory(inventory, spec)
+    app = make_app(spec, inv, db, Path(token_file).read_text().strip())
+    web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
