@@ -14,33 +14,33 @@ from dataclasses import dataclass
 
 from controller.spec import Spec
 
-BOX_W, BOX_H = 184, 62
+BOX_W, BOX_H = 200, 62
 WIDTH = 1420
 REGION_TOP, REGION_BOTTOM = 140, 730
 # Centre of each known role's box.
 POSITIONS: dict[str, tuple[float, float]] = {
     "user": (500, 72),
-    "prem_vcenter": (140, 210),
+    "prem_vcenter": (145, 210),
     "pio": (500, 210),
-    "prem_vm": (140, 360),
-    "prem_esxi_manager": (140, 510),
+    "prem_vm": (145, 360),
+    "prem_esxi_manager": (145, 510),
     "prem_manager": (500, 510),
-    "prem_esxi": (140, 660),
-    "cloud_vcenter": (1290, 210),
+    "prem_esxi": (145, 660),
+    "cloud_vcenter": (1285, 210),
     "cloud_cache": (1085, 360),
-    "cloud_manager": (880, 510),
-    "cloud_esxi": (1290, 510),
+    "cloud_manager": (895, 510),
+    "cloud_esxi": (1285, 510),
     "cloud_vm": (1085, 660),
 }
 # Where the label of an edge sits along it (0 = source end, 1 = destination end).
-LABEL_AT: dict[int, float] = {1: 0.5, 3: 0.42, 6: 0.45}
+LABEL_AT: dict[int, float] = {1: 0.5, 3: 0.42, 6: 0.3}
 # x range of each site's region (the user side sits above the on-premise site).
 SITE_X: dict[str, tuple[float, float]] = {
     "user": (20, 620),
     "on_prem": (20, 620),
-    "cloud": (760, 1400),
+    "cloud": (770, 1400),
 }
-INTERCONNECT_X = (640, 740)
+INTERCONNECT_X = (632, 758)
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def layout(spec: Spec) -> Layout:
             INTERCONNECT_X[1] - INTERCONNECT_X[0],
             bottom - REGION_TOP,
         ),
-        Region("cloud", "Cloud site", 760, REGION_TOP, 640, bottom - REGION_TOP),
+        Region("cloud", "Cloud site", 770, REGION_TOP, 630, bottom - REGION_TOP),
     ]
     regions = [r for r in regions if r.key == "interconnect" or r.key in sites]
     pairs: Counter[frozenset[str]] = Counter()

@@ -89,12 +89,12 @@ def _roles(spec: Spec, ev: Evaluation, lay: Layout) -> list[RoleView]:
             if key in (i.source, i.destination) and rollup_of(ev, i).total
         ]
         n = len(hosts.get(key, ()))
-        meta = f"{key} · {n} host{'s' if n != 1 else ''}" + ("" if role.agent else " · no agent")
+        meta = f"{key} · {n} host{'s' if n != 1 else ''}"
         out.append(
             RoleView(
                 key=key,
                 box=lay.boxes[key],
-                name_lines=tuple(textwrap.wrap(role.name, 24))[:2],
+                name_lines=tuple(textwrap.wrap(role.name, 22))[:2],
                 meta=meta,
                 agent=role.agent,
                 verdict=_worst(verdicts),

@@ -167,8 +167,7 @@
     if (!selected) return;
     const panel = document.getElementById("details");
     if (selected.kind === "edge") {
-      const g = document.querySelector('.edge[data-interaction="' + selected.key + '"]');
-      if (g) g.classList.add("selected");
+      document.querySelectorAll('[data-interaction="' + selected.key + '"]').forEach((n) => n.classList.add("selected"));
       panel.replaceChildren(...edgeDetails(selected.key));
     } else {
       const g = document.querySelector('.role[data-role="' + selected.key + '"]');
@@ -182,7 +181,7 @@
   function select(kind, key) { selected = { kind, key }; applyDetails(); }
   const svg = document.getElementById("topology");
   function onPick(ev) {
-    const edge = ev.target.closest(".edges .edge");
+    const edge = ev.target.closest(".edges .edge, .edge-label");
     const role = ev.target.closest(".role");
     if (edge) select("edge", edge.dataset.interaction);
     else if (role) select("role", role.dataset.role);

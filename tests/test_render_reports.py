@@ -1,0 +1,206 @@
+"""Every report format over one real evaluation (pass / fail / unknown mix): content,
+validity, escaping, and agreement between the formats."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from render_helpers import gates_for, load, make_evaluation
+
+from agent.wire import check_id
+from controller.inventory import Inventory
+from controller.model import Evaluation, GateDecision
+from controller.render import FORMATS, render_page, render_report
+from controller.spec import Spec
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parent.parent / "controller/render/report.schema.json").read_text()
+)
+DOCKER = check_id(4, "pio-1", "prem-mgr", 2376)
+DATA = check_id(9, "prem-mgr", "cloud-mgr", 6003)
+
+
+@pytest.fixture(scope="module")
+def site() -> tuple[Spec, Inventory, Evaluation, list[GateDecision]]:
+    spec, inv = load()
+    ev = make_evaluation(
+        spec, inv, states={DOCKER: "refused", DATA: "filtered"}, untested_interactions=[12]
+    )
+    return spec, inv, ev, gates_for(spec, inv, ev)
+
+
+def test_the_evaluation_is_a_mix(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    _, _, ev, _ = site
+    verdicts = {r.check.check_id: r.verdict for r in ev.rows}
+    assert verdicts[DOCKER] == verdicts[DATA] == "fail"
+    assert sum(v == "unknown" for v in verdicts.values()) == 6
+    assert sum(v == "pass" for v in verdicts.values()) == len(ev.rows) - 8
+
+
+def test_unknown_format_is_refused(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    with pytest.raises(ValueError, match="unknown report format 'yaml'"):
+        render_report(spec, ev, gates, "yaml")
+
+
+def test_table(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    out = render_report(spec, ev, gates, "table")
+    assert "149 expected checks: 141 pass, 2 fail, 6 unknown" in out
+    line4 = next(x for x in out.splitlines() if x.startswith("4 "))
+    assert line4.split()[:3] == ["4", "FAIL", "14/15"]
+    bad = next(x for x in out.splitlines() if "pio-1 -> prem-mgr:2376 (docker)" in x)
+    assert "rejected" in bad and "firewall" in bad
+    assert "deployment: NO-GO (1 blocking check)" in out
+    assert "warm_vcd: NO-GO (8 blocking checks)" in out
+
+
+def test_json_validates_against_the_schema(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    data = json.loads(render_report(spec, ev, gates, "json"))
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
+    assert data["schema_version"] == 1
+    assert data["summary"] == {
+        "total": 149,
+        "passed": 141,
+        "failed": 2,
+        "unknown": 6,
+        "unexpected": 0,
+        "verdict": "fail",
+    }
+    assert [c["check_id"] for c in data["checks"]] == [r.check.check_id for r in ev.rows]
+    docker = next(c for c in data["checks"] if c["check_id"] == DOCKER)
+    assert docker["state"] == "refused" and docker["cause"] == "rejected"
+    assert docker["observed_at"] == "2023-11-14T22:12:50Z"
+    assert {g["mode"]: g["decision"] for g in data["gates"]}["deployment"] == "no-go"
+    assert [i["id"] for i in data["interactions"]] == list(range(1, 16))
+
+
+def test_the_schema_catches_drift(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    data = json.loads(render_report(spec, ev, gates, "json"))
+    del data["checks"][0]["diagnosis"]
+    with pytest.raises(jsonschema.ValidationError, match="diagnosis"):
+        jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
+    data = json.loads(render_report(spec, ev, gates, "json"))
+    data["summary"]["renamed"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="renamed"):
+        jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def test_junit(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    root = ET.fromstring(render_report(spec, ev, gates, "junit"))
+    cases = root.findall("./testsuite/testcase")
+    assert len(cases) == len(ev.rows) == int(root.get("tests", ""))
+    assert len(root.findall("./testsuite")) == len(spec.interactions)
+    assert (root.get("failures"), root.get("skipped")) == ("2", "6")
+    case = next(c for c in cases if c.get("name") == "pio-1 -> prem-mgr:2376 (docker)")
+    assert case.get("classname") == "interaction 4: HDM PIO Appliance to HDM Prem Manager"
+    failure = case.find("failure")
+    assert failure is not None and failure.get("message") == "rejected"
+    assert "firewall" in (failure.text or "")
+    assert len(root.findall("./testsuite/testcase/skipped")) == 6
+    suite12 = next(
+        s for s in root.iter("testsuite") if s.get("name", "").startswith("interaction 12:")
+    )
+    assert suite12.get("skipped") == "6"
+
+
+def test_junit_and_markdown_escape_hostile_text(
+    site: tuple[Spec, Inventory, Evaluation, Any],
+) -> None:
+    spec, _, ev, gates = site
+    nasty = 'banner "<x>" & | pipe \x00\x1b end'
+    rows = tuple(
+        dataclasses.replace(r, diagnosis=nasty) if r.check.check_id == DOCKER else r
+        for r in ev.rows
+    )
+    ev2 = dataclasses.replace(ev, rows=rows, site="a|b <c>")
+    root = ET.fromstring(render_report(spec, ev2, gates, "junit"))
+    texts = [f.text for f in root.iter("failure")]
+    assert 'banner "<x>" & | pipe  end' in texts
+    md = render_report(spec, ev2, gates, "markdown")
+    row = next(x for x in md.splitlines() if "2376/tcp" in x)
+    assert "\\| pipe" in row
+    assert row.count(" | ") == 6  # 7 cells: the pipe inside the diagnosis is escaped
+    page = render_report(spec, ev2, gates, "html")
+    assert "a|b <c>" not in page and "a|b &lt;c&gt;" in page
+    assert "<x>" not in page
+
+
+def test_markdown_is_a_firewall_ticket(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    md = render_report(spec, ev, gates, "markdown")
+    assert "## Failing flows (2)" in md
+    row = next(x for x in md.splitlines() if "2376/tcp" in x)
+    assert "pio-1 (198.18.1.10)" in row and "prem-mgr (198.18.1.30)" in row
+    assert "allow TCP 198.18.1.10 -> 198.18.1.30:2376" in row
+    assert "allow TCP 198.18.1.30 -> 198.18.2.30:6003" in md
+    title = "HDM PIO Appliance to HDM Prem Manager"
+    assert f"| 4 | {title} | `pio` -> `prem_manager` | **FAIL** | 14/15 | 1 | 0 |" in md
+    assert "## Not yet known (6)" in md
+
+
+def test_html_is_standalone_and_readable_without_js(
+    site: tuple[Spec, Inventory, Evaluation, Any],
+) -> None:
+    spec, _, ev, gates = site
+    page = render_report(spec, ev, gates, "html")
+    assert page == render_page(spec, ev, gates, refresh_seconds=None)
+    # nothing loaded from anywhere: no src/href attributes, no stylesheet links
+    assert not re.search(r"\s(src|href)=", page)
+    assert "<link" not in page and "@import" not in page
+    assert re.findall(r"https?://[^\s\"']+", page) == ["http://www.w3.org/2000/svg"]
+    assert 'data-refresh=""' in page
+    assert 'id="gate-banner"' in page and 'id="details"' in page
+    for inter in (4, 9):
+        assert re.search(rf'<g class="edge verdict-fail[^"]*"\s+data-interaction="{inter}"', page)
+    assert re.search(r'<g class="edge verdict-unknown[^"]*"\s+data-interaction="12"', page)
+    assert re.search(r'<g class="edge verdict-pass[^"]*"\s+data-interaction="1"', page)
+    for role in spec.roles:
+        assert f'data-role="{role}"' in page
+    assert re.search(r'class="role no-agent[^"]*" data-role="prem_esxi"', page)
+    assert re.search(r'class="role agent[^"]*" data-role="pio"', page)
+    assert ">4: 14/15<" in page and ">9: 23/24<" in page
+    table = page[page.index('id="failures"') :]
+    assert table.count('<tr class="verdict-') == 8
+    assert "pio-1 -&gt; prem-mgr:2376 (docker)" in table
+
+
+def test_live_page_refreshes_itself(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    page = render_page(spec, ev, gates, refresh_seconds=7)
+    assert 'data-refresh="7"' in page
+    assert 'data-report-url="/api/v1/report?format=json"' in page
+    # the embedded data cannot close its <script> element
+    embedded = page.split('id="report-data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(embedded)["summary"]["failed"] == 2
+
+
+def test_the_formats_agree(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
+    spec, _, ev, gates = site
+    out = {fmt: render_report(spec, ev, gates, fmt) for fmt in FORMATS}
+    data = json.loads(out["json"])
+    s = data["summary"]
+    junit = ET.fromstring(out["junit"])
+    totals = [int(junit.get(k, "")) for k in ("tests", "failures", "skipped")]
+    assert totals == [s["total"], s["failed"], s["unknown"]]
+    m = re.search(r"(\d+) expected checks: (\d+) pass, (\d+) fail, (\d+) unknown", out["table"])
+    assert m is not None
+    assert tuple(map(int, m.groups())) == (s["total"], s["passed"], s["failed"], s["unknown"])
+    md = re.search(r"\*\*(\d+)\*\*: (\d+) pass, (\d+) fail, (\d+) unknown", out["markdown"])
+    assert md is not None and md.groups() == m.groups()
+    assert f'id="count-fail">{s["failed"]}<' in out["html"]
+    for i in data["interactions"]:
+        assert f">{i['id']}: {i['passed']}/{i['total']}<" in out["html"]
+        suite = junit.find(f"./testsuite[@name='interaction {i['id']}: {i['title']}']")
+        assert suite is not None and int(suite.get("tests", "")) == i["total"]
