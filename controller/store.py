@@ -216,4 +216,4 @@ class Store:
         """Small facts for /healthz."""
         (n,) = self._all("SELECT count(*) FROM results")[0]
         (a,) = self._all("SELECT count(*) FROM agents")[0]
-        return {"results": n, "agents": a, "db": self.path}
+        return {"results": n, "agents": a}
