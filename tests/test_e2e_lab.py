@@ -25,6 +25,7 @@ from deploy.lab.scenario import shipped
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path("/tmp/netcheck-lab-e2e")
+PREFIX = "ncle-"  # not "nclab-": a test run never tears down a demo running next to it
 
 pytestmark = [
     pytest.mark.root,
@@ -108,14 +109,14 @@ def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
 
     running: labmod.Lab | None = None
     try:
-        running = labmod.up(request.param, "netns", state=STATE)
+        running = labmod.up(request.param, "netns", state=STATE, prefix=PREFIX)
         spec = load_spec(REPO / "topology.yaml")
         assert labmod.wait_listening(running, spec, 20.0) == []
         since = __import__("time").time()
         assert labmod.wait_round(running, since, 6.0, 3 * labmod.LAB_PERIOD_S + 20) == []
         yield running
     finally:
-        labmod.down(STATE)
+        labmod.down(STATE, PREFIX)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,12 @@ from controller.spec import Spec, load_spec
 from deploy.lab import lab as labmod
 from deploy.lab import netns, procs, scenario
 from deploy.lab.enter import call_in
-from deploy.lab.layout import Layout, build_layout
+from deploy.lab.layout import Layout, build_layout, ctl_netns
 
 REPO = Path(__file__).resolve().parents[1]
+# Not the default "nclab-": a test run never tears down a demo running next to it.
+PREFIX = "nclt-"
+CTL = ctl_netns(PREFIX)
 
 pytestmark = [
     pytest.mark.root,
@@ -38,22 +41,22 @@ def spec() -> Spec:
 
 @pytest.fixture(scope="module")
 def layout(spec: Spec) -> Layout:
-    return build_layout({n: (r.site, r.agent) for n, r in spec.roles.items()})
+    return build_layout({n: (r.site, r.agent) for n, r in spec.roles.items()}, PREFIX)
 
 
 @pytest.fixture(scope="module")
 def built(spec: Spec, layout: Layout) -> Iterator[Layout]:
     """The namespaces with the audit scenario applied (no processes)."""
     state = Path("/tmp/netcheck-lab-test-netns")
-    labmod.down(state)
+    labmod.down(state, PREFIX)
     try:
         netns.create(layout)
         scen = scenario.load_scenario("audit", spec, layout)
         for r in ("prem", "cloud"):
-            netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r))
+            netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r), PREFIX)
         yield layout
     finally:
-        labmod.down(state)
+        labmod.down(state, PREFIX)
 
 
 def _listen(ns: str, address: str, port: int) -> socket.socket:
@@ -125,11 +128,11 @@ def test_prohibit_answers_icmp_admin_prohibited(built: Layout) -> None:
 
 def test_management_network_reaches_ctl_but_is_not_a_site_path(built: Layout) -> None:
     pio = built.of_role("pio")[0]
-    with _listen(netns_ctl := "nclab-ctl", "198.19.0.1", 8999):
+    with _listen(CTL, "198.19.0.1", 8999):
         assert _connect(pio.netns, "198.19.0.1", 8999) == 0
-    assert netns_ctl in netns.leftover_namespaces()
+    assert CTL in netns.leftover_namespaces(PREFIX)
     # the ctl namespace has no route into the sites
-    assert _connect("nclab-ctl", pio.address, 443, 0.5) == errno.ENETUNREACH
+    assert _connect(CTL, pio.address, 443, 0.5) == errno.ENETUNREACH
 
 
 async def test_standin_answers_like_vcenter_and_esxi_through_the_router(
@@ -170,15 +173,15 @@ async def test_standin_answers_like_vcenter_and_esxi_through_the_router(
 
 def test_down_removes_every_namespace_and_process(layout: Layout, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    labmod.down(state)  # the last test of the module: the shared namespaces go first
+    labmod.down(state, PREFIX)  # the last test of the module: the shared namespaces go first
     netns.create(layout)
     host = layout.hosts[0]
     proc = procs.start("sleeper", ["-c", "import time; time.sleep(60)"], host.netns, state)
     stray = procs.start("stray", ["-c", "import time; time.sleep(60)"], host.netns, state)
     (state / "pids" / "stray.pid").unlink()  # a crash lost its pid file
     assert set(netns.pids_in(host.netns)) >= {proc.pid, stray.pid}
-    gone = labmod.down(state)
+    gone = labmod.down(state, PREFIX)
     assert gone["namespaces"] == len(layout.hosts) + 3
-    assert netns.leftover_namespaces() == ()
+    assert netns.leftover_namespaces(PREFIX) == ()
     assert proc.wait(5) is not None and stray.wait(5) is not None
-    assert labmod.down(state) == {"processes": 0, "namespaces": 0}  # idempotent
+    assert labmod.down(state, PREFIX) == {"processes": 0, "namespaces": 0}  # idempotent

@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _wait_for_ctrl_c()
         return code
     finally:
-        gone = labmod.down(lab.state)
+        gone = labmod.down(lab.state, lab.layout.prefix)
         _say(f"lab down ({gone['processes']} processes, {gone['namespaces']} namespaces)")
 
 

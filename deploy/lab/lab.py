@@ -34,10 +34,11 @@ from deploy.lab.enter import call_in
 from deploy.lab.layout import (
     CONTROLLER_ADDRESS,
     CONTROLLER_PORT,
-    CTL_NETNS,
+    PREFIX,
     ROUTERS,
     Layout,
     build_layout,
+    ctl_netns,
     inventory_yaml,
 )
 
@@ -67,6 +68,7 @@ class Lab:
             "controller_url": self.controller_url,
             "page_url": self.page_url,
             "ctl_netns": self.ctl_netns,
+            "prefix": self.layout.prefix,
         }
         (self.state / "lab.json").write_text(json.dumps(info, indent=1) + "\n")
 
@@ -88,7 +90,7 @@ def loopback_layout(layout: Layout) -> Layout:
         )
         for h in layout.hosts
     )
-    return Layout(hosts)
+    return Layout(hosts, layout.prefix)
 
 
 def write_lab_topology(state: Path, period_s: float) -> Path:
@@ -104,11 +106,11 @@ def write_lab_topology(state: Path, period_s: float) -> Path:
     return out
 
 
-def down(state: Path | None = None) -> dict[str, int]:
+def down(state: Path | None = None, prefix: str = PREFIX) -> dict[str, int]:
     """Remove every process and namespace of the lab (also an earlier, crashed one)."""
     state = state or procs.state_dir()
     stopped = procs.stop_recorded(state) if state.exists() else []
-    leftovers = netns.leftover_namespaces() if have_netns_tools() and is_root() else ()
+    leftovers = netns.leftover_namespaces(prefix) if have_netns_tools() and is_root() else ()
     # Anything still running inside our namespaces was started by the lab.
     in_ns = [pid for ns in leftovers for pid in netns.pids_in(ns)]
     procs.terminate(in_ns)
@@ -144,22 +146,26 @@ def up(
     page_port: int = 8480,
     controller_port: int = CONTROLLER_PORT,
     period_s: float = LAB_PERIOD_S,
+    prefix: str = PREFIX,
 ) -> Lab:
-    """Build and start the whole lab; raises (after cleaning up) when anything fails."""
+    """Build and start the whole lab; raises (after cleaning up) when anything fails.
+
+    ``prefix`` names the namespaces (``nclab-`` by default; tests use their own, so a test
+    run and a demo never tear each other down)."""
     state = state or procs.state_dir()
     if kind is None:
         kind = "netns" if is_root() and have_netns_tools() else "loopback"
     spec = load_spec(TOPOLOGY)
-    layout = build_layout({n: (r.site, r.agent) for n, r in spec.roles.items()})
+    layout = build_layout({n: (r.site, r.agent) for n, r in spec.roles.items()}, prefix)
     scen = scenario.load_scenario(scenario_name, spec, layout)  # validate before any change
-    down(state)
+    down(state, prefix)
     if state.exists():
         shutil.rmtree(state)
     state.mkdir(parents=True, mode=0o700)
     try:
         return _start(spec, layout, scen, kind, state, page_port, controller_port, period_s)
     except BaseException:
-        down(state)
+        down(state, prefix)
         raise
 
 
@@ -178,10 +184,10 @@ def _start(
         ctl_addr, ctl_ns = "127.0.0.1", None
         controller_port = _free_port(controller_port)
     else:
-        ctl_addr, ctl_ns = CONTROLLER_ADDRESS, CTL_NETNS
+        ctl_addr, ctl_ns = CONTROLLER_ADDRESS, ctl_netns(layout.prefix)
         netns.create(layout)
         for r in ROUTERS:
-            netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r))
+            netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r), layout.prefix)
     inventory = state / "inventory.yaml"
     inventory.write_text(inventory_yaml(layout))
     token = state / "token"
@@ -328,7 +334,9 @@ def load_lab(state: Path | None = None) -> Lab | None:
     except (OSError, ValueError):
         return None
     spec = load_spec(TOPOLOGY)
-    layout = build_layout({n: (r.site, r.agent) for n, r in spec.roles.items()})
+    layout = build_layout(
+        {n: (r.site, r.agent) for n, r in spec.roles.items()}, info.get("prefix", PREFIX)
+    )
     if info["kind"] == "loopback":
         layout = loopback_layout(layout)
     return Lab(

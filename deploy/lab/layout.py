@@ -67,10 +67,11 @@ class LabHost:
     mgmt_address: str
     agent: bool  # runs a netcheck agent (else a stand-in service)
     facts: tuple[tuple[str, object], ...] = ()
+    prefix: str = PREFIX
 
     @property
     def netns(self) -> str:
-        return f"{PREFIX}h{self.index}"
+        return f"{self.prefix}h{self.index}"
 
     @property
     def router(self) -> str:
@@ -84,6 +85,7 @@ class LabHost:
 @dataclass(frozen=True)
 class Layout:
     hosts: tuple[LabHost, ...]
+    prefix: str = PREFIX
 
     def of_role(self, role: str) -> tuple[LabHost, ...]:
         return tuple(h for h in self.hosts if h.role == role)
@@ -95,14 +97,15 @@ class Layout:
         raise KeyError(name)
 
 
-def router_netns(router: str) -> str:
-    return f"{PREFIX}rt-{router}"
+def router_netns(router: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}rt-{router}"
 
 
-CTL_NETNS = f"{PREFIX}ctl"
+def ctl_netns(prefix: str = PREFIX) -> str:
+    return f"{prefix}ctl"
 
 
-def build_layout(roles: dict[str, tuple[str, bool]]) -> Layout:
+def build_layout(roles: dict[str, tuple[str, bool]], prefix: str = PREFIX) -> Layout:
     """Hosts for ``roles`` (role -> (site, agent)), in the order given."""
     hosts: list[LabHost] = []
     for role, (site, agent) in roles.items():
@@ -126,9 +129,10 @@ def build_layout(roles: dict[str, tuple[str, bool]]) -> Layout:
                     mgmt_address=str(MGMT_NET.network_address + 10 + index),
                     agent=agent,
                     facts=fact,
+                    prefix=prefix,
                 )
             )
-    return Layout(tuple(hosts))
+    return Layout(tuple(hosts), prefix)
 
 
 def roles_of_topology(path: str) -> dict[str, tuple[str, bool]]:

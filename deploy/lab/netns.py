@@ -7,13 +7,13 @@ veth pairs are created directly inside the namespaces they join.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deploy.lab.layout import (
     CONTROLLER_ADDRESS,
-    CTL_NETNS,
     INTERCONNECT,
     MGMT_NET,
     PREFIX,
@@ -21,6 +21,7 @@ from deploy.lab.layout import (
     SITE_NET,
     SITE_ROUTER,
     Layout,
+    ctl_netns,
     router_netns,
 )
 
@@ -55,29 +56,29 @@ def run_batch(batch: Batch) -> None:
 
 def build_plan(layout: Layout) -> tuple[Batch, ...]:
     """The ``ip`` commands that build the lab, in order. Pure."""
-    routers = [router_netns(r) for r in ROUTERS]
-    namespaces = [CTL_NETNS, *routers, *(h.netns for h in layout.hosts)]
+    pre = layout.prefix
+    ctl = ctl_netns(pre)
+    routers = [router_netns(r, pre) for r in ROUTERS]
+    namespaces = [ctl, *routers, *(h.netns for h in layout.hosts)]
     create = [f"netns add {ns}" for ns in namespaces]
     links: list[str] = []
     # The interconnect between the two routers.
-    prem, cloud = (router_netns(r) for r in ROUTERS)
+    prem, cloud = routers
     links.append(f"link add ic netns {prem} type veth peer name ic netns {cloud}")
     # The management bridge's ports, one per host, and each host's site link to its router.
     for h in layout.hosts:
-        links.append(
-            f"link add mgmt0 netns {h.netns} type veth peer name m{h.index} netns {CTL_NETNS}"
-        )
+        links.append(f"link add mgmt0 netns {h.netns} type veth peer name m{h.index} netns {ctl}")
         links.append(
             f"link add eth0 netns {h.netns} type veth peer name h{h.index} "
-            f"netns {router_netns(h.router)}"
+            f"netns {router_netns(h.router, pre)}"
         )
     out = [Batch(None, tuple(create)), Batch(None, tuple(links))]
     mgmt_len = MGMT_NET.prefixlen
-    ctl = ["link set lo up", "link add br0 type bridge", "link set br0 up"]
-    ctl.append(f"addr add {CONTROLLER_ADDRESS}/{mgmt_len} dev br0")
+    bridge = ["link set lo up", "link add br0 type bridge", "link set br0 up"]
+    bridge.append(f"addr add {CONTROLLER_ADDRESS}/{mgmt_len} dev br0")
     for h in layout.hosts:
-        ctl += [f"link set m{h.index} master br0", f"link set m{h.index} up"]
-    out.append(Batch(CTL_NETNS, tuple(ctl)))
+        bridge += [f"link set m{h.index} master br0", f"link set m{h.index} up"]
+    out.append(Batch(ctl, tuple(bridge)))
     ic_prem, ic_cloud = INTERCONNECT
     per_router: dict[str, list[str]] = {r: ["link set lo up", "link set ic up"] for r in ROUTERS}
     per_router["prem"].append(f"addr add {ic_prem}/30 dev ic")
@@ -109,7 +110,7 @@ def build_plan(layout: Layout) -> tuple[Batch, ...]:
             )
         )
     for r in ROUTERS:
-        out.append(Batch(router_netns(r), tuple(per_router[r])))
+        out.append(Batch(router_netns(r, pre), tuple(per_router[r])))
     return tuple(out)
 
 
@@ -122,21 +123,23 @@ def create(layout: Layout) -> None:
     for batch in build_plan(layout):
         run_batch(batch)
     for r in ROUTERS:
-        sysctl(router_netns(r), "net.ipv4.ip_forward", "1")
+        sysctl(router_netns(r, layout.prefix), "net.ipv4.ip_forward", "1")
 
 
-def apply_firewall(router: str, script: str) -> None:
-    run(["ip", "netns", "exec", router_netns(router), "nft", "-f", "-"], stdin=script)
+def apply_firewall(router: str, script: str, prefix: str = PREFIX) -> None:
+    run(["ip", "netns", "exec", router_netns(router, prefix), "nft", "-f", "-"], stdin=script)
 
 
-def list_ruleset(router: str) -> str:
-    return run(["ip", "netns", "exec", router_netns(router), "nft", "list", "ruleset"])
+def list_ruleset(router: str, prefix: str = PREFIX) -> str:
+    return run(["ip", "netns", "exec", router_netns(router, prefix), "nft", "list", "ruleset"])
 
 
-def leftover_namespaces() -> tuple[str, ...]:
+def leftover_namespaces(prefix: str = PREFIX) -> tuple[str, ...]:
+    """The namespaces a lab with ``prefix`` makes (ctl, rt-*, h<N>) that exist now."""
+    ours = re.compile(rf"^{re.escape(prefix)}(?:ctl|rt-[a-z]+|h\d+)$")
     out = run(["ip", "netns", "list"], check=False)
     names = (line.split()[0] for line in out.splitlines() if line.strip())
-    return tuple(n for n in names if n.startswith(PREFIX))
+    return tuple(n for n in names if ours.match(n))
 
 
 def pids_in(netns: str) -> tuple[int, ...]:
