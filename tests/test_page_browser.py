@@ -133,6 +133,7 @@ async def test_a_person_sees_the_failure_the_fix_and_the_diagnosis(
             )
             assert site.report_fetches > fetches
             assert await line4.evaluate(stroke) == GREEN
+            assert await label4.text_content() == "4: 15/15"
             assert (await deploy.locator(".gate-decision").inner_text()).strip() == "GO"
             # the selection survived the refresh, and shows the port passing now
             assert "selected" in (await edge4.get_attribute("class") or "")

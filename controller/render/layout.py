@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from controller.spec import Spec
 
-BOX_W, BOX_H = 200, 62
+BOX_W, BOX_H = 210, 62
 WIDTH = 1420
 REGION_TOP, REGION_BOTTOM = 140, 730
 # Centre of each known role's box.
@@ -150,7 +150,7 @@ def layout(spec: Spec) -> Layout:
         k = pairs[pair]
         pairs[pair] += 1
         # The k-th interaction between the same two roles bends away from the others.
-        bend = 0.0 if k == 0 else 45.0 * ((k + 1) // 2) * (1 if k % 2 else -1)
+        bend = 0.0 if k == 0 else 90.0 * ((k + 1) // 2) * (1 if k % 2 else -1)
         dx, dy = b.cx - a.cx, b.cy - a.cy
         length = math.hypot(dx, dy) or 1.0
         nx, ny = -dy / length, dx / length
