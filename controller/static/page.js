@@ -117,7 +117,7 @@
       const bad = notPassing(inFlow);
       const passed = inFlow.length - bad.length;
       const box = el("div", { class: "port", "data-ports": f.ports },
-        el("div", { class: "port-head" }, "TCP " + f.ports, el("span", { class: "muted" }, f.service + " · " + who + (f.expect === "closed" ? " · must be closed" : ""))),
+        el("div", { class: "port-head" }, el("span", { class: "ports" }, "TCP " + f.ports), el("span", { class: "muted" }, f.service + " · " + who + (f.expect === "closed" ? " · must be closed" : ""))),
         el("div", { class: "muted" }, passed + "/" + inFlow.length + " host pairs × ports pass"),
         f.purpose ? el("div", { class: "muted" }, f.purpose) : null);
       for (const c of bad) box.append(pairLine(c));
