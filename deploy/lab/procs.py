@@ -18,6 +18,8 @@ from pathlib import Path
 
 MARKER = "NETCHECK_LAB"
 REPO = Path(__file__).resolve().parents[2]
+# The children this process started, kept so they are reaped (no zombies, no ResourceWarning).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def state_dir() -> Path:
@@ -52,6 +54,7 @@ def start(
             start_new_session=True,
         )
     (state / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    _CHILDREN[proc.pid] = proc
     return proc
 
 
@@ -100,6 +103,12 @@ def terminate(pids: Iterable[int], grace_s: float = 3.0) -> None:
     for pid in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    for pid, child in list(_CHILDREN.items()):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if child.poll() is None and pid in alive:
+                child.wait(2.0)
+        if child.returncode is not None:
+            del _CHILDREN[pid]
 
 
 def stop_recorded(state: Path) -> list[int]:
