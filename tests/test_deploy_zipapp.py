@@ -1,0 +1,173 @@
+"""The single-file agent (deploy/zipapp/build.py): built, then run isolated against real sockets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_build_script() -> ModuleType:
+    """deploy/zipapp/build.py as a module (under its own name: PyPI has a `build` too)."""
+    spec = importlib.util.spec_from_file_location(
+        "netcheck_zipapp_build", REPO / "deploy" / "zipapp" / "build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+zipapp_build = _load_build_script()
+
+NOBODY = 65534
+# A guest's plain Python 3, as the archive will meet it (pyenv's lives under /root).
+SYSTEM_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+# -I: no environment, no user site; -S: no site module, so no site-packages at all.
+ISOLATED = [SYSTEM_PYTHON, "-I", "-S"]
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    """A directory another user can read (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="netcheck-pyz-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.fixture(scope="module")
+def pyz(workdir: Path) -> Path:
+    out: Path = zipapp_build.build(workdir / "netcheck-agent.pyz")
+    out.chmod(0o644)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def check(port: int, interaction: int = 4) -> dict[str, object]:
+    return {
+        "check_id": f"{interaction}:pio-1>prem-mgr-1:{port}",
+        "interaction": interaction,
+        "dst_role": "prem_manager",
+        "dst_host": "prem-mgr-1",
+        "dst_address": "127.0.0.1",
+        "port": port,
+        "service": "tcp",
+    }
+
+
+def as_unprivileged_user() -> dict[str, Any]:
+    """subprocess kwargs that drop root, so the test shows the agent needs none."""
+    if os.geteuid() != 0 or sys.executable == SYSTEM_PYTHON:
+        return {}
+    return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+
+
+def test_archive_holds_only_the_agent_and_a_main(pyz: Path) -> None:
+    import zipfile
+
+    names = zipfile.ZipFile(pyz).namelist()
+    assert "__main__.py" in names and "agent/cli.py" in names
+    assert {n.split("/")[0] for n in names} == {"__main__.py", "agent"}
+    assert not [n for n in names if n.endswith((".so", ".pyc"))]
+    assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+
+
+def test_run_path_is_stdlib_only() -> None:
+    """Modules the `run` command imports must not need anything outside the stdlib."""
+    needs = zipapp_build.third_party_imports(REPO / "agent")
+    run_path = {"agent.cli", "agent.runner", "agent.wire", "agent.listeners", "agent.probes"}
+    run_path |= {"agent.probes.connect", "agent.probes.service", "agent.probes.icmp"}
+    assert not run_path & needs.keys(), {m: needs[m] for m in run_path & needs.keys()}
+
+
+def test_isolated_run_reports_open_refused_and_its_listener(pyz: Path, workdir: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    open_port = listener.getsockname()[1]
+    refused_port = free_port()
+    standin_port = free_port()
+    plan = {
+        "role": "pio",
+        "host": "pio-1",
+        "address": "127.0.0.1",
+        "listen": [{"port": standin_port, "service": "tcp", "interactions": [4]}],
+        "checks": [check(open_port), check(refused_port), check(standin_port, 1)],
+        "timeout_s": 1.0,
+        "retries": 0,
+        "concurrency": 4,
+    }
+    plan_file = workdir / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    plan_file.chmod(0o644)
+    out = workdir / "results.json"
+    try:
+        proc = subprocess.run(
+            [*ISOLATED, str(pyz), "run", "--plan", str(plan_file), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=workdir,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            check=False,
+            **as_unprivileged_user(),
+        )
+    finally:
+        listener.close()
+    assert proc.returncode == 0, proc.stderr
+    batch = json.loads(out.read_text())
+    assert (batch["role"], batch["host"]) == ("pio", "pio-1")
+    states = {r["port"]: (r["state"], r["mode"]) for r in batch["results"]}
+    assert states == {
+        open_port: ("open", "connect"),
+        refused_port: ("refused", "connect"),
+        standin_port: ("open", "connect"),
+    }
+    assert [(ls["port"], ls["state"]) for ls in batch["listeners"]] == [(standin_port, "listening")]
+    assert [p["port"] for p in batch["peers"]] == [standin_port]
+
+
+def test_isolated_python_really_has_no_site_packages() -> None:
+    """The check above means something only if -I -S hides the installed packages."""
+    proc = subprocess.run(
+        [*ISOLATED, "-c", "import aiohttp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0 and "No module named 'aiohttp'" in proc.stderr
+
+
+def test_bad_plan_exits_2(pyz: Path, workdir: Path) -> None:
+    bad = workdir / "bad-plan.json"
+    bad.write_text(json.dumps({"role": "pio", "host": "pio-1", "unknown": 1}))
+    proc = subprocess.run(
+        [*ISOLATED, str(pyz), "run", "--plan", str(bad), "--out", str(workdir / "x")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "cannot read plan" in proc.stderr
