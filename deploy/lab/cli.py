@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.caps import can_bind_low_ports
 from controller.sourced import InputError
 from controller.spec import load_spec
 from deploy.lab import lab as labmod
@@ -72,10 +73,16 @@ def _describe(lab: labmod.Lab) -> str:
             f"the prem and cloud routers; controller {lab.controller_url} inside "
             f"{lab.ctl_netns}, page forwarded to {lab.page_url}"
         )
+    low = (
+        "ports below 1024 can be bound here"
+        if can_bind_low_ports()
+        else "ports below 1024 (22, 443, 902) cannot be bound without root or "
+        "CAP_NET_BIND_SERVICE: the listeners report them 'denied' and their checks fail"
+    )
     return (
-        "loopback lab (not root, or --loopback): every host on its own 127.0.1.N address, "
-        "NO firewall (the scenario is not applied, everything that listens passes); ports "
-        f"below 1024 need root and are reported as denied. Controller and page: {lab.page_url}"
+        "LOOPBACK lab (not root, or --loopback): no network namespaces, every host on its own "
+        f"127.0.1.N address, and NO FIREWALL: scenario {lab.scenario!r} is NOT applied, so "
+        f"only what is not listening can fail; {low}. Controller and page: {lab.page_url}"
     )
 
 

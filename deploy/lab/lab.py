@@ -27,6 +27,7 @@ from typing import Literal
 
 import yaml
 
+from agent.caps import can_bind_low_ports
 from controller.expand import listen_specs
 from controller.spec import Spec, load_spec
 from deploy.lab import netns, procs, scenario
@@ -278,7 +279,7 @@ def _listening(address: str, netns_name: str | None) -> set[int]:
 
 def wait_listening(lab: Lab, spec: Spec, limit_s: float) -> list[str]:
     """Wait until every host holds its ports; the hosts that still miss some at the limit."""
-    low_ok = lab.kind == "netns" or is_root()
+    low_ok = lab.kind == "netns" or can_bind_low_ports()
     wanted = {
         h.name: {ls.port for ls in listen_specs(spec, h.role) if low_ok or ls.port >= 1024}
         for h in lab.layout.hosts

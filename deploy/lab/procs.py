@@ -23,13 +23,16 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def state_dir() -> Path:
-    """``$NETCHECK_LAB_STATE``, else /tmp/netcheck-lab (root) or $XDG_RUNTIME_DIR/netcheck-lab."""
+    """``$NETCHECK_LAB_STATE``; else /tmp/netcheck-lab (root), $XDG_RUNTIME_DIR/netcheck-lab or
+    /tmp/netcheck-lab-UID."""
     env = os.environ.get("NETCHECK_LAB_STATE")
     if env:
         return Path(env)
-    if os.geteuid() != 0 and os.environ.get("XDG_RUNTIME_DIR"):
+    if os.geteuid() == 0:
+        return Path("/tmp/netcheck-lab")
+    if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "netcheck-lab"
-    return Path("/tmp/netcheck-lab")
+    return Path(f"/tmp/netcheck-lab-{os.geteuid()}")
 
 
 def start(
