@@ -1,8 +1,8 @@
 """The real controller app (controller/app.py) in its own process, for the ingest benchmark.
 
-``python -m bench.controller_proc TOPOLOGY INVENTORY DB TOKEN_FILE PORT``: serves on
-127.0.0.1:PORT until SIGTERM. (``netcheck-controller serve`` was not there when this was
-written; this is the same app factory with no extra code in front.)
+``python -m bench.controller_proc TOPOLOGY INVENTORY DB TOKEN_FILE PORT [HOST]``: serves on
+HOST:PORT (default 127.0.0.1) until SIGTERM: the app factory with nothing in front, so the
+benchmark does not depend on the CLI's options.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from controller.spec import load_spec
 
 
 def main(argv: list[str]) -> int:
-    topology, inventory, db, token_file, port = argv
+    topology, inventory, db, token_file, port = argv[:5]
+    host = argv[5] if len(argv) > 5 else "127.0.0.1"
     logging.basicConfig(level=logging.WARNING)
     spec = load_spec(topology)
     inv = load_inventory(inventory, spec)
     app = make_app(spec, inv, db, Path(token_file).read_text().strip())
-    web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None)
+    web.run_app(app, host=host, port=int(port), access_log=None, print=None)
     return 0
 
 

@@ -73,8 +73,7 @@ def batch_body(i: int, round_no: int) -> bytes:
         for k in range(RESULTS_PER_BATCH)
     ]
     listeners = [{"port": 22, "state": "listening", "since": now}]
-    body = {"role": ROLE, "host": host, "results": results, "listeners": listeners,
-            "sent_at": now}
+    body = {"role": ROLE, "host": host, "results": results, "listeners": listeners, "sent_at": now}
     return json.dumps(body).encode()
 
 
@@ -95,8 +94,16 @@ def controller(n: int) -> Iterator[tuple[str, str, Callable[[], int]]]:
         token_file.touch(mode=0o600)
         token_file.write_text(token)
         port = _free_port()
-        argv = [sys.executable, "-m", "bench.controller_proc", str(TOPOLOGY), str(inv),
-                str(Path(tmp) / "netcheck.db"), str(token_file), str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.controller_proc",
+            str(TOPOLOGY),
+            str(inv),
+            str(Path(tmp) / "netcheck.db"),
+            str(token_file),
+            str(port),
+        ]
         proc = spawn(argv)
         try:
             yield f"http://127.0.0.1:{port}", token, lambda: proc.pid
@@ -157,8 +164,9 @@ async def drive(n: int, repeats: int, window_s: float, log: Callable[[str], None
             await _wait_ready(sessions[0], base)
             reg_url, res_url = base + "/api/v1/register", base + "/api/v1/results"
             regs = [
-                json.dumps({"role": ROLE, "host": h, "address": a, "version": "bench",
-                            "mode": "connect"}).encode()
+                json.dumps(
+                    {"role": ROLE, "host": h, "address": a, "version": "bench", "mode": "connect"}
+                ).encode()
                 for h, a in map(_host, range(n))
             ]
             sem = asyncio.Semaphore(64)
@@ -197,6 +205,10 @@ async def drive(n: int, repeats: int, window_s: float, log: Callable[[str], None
     return m
 
 
+def _p50_p99(xs: list[float]) -> str:
+    return f"{percentile(xs, 50) * 1e3:.1f} / {percentile(xs, 99) * 1e3:.1f}"
+
+
 def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
     rows: list[tuple[str, ...]] = []
     targets: list[Target] = []
@@ -204,31 +216,38 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
         m = asyncio.run(drive(n, cfg.repeats, cfg.paced_window_s, log))
         rate = median(m.burst_rate)
         results_total = n * RESULTS_PER_BATCH * cfg.repeats
-        rows.append((
-            str(n), f"{rate:,.0f}", secs(median(m.burst_wall_s)),
-            f"{percentile(m.burst_rtt, 50) * 1e3:.1f} / {percentile(m.burst_rtt, 99) * 1e3:.1f}",
-            f"{percentile(m.paced_rtt, 50) * 1e3:.1f} / {percentile(m.paced_rtt, 99) * 1e3:.1f}",
-            f"{percentile(m.register_rtt, 50) * 1e3:.1f} / "
-            f"{percentile(m.register_rtt, 99) * 1e3:.1f}",
-            f"{m.server_cpu_s / max(1, results_total) * 1e6:.1f} µs",
-        ))
+        rows.append(
+            (
+                str(n),
+                f"{rate:,.0f}",
+                secs(median(m.burst_wall_s)),
+                _p50_p99(m.burst_rtt),
+                _p50_p99(m.paced_rtt),
+                _p50_p99(m.register_rtt),
+                f"{m.server_cpu_s / max(1, results_total) * 1e6:.1f} µs",
+            )
+        )
         if n == max(cfg.agents):
-            targets.append(Target(
-                name=f"controller ingest rate ({n} agents, burst)",
-                goal=">= 50,000 results/s",
-                measured=f"{rate:,.0f} results/s",
-                met=rate >= 50_000,
-                gap="" if rate >= 50_000 else f"{50_000 / rate:.1f} x short",
-            ))
+            targets.append(
+                Target(
+                    name=f"controller ingest rate ({n} agents, burst)",
+                    goal=">= 50,000 results/s",
+                    measured=f"{rate:,.0f} results/s",
+                    met=rate >= 50_000,
+                    gap="" if rate >= 50_000 else f"{50_000 / rate:.1f} x short",
+                )
+            )
             p99 = percentile(m.paced_rtt, 99) * 1e3
             burst99 = percentile(m.burst_rtt, 99) * 1e3
-            targets.append(Target(
-                name=f"controller p99 round trip ({n} agents)",
-                goal="< 50 ms",
-                measured=f"paced {p99:.1f} ms; burst (all at once) {burst99:.0f} ms",
-                met=p99 < 50,
-                gap="" if p99 < 50 else f"{p99 / 50:.1f} x over (paced)",
-            ))
+            targets.append(
+                Target(
+                    name=f"controller p99 round trip ({n} agents)",
+                    goal="< 50 ms",
+                    measured=f"paced {p99:.1f} ms; burst (all at once) {burst99:.0f} ms",
+                    met=p99 < 50,
+                    gap="" if p99 < 50 else f"{p99 / 50:.1f} x over (paced)",
+                )
+            )
     method = (
         f"Real controller app (controller/app.py) in its own process on 127.0.0.1, SQLite "
         f"file in a temp dir; N agents of role `{ROLE}` (one aiohttp ClientSession each) "
@@ -241,9 +260,15 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
     return Section(
         title="Controller ingest",
         method=method,
-        headers=("agents", "results/s (burst, median)", "burst round wall",
-                 "burst rtt p50 / p99 (ms)", "paced rtt p50 / p99 (ms)",
-                 "register rtt p50 / p99 (ms)", "server CPU per result"),
+        headers=(
+            "agents",
+            "results/s (burst, median)",
+            "burst round wall",
+            "burst rtt p50 / p99 (ms)",
+            "paced rtt p50 / p99 (ms)",
+            "register rtt p50 / p99 (ms)",
+            "server CPU per result",
+        ),
         rows=tuple(rows),
         targets=tuple(targets),
     )

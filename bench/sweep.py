@@ -52,7 +52,10 @@ def run_sweep(spec: Spec, cfg: SweepConfig, log: Any) -> Section:
         base = sweep_plan(spec, p.src_address, p.dst_address, ports, shipped_conc)
         shipped = write_plan(base, Path(tmp) / "shipped.json")
         wide = write_plan(with_concurrency(base, n), Path(tmp) / "wide.json")
-        targets: dict[str, Any] = {"targets": [[p.dst_address, x] for x in ports], "timeout_s": timeout}
+        targets: dict[str, Any] = {
+            "targets": [[p.dst_address, x] for x in ports],
+            "timeout_s": timeout,
+        }
         runs: list[tuple[Samples, str, dict[str, Any]]] = [
             (
                 Samples(
