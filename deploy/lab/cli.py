@@ -102,7 +102,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     lab = labmod.load_lab()
-    left = netns.leftover_namespaces() if labmod.is_root() and labmod.have_netns_tools() else ()
+    prefix = lab.layout.prefix if lab else labmod.lab_prefix()
+    root = labmod.is_root() and labmod.have_netns_tools()
+    left = netns.leftover_namespaces(prefix) if root else ()
     pids = procs.recorded_pids(procs.state_dir())
     alive = {n: p for n, p in pids.items() if procs.is_ours(p, procs.state_dir())}
     _say(_describe(lab) if lab else "no lab described in the state dir")

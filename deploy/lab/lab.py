@@ -21,6 +21,7 @@ import secrets
 import shutil
 import time
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,6 +51,18 @@ TOPOLOGY = procs.REPO / "topology.yaml"
 # make a one-minute demo impossible). Only `policy.probe_period_seconds` is changed.
 LAB_PERIOD_S = 8.0
 LOOPBACK_NET = ipaddress.IPv4Network("127.0.1.0/24")
+
+
+def lab_prefix() -> str:
+    """``$NETCHECK_LAB_PREFIX`` or ``nclab-``: the names of one lab's namespaces."""
+    return os.environ.get("NETCHECK_LAB_PREFIX") or PREFIX
+
+
+def loopback_net(prefix: str) -> ipaddress.IPv4Network:
+    """127.0.1.0/24 for the default lab; another /24 of 127/8 for a lab with another prefix."""
+    if prefix == PREFIX:
+        return LOOPBACK_NET
+    return ipaddress.IPv4Network(f"127.0.{2 + zlib.crc32(prefix.encode()) % 250}.0/24")
 
 
 @dataclass(frozen=True)
@@ -83,11 +96,12 @@ def have_netns_tools() -> bool:
 
 
 def loopback_layout(layout: Layout) -> Layout:
+    net = loopback_net(layout.prefix)
     hosts = tuple(
         dataclasses.replace(
             h,
-            address=str(LOOPBACK_NET.network_address + h.index),
-            mgmt_address=str(LOOPBACK_NET.network_address + h.index),
+            address=str(net.network_address + h.index),
+            mgmt_address=str(net.network_address + h.index),
         )
         for h in layout.hosts
     )
@@ -107,9 +121,10 @@ def write_lab_topology(state: Path, period_s: float) -> Path:
     return out
 
 
-def down(state: Path | None = None, prefix: str = PREFIX) -> dict[str, int]:
+def down(state: Path | None = None, prefix: str | None = None) -> dict[str, int]:
     """Remove every process and namespace of the lab (also an earlier, crashed one)."""
     state = state or procs.state_dir()
+    prefix = prefix or lab_prefix()
     stopped = procs.stop_recorded(state) if state.exists() else []
     leftovers = netns.leftover_namespaces(prefix) if have_netns_tools() and is_root() else ()
     # Anything still running inside our namespaces was started by the lab.
@@ -147,13 +162,14 @@ def up(
     page_port: int = 8480,
     controller_port: int = CONTROLLER_PORT,
     period_s: float = LAB_PERIOD_S,
-    prefix: str = PREFIX,
+    prefix: str | None = None,
 ) -> Lab:
     """Build and start the whole lab; raises (after cleaning up) when anything fails.
 
     ``prefix`` names the namespaces (``nclab-`` by default; tests use their own, so a test
     run and a demo never tear each other down)."""
     state = state or procs.state_dir()
+    prefix = prefix or lab_prefix()
     if kind is None:
         kind = "netns" if is_root() and have_netns_tools() else "loopback"
     spec = load_spec(TOPOLOGY)
