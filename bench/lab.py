@@ -148,10 +148,11 @@ def start_controller(lab: BenchLab, topology: Path, db: Path) -> subprocess.Pope
 
 
 def start_standins(
-    spec: Spec, lab: BenchLab, agents_too: bool = False
+    spec: Spec, lab: BenchLab, agents_too: bool = False, skip: frozenset[str] = frozenset()
 ) -> list[subprocess.Popen[str]]:
-    """Stand-in services for the hosts without an agent (and, `agents_too`, all hosts)."""
-    hosts = [h for h in lab.layout.hosts if agents_too or not h.agent]
+    """Stand-in services for the hosts without an agent (and, `agents_too`, all hosts but
+    those named in `skip`)."""
+    hosts = [h for h in lab.layout.hosts if (agents_too or not h.agent) and h.name not in skip]
     hosts = [h for h in hosts if listen_specs(spec, h.role)]
     procs = [spawn([sys.executable, *_standin_args(spec, h)], host_netns(h)) for h in hosts]
     missing = wait_listening(spec, hosts, 30.0)
