@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # Debian packages the lab, the end-to-end tests and the browser/metrics tests use.
-APT_PACKAGES = iproute2 nftables openssl nmap prometheus prometheus-blackbox-exporter chromium procps
+APT_PACKAGES = iproute2 nftables openssl nmap prometheus prometheus-blackbox-exporter chromium procps systemd
 
 .PHONY: setup system-deps demo test lint typecheck unit bench clean
 
