@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import subprocess
 import sys
@@ -120,9 +119,9 @@ def _wait_for_ctrl_c() -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, handler)
-    with contextlib.suppress(KeyboardInterrupt):
-        while not stop:
-            time.sleep(0.5)
+    signal.signal(signal.SIGINT, handler)  # also when started in the background (SIG_IGN)
+    while not stop:
+        time.sleep(0.5)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
