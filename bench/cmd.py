@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,8 +104,11 @@ def kill(proc: subprocess.Popen[str], grace_s: float = 3.0) -> None:
 def worker(
     kind: str, args: dict[str, Any], netns: str | None, timeout_s: float
 ) -> tuple[dict[str, Any], float]:
-    """Run ``python -m bench.worker KIND`` (args as JSON on argv); its JSON answer and wall."""
-    done = run([sys.executable, "-m", "bench.worker", kind, json.dumps(args)], timeout_s, netns)
+    """Run ``python -m bench.worker KIND @ARGS_FILE``; its JSON answer and wall."""
+    with tempfile.NamedTemporaryFile("w", prefix="ncbench-", suffix=".json") as f:
+        json.dump(args, f)
+        f.flush()
+        done = run([sys.executable, "-m", "bench.worker", kind, "@" + f.name], timeout_s, netns)
     if done.rc != 0 or done.timed_out:
         tail = done.stderr.strip().splitlines()[-5:]
         raise BenchError(

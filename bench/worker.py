@@ -1,4 +1,4 @@
-"""What runs inside a source namespace: ``python -m bench.worker KIND ARGS_JSON``.
+"""What runs inside a source namespace: ``python -m bench.worker KIND ARGS_JSON|@FILE``.
 
 Prints one JSON line: the measured wall time of the probing itself (``probe_s``, from the
 first connect to the last verdict, interpreter start-up excluded) and the states found.
@@ -83,6 +83,8 @@ async def _blackbox(args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     kind, raw = argv[0], argv[1]
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text()
     args: dict[str, Any] = json.loads(raw)
     if kind == "runner":
         out = _runner(args)
