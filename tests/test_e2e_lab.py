@@ -213,3 +213,30 @@ def test_agent_port_states_match_nmap(
         if c["state"] not in NMAP_STATE.get(seen.get(c["port"], "?"), set())
     ]
     assert wrong == []
+
+
+GATEWAY = {"user": "198.18.10.1", "on_prem": "198.18.1.1", "cloud": "198.18.2.1"}
+INTERCONNECT = {"prem": "198.18.254.1", "cloud": "198.18.254.2"}
+ROUTER_OF = {"user": "prem", "on_prem": "prem", "cloud": "cloud"}
+
+
+def test_dropped_checks_name_the_router_that_dropped(
+    lab: labmod.Lab, report: dict[str, Any]
+) -> None:
+    """In raw mode, the TCP traceroute's last hop is the router whose rule dropped the SYN."""
+    topology, rules, _ = _raw(lab)
+    site = {name: r["site"] for name, r in topology["roles"].items()}
+    dropped = [c for c in report["checks"] if c["cause"] == "dropped" and c["mode"] == "syn"]
+    if not dropped:
+        pytest.skip("no dropped check probed in raw (syn) mode")
+    wrong = []
+    for c in dropped:
+        key = (c["interaction"], c["src_host"], c["dst_host"], c["port"])
+        rule = blocking_rule(rules, key, c["src_role"], c["dst_role"])
+        assert rule is not None and rule["action"] == "drop"
+        here = ROUTER_OF[site[c["src_role"]]]
+        at = rule.get("at", here)
+        hop = GATEWAY[site[c["src_role"]]] if at == here else INTERCONNECT[at]
+        if c["last_hop"] != hop:
+            wrong.append((key, hop, c["last_hop"]))
+    assert wrong == []

@@ -87,7 +87,7 @@ def _describe(lab: labmod.Lab) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     kind: labmod.Kind | None = "loopback" if args.loopback else None
-    lab = labmod.up(args.scenario, kind)
+    lab = labmod.up(args.scenario, kind, probe_mode=args.probe_mode)
     _say(_describe(lab))
     _say(f"state, logs, inventory and token: {lab.state}")
     return 0
@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if kind is None and not labmod.have_netns_tools():
         _say("`ip` or `nft` is missing: running the loopback lab instead")
         kind = "loopback"
-    lab = labmod.up(args.scenario, kind)
+    lab = labmod.up(args.scenario, kind, probe_mode=args.probe_mode)
     try:
         _say(_describe(lab))
         code = audit(lab, Path(args.out))
@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--scenario", default="audit", help=f"a shipped name ({names}) or a file")
         s.add_argument("--loopback", action="store_true", help="127.0.1.N hosts, no namespaces")
+        s.add_argument(
+            "--probe-mode",
+            choices=("auto", "connect", "syn"),
+            default="auto",
+            help="the agents' --mode (auto: raw SYN probes + TCP traceroute where root)",
+        )
         s.set_defaults(func=fn)
         if name == "demo":
             s.add_argument("--keep", action="store_true", help="keep serving until Ctrl-C")

@@ -163,6 +163,7 @@ def up(
     controller_port: int = CONTROLLER_PORT,
     period_s: float = LAB_PERIOD_S,
     prefix: str | None = None,
+    probe_mode: str = "auto",
 ) -> Lab:
     """Build and start the whole lab; raises (after cleaning up) when anything fails.
 
@@ -180,7 +181,9 @@ def up(
         shutil.rmtree(state)
     state.mkdir(parents=True, mode=0o700)
     try:
-        return _start(spec, layout, scen, kind, state, page_port, controller_port, period_s)
+        return _start(
+            spec, layout, scen, kind, state, page_port, controller_port, period_s, probe_mode
+        )
     except BaseException:
         down(state, prefix)
         raise
@@ -195,6 +198,7 @@ def _start(
     page_port: int,
     controller_port: int,
     period_s: float,
+    probe_mode: str,
 ) -> Lab:
     if kind == "loopback":
         layout = loopback_layout(layout)
@@ -240,7 +244,7 @@ def _start(
         if h.agent:
             argv = ["-m", "agent", "serve", "--controller", controller_url,
                     "--token-file", str(token), "--role", h.role, "--host", h.name,
-                    "--address", h.address, "--mode", "connect"]  # fmt: skip
+                    "--address", h.address, "--mode", probe_mode]  # fmt: skip
         else:
             api = "VirtualCenter" if h.role.endswith("vcenter") else "HostAgent"
             argv = ["-m", "deploy.lab.standin", "--bind", h.address, "--name", h.name,

@@ -123,7 +123,11 @@ def create(layout: Layout) -> None:
     for batch in build_plan(layout):
         run_batch(batch)
     for r in ROUTERS:
-        sysctl(router_netns(r, layout.prefix), "net.ipv4.ip_forward", "1")
+        ns = router_netns(r, layout.prefix)
+        sysctl(ns, "net.ipv4.ip_forward", "1")
+        # Answer every TCP traceroute probe: Linux rate-limits ICMP errors per destination
+        # (about one a second after a small burst), which would hide hops from a sweep.
+        sysctl(ns, "net.ipv4.icmp_ratelimit", "0")
 
 
 def apply_firewall(router: str, script: str, prefix: str = PREFIX) -> None:

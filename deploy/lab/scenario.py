@@ -15,10 +15,13 @@ A scenario file (``deploy/lab/scenarios/NAME.yaml``)::
       - interaction: 15
         dst_host: prem-vm-2     # optional: only this lab host (src_host likewise)
         action: prohibit
+        at: prem                # optional: the router that applies it (default: the
+                                # router of the connecting host's site)
 
 A rule by interaction follows each flow's direction (a ``reverse`` flow is blocked from the
 listening side's peer, the way its connection really goes). Each rule is applied on the
-router of the connecting host's site, in the ``forward`` chain of table ``inet nclab``.
+router of the connecting host's site (or the one ``at`` names), in the ``forward`` chain of
+table ``inet nclab``; the first matching rule decides.
 Errors come back as ``file:line: ...`` (:class:`controller.sourced.InputError`).
 """
 
@@ -70,6 +73,8 @@ class Rule(BaseModel):
     src_host: str | None = None
     dst_host: str | None = None
     ports: str | None = None
+    # Which router applies the rule (default: the one of the connecting host's site).
+    at: Literal["prem", "cloud"] | None = None
     note: str = ""
 
     @field_validator("ports", mode="before")
@@ -186,7 +191,7 @@ def _resolve(src: Sourced, i: int, rule: Rule, spec: Spec, layout: Layout) -> li
         raise_if(p for p in (p1, p2) if p is not None)
         if saddrs and daddrs:
             origin = f"{Path(src.file).name}:{src.line(at)}"
-            out.append(Block(router, saddrs, daddrs, ports, rule.action, origin))
+            out.append(Block(rule.at or router, saddrs, daddrs, ports, rule.action, origin))
     return out
 
 
