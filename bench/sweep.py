@@ -32,11 +32,13 @@ class Samples:
     probe_s: list[float] = dataclasses.field(default_factory=list)
     process_s: list[float] = dataclasses.field(default_factory=list)
     counts: Counter[str] = dataclasses.field(default_factory=Counter)
+    errors: Counter[str] = dataclasses.field(default_factory=Counter)
 
     def add(self, answer: dict[str, Any], wall: float) -> None:
         self.probe_s.append(float(answer["probe_s"]))
         self.process_s.append(wall)
         self.counts.update({k: int(v) for k, v in answer["counts"].items()})
+        self.errors.update({k: int(v) for k, v in answer.get("errors", {}).items()})
 
 
 def _counts(c: Counter[str], runs: int) -> str:
@@ -183,4 +185,10 @@ def _section(
         ),
         rows=tuple(rows),
         targets=(target,),
+        notes=tuple(
+            f"{s.label} ({s.config}): `error` results, most common messages: "
+            + "; ".join(f"{msg!r} x {k}" for msg, k in s.errors.most_common(3))
+            for s, _, _ in runs
+            if s.errors
+        ),
     )

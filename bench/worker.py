@@ -32,6 +32,7 @@ def _runner(args: dict[str, Any]) -> dict[str, Any]:
         "probe_s": took,
         "states": {r.check_id: r.state for r in results},
         "counts": dict(Counter(r.state for r in results)),
+        "errors": dict(Counter(r.error for r in results if r.state == "error").most_common(3)),
     }
 
 
