@@ -8,12 +8,15 @@ bound are dropped oldest first and counted, and the count travels in ``ResultBat
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from agent import httpc
 from agent.wire import (
     ListenerStatus,
     PeerSeen,
@@ -49,39 +52,62 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """aiohttp, one session per process, ``Authorization: Bearer <token>``."""
+    """HTTP(S) with ``Authorization: Bearer <token>``, one connection per request.
 
-    def __init__(self, base_url: str, token: str, timeout_s: float = 10.0) -> None:
+    Standard library only (:mod:`agent.httpc`). ``ssl_context`` verifies an ``https``
+    controller (default: the system's trust store); give it a client certificate for mutual TLS.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout_s: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        httpc.parse_url(self.base_url)  # a bad URL fails here, not at the first request
         self._token = token
         self._timeout_s = timeout_s
-        self._session: Any = None
+        self._ssl_context = ssl_context
 
     def __repr__(self) -> str:  # never show the token
         return f"HttpTransport({self.base_url!r})"
 
-    async def post(self, path: str, payload: Any) -> tuple[int, Any]:
-        import aiohttp
+    def _tls(self) -> ssl.SSLContext | None:
+        if self._ssl_context is None and self.base_url.startswith("https:"):
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-                headers={"Authorization": f"Bearer {self._token}"},
-            )
+    async def post(self, path: str, payload: Any) -> tuple[int, Any]:
+        url = self.base_url + path
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        body = json.dumps(payload, separators=(",", ":")).encode()
         try:
-            async with self._session.post(self.base_url + path, json=payload) as resp:
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
-                return int(resp.status), body
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"{self.base_url}{path}: {type(exc).__name__} {exc}") from exc
+            resp = await httpc.request(
+                "POST",
+                url,
+                headers=headers,
+                body=body,
+                ssl_context=self._tls(),
+                timeout_s=self._timeout_s,
+            )
+        except TimeoutError as exc:
+            raise TransportError(f"{url}: no answer within {self._timeout_s:g} s") from exc
+        except (OSError, EOFError, httpc.HttpError) as exc:
+            raise TransportError(f"{url}: {type(exc).__name__} {exc}") from exc
+        try:
+            answer = json.loads(resp.body) if resp.body else None
+        except ValueError:
+            answer = None
+        return resp.status, answer
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Nothing to release: every request has its own connection."""
 
 
 class Link:
