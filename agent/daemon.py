@@ -177,7 +177,7 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
         if cert is not None:
             cert.cleanup()
         if health is not None:
-            await health.cleanup()
+            await health.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     if not registered:

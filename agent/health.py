@@ -1,27 +1,36 @@
-"""The agent's own health: ``/healthz`` and ``/metrics`` (built from live state at scrape)."""
+"""The agent's own health: ``/healthz`` and ``/metrics`` (built from live state at scrape).
+
+A few lines of HTTP/1.1 on :func:`asyncio.start_server`, standard library only: ``GET`` (or
+``HEAD``) of the two paths, one request per connection, the request head bounded in size and
+time, so a stuck or hostile client costs one short-lived connection and nothing more.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import json
+import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-from agent import __version__
+from agent import __version__, exposition
+from agent.exposition import Family
 from agent.wire import PROBE_STATES, ListenState, ProbeResult
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from agent.link import Link
     from agent.listeners import ListenerSet
 
+log = logging.getLogger(__name__)
+
 LISTEN_STATES: tuple[ListenState, ...] = ("listening", "occupied", "denied", "error")
+MAX_REQUEST_HEAD = 8 * 1024
+REQUEST_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 @dataclasses.dataclass
@@ -40,96 +49,147 @@ class AgentState:
         self.rounds += 1
 
 
-class AgentCollector(Collector):
-    def __init__(self, state: AgentState) -> None:
-        self.state = state
-
-    def collect(self) -> Iterator[Metric]:
-        s = self.state
-        probes = CounterMetricFamily(
-            "netcheck_agent_probes", "Probe results by state.", labels=["state"]
-        )
-        for state in PROBE_STATES:
-            probes.add_metric([state], s.probes.get(state, 0))
-        yield probes
-        listeners = GaugeMetricFamily(
-            "netcheck_agent_listeners", "Stand-in listeners by state.", labels=["state"]
-        )
-        held = Counter(x.state for x in s.listeners.statuses()) if s.listeners else Counter()
-        for lstate in LISTEN_STATES:
-            listeners.add_metric([lstate], held.get(lstate, 0))
-        yield listeners
-        link = s.link
-        yield GaugeMetricFamily(
+def metric_families(s: AgentState) -> list[Family]:
+    link = s.link
+    held = Counter(x.state for x in s.listeners.statuses()) if s.listeners else Counter()
+    families = [
+        exposition.labelled(
+            "netcheck_agent_probes",
+            "counter",
+            "Probe results by state.",
+            "state",
+            ((state, s.probes.get(state, 0)) for state in PROBE_STATES),
+        ),
+        exposition.labelled(
+            "netcheck_agent_listeners",
+            "gauge",
+            "Stand-in listeners by state.",
+            "state",
+            ((lstate, held.get(lstate, 0)) for lstate in LISTEN_STATES),
+        ),
+        exposition.gauge(
             "netcheck_agent_buffered_results",
             "Results waiting for the controller.",
-            value=link.buffered if link else 0,
-        )
-        yield CounterMetricFamily(
+            link.buffered if link else 0,
+        ),
+        exposition.counter(
             "netcheck_agent_dropped_results",
             "Results dropped (buffer full while the controller was away, or rejected).",
-            value=link.dropped_total if link else 0,
-        )
-        yield CounterMetricFamily(
+            link.dropped_total if link else 0,
+        ),
+        exposition.counter(
             "netcheck_agent_rejected_batches",
             "Batches the controller refused with HTTP 400.",
-            value=link.rejected_batches if link else 0,
-        )
-        if link is not None and link.last_report is not None:
-            yield GaugeMetricFamily(
+            link.rejected_batches if link else 0,
+        ),
+    ]
+    if link is not None and link.last_report is not None:
+        families.append(
+            exposition.gauge(
                 "netcheck_agent_last_report_timestamp_seconds",
                 "When the controller last accepted a batch.",
-                value=link.last_report,
+                link.last_report,
             )
-        yield CounterMetricFamily(
-            "netcheck_agent_probe_rounds", "Probe rounds run.", value=s.rounds
         )
-        info = GaugeMetricFamily(
-            "netcheck_agent_info", "Agent version and probe mode.", labels=["version", "mode"]
+    families.append(
+        exposition.counter("netcheck_agent_probe_rounds", "Probe rounds run.", s.rounds)
+    )
+    info = exposition.Sample((("version", __version__), ("mode", s.mode)), 1)
+    families.append(
+        exposition.Family("netcheck_agent_info", "gauge", "Agent version and probe mode.", (info,))
+    )
+    return families
+
+
+def healthz(state: AgentState) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "version": __version__,
+        "mode": state.mode,
+        "registered": bool(state.link and state.link.plan),
+        "rounds": state.rounds,
+        "buffered_results": state.link.buffered if state.link else 0,
+        "last_report": state.link.last_report if state.link else None,
+    }
+
+
+def respond(state: AgentState, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) for one request head: the whole HTTP logic, without I/O."""
+    try:
+        method, target, version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ")
+    except (UnicodeDecodeError, ValueError):
+        return 400, {"Content-Type": "text/plain"}, b"bad request\n"
+    if not version.startswith("HTTP/1."):
+        return 400, {"Content-Type": "text/plain"}, b"bad request\n"
+    path = target.split("?", 1)[0]
+    if path not in ("/healthz", "/metrics"):
+        return 404, {"Content-Type": "text/plain"}, b"not found\n"
+    if method not in ("GET", "HEAD"):
+        return 405, {"Content-Type": "text/plain", "Allow": "GET, HEAD"}, b"GET or HEAD\n"
+    if path == "/healthz":
+        body = json.dumps(healthz(state)).encode()
+        return 200, {"Content-Type": "application/json"}, body
+    text = exposition.render(metric_families(state))
+    return 200, {"Content-Type": exposition.CONTENT_TYPE}, text.encode()
+
+
+def encode_response(status: int, headers: dict[str, str], body: bytes, head_only: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}".rstrip()]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
+
+
+class HealthServer:
+    """The running endpoint; :meth:`close` stops it and drops open connections."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self.server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(
+            self._handle, host, port, limit=MAX_REQUEST_HEAD, reuse_address=True
         )
-        info.add_metric([__version__, s.mode], 1)
-        yield info
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._conns.add(writer)
+        try:
+            if len(self._conns) > MAX_CONNECTIONS:
+                return
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
+                return
+            status, headers, body = respond(self.state, head)
+            writer.write(encode_response(status, headers, body, head.startswith(b"HEAD ")))
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            log.debug("health connection: %s", exc)
+        finally:
+            self._conns.discard(writer)
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self._conns):
+                writer.transport.abort()
+            await self.server.wait_closed()
+            self.server = None
 
 
-def make_registry(state: AgentState) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(state))
-    return registry
-
-
-def make_app(state: AgentState, registry: CollectorRegistry) -> web.Application:
-    from aiohttp import web
-
-    async def healthz(_: web.Request) -> web.Response:
-        body: dict[str, Any] = {
-            "status": "ok",
-            "version": __version__,
-            "mode": state.mode,
-            "registered": bool(state.link and state.link.plan),
-            "rounds": state.rounds,
-            "buffered_results": state.link.buffered if state.link else 0,
-            "last_report": state.link.last_report if state.link else None,
-        }
-        return web.json_response(body)
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
-
-    app = web.Application(client_max_size=1024)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    return app
-
-
-async def start_health_server(state: AgentState, listen: str) -> web.AppRunner:
-    """Serve the health app on ``HOST:PORT``; the caller cleans the runner up."""
-    from aiohttp import web
-
+async def start_health_server(state: AgentState, listen: str) -> HealthServer:
+    """Serve ``/healthz`` and ``/metrics`` on ``HOST:PORT``; the caller closes it."""
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(make_app(state, make_registry(state)), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
-    return runner
+    server = HealthServer(state)
+    await server.start(host.strip("[]") or "127.0.0.1", int(port))
+    return server
