@@ -30,12 +30,18 @@ SOAP_RETRIEVE_SERVICE_CONTENT = (
 )
 
 
+_CLIENT_CONTEXT: list[ssl.SSLContext] = []
+
+
 def _client_context() -> ssl.SSLContext:
-    # We check the path and read the certificate; trust is not what is being audited here.
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    """One context for every TLS probe of the process (made at the first one)."""
+    if not _CLIENT_CONTEXT:
+        # We check the path and read the certificate; trust is not what is audited here.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _CLIENT_CONTEXT.append(ctx)
+    return _CLIENT_CONTEXT[0]
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
