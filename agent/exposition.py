@@ -67,9 +67,10 @@ def format_value(value: float) -> str:
 def render(families: Iterable[Family]) -> str:
     out: list[str] = []
     for fam in families:
+        # As prometheus_client writes 0.0.4: a counter's HELP and TYPE name its samples.
         sample_name = fam.name + "_total" if fam.type == "counter" else fam.name
-        out.append(f"# HELP {fam.name} {escape_help(fam.help)}")
-        out.append(f"# TYPE {fam.name} {fam.type}")
+        out.append(f"# HELP {sample_name} {escape_help(fam.help)}")
+        out.append(f"# TYPE {sample_name} {fam.type}")
         for sample in fam.samples:
             labels = ",".join(f'{k}="{escape_label(v)}"' for k, v in sample.labels)
             braces = f"{{{labels}}}" if labels else ""

@@ -143,8 +143,9 @@ def encode_response(status: int, headers: dict[str, str], body: bytes, head_only
 class HealthServer:
     """The running endpoint; :meth:`close` stops it and drops open connections."""
 
-    def __init__(self, state: AgentState) -> None:
+    def __init__(self, state: AgentState, request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.state = state
+        self.request_timeout_s = request_timeout_s
         self.server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
 
@@ -164,12 +165,12 @@ class HealthServer:
             if len(self._conns) > MAX_CONNECTIONS:
                 return
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_timeout_s)
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
                 return
             status, headers, body = respond(self.state, head)
             writer.write(encode_response(status, headers, body, head.startswith(b"HEAD ")))
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            await asyncio.wait_for(writer.drain(), self.request_timeout_s)
         except (OSError, TimeoutError) as exc:
             log.debug("health connection: %s", exc)
         finally:
