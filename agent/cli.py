@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--health-listen", default=None, help="HOST:PORT for /healthz, /metrics")
     serve.add_argument("--mode", choices=("auto", "connect", "syn"), default="auto")
     serve.add_argument("--buffer", type=int, default=50_000, help="results kept while away")
+    serve.add_argument(
+        "--splay",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="the first round starts at a random time within this (default 60)",
+    )
     return p
 
 
@@ -120,6 +127,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         health_listen=args.health_listen,
         mode_request=args.mode,
         buffer_size=args.buffer,
+        first_run_cap_s=max(0.0, args.splay),
     )
     return asyncio.run(serve(cfg))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
 import os
@@ -10,6 +11,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -94,12 +97,11 @@ def test_archive_holds_only_the_agent_and_a_main(pyz: Path) -> None:
     assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
 
 
-def test_run_path_is_stdlib_only() -> None:
-    """Modules the `run` command imports must not need anything outside the stdlib."""
+def test_only_optional_extras_are_outside_the_stdlib() -> None:
+    """`run` and `serve` need only the stdlib; scapy (SYN probes) and cryptography (the
+    stand-in certificate where there is no openssl command) are optional, imported lazily."""
     needs = zipapp_build.third_party_imports(REPO / "agent")
-    run_path = {"agent.cli", "agent.runner", "agent.wire", "agent.listeners", "agent.probes"}
-    run_path |= {"agent.probes.connect", "agent.probes.service", "agent.probes.icmp"}
-    assert not run_path & needs.keys(), {m: needs[m] for m in run_path & needs.keys()}
+    assert needs == {"agent.probes.raw": {"scapy"}, "agent.certs": {"cryptography"}}
 
 
 def test_isolated_run_reports_open_refused_and_its_listener(pyz: Path, workdir: Path) -> None:
@@ -171,3 +173,96 @@ def test_bad_plan_exits_2(pyz: Path, workdir: Path) -> None:
     )
     assert proc.returncode == 2
     assert "cannot read plan" in proc.stderr
+
+
+class Controller:
+    """A real HTTP controller in a thread: hands out `plan`, keeps what the agent sends."""
+
+    def __init__(self, plan: dict[str, Any], token: str) -> None:
+        self.plan, self.token = plan, token
+        self.registrations: list[dict[str, Any]] = []
+        self.batches: list[dict[str, Any]] = []
+        ctl = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.headers["Authorization"] != f"Bearer {ctl.token}":
+                    self.answer(401, {"error": "bad token"})
+                elif self.path == "/api/v1/register":
+                    ctl.registrations.append(body)
+                    self.answer(200, ctl.plan)
+                elif self.path == "/api/v1/results":
+                    ctl.batches.append(body)
+                    self.answer(200, {"accepted": len(body["results"])})
+                else:
+                    self.answer(404, {"error": "no such path"})
+
+            def answer(self, status: int, payload: object) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> Controller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_isolated_serve_registers_probes_and_reports(pyz: Path, workdir: Path) -> None:
+    """`serve --once` from the archive under `python3 -I -S`, unprivileged, against a real
+    controller: stand-in TLS/SSH listeners, probes with their service checks, one report."""
+    ports = [free_port() for _ in range(3)]
+    services = ("tls", "ssh", "tcp")
+    plan = {
+        "role": "pio",
+        "host": "pio-1",
+        "address": "127.0.0.1",
+        "listen": [{"port": p, "service": s} for p, s in zip(ports[:2], services, strict=False)],
+        "checks": [{**check(p), "service": s} for p, s in zip(ports, services, strict=True)],
+        "timeout_s": 2.0,
+    }
+    token_file = workdir / "token"
+    token_file.write_text("pyz-token\n")
+    token_file.chmod(0o644)
+    argv = [*ISOLATED, str(pyz), "serve", "--token-file", str(token_file), "--once"]
+    argv += ["--role", "pio", "--host", "pio-1", "--address", "127.0.0.1", "--splay", "0"]
+    with Controller(plan, "pyz-token") as ctl:
+        proc = subprocess.run(
+            [*argv, "--controller", ctl.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=workdir,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            check=False,
+            **as_unprivileged_user(),
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert [r["role"] for r in ctl.registrations] == ["pio"]
+    results = {r["port"]: r for b in ctl.batches for r in b["results"]}
+    states = {p: results[p]["state"] for p in ports}
+    assert states == {ports[0]: "open", ports[1]: "open", ports[2]: "refused"}
+    tls = results[ports[0]]["service_check"]
+    assert tls["outcome"] == "ok" and "netcheck stand-in" in tls["tls_subject"]
+    assert tls["tls_not_after"] > time.time()
+    assert results[ports[1]]["service_check"]["outcome"] == "ok"
+    listeners = {ls["port"]: ls["state"] for ls in ctl.batches[-1]["listeners"]}
+    assert listeners == {ports[0]: "listening", ports[1]: "listening"}

@@ -1,24 +1,22 @@
 """Build the single-file agent: ``dist/netcheck-agent.pyz`` (stdlib :mod:`zipapp`).
 
-    python3 deploy/zipapp/build.py [--out dist/netcheck-agent.pyz] [--with-serve]
+    python3 deploy/zipapp/build.py [--out dist/netcheck-agent.pyz]
 
-The archive holds the ``agent`` package and a ``__main__`` that calls ``agent.cli.main``.
-Without ``--with-serve`` it needs nothing but Python 3.11+: ``run`` (probe a plan offline,
-connect probes without root) imports only the standard library. ``serve`` also needs aiohttp
-and prometheus-client; ``--with-serve`` vendors them into the archive as pure Python (their
-C extensions disabled, built from source), so the archive stays platform-independent.
+The archive holds the ``agent`` package and a ``__main__`` that calls ``agent.cli.main``. It
+needs nothing but Python 3.11+: ``run`` (probe a plan offline) and ``serve`` (follow a
+controller, with ``/healthz`` and ``/metrics``) import only the standard library. Two optional
+extras are used when the host has them: scapy for SYN probes (raw mode, CAP_NET_RAW), and the
+cryptography package to make the stand-in certificate where there is no ``openssl`` command.
 
-The build prints which agent modules need packages outside the standard library, found by
-reading their imports, so a new third-party import on the ``run`` path shows up here.
+The build prints which agent modules import packages outside the standard library, found by
+reading their imports, so a new third-party import shows up here.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipapp
@@ -26,16 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "dist" / "netcheck-agent.pyz"
-# The pure-Python builds of the serve path's dependencies: each honours one of these.
-NO_EXTENSIONS = {
-    "AIOHTTP_NO_EXTENSIONS": "1",
-    "MULTIDICT_NO_EXTENSIONS": "1",
-    "YARL_NO_EXTENSIONS": "1",
-    "PROPCACHE_NO_EXTENSIONS": "1",
-    "FROZENLIST_NO_EXTENSIONS": "1",
-}
-SERVE_REQUIREMENTS = ("aiohttp", "prometheus-client")
-NO_BINARY = "aiohttp,multidict,yarl,propcache,frozenlist"
 MAIN = (
     '"""netcheck-agent as one file."""\n\nfrom agent.cli import main\n\nraise SystemExit(main())\n'
 )
@@ -65,40 +53,16 @@ def copy_package(src: Path, dst: Path) -> None:
     )
 
 
-def vendor_serve_dependencies(target: Path) -> None:
-    """pip-install the serve path's dependencies into `target` as pure Python."""
-    env = {**os.environ, **NO_EXTENSIONS, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--no-compile",
-        "--root-user-action=ignore",
-        "--no-binary",
-        NO_BINARY,
-        "--target",
-        str(target),
-        *SERVE_REQUIREMENTS,
-    ]
-    subprocess.run(cmd, check=True, env=env)
-    compiled = sorted(p.name for p in target.rglob("*.so"))
-    if compiled:
-        raise SystemExit(f"build: C extensions slipped into the archive: {compiled}")
-    for junk in [*target.glob("*.dist-info"), *target.glob("bin")]:
-        shutil.rmtree(junk)
-
-
 def build(out: Path, with_serve: bool = False) -> Path:
-    """Write the archive to `out` (atomically) and return its path."""
+    """Write the archive to `out` (atomically) and return its path.
+
+    `with_serve` is accepted for older callers: every archive serves now.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="netcheck-zipapp-") as tmp:
         root = Path(tmp) / "app"
         root.mkdir()
         copy_package(REPO / "agent", root / "agent")
-        if with_serve:
-            vendor_serve_dependencies(root)
         (root / "__main__.py").write_text(MAIN)
         partial = out.with_name(out.name + ".tmp")
         zipapp.create_archive(root, partial, interpreter="/usr/bin/env python3", compressed=True)
@@ -112,15 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-serve",
         action="store_true",
-        help="vendor aiohttp and prometheus-client (pure Python) so `serve` works too",
+        help="no effect (kept for older scripts): every archive runs and serves",
     )
     args = parser.parse_args(argv)
     needs = third_party_imports(REPO / "agent")
     for module, names in sorted(needs.items()):
-        print(f"build: {module} imports {', '.join(sorted(names))} (not stdlib)")
-    path = build(args.out, args.with_serve)
-    kind = "run + serve" if args.with_serve else "run only (stdlib)"
-    print(f"build: wrote {path} ({path.stat().st_size} bytes, {kind})")
+        print(f"build: {module} imports {', '.join(sorted(names))} (not stdlib, optional)")
+    path = build(args.out)
+    print(f"build: wrote {path} ({path.stat().st_size} bytes, run + serve, stdlib only)")
     return 0
 
 
