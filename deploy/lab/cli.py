@@ -133,12 +133,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lab = labmod.up(args.scenario, kind, probe_mode=args.probe_mode)
     try:
         _say(_describe(lab))
-        code = audit(lab, Path(args.out))
+        worst = audit(lab, Path(args.out))
         _say(f"\ndemo took {time.monotonic() - started:.1f} s")
-        if args.keep:
+        keep = sys.stdin.isatty() if args.keep is None else args.keep
+        if keep:
             _say(f"serving the topology page at {lab.page_url} — Ctrl-C to stop and tear down")
             _wait_for_ctrl_c()
-        return code
+        # The audit ran: that is success, whatever the gates say, unless --strict asks for
+        # the gate's own answer (1 when a mode is no-go) as the exit code.
+        return worst if args.strict else 0
     finally:
         gone = labmod.down(lab.state, lab.layout.prefix)
         _say(f"lab down ({gone['processes']} processes, {gone['namespaces']} namespaces)")
@@ -163,7 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         s.set_defaults(func=fn)
         if name == "demo":
-            s.add_argument("--keep", action="store_true", help="keep serving until Ctrl-C")
+            s.add_argument(
+                "--keep",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="keep serving the page until Ctrl-C (default: when run from a terminal)",
+            )
+            s.add_argument("--strict", action="store_true", help="exit 1 when any mode is no-go")
             s.add_argument("--out", default="out", help="where the HTML report goes")
     sub.add_parser("down", help="remove every namespace and process of the lab").set_defaults(
         func=cmd_down
