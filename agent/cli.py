@@ -133,7 +133,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from agent.tlsbuffers import shrink_tls_read_buffer
+
     args = _parser().parse_args(argv)
+    shrink_tls_read_buffer()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

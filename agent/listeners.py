@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 READ_LIMIT = 512
 MAX_PEERS = 10_000
 MAX_CONNECTIONS = 512
+# TLS conversations at once: asyncio gives each a 256 KiB read buffer. Others wait for a
+# slot within their idle timeout (a stand-in handshake takes milliseconds).
+MAX_TLS_SESSIONS = 32
 
 
 class ListenerSet:
@@ -57,6 +60,7 @@ class ListenerSet:
         self._status: dict[int, ListenerStatus] = {}
         self._specs: dict[int, ListenSpec] = {}
         self._conns: set[asyncio.StreamWriter] = set()
+        self._tls_slots: asyncio.Semaphore | None = None
 
     def statuses(self) -> tuple[ListenerStatus, ...]:
         return tuple(self._status[p] for p in sorted(self._status))
@@ -153,8 +157,14 @@ class ListenerSet:
         self, spec: ListenSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         if spec.service in TLS_SERVICES and self.tls_context is not None:
-            await writer.start_tls(self.tls_context, ssl_handshake_timeout=self.idle_timeout)
-        elif spec.service == "ssh":
+            if self._tls_slots is None:
+                self._tls_slots = asyncio.Semaphore(MAX_TLS_SESSIONS)
+            async with self._tls_slots:
+                await writer.start_tls(self.tls_context, ssl_handshake_timeout=self.idle_timeout)
+                await writer.drain()
+                await reader.read(READ_LIMIT)
+            return
+        if spec.service == "ssh":
             writer.write(SSH_BANNER)
         elif spec.service == "authd":
             writer.write(AUTHD_BANNER)

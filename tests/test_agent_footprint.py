@@ -131,6 +131,8 @@ async def test_90_listeners_within_40_mib_and_idle_without_cpu(
         await asyncio.sleep(0.5)  # the listeners' connections wind down
         mem = proc_status(proc.pid)
         assert mem["VmRSS"] <= RSS_LIMIT_KIB, f"RSS {mem['VmRSS'] / 1024:.1f} MiB"
+        # The peak too: the probe round's 90 TLS/SSH/... conversations at once included.
+        assert mem["VmHWM"] <= RSS_LIMIT_KIB, f"peak RSS {mem['VmHWM'] / 1024:.1f} MiB"
         before = cpu_ticks(proc.pid)
         await asyncio.sleep(3.0)
         idle = cpu_ticks(proc.pid) - before

@@ -321,3 +321,30 @@ async def test_link_errors_carry_the_http_status(echo: int) -> None:
     link = Link(HttpTransport(f"http://127.0.0.1:{echo}", "t"), REG)
     with pytest.raises(LinkError, match="invalid plan"):
         await link.register()  # the echo server answers 200 with something that is no plan
+
+
+async def test_tls_works_with_the_smaller_read_buffer() -> None:
+    """A 200 KB answer over TLS arrives whole with 32 KiB reads (the agent's setting)."""
+    import asyncio.sslproto
+
+    from agent.tlsbuffers import READ_BUFFER, shrink_tls_read_buffer
+
+    saved = asyncio.sslproto.SSLProtocol.max_size
+    cert = StandinCert("127.0.0.1")
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        return web.json_response({"blob": "x" * 200_000})
+
+    runner = await serve_app(handler, cert.server_context())
+    try:
+        assert shrink_tls_read_buffer()
+        assert asyncio.sslproto.SSLProtocol.max_size == READ_BUFFER
+        trusted = ssl.create_default_context(cafile=str(cert.cert))
+        trusted.check_hostname = False
+        url = f"https://127.0.0.1:{port_of(runner)}"
+        status, body = await HttpTransport(url, "t", 5, trusted).post("/", {})
+        assert status == 200 and body == {"blob": "x" * 200_000}
+    finally:
+        asyncio.sslproto.SSLProtocol.max_size = saved
+        await runner.cleanup()
+        cert.cleanup()

@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 from agent.certs import STANDIN_ORG
@@ -31,6 +32,20 @@ SOAP_RETRIEVE_SERVICE_CONTENT = (
 
 
 _CLIENT_CONTEXT: list[ssl.SSLContext] = []
+# TLS checks at once, per event loop: asyncio gives every TLS connection a 256 KiB read
+# buffer, so a plan with thousands of TLS ports would otherwise cost hundreds of MiB.
+MAX_TLS_CHECKS = 32
+_TLS_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _tls_slots() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slots = _TLS_SLOTS.get(loop)
+    if slots is None:
+        slots = _TLS_SLOTS[loop] = asyncio.Semaphore(MAX_TLS_CHECKS)
+    return slots
 
 
 def _client_context() -> ssl.SSLContext:
@@ -219,7 +234,8 @@ async def check(
                 return await asyncio.wait_for(_PLAIN[service](reader, writer), limit_s)
             finally:
                 await _close(writer)
-        return await _tls(service, sock, host, limit_s)
+        async with _tls_slots():
+            return await _tls(service, sock, host, limit_s)
     except TimeoutError:
         return ServiceCheck(
             service=service,
