@@ -180,7 +180,7 @@ def test_agent_metrics_are_live_and_valid(site: Site) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="no /usr/bin/python3")
 def test_single_file_agent_serves_without_site_packages(site: Site) -> None:
-    """The --with-serve archive registers and reports under `python3 -I -S`, unprivileged."""
+    """The single-file agent registers and reports under `python3 -I -S`, unprivileged."""
     spec = importlib.util.spec_from_file_location(
         "netcheck_zipapp_build", REPO / "deploy" / "zipapp" / "build.py"
     )
@@ -188,7 +188,7 @@ def test_single_file_agent_serves_without_site_packages(site: Site) -> None:
     zipapp_build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zipapp_build)
 
-    pyz: Path = zipapp_build.build(site.workdir / "netcheck-agent-serve.pyz", with_serve=True)
+    pyz: Path = zipapp_build.build(site.workdir / "netcheck-agent-serve.pyz")
     pyz.chmod(0o644)
     cmd = [str(SYSTEM_PYTHON), "-I", "-S", str(pyz), "serve", "--controller", site.url]
     cmd += ["--token-file", str(site.token_file), "--role", "cloud_cache"]

@@ -53,11 +53,8 @@ def copy_package(src: Path, dst: Path) -> None:
     )
 
 
-def build(out: Path, with_serve: bool = False) -> Path:
-    """Write the archive to `out` (atomically) and return its path.
-
-    `with_serve` is accepted for older callers: every archive serves now.
-    """
+def build(out: Path) -> Path:
+    """Write the archive to `out` (atomically) and return its path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="netcheck-zipapp-") as tmp:
         root = Path(tmp) / "app"
@@ -73,11 +70,6 @@ def build(out: Path, with_serve: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="archive to write")
-    parser.add_argument(
-        "--with-serve",
-        action="store_true",
-        help="no effect (kept for older scripts): every archive runs and serves",
-    )
     args = parser.parse_args(argv)
     needs = third_party_imports(REPO / "agent")
     for module, names in sorted(needs.items()):
