@@ -24,7 +24,9 @@ PROBE_STATES: tuple[str, ...] = get_args(ProbeState)
 # How the state was found: a full TCP connect, or a raw half-open SYN (needs CAP_NET_RAW).
 ProbeMode = Literal["connect", "syn"]
 # What a stand-in listener could do with its port.
-ListenState = Literal["listening", "occupied", "denied", "error"]
+# "closed": the agent stopped holding the port (it shut down, or its plan dropped the port);
+# `since` is when. A reset seen by a probe after that says nothing about a firewall.
+ListenState = Literal["listening", "occupied", "denied", "error", "closed"]
 # The application protocol a port should answer with (see topology.yaml, `service`).
 Service = Literal["tcp", "ssh", "tls", "https", "vsphere", "docker", "authd", "iscsi"]
 SERVICES: tuple[str, ...] = get_args(Service)
@@ -87,7 +89,12 @@ class Plan:
     address: str
     listen: tuple[ListenSpec, ...]
     checks: tuple[CheckSpec, ...]
+    # The longest a probe waits for an answer. With `min_timeout_s` > 0 the timeout adapts:
+    # a silent port gives up after rtt_factor x the round trip measured to the same
+    # destination in the same round, but never before min_timeout_s (nor after timeout_s).
     timeout_s: float = 2.0
+    min_timeout_s: float = 0.0
+    rtt_factor: float = 10.0
     retries: int = 2
     period_s: float = 300.0
     concurrency: int = 512
@@ -131,6 +138,10 @@ class ProbeResult:
     last_hop: str | None = None
     # Where the ICMP error or the reset came from, when that is known (raw mode).
     responder: str | None = None
+    # Raw mode, state "refused": True when the reset's TTL shows it came from fewer hops away
+    # than the destination's own packets (a firewall's reject), False when it matches the
+    # destination, None when unknown.
+    rst_from_firewall: bool | None = None
     error: str = ""
 
 
