@@ -1,14 +1,27 @@
 # The two commands of the README are `make demo` and `make test`; the rest are their parts.
+# Everything Python goes into a virtualenv in .venv (PEP 668 systems refuse system-wide pip).
 PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+VENV ?= .venv
+PY = $(VENV)/bin/python
+# Tools installed into the virtualenv (ruff, mypy, ansible-lint, hadolint, ...) come first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the lab, the end-to-end tests and the browser/metrics tests use.
-APT_PACKAGES = iproute2 nftables openssl nmap prometheus prometheus-blackbox-exporter chromium procps systemd
+APT_PACKAGES = iproute2 nftables openssl nmap prometheus prometheus-blackbox-exporter chromium \
+  procps systemd python3-venv
 
-.PHONY: setup system-deps demo test lint typecheck unit bench clean
+.PHONY: setup setup-dev system-deps demo test lint typecheck unit bench clean
 
-# Python side: the project with its dev extras, editable.
-setup:
-	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu install python3-venv"; exit 1; }
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+
+# Runtime: the project, editable (what the demo needs).
+setup: $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+
+# Development: the project with its test and lint tools.
+setup-dev: $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 # System side (root only): what the lab and the tests need from Debian.
 system-deps:
@@ -22,22 +35,22 @@ system-deps:
 
 # The main job: a whole HDM site in network namespaces behind an nftables firewall, audited.
 demo: system-deps setup
-	$(PYTHON) -m deploy.lab demo
+	$(PY) -m deploy.lab demo
 
-lint:
+lint: setup-dev
 	ruff check .
 	ruff format --check .
 
-typecheck:
+typecheck: setup-dev
 	mypy
 
-unit:
-	$(PYTHON) -m pytest
+unit: setup-dev
+	$(PY) -m pytest
 
-test: lint typecheck unit
+test: system-deps setup-dev lint typecheck unit
 
-bench: system-deps setup
-	$(PYTHON) -m bench
+bench: system-deps setup-dev
+	$(PY) -m bench
 
 clean:
-	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache out
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache out $(VENV)
