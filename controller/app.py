@@ -21,6 +21,7 @@ from controller.inventory import Inventory
 from controller.model import Evaluation
 from controller.spec import Spec
 from controller.store import Store
+from controller.writer import GroupWriter
 
 MAX_BODY = 8 * 1024 * 1024
 
@@ -31,6 +32,10 @@ TOKEN = web.AppKey("token", str)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 REFRESH = web.AppKey("refresh_seconds", int)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+WRITER = web.AppKey("writer", GroupWriter)
+# host -> the role it registered as: loaded from the store at start, updated on register,
+# so authorising a batch needs no trip to the database.
+AGENTS: web.AppKey[dict[str, str]] = web.AppKey("agents")
 
 
 def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -> Evaluation:
@@ -71,11 +76,18 @@ def make_app(
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = await asyncio.to_thread(Store.open, db)
         app[STORE] = store
+        app[AGENTS] = {a.host: a.role for a in await asyncio.to_thread(store.agents)}
+        writer = GroupWriter(store, clock)
+        writer.start()
+        app[WRITER] = writer
         collector = StoreCollector(spec, inventory, store, clock)
         app[REGISTRY].register(collector)
-        yield
-        app[REGISTRY].unregister(collector)
-        await asyncio.to_thread(store.close)
+        try:
+            yield
+        finally:
+            app[REGISTRY].unregister(collector)
+            await writer.close()
+            await asyncio.to_thread(store.close)
 
     app.cleanup_ctx.append(store_ctx)
     app.add_routes(routes)

@@ -16,7 +16,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.wire import WIRE_VERSION, ProbeResult, Registration, ResultBatch, check_id
 from controller.inventory import Inventory
-from controller.model import AgentSeen
 from controller.spec import Spec
 
 Reason = Literal["auth", "schema", "role", "size"]
@@ -111,13 +110,16 @@ def check_batch(batch: ResultBatch, spec: Spec, inventory: Inventory) -> None:
         raise Refused(400, "schema", "a listener or peer port is out of range")
 
 
-def authorize_batch(batch: ResultBatch, agent: AgentSeen | None) -> None:
-    """The sender must have registered as this host and role (409 / 403 otherwise)."""
-    if agent is None:
+def authorize_batch(batch: ResultBatch, registered_role: str | None) -> None:
+    """The sender must have registered as this host and role (409 / 403 otherwise).
+
+    ``registered_role``: the role the batch's host registered as, None if it never did.
+    """
+    if registered_role is None:
         raise Refused(409, "role", f"unknown agent {batch.host!r}: register first")
-    if agent.role != batch.role:
+    if registered_role != batch.role:
         raise Refused(
             403,
             "role",
-            f"{batch.host!r} registered as {agent.role}, not {batch.role}",
+            f"{batch.host!r} registered as {registered_role}, not {batch.role}",
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,10 +17,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.wire import ProbeResult, Registration, ResultBatch, check_id, encode
-from controller.app import make_app
+from controller.app import WRITER, make_app
 from controller.expand import expand
 from controller.inventory import Inventory, load_inventory
 from controller.spec import Spec, load_spec
+from controller.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -225,3 +229,111 @@ async def test_report_and_page(
     r = await client.get("/")
     assert r.status == 200
     assert "<svg" in await r.text()
+
+
+def crowd_inventory(spec: Spec, tmp_path: Path, n: int) -> Inventory:
+    """The example site with ``n`` cloud VMs (each one an agent)."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "inventory.example.yaml").read_text())
+    doc["hosts"]["cloud_vm"] = [
+        {"name": f"vm-{i}", "address": f"198.18.{20 + i // 250}.{i % 250 + 1}"} for i in range(n)
+    ]
+    path = tmp_path / "crowd.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load_inventory(path, spec)
+
+
+def vm_batch(i: int, ports: int = 5) -> dict[str, Any]:
+    host, now = f"vm-{i}", time.time()
+    results = [
+        ProbeResult(
+            check_id=check_id(15, host, "cloud-cache", 9000 + k),
+            interaction=15,
+            src_host=host,
+            src_address=f"198.18.{20 + i // 250}.{i % 250 + 1}",
+            dst_host="cloud-cache",
+            dst_address="198.18.2.40",
+            port=9000 + k,
+            state="open",
+            mode="connect",
+            attempts=1,
+            started_at=now - 1,
+        )
+        for k in range(ports)
+    ]
+    return encode(ResultBatch("cloud_vm", host, results=tuple(results), sent_at=now))  # type: ignore[no-any-return]
+
+
+async def register_crowd(client: TestClient[web.Request, web.Application], n: int) -> None:
+    for i in range(n):
+        body = encode(Registration("cloud_vm", f"vm-{i}", "198.18.20.1", "0.1", "connect"))
+        assert (await client.post("/api/v1/register", json=body, headers=AUTH)).status == 200
+
+
+def stored_hosts(db: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        return dict(c.execute("SELECT src_host, count(*) FROM results GROUP BY src_host"))
+
+
+async def test_concurrent_posts_are_group_committed(spec: Spec, tmp_path: Path) -> None:
+    n = 200
+    inv = crowd_inventory(spec, tmp_path, n)
+    db = tmp_path / "nc.sqlite"
+    client = await start(make_app(spec, inv, db, TOKEN))
+    try:
+        await register_crowd(client, n)
+        bodies = [vm_batch(i) for i in range(n)]
+        bodies[17]["results"][2]["src_host"] = "vm-18"  # refused before it joins a group
+        answers = await asyncio.gather(
+            *(client.post("/api/v1/results", json=b, headers=AUTH) for b in bodies)
+        )
+        statuses = [a.status for a in answers]
+        assert statuses[17] == 400
+        assert "is not the batch host" in (await answers[17].json())["error"]
+        assert statuses.count(200) == n - 1
+        acks = [await a.json() for a in answers if a.status == 200]
+        assert acks == [{"accepted": 5}] * (n - 1)
+        groups = client.app[WRITER].groups  # type: ignore[union-attr]
+        assert groups < n  # batches shared transactions (one fsync per group)
+    finally:
+        await client.close()
+    # Acknowledged = committed: every acknowledged batch is in the file, the bad one is not.
+    assert stored_hosts(db) == {f"vm-{i}": 5 for i in range(n) if i != 17}
+    store = Store.open(db)
+    assert store.counters()["batches_ingested"] == n - 1
+    assert store.counters()["rejected:schema"] == 1
+    store.close()
+
+
+async def test_a_failed_group_keeps_nothing_and_answers_500(spec: Spec, tmp_path: Path) -> None:
+    n = 40
+    inv = crowd_inventory(spec, tmp_path, n)
+    db = tmp_path / "nc.sqlite"
+    client = await start(make_app(spec, inv, db, TOKEN))
+    try:
+        await register_crowd(client, n)
+        # A real database failure for one batch: SQLite aborts the insert of vm-7's results.
+        with contextlib.closing(sqlite3.connect(db)) as c:
+            c.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON results WHEN NEW.src_host = 'vm-7' "
+                "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+            )
+            c.commit()
+        answers = await asyncio.gather(
+            *(client.post("/api/v1/results", json=vm_batch(i), headers=AUTH) for i in range(n))
+        )
+        statuses = {f"vm-{i}": a.status for i, a in enumerate(answers)}
+        assert statuses["vm-7"] == 500
+        assert "not stored" in (await answers[7].json())["error"]
+        assert set(statuses.values()) <= {200, 500}
+        ok = {h for h, s in statuses.items() if s == 200}
+        health = json.loads(await (await client.get("/healthz")).text())
+        assert health["results"] == 5 * len(ok)
+    finally:
+        await client.close()
+    # Exactly the acknowledged batches are stored: the failed group's others left no trace.
+    assert set(stored_hosts(db)) == ok
+    store = Store.open(db)
+    assert store.counters().get("batches_ingested", 0) == len(ok)
+    store.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from agent.wire import (
     ResultBatch,
     ServiceCheck,
     check_id,
+    encode,
 )
 from controller.store import PEERS_PER_PORT, Store
 
@@ -125,3 +129,83 @@ def test_ingest_speed(tmp_path: Path) -> None:
     assert len(s.results()) == 10_000
     assert rate > 5_000  # the floor on a loaded 2-core machine; measured figures in the report
     s.close()
+
+
+def test_listeners_keep_the_newest_status_per_port(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "nc.sqlite")
+    up = ListenerStatus(22, "listening", 5.0)
+    closed = ListenerStatus(22, "closed", 50.0)
+    s.ingest(ResultBatch("pio", "pio-1", listeners=(up, ListenerStatus(9, "denied", 5.0))), 1.0)
+    s.ingest(ResultBatch("pio", "pio-1", listeners=(closed,), sent_at=60.0), 61.0)
+    # A late batch sent before the close changes nothing, and removes nothing.
+    s.ingest(ResultBatch("pio", "pio-1", listeners=(up,), sent_at=40.0), 62.0)
+    assert s.listeners() == {"pio-1": (closed,)}
+    s.close()
+    s = Store.open(tmp_path / "nc.sqlite")
+    assert s.listeners() == {"pio-1": (closed,)}
+    s.close()
+
+
+def test_group_is_one_transaction(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "nc.sqlite")
+    good = ResultBatch("pio", "pio-1", results=(res(22, 1.0),), dropped=2)
+    bad = ResultBatch("pio", "pio-1", results=(res(23, float("nan")),))
+    with pytest.raises(sqlite3.IntegrityError):
+        s.ingest_group([good, bad], 2.0, ["auth"])
+    assert (s.results(), s.counters()) == ([], {})
+    before = s.version
+    assert s.ingest_group([good, good], 3.0, ["auth", "auth"]) == [1, 1]
+    assert s.version == before + 1
+    assert s.counters() == {
+        "results_ingested": 2,
+        "batches_ingested": 2,
+        "dropped:pio:pio-1": 4,
+        "rejected:auth": 2,
+    }
+    s.close()
+
+
+def test_every_result_field_round_trips(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "nc.sqlite")
+    r = dataclasses.replace(
+        res(443, 5.0, "refused"),
+        last_hop="198.18.0.1",
+        responder="198.18.0.2",
+        rst_from_firewall=True,
+        error="x",
+    )
+    s.ingest(ResultBatch("pio", "pio-1", results=(r, res(444, 5.0))), 6.0)
+    assert s.results() == [r, res(444, 5.0)]
+    assert s.results()[0].rst_from_firewall is True
+    s.close()
+
+
+def test_a_file_of_the_old_layout_is_migrated(tmp_path: Path) -> None:
+    """Version 0.1 kept one JSON body per result; opening converts it, nothing lost."""
+    db = tmp_path / "old.sqlite"
+    old = [res(22, 1.0), res(23, 2.0, "filtered")]
+    with closing(sqlite3.connect(db)) as c:
+        c.executescript(
+            """CREATE TABLE results (check_id TEXT PRIMARY KEY, src_host TEXT NOT NULL,
+                 started_at REAL NOT NULL, received_at REAL NOT NULL, body TEXT NOT NULL);
+               CREATE TABLE listeners (host TEXT NOT NULL, port INTEGER NOT NULL,
+                 state TEXT NOT NULL, since REAL NOT NULL, owner TEXT NOT NULL,
+                 error TEXT NOT NULL, PRIMARY KEY (host, port));"""
+        )
+        c.executemany(
+            "INSERT INTO results VALUES (?, ?, ?, ?, ?)",
+            [(r.check_id, r.src_host, r.started_at, 9.0, json.dumps(encode(r))) for r in old],
+        )
+        c.execute("INSERT INTO listeners VALUES ('pio-1', 22, 'listening', 1.0, '', '')")
+        c.commit()
+    s = Store.open(db)
+    assert s.results() == old
+    assert s.listeners() == {"pio-1": (ListenerStatus(22, "listening", 1.0),)}
+    s.ingest(ResultBatch("pio", "pio-1", results=(res(22, 3.0, "refused"),)), 10.0)
+    assert [r.state for r in s.results()] == ["refused", "filtered"]
+    s.close()
+    with closing(sqlite3.connect(db)) as c:
+        assert c.execute("SELECT received_at FROM results ORDER BY check_id").fetchall() == [
+            (10.0,),
+            (9.0,),
+        ]
