@@ -5,26 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import resource
 from collections.abc import Iterator, Sequence
 
+from agent.fdlimit import fd_capped_concurrency
 from agent.probes import ProbeOptions, connect
 from agent.wire import CheckSpec, Plan, ProbeMode, ProbeResult
 
 log = logging.getLogger(__name__)
-
-
-def raise_nofile_limit(wanted: int) -> int:
-    """Raise the soft RLIMIT_NOFILE towards `wanted` (never above the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise RLIMIT_NOFILE to %d: %s", target, exc)
-    return soft
 
 
 def options_for(plan: Plan, bind_address: str = "", service_checks: bool = True) -> ProbeOptions:
@@ -33,6 +20,8 @@ def options_for(plan: Plan, bind_address: str = "", service_checks: bool = True)
         src_address=plan.address,
         timeout_s=plan.timeout_s,
         retries=plan.retries,
+        min_timeout_s=plan.min_timeout_s,
+        rtt_factor=plan.rtt_factor,
         bind_address=bind_address,
         service_checks=service_checks,
     )
@@ -41,14 +30,18 @@ def options_for(plan: Plan, bind_address: str = "", service_checks: bool = True)
 async def run_connect(
     checks: Sequence[CheckSpec], opts: ProbeOptions, concurrency: int
 ) -> list[ProbeResult]:
-    """Connect-probe every check, at most `concurrency` at once; results in input order."""
-    cap = max(1, concurrency)
-    raise_nofile_limit(cap * max(1, opts.attempts) + 256)
-    sem = asyncio.Semaphore(cap)
+    """Connect-probe every check, at most `concurrency` at once; results in input order.
+
+    The probes of one call are one round: they share a round-trip book, so with
+    ``opts.min_timeout_s`` > 0 a silent port waits a multiple of the round trip measured to
+    its destination in this round instead of the whole timeout.
+    """
+    sem = asyncio.Semaphore(fd_capped_concurrency(concurrency, opts.attempts))
+    rtts = opts.round_trips()
 
     async def one(check: CheckSpec) -> ProbeResult:
         async with sem:
-            return await connect.probe(check, opts)
+            return await connect.probe(check, opts, rtts)
 
     return list(await asyncio.gather(*(one(c) for c in checks)))
 

@@ -252,6 +252,10 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise WireError(f"{where}: missing field {name!r}")
         return typing.cast(Any, tp)(**kwargs)
+    if tp is bool:
+        if not isinstance(data, bool):
+            raise WireError(f"{where}: expected true or false")
+        return data
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, int | float):
             raise WireError(f"{where}: expected a number")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.wire import CheckSpec, Expectation, ListenSpec, Plan, Service, check_id
@@ -96,7 +98,44 @@ def plan_for(spec: Spec, inventory: Inventory, role: str, host: str, address: st
         listen=listen_specs(spec, role),
         checks=checks,
         timeout_s=p.probe_timeout_seconds,
+        min_timeout_s=p.probe_min_timeout_seconds,
+        rtt_factor=p.probe_rtt_factor,
         retries=p.probe_retries,
         period_s=p.probe_period_seconds,
         concurrency=p.probe_concurrency,
+    )
+
+
+def by_source(checks: Iterable[ExpectedCheck]) -> dict[tuple[str, str], tuple[ExpectedCheck, ...]]:
+    """The expected checks indexed by their source (role, host), in expansion order."""
+    out: dict[tuple[str, str], list[ExpectedCheck]] = {}
+    for c in checks:
+        out.setdefault((c.src_role, c.src_host), []).append(c)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def plan_from_checks(
+    spec: Spec, role: str, host: str, address: str, checks: Iterable[ExpectedCheck]
+) -> Plan:
+    """:func:`plan_for` with the host's expected checks already expanded (see :func:`by_source`).
+
+    The policy part comes from :func:`plan_for` itself (over an empty inventory, which
+    expands nothing), so both build the same plan.
+    """
+    base = plan_for(spec, Inventory(file="", site="", hosts={}), role, host, address)
+    return dataclasses.replace(
+        base,
+        checks=tuple(
+            CheckSpec(
+                check_id=c.check_id,
+                interaction=c.interaction,
+                dst_role=c.dst_role,
+                dst_host=c.dst_host,
+                dst_address=c.dst_address,
+                port=c.port,
+                service=c.service,
+                expect=c.expect,
+            )
+            for c in checks
+        ),
     )

@@ -41,6 +41,10 @@ class Policy(_Frozen):
     freshness_seconds: float = Field(900, gt=0)
     warnings_block: bool = False
     probe_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    # Adaptive give-up time: a silent port waits probe_rtt_factor x the round trip measured
+    # to its host (or role) in the same round, at least probe_min_timeout_seconds; 0 = off.
+    probe_min_timeout_seconds: float = Field(0.0, ge=0, le=60)
+    probe_rtt_factor: float = Field(10.0, ge=1, le=1000)
     probe_retries: int = Field(2, ge=0, le=10)
     probe_period_seconds: float = Field(300, gt=0)
     probe_concurrency: int = Field(512, ge=1, le=65536)

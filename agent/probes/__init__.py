@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from agent.probes.rtt import RoundTrips
 from agent.wire import CheckSpec, ProbeMode, ProbeResult, ProbeState, ServiceCheck
 
 
@@ -18,6 +19,9 @@ class ProbeOptions:
     src_address: str
     timeout_s: float = 2.0
     retries: int = 2
+    # Adaptive give-up time (see agent.probes.rtt): 0 keeps the fixed timeout_s.
+    min_timeout_s: float = 0.0
+    rtt_factor: float = 10.0
     # Source address to bind outgoing connections to ("" lets the kernel choose).
     bind_address: str = ""
     # Run the protocol check on open ports.
@@ -26,6 +30,10 @@ class ProbeOptions:
     @property
     def attempts(self) -> int:
         return max(1, self.retries + 1)
+
+    def round_trips(self) -> RoundTrips:
+        """A fresh round-trip book for one probe round under these options."""
+        return RoundTrips(self.rtt_factor, self.min_timeout_s, self.timeout_s)
 
 
 def make_result(
@@ -40,6 +48,7 @@ def make_result(
     service_check: ServiceCheck | None = None,
     last_hop: str | None = None,
     responder: str | None = None,
+    rst_from_firewall: bool | None = None,
     error: str = "",
 ) -> ProbeResult:
     return ProbeResult(
@@ -58,5 +67,6 @@ def make_result(
         service_check=service_check,
         last_hop=last_hop,
         responder=responder,
+        rst_from_firewall=rst_from_firewall,
         error=error,
     )

@@ -1,8 +1,10 @@
 """Connect probe: a full TCP handshake, no privilege needed.
 
-Attempts are staggered inside the check's timeout (a new SYN every ``timeout / attempts``
+Attempts are staggered inside the check's window (a new SYN every ``window / attempts``
 seconds while the earlier ones stay open), so a single lost SYN does not fail a port and a
-dropped port costs one timeout, not ``attempts`` of them. ICMP errors are read from the
+dropped port costs one window, not ``attempts`` of them. The window is the plan's timeout,
+or, when the runner shares a round-trip book (:mod:`agent.probes.rtt`), a multiple of the
+round trip measured to the same destination in the same round. ICMP errors are read from the
 socket's error queue (IP_RECVERR) to tell ``prohibited`` from ``unreachable`` and to name the
 router that answered.
 """
@@ -16,9 +18,11 @@ import errno
 import socket
 import struct
 import time
+from typing import Any
 
 from agent.probes import ProbeOptions, make_result, service
 from agent.probes.icmp import describe, state_for_errno, state_for_icmp
+from agent.probes.rtt import RoundTrips, Window, fixed
 from agent.wire import CheckSpec, ProbeResult, ProbeState
 
 IP_RECVERR = 11
@@ -99,32 +103,69 @@ async def _attempt(
             sock.close()
 
 
-async def connect(check: CheckSpec, opts: ProbeOptions) -> tuple[_Outcome | None, int]:
-    """The first answer among staggered attempts, and how many attempts were sent."""
+_ANSWERED: frozenset[str] = frozenset({"open", "refused", "unreachable", "prohibited"})
+
+
+async def _wait_any(
+    pending: set[asyncio.Task[_Outcome]],
+    rtts: RoundTrips | None,
+    addr: str,
+    role: str,
+    wait_s: float,
+) -> set[asyncio.Task[_Outcome]]:
+    """The attempts that finished within `wait_s`, cut short when the window moves."""
+    if rtts is None or not rtts.adaptive:
+        done, _ = await asyncio.wait(
+            pending, timeout=max(0.0, wait_s), return_when="FIRST_COMPLETED"
+        )
+        return done
+    moved = rtts.changed(addr, role)
+    try:
+        waiting: list[asyncio.Future[Any]] = [*pending, moved]
+        await asyncio.wait(waiting, timeout=max(0.0, wait_s), return_when="FIRST_COMPLETED")
+    finally:
+        rtts.forget(addr, role, moved)
+    return {t for t in pending if t.done()}
+
+
+async def connect(
+    check: CheckSpec, opts: ProbeOptions, rtts: RoundTrips | None = None
+) -> tuple[_Outcome | None, int, Window]:
+    """The first answer among staggered attempts, how many were sent, and the window waited.
+
+    The window is the check's timeout, or with `rtts` (one book per round) the adaptive one
+    for its destination, re-read whenever the book says it moved; attempt k goes out at
+    ``k × window / attempts``.
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + opts.timeout_s
-    step = opts.timeout_s / opts.attempts
+    start = loop.time()
     pending: set[asyncio.Task[_Outcome]] = set()
     launched = 0
     answer: _Outcome | None = None
+    addr, role = check.dst_address, check.dst_role
+    win = rtts.window(addr, role) if rtts is not None else fixed(opts.timeout_s)
     try:
         while answer is None:
             now = loop.time()
-            if now >= deadline:
+            if now >= start + win.seconds:
                 break
-            if launched < opts.attempts:
+            step = win.seconds / opts.attempts
+            while launched < opts.attempts and start + launched * step <= now:
                 pending.add(asyncio.create_task(_attempt(loop, check, opts)))
                 launched += 1
-            wait_until = deadline if launched >= opts.attempts else min(deadline, now + step)
-            done, pending = await asyncio.wait(
-                pending, timeout=max(0.0, wait_until - loop.time()), return_when="FIRST_COMPLETED"
-            )
-            for task in done:
+            wake = start + (launched * step if launched < opts.attempts else win.seconds)
+            done = await _wait_any(pending, rtts, addr, role, wake - loop.time())
+            for task in done & pending:
+                pending.discard(task)
                 outcome = task.result()
+                if rtts is not None and outcome.state in _ANSWERED and outcome.latency_s:
+                    rtts.add(addr, role, outcome.latency_s)
                 if answer is None:
                     answer = outcome
                 elif outcome.sock is not None:
                     outcome.sock.close()
+            if rtts is not None:
+                win = rtts.window(addr, role)
     finally:
         for task in pending:
             task.cancel()
@@ -133,12 +174,15 @@ async def connect(check: CheckSpec, opts: ProbeOptions) -> tuple[_Outcome | None
                 late = await task
                 if late.sock is not None:
                     late.sock.close()
-    return answer, launched
+    return answer, launched, win
 
 
-async def probe(check: CheckSpec, opts: ProbeOptions) -> ProbeResult:
+async def probe(
+    check: CheckSpec, opts: ProbeOptions, rtts: RoundTrips | None = None
+) -> ProbeResult:
+    """One check; with `rtts` (shared by a round) a silent port waits the adaptive window."""
     started_at = time.time()
-    answer, attempts = await connect(check, opts)
+    answer, attempts, win = await connect(check, opts, rtts)
     if answer is None:
         return make_result(
             check,
@@ -147,7 +191,7 @@ async def probe(check: CheckSpec, opts: ProbeOptions) -> ProbeResult:
             mode="connect",
             attempts=attempts,
             started_at=started_at,
-            error=f"no answer to {attempts} SYN(s) within {opts.timeout_s:g} s",
+            error=win.describe(attempts, check.dst_role),
         )
     service_check = None
     if answer.sock is not None:

@@ -22,8 +22,10 @@ import socket
 import time
 from collections.abc import Sequence
 
+from agent.fdlimit import fd_capped_concurrency
 from agent.probes import ProbeOptions, bpf, connect, make_result
 from agent.probes.icmp import DEST_UNREACH, TIME_EXCEEDED, describe, state_for_icmp
+from agent.probes.rtt import RoundTrips, Window
 from agent.wire import CheckSpec, ProbeResult, ProbeState
 
 MAX_HOPS = 16
@@ -60,11 +62,13 @@ def _source_for(dst: str) -> str:
 
 
 class _Scanner:
-    def __init__(self, keys: Sequence[Key]) -> None:
+    def __init__(self, roles: dict[Key, str], rtts: RoundTrips) -> None:
         from scapy.layers.inet import IP, TCP
 
         self.IP, self.TCP = IP, TCP
-        self.keys = list(dict.fromkeys(keys))
+        self.keys = list(roles)
+        self.roles = roles
+        self.rtts = rtts
         self.seen: dict[Key, _Seen] = {k: _Seen() for k in self.keys}
         self.sent_at: dict[Key, float] = {}
         self.base = random.randrange(1 << 30)
@@ -101,8 +105,8 @@ class _Scanner:
             if seen.state is None:
                 seen.state, seen.detail = "error", f"cannot send: {exc}"
 
-    def syn_round(self) -> None:
-        for n, key in enumerate(self.keys):
+    def syn_round(self, keys: Sequence[Key]) -> None:
+        for n, key in enumerate(keys):
             seen = self.seen[key]
             if seen.state is None:
                 seen.attempts += 1
@@ -110,6 +114,10 @@ class _Scanner:
                 self._send(key, "S", self.base)
             if n % 256 == 255:
                 time.sleep(0.001)
+
+    def _answered(self, key: Key, seen: _Seen) -> None:
+        seen.latency_s = time.monotonic() - self.sent_at.get(key, time.monotonic())
+        self.rtts.add(key[0], self.roles[key], seen.latency_s)
 
     def traceroute_round(self, keys: Sequence[Key]) -> None:
         self.traced.update(keys)
@@ -126,10 +134,11 @@ class _Scanner:
             for k, s in self.seen.items()
         )
 
-    def receive_until(self, deadline: float) -> None:
+    def receive_until(self, deadline: float, version: int) -> None:
+        """Read answers until `deadline`, everything answered, or a window moved."""
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or self.done():
+            if left <= 0 or self.done() or self.rtts.version != version:
                 return
             ready, _, _ = select.select([self.tcp_in, self.icmp_in], [], [], min(left, 0.05))
             for sock in ready:
@@ -160,7 +169,7 @@ class _Scanner:
             return
         if ack != (self.base + 1) & 0xFFFFFFFF or seen.state is not None:
             return
-        seen.latency_s = time.monotonic() - self.sent_at.get(key, time.monotonic())
+        self._answered(key, seen)
         seen.ttl = int(pkt.ttl)
         seen.responder = str(pkt.src)
         if flags & 0x12 == 0x12:  # SYN-ACK
@@ -195,55 +204,81 @@ class _Scanner:
         if icmp_type != DEST_UNREACH or seq != self.base or seen.state is not None:
             return
         seen.state = state_for_icmp(icmp_type, code)
-        seen.latency_s = time.monotonic() - self.sent_at.get(key, time.monotonic())
+        self._answered(key, seen)
         seen.responder = router
         seen.ttl = int(pkt.ttl)
         seen.detail = f"{describe(icmp_type, code)} from {router}"
 
 
-def _firewall_note(key: Key, seen: _Seen, open_ttl: dict[str, int]) -> str:
-    """Why a reset looks like a firewall's, from TTLs; "" when it looks like the host's own."""
+def _firewall_verdict(key: Key, seen: _Seen, open_ttl: dict[str, int]) -> tuple[bool | None, str]:
+    """Whether a reset came from a firewall (by TTL), and the note for the error text.
+
+    True: fewer hops than the destination's own packets; False: the same hop count as an
+    open port of the same destination (the host's own reset); None: not a reset, or no
+    reference to compare with.
+    """
     if seen.state != "refused" or seen.ttl is None:
-        return ""
+        return None, ""
     hops_back = _initial_ttl(seen.ttl) - seen.ttl + 1
     if seen.answered_at_ttl is not None and hops_back < seen.answered_at_ttl:
-        return (
+        return True, (
             f"; rejected by a firewall: the reset came from {hops_back} hop(s) away "
             f"but the destination answers from {seen.answered_at_ttl}"
         )
     ref = open_ttl.get(key[0])
-    if ref is not None and seen.ttl > ref:
-        return (
+    if ref is None:
+        return None, ""
+    if seen.ttl > ref:
+        return True, (
             f"; rejected by a firewall: reset TTL {seen.ttl} shows fewer hops than "
             f"the destination's own SYN-ACK (TTL {ref})"
         )
-    return ""
+    return False, ""
 
 
 def scan(checks: Sequence[CheckSpec], opts: ProbeOptions) -> dict[Key, _Seen]:
-    """Blocking: SYN-probe every (address, port), then traceroute the ones not open."""
-    scanner = _Scanner([(c.dst_address, c.port) for c in checks])
+    """Blocking: SYN-probe every (address, port), then traceroute the ones not open.
+
+    Each port has a window (the timeout, or the adaptive one of :mod:`agent.probes.rtt`,
+    re-read as answers arrive): attempt k goes out at ``k × window / attempts``, and a port
+    still silent at the end of its window is ``filtered``. A port not open after its first
+    step is traced while its remaining attempts run, so the scan stays within the windows.
+    """
+    roles = {(c.dst_address, c.port): c.dst_role for c in checks}
+    scanner = _Scanner(roles, opts.round_trips())
     try:
-        step = opts.timeout_s / opts.attempts
         start = time.monotonic()
-        for attempt in range(opts.attempts):
-            scanner.syn_round()
-            scanner.receive_until(start + step * (attempt + 1))
-            # Trace every port not (yet) open while the remaining attempts run: the whole
-            # scan stays within one timeout. Traces of ports that open later are ignored.
-            scanner.traceroute_round(
-                [
-                    k
-                    for k, s in scanner.seen.items()
-                    if s.state != "open" and k not in scanner.traced
-                ]
-            )
-        scanner.receive_until(start + opts.timeout_s)
-        for seen in scanner.seen.values():
-            if seen.state is None:
-                seen.state = "filtered"
-                seen.detail = f"no answer to {seen.attempts} SYN(s) within {opts.timeout_s:g} s"
-        return scanner.seen
+        while True:
+            now = time.monotonic()
+            per_dest: dict[tuple[str, str], Window] = {}
+            due: list[Key] = []
+            trace: list[Key] = []
+            end = start
+            wake: float | None = None
+            for key, seen in scanner.seen.items():
+                dest = (key[0], roles[key])
+                win = per_dest.get(dest) or per_dest.setdefault(dest, scanner.rtts.window(*dest))
+                step = win.seconds / opts.attempts
+                end = max(end, start + win.seconds)
+                if seen.state is None and now >= start + win.seconds:
+                    seen.state = "filtered"
+                    seen.detail = win.describe(seen.attempts, roles[key])
+                elif seen.state is None:
+                    sent = seen.attempts
+                    if sent < opts.attempts and start + sent * step <= now:
+                        due.append(key)
+                        sent += 1
+                    t = start + (sent * step if sent < opts.attempts else win.seconds)
+                    wake = t if wake is None else min(wake, t)
+                if key not in scanner.traced and (
+                    seen.state not in (None, "open") or now >= start + step
+                ):
+                    trace.append(key)
+            scanner.syn_round(due)
+            scanner.traceroute_round([k for k in trace if scanner.seen[k].state != "open"])
+            if scanner.done() or now >= end:
+                return scanner.seen
+            scanner.receive_until(end if wake is None else wake, scanner.rtts.version)
     finally:
         scanner.close()
 
@@ -256,19 +291,21 @@ async def run(
     v4 = [c for c in checks if ":" not in c.dst_address]
     seen = await asyncio.to_thread(scan, v4, opts) if v4 else {}
     open_ttl = {k[0]: s.ttl for k, s in seen.items() if s.state == "open" and s.ttl is not None}
-    sem = asyncio.Semaphore(max(1, concurrency))
+    sem = asyncio.Semaphore(fd_capped_concurrency(concurrency, opts.attempts))
+    v6_round = opts.round_trips()
 
     async def one(check: CheckSpec) -> ProbeResult:
         key = (check.dst_address, check.port)
         if key not in seen:  # IPv6: connect probe
             async with sem:
-                return await connect.probe(check, opts)
+                return await connect.probe(check, opts, v6_round)
         s = seen[key]
         service_check = None
         if s.state == "open" and check.service != "tcp" and opts.service_checks:
             async with sem:
                 service_check = (await connect.probe(check, opts)).service_check
         last_hop = s.hops[max(s.hops)] if s.hops else None
+        from_firewall, note = _firewall_verdict(key, s, open_ttl)
         return make_result(
             check,
             opts,
@@ -280,7 +317,8 @@ async def run(
             service_check=service_check,
             last_hop=last_hop,
             responder=s.responder if s.state != "open" else None,
-            error=s.detail + _firewall_note(key, s, open_ttl),
+            rst_from_firewall=from_firewall,
+            error=s.detail + note,
         )
 
     return list(await asyncio.gather(*(one(c) for c in checks)))

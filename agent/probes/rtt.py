@@ -1,0 +1,150 @@
+"""Adaptive give-up time: how long a silent port is waited for, from this round's round trips.
+
+Every port that answers (open, refused, an ICMP error) gives a round-trip sample for its
+destination address. A silent port gives up after ``clamp(rtt_factor × rtt, min_timeout_s,
+timeout_s)`` where ``rtt`` is the largest sample to the same address in this round, else the
+largest to any destination of the same role, else (no sample at all) the full ``timeout_s``.
+``min_timeout_s == 0`` turns adaptation off: every port waits ``timeout_s``.
+
+The book is shared by the probes of one round. Windows change while the round runs (the
+first answer shortens them, a slower answer lengthens them); connect probes wait on
+:meth:`RoundTrips.changed`, which fires only when a window they depend on changed by more
+than a few per cent, so thousands of silent ports are not woken by every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+# A window that moves by less than this fraction does not wake the probes that use it.
+_NOTICE = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """How long a silent port is waited for, and why."""
+
+    seconds: float
+    limit_s: float
+    rtt_s: float | None = None
+    # The address whose round trip set the window, and whether it is the port's own.
+    rtt_from: str = ""
+    same_host: bool = True
+    factor: float = 0.0
+    floor_s: float = 0.0
+    adaptive: bool = False
+
+    def describe(self, attempts: int, role: str = "") -> str:
+        """The ``error`` text of a filtered port: what was waited, and why that long."""
+        head = f"no answer to {attempts} SYN(s) within {self.seconds:.2f} s"
+        if not self.adaptive:
+            return f"no answer to {attempts} SYN(s) within {self.seconds:g} s"
+        if self.rtt_s is None:
+            other = f" or any other {role} host" if role else ""
+            return (
+                f"{head} (no port of this host{other} answered in this round, "
+                f"so the full limit of {self.limit_s:g} s)"
+            )
+        where = self.rtt_from if self.same_host else f"{self.rtt_from} (another {role} host)"
+        bound = ""
+        if self.seconds <= self.floor_s and self.factor * self.rtt_s < self.floor_s:
+            bound = f", raised to the {self.floor_s:g} s floor"
+        elif self.seconds >= self.limit_s and self.factor * self.rtt_s > self.limit_s:
+            bound = ", cut to the limit"
+        return (
+            f"{head} (adaptive: {self.factor:g} × the {_ms(self.rtt_s)} round trip to "
+            f"{where}{bound}; limit {self.limit_s:g} s)"
+        )
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def fixed(timeout_s: float) -> Window:
+    return Window(seconds=timeout_s, limit_s=timeout_s)
+
+
+class RoundTrips:
+    """Round-trip samples of one probe round, per destination address and per role."""
+
+    def __init__(self, factor: float, floor_s: float, limit_s: float) -> None:
+        self.factor = max(0.0, factor)
+        self.floor_s = floor_s
+        self.limit_s = limit_s
+        self._by_addr: dict[str, float] = {}
+        self._by_role: dict[str, tuple[float, str]] = {}
+        # Bumped whenever a largest sample grows (raw mode polls this instead of waiting).
+        self.version = 0
+        # role -> address -> futures of probes waiting for that address's window to change
+        self._waiters: dict[str, dict[str, set[asyncio.Future[None]]]] = {}
+
+    @property
+    def adaptive(self) -> bool:
+        return self.floor_s > 0
+
+    def window(self, addr: str, role: str) -> Window:
+        if not self.adaptive:
+            return fixed(self.limit_s)
+        base = Window(
+            seconds=self.limit_s,
+            limit_s=self.limit_s,
+            factor=self.factor,
+            floor_s=self.floor_s,
+            adaptive=True,
+        )
+        if addr in self._by_addr:
+            rtt, src, same = self._by_addr[addr], addr, True
+        elif role in self._by_role:
+            (rtt, src), same = self._by_role[role], False
+        else:
+            return base
+        seconds = min(max(self.factor * rtt, self.floor_s), self.limit_s)
+        return dataclasses.replace(base, seconds=seconds, rtt_s=rtt, rtt_from=src, same_host=same)
+
+    def add(self, addr: str, role: str, rtt: float) -> None:
+        """A port of `addr` answered after `rtt` seconds."""
+        if not self.adaptive or rtt < 0:
+            return
+        old = self._by_addr.get(addr)
+        old_role = self._by_role.get(role)
+        if old is None or rtt > old or old_role is None or rtt > old_role[0]:
+            self.version += 1
+        if old is None or rtt > old:
+            before = self.window(addr, role).seconds
+            self._by_addr[addr] = rtt
+            self._wake_if_moved(role, addr, before, first=old is None)
+        if old_role is None or rtt > old_role[0]:
+            waiting = self._waiters.get(role, {})
+            fallback = [a for a in waiting if a not in self._by_addr]
+            befores = {a: self.window(a, role).seconds for a in fallback}
+            self._by_role[role] = (rtt, addr)
+            for a in fallback:
+                self._wake_if_moved(role, a, befores[a], first=old_role is None)
+
+    def _wake_if_moved(self, role: str, addr: str, before: float, first: bool) -> None:
+        after = self.window(addr, role).seconds
+        if not first and abs(after - before) <= _NOTICE * before:
+            return
+        for fut in self._waiters.get(role, {}).pop(addr, set()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def changed(self, addr: str, role: str) -> asyncio.Future[None]:
+        """A future resolved when the window of `addr` moves; :meth:`forget` it after waiting."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(role, {}).setdefault(addr, set()).add(fut)
+        return fut
+
+    def forget(self, addr: str, role: str, fut: asyncio.Future[None]) -> None:
+        by_addr = self._waiters.get(role)
+        if by_addr is None:
+            return
+        futs = by_addr.get(addr)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del by_addr[addr]
+        fut.cancel()
