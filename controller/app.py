@@ -16,7 +16,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from controller.evaluate import evaluate
+from controller.evalcache import EvaluationCache
+from controller.expand import ExpectedCheck, by_source, expand
 from controller.inventory import Inventory
 from controller.model import Evaluation
 from controller.spec import Spec
@@ -36,18 +37,16 @@ WRITER = web.AppKey("writer", GroupWriter)
 # host -> the role it registered as: loaded from the store at start, updated on register,
 # so authorising a batch needs no trip to the database.
 AGENTS: web.AppKey[dict[str, str]] = web.AppKey("agents")
-
-
-def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -> Evaluation:
-    """Read everything from the store and judge it (blocking: run it in a thread)."""
-    return evaluate(
-        spec, inventory, store.results(), store.listeners(), store.peers(), store.agents(), now
-    )
+# The expected checks, expanded once at start (the inventory does not change at runtime),
+# and indexed by source (role, host) for plans.
+CHECKS: web.AppKey[tuple[ExpectedCheck, ...]] = web.AppKey("checks")
+BY_SOURCE: web.AppKey[dict[tuple[str, str], tuple[ExpectedCheck, ...]]] = web.AppKey("by_source")
+EVALUATION = web.AppKey("evaluation", EvaluationCache)
 
 
 async def current_evaluation(app: web.Application) -> Evaluation:
-    spec, inv, store = app[SPEC], app[INVENTORY], app[STORE]
-    return await asyncio.to_thread(evaluate_store, spec, inv, store, app[CLOCK]())
+    """The cached evaluation (recomputed in a worker thread when the store or time moved)."""
+    return await asyncio.to_thread(app[EVALUATION].get)
 
 
 def make_app(
@@ -74,13 +73,17 @@ def make_app(
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        checks = await asyncio.to_thread(expand, spec, inventory)
+        app[CHECKS] = checks
+        app[BY_SOURCE] = by_source(checks)
         store = await asyncio.to_thread(Store.open, db)
         app[STORE] = store
+        app[EVALUATION] = EvaluationCache(spec, inventory, store, checks, clock)
         app[AGENTS] = {a.host: a.role for a in await asyncio.to_thread(store.agents)}
         writer = GroupWriter(store, clock)
         writer.start()
         app[WRITER] = writer
-        collector = StoreCollector(spec, inventory, store, clock)
+        collector = StoreCollector(spec, inventory, store, app[EVALUATION], clock)
         app[REGISTRY].register(collector)
         try:
             yield

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.wire import Registration, encode
-from controller.app import evaluate_store
+from controller.evalcache import evaluate_store
 from controller.expand import expand, plan_for
 from controller.gate import GateError, decision_to_dict, gate
 from controller.ingest import Refused, check_batch, parse_batch

@@ -221,13 +221,17 @@ def evaluate(
     peers: Mapping[str, Sequence[PeerSeen]],
     agents: Sequence[AgentSeen],
     now: float,
+    *,
+    checks: Sequence[ExpectedCheck] | None = None,
 ) -> Evaluation:
     """Every expected check with its verdict, plus roll-ups and the unexpected results.
 
     ``listeners`` and ``peers`` are keyed by the host that reported them (the destination's
     agent). A peer counts for NAT detection only when seen within the freshness window.
+    ``checks``: ``expand(spec, inventory)`` when the caller already has it.
     """
-    checks = expand(spec, inventory)
+    if checks is None:
+        checks = expand(spec, inventory)
     newest = newest_by_check(results)
     expected_sources: dict[tuple[str, int], set[str]] = defaultdict(set)
     for c in checks:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.app import evaluate_store
+from controller.evalcache import EvaluationCache
 from controller.gate import gate
 from controller.inventory import Inventory
 from controller.model import Evaluation
@@ -132,16 +132,25 @@ def counter_families(counters: dict[str, float]) -> Iterator[Metric]:
 
 
 class StoreCollector(Collector):
-    """Everything above, from the store, at each scrape (blocking: call from a thread)."""
+    """Everything above, at each scrape (blocking: call from a thread).
+
+    The evaluation comes from the shared cache; the counters are read fresh every time.
+    """
 
     def __init__(
-        self, spec: Spec, inventory: Inventory, store: Store, clock: Callable[[], float]
+        self,
+        spec: Spec,
+        inventory: Inventory,
+        store: Store,
+        evaluation: EvaluationCache,
+        clock: Callable[[], float],
     ) -> None:
-        self._spec, self._inv, self._store, self._clock = spec, inventory, store, clock
+        self._spec, self._inv, self._store = spec, inventory, store
+        self._evaluation, self._clock = evaluation, clock
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        ev = evaluate_store(self._spec, self._inv, self._store, now)
+        ev = self._evaluation.get()
         yield from check_families(self._spec, self._inv, ev)
         yield from agent_families(ev, now)
         yield from counter_families(self._store.counters())

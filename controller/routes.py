@@ -11,9 +11,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from agent.wire import encode
+from agent.wire import Plan, encode
 from controller.app import (
     AGENTS,
+    BY_SOURCE,
     CLOCK,
     INVENTORY,
     MAX_BODY,
@@ -25,7 +26,7 @@ from controller.app import (
     WRITER,
     current_evaluation,
 )
-from controller.expand import plan_for
+from controller.expand import plan_from_checks
 from controller.gate import GateError, decision_to_dict, gate
 from controller.ingest import (
     Refused,
@@ -83,6 +84,11 @@ async def _body(request: web.Request) -> bytes:
         raise Refused(413, "size", f"body larger than {MAX_BODY} bytes") from None
 
 
+def _plan(app: web.Application, role: str, host: str, address: str) -> Plan:
+    checks = app[BY_SOURCE].get((role, host), ())
+    return plan_from_checks(app[SPEC], role, host, address, checks)
+
+
 @routes.post("/api/v1/register")
 async def register(request: web.Request) -> web.Response:
     app = request.app
@@ -94,7 +100,7 @@ async def register(request: web.Request) -> web.Response:
     await asyncio.to_thread(app[STORE].register, reg, app[CLOCK]())
     app[AGENTS][reg.host] = reg.role
     host = next(h for h in app[INVENTORY].of_role(reg.role) if h.name == reg.host)
-    plan = plan_for(app[SPEC], app[INVENTORY], reg.role, reg.host, host.address)
+    plan = _plan(app, reg.role, reg.host, host.address)
     log.info("registered %s %s from %s", reg.role, reg.host, reg.address)
     return web.json_response(encode(plan))
 
@@ -127,9 +133,7 @@ async def plan(request: web.Request) -> web.Response:
     found = [h for h in app[INVENTORY].of_role(role) if h.name == host]
     if not found:
         return _error(404, f"no {role!r} host named {host!r} in the inventory")
-    return web.json_response(
-        encode(plan_for(app[SPEC], app[INVENTORY], role, host, found[0].address))
-    )
+    return web.json_response(encode(_plan(app, role, host, found[0].address)))
 
 
 def _all_gates(request: web.Request, ev: Evaluation) -> list[GateDecision]:

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.wire import ProbeResult, Registration, ResultBatch, check_id, encode
-from controller.app import WRITER, make_app
+from controller.app import CHECKS, EVALUATION, WRITER, make_app
 from controller.expand import expand
 from controller.inventory import Inventory, load_inventory
 from controller.spec import Spec, load_spec
@@ -294,7 +294,8 @@ async def test_concurrent_posts_are_group_committed(spec: Spec, tmp_path: Path) 
         assert statuses.count(200) == n - 1
         acks = [await a.json() for a in answers if a.status == 200]
         assert acks == [{"accepted": 5}] * (n - 1)
-        groups = client.app[WRITER].groups  # type: ignore[union-attr]
+        assert client.app is not None
+        groups = client.app[WRITER].groups
         assert groups < n  # batches shared transactions (one fsync per group)
     finally:
         await client.close()
@@ -337,3 +338,43 @@ async def test_a_failed_group_keeps_nothing_and_answers_500(spec: Spec, tmp_path
     store = Store.open(db)
     assert store.counters().get("batches_ingested", 0) == len(ok)
     store.close()
+
+
+async def test_plans_come_from_the_checks_expanded_once(
+    client: TestClient[web.Request, web.Application], spec: Spec, inv: Inventory
+) -> None:
+    from controller.expand import plan_for
+
+    for role, host in [("pio", "pio-1"), ("prem_manager", "prem-mgr"), ("cloud_vm", "cloud-vm-2")]:
+        address = next(h.address for h in inv.of_role(role) if h.name == host)
+        r = await client.get(f"/api/v1/plan?role={role}&host={host}", headers=AUTH)
+        assert (await r.json()) == encode(plan_for(spec, inv, role, host, address))
+    assert client.app is not None
+    assert client.app[CHECKS] == expand(spec, inv)
+
+
+async def test_evaluation_is_cached_per_store_version_and_second(
+    spec: Spec, inv: Inventory, tmp_path: Path
+) -> None:
+    now = [time.time()]
+    app = make_app(spec, inv, tmp_path / "nc.sqlite", TOKEN, clock=lambda: now[0])
+    client = await start(app)
+    try:
+        cache = app[EVALUATION]
+        for path in ("/", "/metrics", "/api/v1/report?format=json", "/api/v1/gate?mode=deployment"):
+            assert (await client.get(path)).status == 200
+        assert cache.computed == 1  # four readers, one evaluation
+        await client.post("/api/v1/register", json=reg(), headers=AUTH)
+        await client.post("/api/v1/results", json=batch(spec, inv), headers=AUTH)
+        report = await (await client.get("/api/v1/report?format=json")).json()
+        assert cache.computed == 2  # a commit: recomputed
+        states = {c["cause"] for c in report["checks"] if c["src_host"] == "pio-1"}
+        assert "stale" not in states
+        # No write, but time passes: results age to stale without any new commit.
+        now[0] += spec.policy.freshness_seconds + 5
+        report = await (await client.get("/api/v1/report?format=json")).json()
+        assert cache.computed == 3
+        causes = {c["cause"] for c in report["checks"] if c["src_host"] == "pio-1"}
+        assert causes == {"stale"}
+    finally:
+        await client.close()

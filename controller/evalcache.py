@@ -1,0 +1,75 @@
+"""The current evaluation, computed at most once per (store version, time bucket).
+
+``/``, ``/metrics``, ``/api/v1/report`` and ``/api/v1/gate`` all read the same evaluation.
+It is recomputed only when the store committed something since (:attr:`Store.version`) or
+the clock entered a new bucket of ``bucket_s`` seconds (so results still age to ``stale``
+without any new write). :meth:`EvaluationCache.get` blocks: call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+
+from controller.evaluate import evaluate
+from controller.expand import ExpectedCheck
+from controller.inventory import Inventory
+from controller.model import Evaluation
+from controller.spec import Spec
+from controller.store import Store
+
+BUCKET_SECONDS = 1.0
+
+
+def evaluate_store(
+    spec: Spec,
+    inventory: Inventory,
+    store: Store,
+    now: float,
+    checks: Sequence[ExpectedCheck] | None = None,
+) -> Evaluation:
+    """Read everything from the store and judge it (blocking: run it in a thread)."""
+    return evaluate(
+        spec,
+        inventory,
+        store.results(),
+        store.listeners(),
+        store.peers(),
+        store.agents(),
+        now,
+        checks=checks,
+    )
+
+
+class EvaluationCache:
+    """Thread-safe; one computation at a time, the others wait for its answer."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        inventory: Inventory,
+        store: Store,
+        checks: Sequence[ExpectedCheck],
+        clock: Callable[[], float],
+        bucket_s: float = BUCKET_SECONDS,
+    ) -> None:
+        self._spec, self._inv, self._store, self._checks = spec, inventory, store, checks
+        self._clock, self._bucket = clock, bucket_s
+        self._lock = threading.Lock()
+        self._key: tuple[int, int] | None = None
+        self._ev: Evaluation | None = None
+        self.computed = 0  # evaluations actually run (for tests)
+
+    def get(self) -> Evaluation:
+        with self._lock:
+            now = self._clock()
+            key = (self._store.version, math.floor(now / self._bucket))
+            if self._ev is not None and key == self._key:
+                return self._ev
+            # The version is read before the data: a write landing meanwhile only makes the
+            # next call recompute.
+            ev = evaluate_store(self._spec, self._inv, self._store, now, self._checks)
+            self._key, self._ev = key, ev
+            self.computed += 1
+            return ev
