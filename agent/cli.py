@@ -38,7 +38,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", required=True, help="this host's name in the inventory")
     serve.add_argument("--address", required=True, help="this host's address")
     serve.add_argument("--bind", default=None, help="listen address (default: --address)")
-    serve.add_argument("--once", action="store_true", help="one probe round, flush, exit")
+    serve.add_argument(
+        "--once",
+        action="store_true",
+        help="hold the listeners, run one probe round at once (no --splay), report, exit. "
+        "The listeners are up before the round starts, but agents launched together race: "
+        "a peer that probes this host after it exited sees 'refused' (the final report says "
+        "since when its ports are 'closed'); use --linger so late peers still reach it",
+    )
+    serve.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --once: report the round, then keep the listeners up this long before "
+        "closing them, reporting the peers seen and exiting (default 0)",
+    )
     serve.add_argument("--health-listen", default=None, help="HOST:PORT for /healthz, /metrics")
     serve.add_argument("--mode", choices=("auto", "connect", "syn"), default="auto")
     serve.add_argument("--buffer", type=int, default=50_000, help="results kept while away")
@@ -124,6 +139,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         address=args.address,
         bind=args.bind or args.address,
         once=args.once,
+        linger_s=max(0.0, args.linger),
         health_listen=args.health_listen,
         mode_request=args.mode,
         buffer_size=args.buffer,

@@ -30,6 +30,9 @@ class DaemonConfig:
     address: str
     bind: str
     once: bool = False
+    # With `once`: keep the listeners up this long after the round, so that peers probing
+    # later still reach them, then report (listeners "closed") and exit.
+    linger_s: float = 0.0
     health_listen: str | None = None
     mode_request: str = "auto"
     buffer_size: int = 50_000
@@ -162,13 +165,19 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
             if not cfg.once:
                 flusher = asyncio.create_task(_flush_loop(link, stop, wake, cfg))
             await _probe_loop(cfg, mode, link, listeners, state, stop, wake)
+            if cfg.once and cfg.linger_s > 0 and not stop.is_set():
+                # Deliver the round now; the listeners stay up for peers that probe later.
+                await _final_flush(link, cfg)
+                log.info("--once: holding the listeners %g s more (--linger)", cfg.linger_s)
+                await _wait(stop, cfg.linger_s)
     finally:
         stop.set()
         if flusher is not None:
             await flusher
         if listeners is not None:
-            link.add(listeners=listeners.statuses(), peers=listeners.take_peers())
+            # Closed first: the final batch says since when the ports are no longer held.
             await listeners.close()
+            link.add(listeners=listeners.statuses(), peers=listeners.take_peers())
         if link.plan is not None:
             delivered = await _final_flush(link, cfg)
         if cfg.once and not delivered:

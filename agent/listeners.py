@@ -59,11 +59,15 @@ class ListenerSet:
         self._servers: dict[int, asyncio.Server] = {}
         self._status: dict[int, ListenerStatus] = {}
         self._specs: dict[int, ListenSpec] = {}
+        # Ports held earlier and released (plan change, shutdown): reported as "closed".
+        self._closed: dict[int, ListenerStatus] = {}
         self._conns: set[asyncio.StreamWriter] = set()
         self._tls_slots: asyncio.Semaphore | None = None
 
     def statuses(self) -> tuple[ListenerStatus, ...]:
-        return tuple(self._status[p] for p in sorted(self._status))
+        """Every port's state, including ports this set stopped holding (``closed``)."""
+        merged = {**self._closed, **self._status}
+        return tuple(merged[p] for p in sorted(merged))
 
     def take_peers(self) -> tuple[PeerSeen, ...]:
         """The peers seen since the last call (oldest first)."""
@@ -75,18 +79,20 @@ class ListenerSet:
         """Start listeners the plan adds, stop those it removes; keep the others running."""
         wanted = {s.port: s for s in specs}
         for port in sorted(set(self._specs) - set(wanted)):
-            await self._stop(port)
+            await self._stop(port, released=True)
         for port, spec in sorted(wanted.items()):
             if self._specs.get(port) == spec and self._status[port].state == "listening":
                 continue
             await self._stop(port)
+            self._closed.pop(port, None)
             self._specs[port] = spec
             self._status[port] = await self._start(spec)
         return self.statuses()
 
     async def close(self) -> None:
+        """Stop every listener; the ports held until now are reported ``closed`` from here on."""
         for port in list(self._specs):
-            await self._stop(port)
+            await self._stop(port, released=True)
         for writer in list(self._conns):
             writer.transport.abort()
         for _ in range(50):
@@ -94,13 +100,16 @@ class ListenerSet:
                 break
             await asyncio.sleep(0.02)
 
-    async def _stop(self, port: int) -> None:
+    async def _stop(self, port: int, released: bool = False) -> None:
+        """Stop holding `port`; with `released`, remember it as ``closed`` (if it was held)."""
         self._specs.pop(port, None)
-        self._status.pop(port, None)
+        status = self._status.pop(port, None)
         server = self._servers.pop(port, None)
         if server is not None:
             server.close()
             await server.wait_closed()
+        if released and status is not None and status.state == "listening":
+            self._closed[port] = ListenerStatus(port=port, state="closed", since=time.time())
 
     async def _start(self, spec: ListenSpec) -> ListenerStatus:
         now = time.time()

@@ -229,8 +229,41 @@ async def test_serve_once_registers_probes_and_reports(tmp_path: Path) -> None:
     assert ctl.registrations[0].role == "pio" and ctl.registrations[0].mode == "connect"
     states = {r.port: r.state for r in ctl.results_received()}
     assert states == {ports[0]: "open", ports[1]: "open", ports[2]: "refused"}
-    listeners = {s.port: s.state for s in ctl.batches[-1].listeners}
-    assert listeners == {ports[0]: "listening", ports[1]: "listening"}
+    # The final batch says the ports are no longer held, and since when.
+    final = {s.port: s for s in ctl.batches[-1].listeners}
+    assert {p: s.state for p, s in final.items()} == {ports[0]: "closed", ports[1]: "closed"}
+    last_probe = max(r.started_at for r in ctl.results_received())
+    assert all(last_probe <= s.since <= ctl.batches[-1].sent_at for s in final.values())
+
+
+async def test_serve_once_linger_keeps_listeners_for_late_peers(tmp_path: Path) -> None:
+    plan, ports = agent_plan()
+    ctl = Controller(plan)
+    await ctl.start()
+    try:
+        proc = await spawn_agent(ctl, tmp_path, "--once", "--linger", "1.5")
+        for _ in range(200):  # the round is reported before the linger
+            if ctl.batches:
+                break
+            await asyncio.sleep(0.05)
+        assert ctl.results_received(), "the round was not reported before lingering"
+        reported = asyncio.get_running_loop().time()
+        assert proc.returncode is None
+        # A peer that probes after the agent's own round still reaches its listener.
+        _, writer = await asyncio.open_connection(AGENT_ADDR, ports[0])
+        writer.close()
+        await writer.wait_closed()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        loop_time = asyncio.get_running_loop().time()
+    finally:
+        await ctl.stop()
+    assert proc.returncode == 0, err.decode()
+    assert loop_time - reported > 1.0  # it stayed up for the linger
+    first, final = ctl.batches[0], ctl.batches[-1]
+    assert {s.state for s in first.listeners} == {"listening"}
+    assert {s.state for s in final.listeners} == {"closed"}
+    assert min(s.since for s in final.listeners) >= first.sent_at + 1.4
+    assert ports[0] in {p.port for b in ctl.batches[1:] for p in b.peers}
 
 
 async def test_serve_health_metrics_and_sigterm_flush(tmp_path: Path) -> None:
@@ -264,6 +297,11 @@ async def test_serve_health_metrics_and_sigterm_flush(tmp_path: Path) -> None:
         await ctl.stop()
     assert proc.returncode == 0, err.decode()
     assert len(ctl.batches) >= 2
+    assert {s.state for s in ctl.batches[-2].listeners} == {"listening"}
+    assert {s.port: s.state for s in ctl.batches[-1].listeners} == {
+        ports[0]: "closed",
+        ports[1]: "closed",
+    }
     # Listeners were closed at shutdown: nothing holds the port any more.
     with socket.socket() as s:
         s.bind((AGENT_ADDR, ports[0]))

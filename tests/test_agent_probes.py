@@ -155,6 +155,28 @@ async def test_occupied_port_names_its_owner() -> None:
     assert by_port[free].state == "listening"
 
 
+async def test_a_port_dropped_from_the_plan_is_reported_closed() -> None:
+    kept, dropped = free_port(), free_port()
+    listeners = ListenerSet(ADDR, None)
+    try:
+        await listeners.reconcile(
+            [ListenSpec(port=kept, service="tcp"), ListenSpec(port=dropped, service="tcp")]
+        )
+        before = time.time()
+        statuses = {s.port: s for s in await listeners.reconcile([ListenSpec(kept, "tcp")])}
+        assert statuses[kept].state == "listening" and statuses[kept].since < before
+        assert statuses[dropped].state == "closed" and statuses[dropped].since >= before
+        with socket.socket() as s:  # really released
+            s.bind((ADDR, dropped))
+        # Held again: "listening" replaces "closed".
+        statuses = {s.port: s for s in await listeners.reconcile([ListenSpec(dropped, "tcp")])}
+        assert statuses[dropped].state == "listening"
+        assert statuses[kept].state == "closed"
+    finally:
+        await listeners.close()
+    assert {s.state for s in listeners.statuses()} == {"closed"}
+
+
 async def test_concurrent_plan_takes_about_one_timeout() -> None:
     ports = [free_port() for _ in range(40)]
     t0 = time.monotonic()
