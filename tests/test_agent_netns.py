@@ -100,6 +100,8 @@ def test_connect_mode_tells_every_state(lab: Lab, tmp_path: Path) -> None:
         assert res[port].responder == R2_LEFT
     assert "administratively prohibited" in res[ADMIN].error
     assert "host unreachable" in res[HOST_UNREACH].error
+    # connect() cannot see a reset's TTL.
+    assert all(r.rst_from_firewall is None for r in res.values())
 
 
 def test_syn_mode_tells_every_state_and_finds_the_firewall(lab: Lab, tmp_path: Path) -> None:
@@ -113,6 +115,10 @@ def test_syn_mode_tells_every_state_and_finds_the_firewall(lab: Lab, tmp_path: P
     assert res[RESET].responder == SERVER
     assert "rejected by a firewall" in res[RESET].error
     assert "firewall" not in res[CLOSED].error
+    # The same finding, structured: r2's reset vs the server's own (same TTL as its SYN-ACK).
+    assert res[RESET].rst_from_firewall is True
+    assert res[CLOSED].rst_from_firewall is False
+    assert all(res[p].rst_from_firewall is None for p in (DROP, ADMIN, OPEN))
     assert res[CLOSED].last_hop == R2_LEFT
     assert res[ADMIN].responder == R2_LEFT
     assert res[ADMIN].last_hop == R2_LEFT
