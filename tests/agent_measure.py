@@ -6,7 +6,9 @@
 1. RSS of ``netcheck-agent serve`` holding 90 stand-in listeners (TLS, SSH, authd, ...),
    registered with a small real controller on 127.0.0.1, after its first report.
 2. Wall time of ``netcheck-agent run`` on 150 ports of which 75 are dropped by nftables on
-   a router (namespaces in 198.18.0.0/15), in connect and SYN mode, against timeout_s.
+   a router (namespaces in 198.18.0.0/15), in connect and SYN mode, against timeout_s:
+   with the fixed timeout (min_timeout_s 0) and with the adaptive one of topology.yaml
+   (min_timeout_s 0.5, rtt_factor 10).
 """
 
 from __future__ import annotations
@@ -129,26 +131,32 @@ def measure_dropped_plan() -> None:
             }
             for p in ports
         ]
-        plan = {"role": "c", "host": "c", "address": CLIENT, "listen": [], "checks": checks}
-        plan["timeout_s"] = timeout
-        plan_file = Path(tmp) / "plan.json"
-        plan_file.write_text(json.dumps(plan))
-        for mode in ("connect", "syn"):
-            out = Path(tmp) / f"out-{mode}.json"
-            t0 = time.monotonic()
-            argv = [PYTHON, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out)]
-            proc = lab.run("c", [*argv, "--mode", mode], timeout=60)
-            wall = time.monotonic() - t0
-            batch = json.loads(out.read_text())
-            states: dict[str, int] = {}
-            for r in batch["results"]:
-                states[r["state"]] = states.get(r["state"], 0) + 1
-            probe_span = batch["sent_at"] - min(r["started_at"] for r in batch["results"])
-            print(
-                f"150 ports, 75 dropped, {mode}: rc={proc.returncode} {states}; "
-                f"probe phase {probe_span:.2f} s, whole CLI {wall:.2f} s "
-                f"(timeout {timeout:g} s, limit {2 * timeout:g} s)"
-            )
+        for floor in (0.0, 0.5):
+            plan = {"role": "c", "host": "c", "address": CLIENT, "listen": [], "checks": checks}
+            plan.update(timeout_s=timeout, min_timeout_s=floor, rtt_factor=10.0)
+            plan_file = Path(tmp) / "plan.json"
+            plan_file.write_text(json.dumps(plan))
+            _run_modes(lab, Path(tmp), plan_file, timeout, floor)
+
+
+def _run_modes(lab: Lab, tmp: Path, plan_file: Path, timeout: float, floor: float) -> None:
+    how = f"adaptive, floor {floor:g} s" if floor else "fixed timeout"
+    for mode in ("connect", "syn"):
+        out = tmp / f"out-{mode}.json"
+        t0 = time.monotonic()
+        argv = [PYTHON, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out)]
+        proc = lab.run("c", [*argv, "--mode", mode], timeout=60)
+        wall = time.monotonic() - t0
+        batch = json.loads(out.read_text())
+        states: dict[str, int] = {}
+        for r in batch["results"]:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        probe_span = batch["sent_at"] - min(r["started_at"] for r in batch["results"])
+        print(
+            f"150 ports, 75 dropped, {mode}, {how}: rc={proc.returncode} {states}; "
+            f"probe phase {probe_span:.2f} s, whole CLI {wall:.2f} s "
+            f"(timeout {timeout:g} s, limit {2 * timeout:g} s)"
+        )
 
 
 if __name__ == "__main__":

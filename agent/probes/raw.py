@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 
 from agent.fdlimit import fd_capped_concurrency
-from agent.probes import ProbeOptions, bpf, connect, make_result
+from agent.probes import ProbeOptions, bpf, connect, make_result, packets
 from agent.probes.icmp import DEST_UNREACH, TIME_EXCEEDED, describe, state_for_icmp
 from agent.probes.rtt import RoundTrips, Window
 from agent.wire import CheckSpec, ProbeResult, ProbeState
@@ -95,11 +95,9 @@ class _Scanner:
     def _send(self, key: Key, flags: str, seq: int, ttl: int = 64) -> None:
         dst, port = key
         src = self.src.get(dst) or self.src.setdefault(dst, _source_for(dst))
-        pkt = self.IP(src=src, dst=dst, ttl=ttl) / self.TCP(
-            sport=self.sport, dport=port, flags=flags, seq=seq, window=1024
-        )
+        pkt = packets.tcp_segment(src, dst, self.sport, port, seq, flags, ttl)
         try:
-            self.out.sendto(bytes(pkt), (dst, 0))
+            self.out.sendto(pkt, (dst, 0))
         except OSError as exc:
             seen = self.seen[key]
             if seen.state is None:
