@@ -53,7 +53,7 @@ def _role_host(spec: Spec, inventory: Inventory, role: str, host: str) -> None:
         raise Refused(403, "role", f"unknown role {role!r}")
     if not spec.roles[role].agent:
         raise Refused(403, "role", f"role {role!r} does not run an agent")
-    if all(h.name != host for h in inventory.of_role(role)):
+    if not inventory.has(role, host):
         raise Refused(403, "role", f"host {host!r} is not a {role} host in the inventory")
 
 

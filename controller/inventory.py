@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -51,12 +52,25 @@ class Inventory:
     site: str
     hosts: dict[str, tuple[Host, ...]]
 
-    def by_name(self, name: str) -> tuple[str, Host] | None:
+    @cached_property
+    def _names(self) -> dict[str, tuple[str, Host]]:
+        """name -> (role, host); the first one wins, as host names are unique per site."""
+        out: dict[str, tuple[str, Host]] = {}
         for role, hosts in self.hosts.items():
             for host in hosts:
-                if host.name == name:
-                    return role, host
-        return None
+                out.setdefault(host.name, (role, host))
+        return out
+
+    def by_name(self, name: str) -> tuple[str, Host] | None:
+        return self._names.get(name)
+
+    @cached_property
+    def _pairs(self) -> frozenset[tuple[str, str]]:
+        return frozenset((role, h.name) for role, hosts in self.hosts.items() for h in hosts)
+
+    def has(self, role: str, name: str) -> bool:
+        """Whether ``name`` is a host of ``role`` (a set look-up: asked at every request)."""
+        return (role, name) in self._pairs
 
     def of_role(self, role: str) -> tuple[Host, ...]:
         return self.hosts.get(role, ())

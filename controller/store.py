@@ -31,6 +31,7 @@ The connection is shared by threads behind a lock; each call is short.
 from __future__ import annotations
 
 import dataclasses
+import json
 import operator
 import sqlite3
 import threading
@@ -117,31 +118,68 @@ _RESULTS_TABLE = (
     + ", received_at REAL NOT NULL)"
 )
 _COLS = ", ".join(_FIELDS)
-_UPSERT_RESULT = (
-    f"INSERT INTO results ({_COLS}, received_at) VALUES ({', '.join('?' * (len(_FIELDS) + 1))})"
-    " ON CONFLICT (check_id) DO UPDATE SET "
+
+
+@dataclasses.dataclass(frozen=True)
+class _Upsert:
+    """An ``INSERT ... VALUES (row), (row), ... ON CONFLICT ...`` for many rows at once."""
+
+    head: str
+    width: int
+    tail: str
+
+    def run(self, c: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Write ``rows`` with one statement per :data:`_PARAMS` parameters.
+
+        Not ``executemany``: the sqlite3 module lets go of the GIL around every step, so a
+        worker thread doing one step per row waits for the event loop's thread again and
+        again (up to the 5 ms switch interval each time); one statement per chunk does not.
+        """
+        per = max(1, _PARAMS // self.width)
+        one = "(" + ", ".join("?" * self.width) + ")"
+        for i in range(0, len(rows), per):
+            chunk = rows[i : i + per]
+            values = ", ".join([one] * len(chunk))
+            c.execute(f"{self.head} VALUES {values} {self.tail}", [v for r in chunk for v in r])
+
+
+_PARAMS = 30_000  # below SQLite's limit on bound parameters per statement (32,766)
+_RESULTS_UPSERT = _Upsert(
+    f"INSERT INTO results ({_COLS}, received_at)",
+    len(_FIELDS) + 1,
+    "ON CONFLICT (check_id) DO UPDATE SET "
     + ", ".join(f"{n} = excluded.{n}" for n in (*_FIELDS[1:], "received_at"))
-    + " WHERE excluded.started_at >= results.started_at"
+    + " WHERE excluded.started_at >= results.started_at",
 )
-_UPSERT_LISTENER = """
-INSERT INTO listeners (host, port, state, since, owner, error, reported_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (host, port) DO UPDATE SET state = excluded.state, since = excluded.since,
+_LISTENERS_UPSERT = _Upsert(
+    "INSERT INTO listeners (host, port, state, since, owner, error, reported_at)",
+    7,
+    """ON CONFLICT (host, port) DO UPDATE SET state = excluded.state, since = excluded.since,
     owner = excluded.owner, error = excluded.error, reported_at = excluded.reported_at
-WHERE excluded.reported_at >= listeners.reported_at
+    WHERE excluded.reported_at >= listeners.reported_at""",
+)
+# Ports a newer picture of the host no longer mentions. Parameter: JSON [[host, at, [ports]]].
+_DROP_LISTENERS = """
+DELETE FROM listeners WHERE rowid IN (
+    SELECT l.rowid FROM json_each(?) AS p JOIN listeners AS l ON l.host = p.value ->> 0
+    WHERE l.reported_at < p.value ->> 1
+      AND l.port NOT IN (SELECT value FROM json_each(p.value -> 2)))
 """
-_UPSERT_PEER = """
-INSERT INTO peers (host, port, src_address, at) VALUES (?, ?, ?, ?)
-ON CONFLICT (host, port, src_address) DO UPDATE SET at = max(at, excluded.at)
-"""
+_PEERS_UPSERT = _Upsert(
+    "INSERT INTO peers (host, port, src_address, at)",
+    4,
+    "ON CONFLICT (host, port, src_address) DO UPDATE SET at = max(at, excluded.at)",
+)
 _TRIM_PEERS = """
 DELETE FROM peers WHERE host = ? AND port = ? AND src_address NOT IN (
     SELECT src_address FROM peers WHERE host = ? AND port = ? ORDER BY at DESC LIMIT ?)
 """
-_BUMP = """
-INSERT INTO counters (name, value) VALUES (?, ?)
-ON CONFLICT (name) DO UPDATE SET value = value + excluded.value
-"""
+_BUMPS = _Upsert(
+    "INSERT INTO counters (name, value)",
+    2,
+    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+)
+_LAST_REPORT = "UPDATE agents SET last_report = ? WHERE host IN (SELECT value FROM json_each(?))"
 
 _SERVICE_CHECK = TypeAdapter(ServiceCheck)
 _OLD_RESULTS = TypeAdapter(list[ProbeResult])
@@ -186,7 +224,7 @@ def _migrate(c: sqlite3.Connection) -> None:
             if rows:
                 results = _OLD_RESULTS.validate_json("[" + ",".join(b for b, _ in rows) + "]")
                 pairs = zip(results, rows, strict=True)
-                c.executemany(_UPSERT_RESULT, [result_row(r, at) for r, (_, at) in pairs])
+                _RESULTS_UPSERT.run(c, [result_row(r, at) for r, (_, at) in pairs])
         else:
             c.execute(_RESULTS_TABLE)
             for name in _FIELDS:
@@ -196,6 +234,42 @@ def _migrate(c: sqlite3.Connection) -> None:
     except BaseException:
         c.execute("ROLLBACK")
         raise
+
+
+def _write_group(
+    c: sqlite3.Connection, batches: Sequence[ResultBatch], now: float, rejected: Sequence[str]
+) -> None:
+    """Every batch of a group, a few statements per group (not per batch, not per row)."""
+    _RESULTS_UPSERT.run(c, [result_row(r, now) for b in batches for r in b.results])
+    pictures: dict[str, tuple[float, list[int]]] = {}  # host -> its newest listener picture
+    rows: list[tuple[Any, ...]] = []
+    for b in batches:
+        if b.listeners:
+            at = b.sent_at or now
+            rows.extend(
+                (b.host, s.port, s.state, s.since, s.owner, s.error, at) for s in b.listeners
+            )
+            if b.host not in pictures or pictures[b.host][0] <= at:
+                pictures[b.host] = (at, [s.port for s in b.listeners])
+    _LISTENERS_UPSERT.run(c, rows)
+    if pictures:
+        c.execute(_DROP_LISTENERS, (json.dumps([[h, at, ps] for h, (at, ps) in pictures.items()]),))
+    peers = [(b.host, p.port, p.src_address, p.at) for b in batches for p in b.peers]
+    _PEERS_UPSERT.run(c, peers)
+    for host, port in sorted({(h, port) for h, port, _, _ in peers}):
+        c.execute(_TRIM_PEERS, (host, port, host, port, PEERS_PER_PORT))
+    if batches:
+        c.execute(_LAST_REPORT, (now, json.dumps(sorted({b.host for b in batches}))))
+    bumps: dict[str, float] = defaultdict(float)
+    if batches:
+        bumps["results_ingested"] = sum(len(b.results) for b in batches)
+        bumps["batches_ingested"] = len(batches)
+    for b in batches:
+        if b.dropped:
+            bumps[f"dropped:{b.role}:{b.host}"] += b.dropped
+    for reason in rejected:
+        bumps[f"rejected:{reason}"] += 1
+    _BUMPS.run(c, list(bumps.items()))
 
 
 class Store:
@@ -250,47 +324,9 @@ class Store:
         with self._lock, self._conn:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
-            counts = [self._write(c, b, now) for b in batches]
-            bumps: dict[str, float] = defaultdict(float)
-            if batches:
-                bumps["results_ingested"] = sum(counts)
-                bumps["batches_ingested"] = len(batches)
-            for b in batches:
-                if b.dropped:
-                    bumps[f"dropped:{b.role}:{b.host}"] += b.dropped
-            for reason in rejected:
-                bumps[f"rejected:{reason}"] += 1
-            c.executemany(_BUMP, list(bumps.items()))
+            _write_group(c, batches, now, rejected)
         self.version += 1
-        return counts
-
-    @staticmethod
-    def _write(c: sqlite3.Connection, batch: ResultBatch, now: float) -> int:
-        c.executemany(_UPSERT_RESULT, [result_row(r, now) for r in batch.results])
-        if batch.listeners:
-            at = batch.sent_at or now
-            c.executemany(
-                _UPSERT_LISTENER,
-                [
-                    (batch.host, s.port, s.state, s.since, s.owner, s.error, at)
-                    for s in batch.listeners
-                ],
-            )
-            ports = sorted({s.port for s in batch.listeners})
-            marks = ", ".join("?" * len(ports))
-            c.execute(
-                f"DELETE FROM listeners WHERE host = ? AND reported_at < ? "
-                f"AND port NOT IN ({marks})",
-                (batch.host, at, *ports),
-            )
-        if batch.peers:
-            c.executemany(
-                _UPSERT_PEER, [(batch.host, p.port, p.src_address, p.at) for p in batch.peers]
-            )
-            for port in {p.port for p in batch.peers}:
-                c.execute(_TRIM_PEERS, (batch.host, port, batch.host, port, PEERS_PER_PORT))
-        c.execute("UPDATE agents SET last_report = ? WHERE host = ?", (now, batch.host))
-        return len(batch.results)
+        return [len(b.results) for b in batches]
 
     def count_rejected(self, reason: str) -> None:
         self.ingest_group([], 0.0, [reason])
