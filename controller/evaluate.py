@@ -16,6 +16,7 @@ finding to read, not a blocker. An ``expect: closed`` check that connected alway
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ from controller.expand import ExpectedCheck, expand
 from controller.inventory import Inventory
 from controller.model import AgentSeen, Cause, CheckRow, Evaluation, Rollup, Verdict
 from controller.spec import Spec
+
+# A listener whose `since` is at most this much after the probe's start was up in time
+# (the agent stamps `since` once the socket listens, a moment after it accepts connections).
+LISTEN_TOLERANCE_S = 0.5
+# Causes that say the path was not really tested: verdict unknown, not fail.
+UNTESTED: frozenset[Cause] = frozenset({"listener_down"})
 
 SERVICE_WORDS: dict[str, str] = {
     "tcp": "a TCP connection",
@@ -112,6 +119,28 @@ def _open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Verdict,
     return "pass", "ok", text
 
 
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(t))
+
+
+def _listener_down(
+    check: ExpectedCheck, r: ProbeResult, status: ListenerStatus
+) -> tuple[Cause, str] | None:
+    """A reset explained by the stand-in not being up when probed (its own timeline says so)."""
+    where = f"the stand-in on {check.dst_host}:{check.port}"
+    if status.state == "closed" and status.since <= r.started_at:
+        when = f"it stopped at {_clock(status.since)}"
+    elif status.state == "listening" and status.since > r.started_at + LISTEN_TOLERANCE_S:
+        when = f"it started at {_clock(status.since)}"
+    else:
+        return None
+    return (
+        "listener_down",
+        f"not tested: {where} was not up when probed at {_clock(r.started_at)} "
+        f"({when}); run the probe again",
+    )
+
+
 def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause, str]:
     port = check.port
     status = ctx.listeners.get(check.dst_host, {}).get(port)
@@ -121,12 +150,17 @@ def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause
             f"rejected by a firewall: the reset came from {r.responder}, "
             f"not from {check.dst_address}",
         )
-    if status is not None and status.state in ("listening", "occupied"):
-        held = (
-            f"the destination agent was listening on {port}"
-            if status.state == "listening"
-            else f"port {port} on the destination was held by {status.owner or 'a service'}"
-        )
+    if status is not None:
+        down = _listener_down(check, r, status)
+        if down is not None:
+            return down
+    if status is not None and status.state in ("listening", "occupied", "closed"):
+        if status.state == "listening":
+            held = f"the destination agent was listening on {port}"
+        elif status.state == "closed":
+            held = f"the destination agent was listening on {port} (until {_clock(status.since)})"
+        else:
+            held = f"port {port} on the destination was held by {status.owner or 'a service'}"
         return "rejected", f"rejected by a firewall: reset while {held}"
     if status is not None:
         why = f"{status.state}" + (f": {status.error}" if status.error else "")
@@ -134,6 +168,16 @@ def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause
             "nothing_listening",
             f"nothing listening on the destination: the agent on {check.dst_host} could not "
             f"hold port {port} ({why})",
+        )
+    if r.rst_from_firewall is True:
+        return (
+            "rejected",
+            "rejected by a firewall: the reset came from fewer hops away than the destination",
+        )
+    if r.rst_from_firewall is False:
+        return (
+            "nothing_listening",
+            "nothing listening: the destination itself answered with a reset",
         )
     if r.responder == check.dst_address:
         return "nothing_listening", "nothing listening on the destination: it sent the reset itself"
@@ -188,7 +232,7 @@ def judge(check: ExpectedCheck, r: ProbeResult | None, ctx: _Context) -> CheckRo
     if check.expect == "closed" and r.state != "error":
         return CheckRow(check, "pass", "ok", f"closed as expected ({r.state})", r)
     cause, text = _not_open(check, r, ctx)
-    return CheckRow(check, "fail", cause, text, r)
+    return CheckRow(check, "unknown" if cause in UNTESTED else "fail", cause, text, r)
 
 
 def _rollups(

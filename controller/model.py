@@ -28,6 +28,7 @@ Cause = Literal[
     "unexpected_open",  # expected closed, but it connected
     "error",  # the probe itself failed (local error)
     "not_tested",  # no result yet
+    "listener_down",  # a reset while the destination's stand-in was not up (verdict unknown)
     "stale",  # the newest result is older than the freshness limit
 ]
 Decision = Literal["go", "no-go", "undecided"]
