@@ -43,14 +43,6 @@ log = logging.getLogger("netcheck.controller")
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 routes = web.RouteTableDef()
 
-REPORT_TYPES = {
-    "json": "application/json",
-    "table": "text/plain",
-    "markdown": "text/markdown",
-    "junit": "application/xml",
-    "html": "text/html",
-}
-
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
@@ -143,14 +135,14 @@ def _all_gates(request: web.Request, ev: Evaluation) -> list[GateDecision]:
 
 @routes.get("/api/v1/report")
 async def report(request: web.Request) -> web.Response:
-    from controller.render import render_report
+    from controller.render import FORMATS, MEDIA_TYPES, render_report
 
     fmt = request.query.get("format", "json")
-    if fmt not in REPORT_TYPES:
-        return _error(400, f"unknown format {fmt!r} (formats: {', '.join(REPORT_TYPES)})")
+    if fmt not in MEDIA_TYPES:
+        return _error(400, f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
     ev = await current_evaluation(request.app)
     text = render_report(request.app[SPEC], ev, _all_gates(request, ev), fmt)
-    return web.Response(text=text, content_type=REPORT_TYPES[fmt], charset="utf-8")
+    return web.Response(text=text, content_type=MEDIA_TYPES[fmt], charset="utf-8")
 
 
 @routes.get("/api/v1/gate")
