@@ -9,6 +9,10 @@ control if that is too open for a site.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,6 +29,8 @@ from controller.store import Store
 from controller.writer import GroupWriter
 
 MAX_BODY = 8 * 1024 * 1024
+CHECKPOINT_SECONDS = 1.0
+log = logging.getLogger("netcheck.controller")
 
 SPEC = web.AppKey("spec", Spec)
 INVENTORY = web.AppKey("inventory", Inventory)
@@ -47,6 +53,19 @@ EVALUATION = web.AppKey("evaluation", EvaluationCache)
 async def current_evaluation(app: web.Application) -> Evaluation:
     """The cached evaluation (recomputed in a worker thread when the store or time moved)."""
     return await asyncio.to_thread(app[EVALUATION].get)
+
+
+async def _checkpoints(store: Store, every_s: float = CHECKPOINT_SECONDS) -> None:
+    """Move the WAL into the database file off the commit path, after writes."""
+    done = store.version
+    while True:
+        await asyncio.sleep(every_s)
+        if store.version != done:
+            done = store.version
+            try:
+                await asyncio.to_thread(store.checkpoint)
+            except sqlite3.Error as exc:  # retried at the next tick; commits are unaffected
+                log.warning("WAL checkpoint failed: %s", exc)
 
 
 def make_app(
@@ -76,7 +95,7 @@ def make_app(
         checks = await asyncio.to_thread(expand, spec, inventory)
         app[CHECKS] = checks
         app[BY_SOURCE] = by_source(checks)
-        store = await asyncio.to_thread(Store.open, db)
+        store = await asyncio.to_thread(Store.open, db, background_checkpoints=True)
         app[STORE] = store
         app[EVALUATION] = EvaluationCache(spec, inventory, store, checks, clock)
         app[AGENTS] = {a.host: a.role for a in await asyncio.to_thread(store.agents)}
@@ -84,11 +103,18 @@ def make_app(
         writer.start()
         app[WRITER] = writer
         collector = StoreCollector(spec, inventory, store, app[EVALUATION], clock)
+        # Spec, inventory and the expanded checks live as long as the app: keep them out of
+        # every garbage collection (ingest allocates thousands of objects per request).
+        gc.freeze()
         app[REGISTRY].register(collector)
+        checkpoints = asyncio.create_task(_checkpoints(store), name="wal-checkpoints")
         try:
             yield
         finally:
             app[REGISTRY].unregister(collector)
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
             await writer.close()
             await asyncio.to_thread(store.close)
 

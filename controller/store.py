@@ -280,17 +280,43 @@ class Store:
         self._lock = threading.Lock()
         self.path = path
         self.version = 0  # bumped after every commit
+        self._ckpt: sqlite3.Connection | None = None
+        self._ckpt_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
+    def open(cls, path: str | Path, *, background_checkpoints: bool = False) -> Store:
+        """Open (and create or migrate) the file.
+
+        ``background_checkpoints``: commits never copy the WAL back into the database file
+        (SQLite's automatic checkpoint would do it inside whichever commit crosses 1,000
+        pages, making that batch wait for a large write and fsync); the owner calls
+        :meth:`checkpoint` from elsewhere instead (the server: a background task).
+        """
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         _migrate(conn)
+        if background_checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         return cls(conn, str(path))
 
+    def checkpoint(self) -> None:
+        """Copy committed pages from the WAL into the database file, without blocking writers.
+
+        Its own connection, so the writer can keep committing meanwhile (PASSIVE mode).
+        """
+        with self._ckpt_lock:
+            if self._ckpt is None:
+                self._ckpt = sqlite3.connect(self.path, check_same_thread=False)
+                self._ckpt.execute("PRAGMA busy_timeout=5000")
+            self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def close(self) -> None:
+        with self._ckpt_lock:
+            if self._ckpt is not None:
+                self._ckpt.close()
+                self._ckpt = None
         with self._lock:
             self._conn.close()
 

@@ -209,3 +209,20 @@ def test_a_file_of_the_old_layout_is_migrated(tmp_path: Path) -> None:
             (10.0,),
             (9.0,),
         ]
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_background_checkpoints_move_the_wal_only_when_asked(
+    tmp_path: Path, background: bool
+) -> None:
+    db = tmp_path / "nc.sqlite"
+    s = Store.open(db, background_checkpoints=background)
+    for b in range(3):  # about 6 MB of WAL: past SQLite's automatic checkpoint (1,000 pages)
+        big = tuple(res(10_000 * b + i, 1.0) for i in range(8000))
+        s.ingest(ResultBatch("pio", "pio-1", results=big), 2.0)
+    if background:
+        assert db.stat().st_size < 100_000  # still all in the WAL
+        s.checkpoint()
+    assert db.stat().st_size > 1_000_000  # the pages are in the database file
+    assert len(s.results()) == 24_000
+    s.close()
