@@ -85,6 +85,27 @@ async def test_open_ports_pass_their_protocol_checks(
     assert all(p.src_address == "127.0.0.1" for p in seen)
 
 
+async def test_many_peers_at_once_all_complete_the_tls_handshake() -> None:
+    # Several sources probing one agent's TLS ports at the same moment: every handshake
+    # completes at once (a ClientHello read before start_tls used to hang until the timeout).
+    cert = StandinCert("test")
+    listeners = ListenerSet(ADDR, cert.server_context(), idle_timeout=1.0)
+    ports = [free_port() for _ in range(12)]
+    try:
+        await listeners.reconcile(ListenSpec(port=p, service="https") for p in ports)
+        t0 = time.monotonic()
+        results = await asyncio.gather(
+            *(connect.probe(check(ports[i % 12], "https"), OPTS) for i in range(60))
+        )
+        took = time.monotonic() - t0
+    finally:
+        await listeners.close()
+        cert.cleanup()
+    outcomes = [r.service_check.outcome if r.service_check else None for r in results]
+    assert outcomes == ["ok"] * 60
+    assert took < 0.9, took
+
+
 async def test_wrong_service_is_a_mismatch(
     standins: tuple[ListenerSet, dict[Service, int]],
 ) -> None:
