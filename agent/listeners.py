@@ -145,12 +145,12 @@ class ListenerSet:
     async def _on_connect(
         self, spec: ListenSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if spec.service in TLS_SERVICES and self.tls_context is not None:
-            # Before the first await: nothing has been read yet. A ClientHello read now into
-            # the plain stream's buffer would never reach start_tls, and the handshake would
-            # hang (it did when several peers probed one port at once).
-            if isinstance(writer.transport, asyncio.ReadTransport):
-                writer.transport.pause_reading()
+        # Before the first await nothing has been read yet: pause, for a ClientHello read now
+        # into the plain stream's buffer would never reach start_tls and the handshake would
+        # hang (it did when several peers probed one port at once).
+        tls = spec.service in TLS_SERVICES and self.tls_context is not None
+        if tls and isinstance(writer.transport, asyncio.ReadTransport):
+            writer.transport.pause_reading()
         peer = writer.get_extra_info("peername")
         if isinstance(peer, tuple):
             if len(self.peers) == self.peers.maxlen:
