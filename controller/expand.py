@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -74,36 +73,23 @@ def listen_specs(spec: Spec, role: str) -> tuple[ListenSpec, ...]:
     )
 
 
+def _check_spec(c: ExpectedCheck) -> CheckSpec:
+    return CheckSpec(
+        check_id=c.check_id,
+        interaction=c.interaction,
+        dst_role=c.dst_role,
+        dst_host=c.dst_host,
+        dst_address=c.dst_address,
+        port=c.port,
+        service=c.service,
+        expect=c.expect,
+    )
+
+
 def plan_for(spec: Spec, inventory: Inventory, role: str, host: str, address: str) -> Plan:
     """The plan of the agent on ``host`` (of ``role``): what to hold and what to probe."""
-    checks = tuple(
-        CheckSpec(
-            check_id=c.check_id,
-            interaction=c.interaction,
-            dst_role=c.dst_role,
-            dst_host=c.dst_host,
-            dst_address=c.dst_address,
-            port=c.port,
-            service=c.service,
-            expect=c.expect,
-        )
-        for c in expand(spec, inventory)
-        if c.src_role == role and c.src_host == host
-    )
-    p = spec.policy
-    return Plan(
-        role=role,
-        host=host,
-        address=address,
-        listen=listen_specs(spec, role),
-        checks=checks,
-        timeout_s=p.probe_timeout_seconds,
-        min_timeout_s=p.probe_min_timeout_seconds,
-        rtt_factor=p.probe_rtt_factor,
-        retries=p.probe_retries,
-        period_s=p.probe_period_seconds,
-        concurrency=p.probe_concurrency,
-    )
+    mine = (c for c in expand(spec, inventory) if c.src_role == role and c.src_host == host)
+    return plan_from_checks(spec, role, host, address, mine)
 
 
 def by_source(checks: Iterable[ExpectedCheck]) -> dict[tuple[str, str], tuple[ExpectedCheck, ...]]:
@@ -117,25 +103,18 @@ def by_source(checks: Iterable[ExpectedCheck]) -> dict[tuple[str, str], tuple[Ex
 def plan_from_checks(
     spec: Spec, role: str, host: str, address: str, checks: Iterable[ExpectedCheck]
 ) -> Plan:
-    """:func:`plan_for` with the host's expected checks already expanded (see :func:`by_source`).
-
-    The policy part comes from :func:`plan_for` itself (over an empty inventory, which
-    expands nothing), so both build the same plan.
-    """
-    base = plan_for(spec, Inventory(file="", site="", hosts={}), role, host, address)
-    return dataclasses.replace(
-        base,
-        checks=tuple(
-            CheckSpec(
-                check_id=c.check_id,
-                interaction=c.interaction,
-                dst_role=c.dst_role,
-                dst_host=c.dst_host,
-                dst_address=c.dst_address,
-                port=c.port,
-                service=c.service,
-                expect=c.expect,
-            )
-            for c in checks
-        ),
+    """The plan of one agent from its expected checks (already expanded, see :func:`by_source`)."""
+    p = spec.policy
+    return Plan(
+        role=role,
+        host=host,
+        address=address,
+        listen=listen_specs(spec, role),
+        checks=tuple(_check_spec(c) for c in checks),
+        timeout_s=p.probe_timeout_seconds,
+        min_timeout_s=p.probe_min_timeout_seconds,
+        rtt_factor=p.probe_rtt_factor,
+        retries=p.probe_retries,
+        period_s=p.probe_period_seconds,
+        concurrency=p.probe_concurrency,
     )

@@ -45,6 +45,15 @@ class CheckRow:
     result: ProbeResult | None = None
 
 
+def rolled_up(failed: int, unknown: int) -> Verdict:
+    """The verdict of a group: any failure fails it, else any unknown makes it unknown."""
+    if failed:
+        return "fail"
+    if unknown:
+        return "unknown"
+    return "pass"
+
+
 @dataclass(frozen=True)
 class Rollup:
     """Counts over a group of checks (one interaction, or one role pair)."""
@@ -59,11 +68,7 @@ class Rollup:
 
     @property
     def verdict(self) -> Verdict:
-        if self.failed:
-            return "fail"
-        if self.unknown:
-            return "unknown"
-        return "pass"
+        return rolled_up(self.failed, self.unknown)
 
     @property
     def total(self) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controller.model import CheckRow, Evaluation, Rollup, Verdict
+from controller.model import CheckRow, Evaluation, Rollup, Verdict, rolled_up
 from controller.spec import Interaction
 
 VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unknown")
@@ -24,11 +24,7 @@ class Summary:
 
     @property
     def verdict(self) -> Verdict:
-        if self.failed:
-            return "fail"
-        if self.unknown:
-            return "unknown"
-        return "pass"
+        return rolled_up(self.failed, self.unknown)
 
 
 def summary(ev: Evaluation) -> Summary:
