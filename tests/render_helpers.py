@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from check_helpers import result_for
+
 from agent.wire import ListenerStatus, ProbeResult, ProbeState
 from controller.evaluate import evaluate
 from controller.expand import ExpectedCheck, expand
@@ -23,20 +25,7 @@ def load() -> tuple[Spec, Inventory]:
 
 
 def probe(c: ExpectedCheck, state: ProbeState) -> ProbeResult:
-    return ProbeResult(
-        check_id=c.check_id,
-        interaction=c.interaction,
-        src_host=c.src_host,
-        src_address=c.src_address,
-        dst_host=c.dst_host,
-        dst_address=c.dst_address,
-        port=c.port,
-        state=state,
-        mode="connect",
-        attempts=1 if state == "open" else 3,
-        started_at=NOW - 30,
-        latency_s=0.0012 if state == "open" else None,
-    )
+    return result_for(c, state, started_at=NOW - 30)
 
 
 def make_evaluation(

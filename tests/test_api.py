@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from check_helpers import result_for
 
 from agent.wire import ProbeResult, Registration, ResultBatch, check_id, encode
 from controller.app import CHECKS, EVALUATION, WRITER, make_app
@@ -59,18 +60,12 @@ def reg(role: str = "pio", host: str = "pio-1") -> dict[str, Any]:
 
 def pio_results(spec: Spec, inv: Inventory, state: str = "open") -> list[ProbeResult]:
     return [
-        ProbeResult(
-            check_id=c.check_id,
-            interaction=c.interaction,
-            src_host=c.src_host,
-            src_address=c.src_address,
-            dst_host=c.dst_host,
-            dst_address=c.dst_address,
-            port=c.port,
-            state=state,  # type: ignore[arg-type]
-            mode="connect",
-            attempts=1,
+        result_for(
+            c,
+            state,
             started_at=time.time() - 1,
+            attempts=1,
+            latency_s=None,  # type: ignore[arg-type]
         )
         for c in expand(spec, inv)
         if c.src_host == "pio-1"

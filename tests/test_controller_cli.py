@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from check_helpers import result_for
 
-from agent.wire import ProbeResult, ResultBatch, encode
+from agent.wire import ResultBatch, encode
 from controller.cli import main
 from controller.expand import expand
 from controller.inventory import load_inventory
@@ -31,19 +32,7 @@ def write_batch(path: Path, host: str = "pio-1", role: str = "pio") -> int:
     spec = load_spec(TOPO)
     inv = load_inventory(INV, spec)
     results = tuple(
-        ProbeResult(
-            check_id=c.check_id,
-            interaction=c.interaction,
-            src_host=c.src_host,
-            src_address=c.src_address,
-            dst_host=c.dst_host,
-            dst_address=c.dst_address,
-            port=c.port,
-            state="open",
-            mode="connect",
-            attempts=1,
-            started_at=time.time() - 5,
-        )
+        result_for(c, "open", started_at=time.time() - 5, attempts=1, latency_s=None)
         for c in expand(spec, inv)
         if c.src_host == host
     )

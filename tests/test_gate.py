@@ -8,8 +8,8 @@ from collections.abc import Collection
 from pathlib import Path
 
 import pytest
+from check_helpers import result_for
 
-from agent.wire import ProbeResult
 from controller.evaluate import evaluate
 from controller.expand import expand
 from controller.gate import GateError, decision_to_dict, gate
@@ -58,18 +58,12 @@ def inv(spec: Spec, tmp_path_factory: pytest.TempPathFactory) -> Inventory:
 
 def all_open(spec: Spec, inv: Inventory, but: Collection[str] = ()) -> Evaluation:
     results = [
-        ProbeResult(
-            check_id=c.check_id,
-            interaction=c.interaction,
-            src_host=c.src_host,
-            src_address=c.src_address,
-            dst_host=c.dst_host,
-            dst_address=c.dst_address,
-            port=c.port,
-            state="filtered" if c.check_id in but else "open",
-            mode="connect",
-            attempts=1,
+        result_for(
+            c,
+            "filtered" if c.check_id in but else "open",
             started_at=NOW - 1,
+            attempts=1,
+            latency_s=None,
         )
         for c in expand(spec, inv)
     ]
