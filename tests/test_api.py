@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from check_helpers import result_for
 
-from agent.wire import ProbeResult, Registration, ResultBatch, check_id, encode
+from agent.wire import ProbeResult, ProbeState, Registration, ResultBatch, check_id, encode
 from controller.app import CHECKS, EVALUATION, WRITER, make_app
 from controller.expand import expand
 from controller.inventory import Inventory, load_inventory
@@ -58,15 +58,9 @@ def reg(role: str = "pio", host: str = "pio-1") -> dict[str, Any]:
     return encode(Registration(role, host, "198.18.1.10", "0.1", "connect"))  # type: ignore[no-any-return]
 
 
-def pio_results(spec: Spec, inv: Inventory, state: str = "open") -> list[ProbeResult]:
+def pio_results(spec: Spec, inv: Inventory, state: ProbeState = "open") -> list[ProbeResult]:
     return [
-        result_for(
-            c,
-            state,
-            started_at=time.time() - 1,
-            attempts=1,
-            latency_s=None,  # type: ignore[arg-type]
-        )
+        result_for(c, state, started_at=time.time() - 1, attempts=1, latency_s=None)
         for c in expand(spec, inv)
         if c.src_host == "pio-1"
     ]
