@@ -1,7 +1,8 @@
 """Adaptive give-up time through a routed path: client -- r1 -- r2 (nftables) -- server.
 
 Dropped and open ports on the same server end in about the floor, not the timeout; a host
-with no answering port waits the whole timeout; a slow path (netem on r2) gets a window
+with no answering port borrows the round's largest round trip, and only a round where nothing
+answers waits the whole timeout; a slow path (netem on r2) gets a window
 scaled to its round trip, and its states stay right. All addresses in 198.18.0.0/15, inside
 namespaces this test creates and deletes.
 """
@@ -106,15 +107,37 @@ def test_dropped_ports_of_an_answering_host_cost_the_floor(
         assert f"round trip to {SERVER}, raised to the 0.4 s floor" in r.error, r.error
 
 
-def test_a_host_with_no_answering_port_waits_the_whole_timeout(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["connect", "syn"])
+def test_a_host_with_no_answering_port_borrows_the_rounds_largest_round_trip(
+    lab: Lab, tmp_path: Path, mode: str
+) -> None:
     targets = [*mixed(), *(("lonely", LONELY, p) for p in OPEN)]
+    span, res = run_plan(lab, tmp_path, _plan(targets, timeout_s=2.0, floor_s=0.4), mode)
+    assert 0.35 < span < 1.0, span  # the floor, not the 2 s timeout
+    for p in OPEN:
+        lonely = res[(LONELY, p)]
+        assert lonely.state == "filtered" and lonely.attempts == 3, lonely
+        assert lonely.error.startswith(
+            "no answer to 3 SYN(s) within 0.40 s (adaptive: 10 × the largest round trip "
+            "measured in this round, "
+        ), lonely.error
+        assert f"to {SERVER}; no sample from this host or role, raised to the 0.4 s floor" in (
+            lonely.error
+        )
+        assert "within 0.40 s" in res[(SERVER, DROPPED[0])].error
+
+
+def test_a_round_where_nothing_answers_waits_the_whole_timeout(lab: Lab, tmp_path: Path) -> None:
+    targets = [("lonely", LONELY, p) for p in OPEN]
     span, res = run_plan(lab, tmp_path, _plan(targets, timeout_s=1.5, floor_s=0.4))
     assert 1.45 < span < 2.2, span
     for p in OPEN:
         lonely = res[(LONELY, p)]
         assert lonely.state == "filtered" and lonely.attempts == 3
-        assert "within 1.50 s (no port of this host or any other lonely host" in lonely.error
-        assert "within 0.40 s" in res[(SERVER, DROPPED[0])].error
+        assert lonely.error == (
+            "no answer to 3 SYN(s) within 1.50 s (no port answered in this round, "
+            "so the full limit of 1.5 s)"
+        )
 
 
 @pytest.mark.skipif(shutil.which("tc") is None, reason="needs tc (iproute2) for netem")

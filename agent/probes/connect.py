@@ -4,7 +4,8 @@ Attempts are staggered inside the check's window (a new SYN every ``window / att
 seconds while the earlier ones stay open), so a single lost SYN does not fail a port and a
 dropped port costs one window, not ``attempts`` of them. The window is the plan's timeout,
 or, when the runner shares a round-trip book (:mod:`agent.probes.rtt`), a multiple of the
-round trip measured to the same destination in the same round. ICMP errors are read from the
+round trip measured in the same round to the same destination (else its role, else any
+destination). ICMP errors are read from the
 socket's error queue (IP_RECVERR) to tell ``prohibited`` from ``unreachable`` and to name the
 router that answered.
 """

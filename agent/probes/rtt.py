@@ -3,22 +3,37 @@
 Every port that answers (open, refused, an ICMP error) gives a round-trip sample for its
 destination address. A silent port gives up after ``clamp(rtt_factor × rtt, min_timeout_s,
 timeout_s)`` where ``rtt`` is the largest sample to the same address in this round, else the
-largest to any destination of the same role, else (no sample at all) the full ``timeout_s``.
+largest to any destination of the same role, else the largest to any destination at all in
+this round, else (no sample at all) the full ``timeout_s``.
 ``min_timeout_s == 0`` turns adaptation off: every port waits ``timeout_s``.
+
+Why the round-wide fallback is safe: HDM's published requirement is a round trip under 30 ms
+between its sites, so every path of an HDM site, measured or not, is within 30 ms. The window
+is never below the floor (0.5 s by policy, 16 × 30 ms), and our 3 staggered SYNs fit in it;
+a host none of whose ports answered (every port dropped) then costs the floor, not the whole
+timeout, as soon as any port of any destination has answered in the round. Only a round in
+which nothing answered waits ``timeout_s``.
 
 The book is shared by the probes of one round. Windows change while the round runs (the
 first answer shortens them, a slower answer lengthens them); connect probes wait on
 :meth:`RoundTrips.changed`, which fires only when a window they depend on changed by more
-than a few per cent, so thousands of silent ports are not woken by every answer.
+than a few per cent, so thousands of silent ports are not woken by every answer. A port
+waiting on the full timeout (no sample for its host or role yet) is woken by the first sample
+of the round, wherever it comes from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Literal
 
 # A window that moves by less than this fraction does not wake the probes that use it.
 _NOTICE = 0.05
+
+# Whose round trip set a window: the port's own address, another host of its role, or the
+# largest of the whole round (no sample from this host or role).
+Scope = Literal["host", "role", "round"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +43,9 @@ class Window:
     seconds: float
     limit_s: float
     rtt_s: float | None = None
-    # The address whose round trip set the window, and whether it is the port's own.
+    # The address whose round trip set the window, and how it relates to the port's own.
     rtt_from: str = ""
-    same_host: bool = True
+    scope: Scope = "host"
     factor: float = 0.0
     floor_s: float = 0.0
     adaptive: bool = False
@@ -41,21 +56,23 @@ class Window:
         if not self.adaptive:
             return f"no answer to {attempts} SYN(s) within {self.seconds:g} s"
         if self.rtt_s is None:
-            other = f" or any other {role} host" if role else ""
             return (
-                f"{head} (no port of this host{other} answered in this round, "
-                f"so the full limit of {self.limit_s:g} s)"
+                f"{head} (no port answered in this round, so the full limit of {self.limit_s:g} s)"
             )
-        where = self.rtt_from if self.same_host else f"{self.rtt_from} (another {role} host)"
         bound = ""
         if self.seconds <= self.floor_s and self.factor * self.rtt_s < self.floor_s:
             bound = f", raised to the {self.floor_s:g} s floor"
         elif self.seconds >= self.limit_s and self.factor * self.rtt_s > self.limit_s:
             bound = ", cut to the limit"
-        return (
-            f"{head} (adaptive: {self.factor:g} × the {_ms(self.rtt_s)} round trip to "
-            f"{where}{bound}; limit {self.limit_s:g} s)"
-        )
+        if self.scope == "round":
+            what = (
+                f"the largest round trip measured in this round, {_ms(self.rtt_s)} to "
+                f"{self.rtt_from}; no sample from this host or role"
+            )
+        else:
+            other = f" (another {role or 'same-role'} host)" if self.scope == "role" else ""
+            what = f"the {_ms(self.rtt_s)} round trip to {self.rtt_from}{other}"
+        return f"{head} (adaptive: {self.factor:g} × {what}{bound}; limit {self.limit_s:g} s)"
 
 
 def _ms(seconds: float) -> str:
@@ -68,7 +85,7 @@ def fixed(timeout_s: float) -> Window:
 
 
 class RoundTrips:
-    """Round-trip samples of one probe round, per destination address and per role."""
+    """Round-trip samples of one probe round, per destination address, per role, overall."""
 
     def __init__(self, factor: float, floor_s: float, limit_s: float) -> None:
         self.factor = max(0.0, factor)
@@ -76,6 +93,9 @@ class RoundTrips:
         self.limit_s = limit_s
         self._by_addr: dict[str, float] = {}
         self._by_role: dict[str, tuple[float, str]] = {}
+        # The largest sample of the round, and the window it gave when its waiters last woke.
+        self._largest: tuple[float, str] | None = None
+        self._largest_woke_s: float | None = None
         # Bumped whenever a largest sample grows (raw mode polls this instead of waiting).
         self.version = 0
         # role -> address -> futures of probes waiting for that address's window to change
@@ -84,6 +104,9 @@ class RoundTrips:
     @property
     def adaptive(self) -> bool:
         return self.floor_s > 0
+
+    def _seconds(self, rtt: float) -> float:
+        return min(max(self.factor * rtt, self.floor_s), self.limit_s)
 
     def window(self, addr: str, role: str) -> Window:
         if not self.adaptive:
@@ -95,14 +118,18 @@ class RoundTrips:
             floor_s=self.floor_s,
             adaptive=True,
         )
+        scope: Scope
         if addr in self._by_addr:
-            rtt, src, same = self._by_addr[addr], addr, True
+            rtt, src, scope = self._by_addr[addr], addr, "host"
         elif role in self._by_role:
-            (rtt, src), same = self._by_role[role], False
+            (rtt, src), scope = self._by_role[role], "role"
+        elif self._largest is not None:
+            (rtt, src), scope = self._largest, "round"
         else:
             return base
-        seconds = min(max(self.factor * rtt, self.floor_s), self.limit_s)
-        return dataclasses.replace(base, seconds=seconds, rtt_s=rtt, rtt_from=src, same_host=same)
+        return dataclasses.replace(
+            base, seconds=self._seconds(rtt), rtt_s=rtt, rtt_from=src, scope=scope
+        )
 
     def add(self, addr: str, role: str, rtt: float) -> None:
         """A port of `addr` answered after `rtt` seconds."""
@@ -110,7 +137,8 @@ class RoundTrips:
             return
         old = self._by_addr.get(addr)
         old_role = self._by_role.get(role)
-        if old is None or rtt > old or old_role is None or rtt > old_role[0]:
+        largest = self._largest is None or rtt > self._largest[0]
+        if old is None or rtt > old or old_role is None or rtt > old_role[0] or largest:
             self.version += 1
         if old is None or rtt > old:
             before = self.window(addr, role).seconds
@@ -123,6 +151,9 @@ class RoundTrips:
             self._by_role[role] = (rtt, addr)
             for a in fallback:
                 self._wake_if_moved(role, a, befores[a], first=old_role is None)
+        if largest:
+            self._largest = (rtt, addr)
+            self._wake_round_fallbacks()
 
     def _wake_if_moved(self, role: str, addr: str, before: float, first: bool) -> None:
         after = self.window(addr, role).seconds
@@ -131,6 +162,25 @@ class RoundTrips:
         for fut in self._waiters.get(role, {}).pop(addr, set()):
             if not fut.done():
                 fut.set_result(None)
+
+    def _wake_round_fallbacks(self) -> None:
+        """Wake the ports whose role has no sample yet: their window is the round's largest.
+
+        The first sample of the round wakes them all (they were waiting on the full limit);
+        later, only a move of more than a few per cent since they last woke does, so a round
+        whose samples keep growing wakes them a bounded number of times.
+        """
+        assert self._largest is not None
+        seconds = self._seconds(self._largest[0])
+        woke = self._largest_woke_s
+        if woke is not None and abs(seconds - woke) <= _NOTICE * woke:
+            return
+        self._largest_woke_s = seconds
+        for role in [r for r in self._waiters if r not in self._by_role]:
+            for futs in self._waiters.pop(role).values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_result(None)
 
     def changed(self, addr: str, role: str) -> asyncio.Future[None]:
         """A future resolved when the window of `addr` moves; :meth:`forget` it after waiting."""
