@@ -42,9 +42,20 @@ def _parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="hold the listeners, run one probe round at once (no --splay), report, exit. "
-        "The listeners are up before the round starts, but agents launched together race: "
-        "a peer that probes this host after it exited sees 'refused' (the final report says "
-        "since when its ports are 'closed'); use --linger so late peers still reach it",
+        "Agents launched together race: a peer probed before its listeners are up, or after "
+        "it exited, answers with a reset (the controller then reports the check 'not tested', "
+        "unknown); use --settle and --linger so that they all see each other",
+    )
+    serve.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --once: once the listeners are up, report their states, wait SECONDS, "
+        "then probe (default 0). Agents started within SECONDS of each other, each with "
+        "--settle SECONDS and --linger of at least SECONDS plus a round (the plan's probe "
+        "timeout and the protocol checks: SECONDS + 5 is ample with the shipped 2 s "
+        "timeout), all find each other's listeners up",
     )
     serve.add_argument(
         "--linger",
@@ -123,6 +134,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from agent.daemon import DaemonConfig, serve
 
+    if not args.once and (args.settle > 0 or args.linger > 0):
+        print("netcheck-agent: --settle and --linger need --once", file=sys.stderr)
+        return 2
     try:
         token = read_token(args.token_file)
     except OSError as exc:
@@ -139,6 +153,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         address=args.address,
         bind=args.bind or args.address,
         once=args.once,
+        settle_s=max(0.0, args.settle),
         linger_s=max(0.0, args.linger),
         health_listen=args.health_listen,
         mode_request=args.mode,

@@ -30,6 +30,9 @@ class DaemonConfig:
     address: str
     bind: str
     once: bool = False
+    # With `once`: hold the listeners and report their states, then wait this long before
+    # probing, so that peers started up to this much later are listening when probed.
+    settle_s: float = 0.0
     # With `once`: keep the listeners up this long after the round, so that peers probing
     # later still reach them, then report (listeners "closed") and exit.
     linger_s: float = 0.0
@@ -107,6 +110,25 @@ async def _final_flush(link: Link, cfg: DaemonConfig) -> bool:
             await asyncio.sleep(delay)
 
 
+async def _settle(link: Link, listeners: ListenerSet, stop: asyncio.Event, settle_s: float) -> bool:
+    """``--once --settle``: report the listeners' states, then wait out `settle_s` (counted
+    from now, the report included) before the round; True when stopping.
+
+    The early report lets the controller judge a peer's probe of these ports against their
+    ``listening`` since; when the controller cannot be reached within `settle_s`, the states
+    stay buffered and go with the round's batch.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle_s
+    link.add(listeners=listeners.statuses())
+    try:
+        await asyncio.wait_for(link.flush(), settle_s)
+    except (LinkError, TimeoutError) as exc:
+        log.warning("--settle: listener states not reported yet (%s)", exc or "timed out")
+    log.info("--once: listeners up, probing in %.1f s (--settle)", deadline - loop.time())
+    return await _wait(stop, deadline - loop.time())
+
+
 async def _probe_loop(
     cfg: DaemonConfig,
     mode: ProbeMode,
@@ -120,6 +142,8 @@ async def _probe_loop(
     await listeners.reconcile(link.plan.listen)
     plan_version = link.plan_version
     delays = schedule(link.plan.period_s, random.Random(), cfg.first_run_cap_s)
+    if cfg.once and cfg.settle_s > 0 and await _settle(link, listeners, stop, cfg.settle_s):
+        return
     if not cfg.once and await _wait(stop, next(delays)):
         return
     while not stop.is_set():

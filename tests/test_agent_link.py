@@ -41,8 +41,9 @@ def free_port(addr: str = "127.0.0.1") -> int:
 class Controller:
     """A real HTTP server implementing the register/results contract."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, by_host: dict[str, Plan] | None = None) -> None:
         self.plan = plan
+        self.by_host = by_host or {}
         self.registrations: list[Registration] = []
         self.batches: list[ResultBatch] = []
         self.known = True
@@ -56,9 +57,10 @@ class Controller:
     async def register(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"error": "bad token"}, status=401)
-        self.registrations.append(decode(Registration, await request.json()))
+        reg = decode(Registration, await request.json())
+        self.registrations.append(reg)
         self.known = True
-        return web.json_response(encode(self.plan))
+        return web.json_response(encode(self.by_host.get(reg.host, self.plan)))
 
     async def results(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -202,13 +204,15 @@ def agent_plan() -> tuple[Plan, list[int]]:
     return plan, ports
 
 
-async def spawn_agent(ctl: Controller, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
+async def spawn_agent(
+    ctl: Controller, tmp_path: Path, *extra: str, host: str = "pio-1", address: str = AGENT_ADDR
+) -> asyncio.subprocess.Process:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     return await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "agent", "serve", "--controller", ctl.url),
-        *("--token-file", str(token_file), "--role", "pio", "--host", "pio-1"),
-        *("--address", AGENT_ADDR, "--mode", "connect", *extra),
+        *("--token-file", str(token_file), "--role", "pio", "--host", host),
+        *("--address", address, "--mode", "connect", *extra),
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -264,6 +268,80 @@ async def test_serve_once_linger_keeps_listeners_for_late_peers(tmp_path: Path) 
     assert {s.state for s in final.listeners} == {"closed"}
     assert min(s.since for s in final.listeners) >= first.sent_at + 1.4
     assert ports[0] in {p.port for b in ctl.batches[1:] for p in b.peers}
+
+
+PEER_ADDR = "127.0.0.12"
+
+
+def pair_plans() -> dict[str, Plan]:
+    """Two agents, each listening on one port and probing the other's."""
+    addrs = {"pio-1": AGENT_ADDR, "pio-2": PEER_ADDR}
+    ports = {h: free_port(a) for h, a in addrs.items()}
+    plans = {}
+    for host, peer in (("pio-1", "pio-2"), ("pio-2", "pio-1")):
+        check = CheckSpec(
+            check_id=f"4:{host}>{peer}:{ports[peer]}",
+            interaction=4,
+            dst_role="pio",
+            dst_host=peer,
+            dst_address=addrs[peer],
+            port=ports[peer],
+            service="tcp",
+        )
+        plans[host] = Plan(
+            role="pio",
+            host=host,
+            address=addrs[host],
+            listen=(ListenSpec(port=ports[host], service="tcp"),),
+            checks=(check,),
+            timeout_s=1.0,
+        )
+    return plans
+
+
+@pytest.mark.parametrize("settle", [0.0, 2.0])
+async def test_serve_once_settle_lets_agents_started_apart_see_each_other(
+    tmp_path: Path, settle: float
+) -> None:
+    """pio-2 starts 1 s after pio-1. Without --settle, pio-1 probes pio-2 before its listener
+    is up (a reset); with --settle 2 both find each other's listener, and each reported its
+    listener states before probing."""
+    plans = pair_plans()
+    ctl = Controller(plans["pio-1"], plans)
+    await ctl.start()
+    procs = []
+    try:
+        args = ("--once", "--settle", str(settle), "--linger", "3")
+        procs.append(await spawn_agent(ctl, tmp_path, *args))
+        await asyncio.sleep(1.0)
+        procs.append(await spawn_agent(ctl, tmp_path, *args, host="pio-2", address=PEER_ADDR))
+        outs = [await asyncio.wait_for(p.communicate(), 30) for p in procs]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+        await ctl.stop()
+    assert [p.returncode for p in procs] == [0, 0], [e.decode() for _, e in outs]
+    states = {(b.host, r.dst_host): r.state for b in ctl.batches for r in b.results}
+    if not settle:
+        assert states == {("pio-1", "pio-2"): "refused", ("pio-2", "pio-1"): "open"}
+        return
+    assert states == {("pio-1", "pio-2"): "open", ("pio-2", "pio-1"): "open"}
+    for host in plans:
+        batches = [b for b in ctl.batches if b.host == host]
+        first = batches[0]
+        assert not first.results and [s.state for s in first.listeners] == ["listening"]
+        started = min(r.started_at for b in batches for r in b.results)
+        assert first.sent_at < started
+        assert started - first.listeners[0].since >= settle - 0.05
+
+
+async def test_settle_and_linger_need_once(tmp_path: Path) -> None:
+    ctl = Controller(EMPTY_PLAN)
+    proc = await spawn_agent(ctl, tmp_path, "--settle", "1")
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and "need --once" in err.decode()
 
 
 async def test_serve_health_metrics_and_sigterm_flush(tmp_path: Path) -> None:
