@@ -1,11 +1,14 @@
 """Full HDM audit in the lab: netcheck against nmap (-sT, -sS) and blackbox_exporter.
 
 Every tool probes the same flows (the lab's expected checks) from the same source
-namespaces, all sources at once. netcheck: every agent ``serve --once`` launched at the same
-moment, timed until the controller's JSON report has a verdict (pass/fail) for every
-expected check. nmap: one process per (source, destination) host pair, all at once, timed
-from launch to the last exit. blackbox_exporter: one exporter per source namespace, every
-``/probe`` of that source concurrently, timed from the first request to the last answer.
+namespaces, all sources at once. netcheck warm: agents in ``serve`` mode, the slowest agent's
+round from its first probe to the commit of its batch. netcheck cold: every agent
+``serve --once --settle COLD_SETTLE_S --linger COLD_LINGER_S`` launched at the same moment,
+timed from the launch until the controller's JSON report has a verdict (pass/fail) for every
+expected check (so it includes interpreter start-up, registration and the settle wait).
+nmap: one process per (source, destination) host pair, all at once, timed from launch to the
+last exit. blackbox_exporter: one exporter per source namespace, every ``/probe`` of that
+source concurrently, timed from the first request to the last answer.
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ SCENARIO = Path(__file__).resolve().parent / "scenarios" / "quarter.yaml"
 TOPOLOGY = REPO / "topology.yaml"
 # The warm agents' probe period (the spec's 300 s would make the benchmark wait minutes).
 WARM_PERIOD_S = 3.0
+# Cold: agents launched together hold their listeners and wait this long before probing, so
+# that every peer is listening when probed. It must cover the spread of their start-up and
+# registration: 7 agents on this 2-core machine registered within 0.4 s of each other (the
+# report prints it per run); 2 s leaves room for a loaded machine ...
+COLD_SETTLE_S = 2.0
+# ... and keep them this long after reporting their round, for the peers still probing
+# (>= the settle plus a round: the 2 s timeout and the protocol checks).
+COLD_LINGER_S = 6.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +77,14 @@ class NetcheckRun:
     wall_s: float
     states: dict[str, str]  # check_id -> probe state
     verdicts: Counter[str]
+    # Cold: how far apart the agents registered (their listeners start right after).
+    registered_spread_s: float = 0.0
+
+
+def _registered_spread(db: Path) -> float:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
+        lo, hi = c.execute("SELECT min(registered_at), max(registered_at) FROM agents").fetchone()
+    return float(hi - lo) if lo is not None else 0.0
 
 
 def _report(lab: BenchLab) -> dict[str, Any]:
@@ -77,13 +96,16 @@ def _report(lab: BenchLab) -> dict[str, Any]:
 
 
 def cold_round(lab: BenchLab, db: Path, cfg: AuditConfig, bound_s: float) -> NetcheckRun:
-    """Every agent ``serve --once`` at the same moment; launch -> no check ``unknown``."""
+    """Every agent ``serve --once --settle --linger`` at the same moment; launch -> no check
+    ``unknown``."""
     ctl = start_controller(lab, TOPOLOGY, db)
     agents: list[subprocess.Popen[str]] = []
+    hosts = [h for h in lab.layout.hosts if h.agent]
     try:
         t0 = time.monotonic()
         agents = [
-            spawn(agent_argv(lab, h, once=True), host_netns(h)) for h in lab.layout.hosts if h.agent
+            spawn(agent_argv(lab, h, True, COLD_SETTLE_S, COLD_LINGER_S), host_netns(h))
+            for h in hosts
         ]
         doc: dict[str, Any] = {}
         while time.monotonic() - t0 < bound_s:
@@ -95,11 +117,12 @@ def cold_round(lab: BenchLab, db: Path, cfg: AuditConfig, bound_s: float) -> Net
         if doc["summary"]["unknown"]:
             raise BenchError(f"{doc['summary']['unknown']} checks still unknown after {bound_s}s")
         for a in agents:
-            a.wait(30)
+            a.wait(30 + COLD_LINGER_S)
         return NetcheckRun(
             wall,
             {c["check_id"]: c["state"] for c in doc["checks"]},
             Counter(c["verdict"] for c in doc["checks"]),
+            _registered_spread(db),
         )
     finally:
         for a in agents:
@@ -274,7 +297,10 @@ def run_audit(spec: Spec, cfg: AuditConfig, log: Callable[[str], None]) -> Secti
             for r in range(cfg.repeats):
                 nc = cold_round(lab, lab.state / f"cold{r}.db", cfg, 120.0)
                 cold.append(nc)
-                log(f"audit {r + 1}/{cfg.repeats}: cold {nc.wall_s:.2f} s {dict(nc.verdicts)}")
+                log(
+                    f"audit {r + 1}/{cfg.repeats}: cold {nc.wall_s:.2f} s {dict(nc.verdicts)} "
+                    f"(agents registered within {nc.registered_spread_s:.2f} s)"
+                )
             warm_walls, warm = warm_rounds(spec, lab, cfg, log)
             for p in standins:
                 kill(p)
@@ -347,7 +373,9 @@ def _section(
             ", ".join(f"{k} {v}" for k, v in sorted(states.items())),
         ),
         (
-            "netcheck, cold (every agent `serve --once` launched at once)",
+            f"netcheck, cold (every agent `serve --once --settle {COLD_SETTLE_S:g} "
+            f"--linger {COLD_LINGER_S:g}` launched at once; includes the {COLD_SETTLE_S:g} s "
+            "settle)",
             secs(cold_wall),
             str(len(cold)),
             f"{n_checks - wrong}/{n_checks} (worst run)",
@@ -398,11 +426,15 @@ def _section(
         "listeners; for each round, the slowest agent's time from its first probe start to "
         "the controller's commit of its batch (`started_at` and `received_at` in the "
         "controller's SQLite file); after a warm-up round, median of "
-        f"{len(warm_walls)}. **Cold**: every agent `serve --once` launched at the same moment, "
-        "wall until the first poll (every "
+        f"{len(warm_walls)}. **Cold**: every agent `serve --once --settle {COLD_SETTLE_S:g} "
+        f"--linger {COLD_LINGER_S:g}` launched at the same moment (each holds its listeners, "
+        f"reports them, waits {COLD_SETTLE_S:g} s so that every peer is listening, probes, "
+        f"reports, and keeps its listeners {COLD_LINGER_S:g} s more for the peers still "
+        "probing), wall from the launch until the first poll (every "
         f"{cfg.poll_s:g} s) of `GET /api/v1/report?format=json` with no `unknown` check; it "
-        "includes interpreter start-up and registration, and its verdicts differ from the warm "
-        "ones where an agent probed a peer whose listeners were not up yet (or gone). Other "
+        f"includes interpreter start-up, registration and the {COLD_SETTLE_S:g} s settle "
+        "(the agents registered within "
+        f"{max(r.registered_spread_s for r in cold):.2f} s of each other, worst run). Other "
         "tools: same checks, same source namespaces, all at once, stand-ins holding every "
         "host's ports; median of "
         f"{cfg.repeats} run(s). Agreement: checks where the tool saw the same state as "

@@ -163,11 +163,22 @@ def start_standins(
     return procs
 
 
-def agent_argv(lab: BenchLab, h: lablayout.LabHost, once: bool) -> list[str]:
+def agent_argv(
+    lab: BenchLab, h: lablayout.LabHost, once: bool, settle_s: float = 0.0, linger_s: float = 0.0
+) -> list[str]:
+    """``netcheck-agent serve`` for host `h`; with `once`, one round (``--settle``/``--linger``
+    when given, so that agents started together find each other's listeners up)."""
     argv = [sys.executable, "-m", "agent", "serve", "--controller", CONTROLLER]
     argv += ["--token-file", str(lab.token_file), "--role", h.role, "--host", h.name]
     argv += ["--address", h.address, "--mode", "connect"]
-    return argv + (["--once"] if once else [])
+    if not once:
+        return argv
+    argv.append("--once")
+    if settle_s > 0:
+        argv += ["--settle", f"{settle_s:g}"]
+    if linger_s > 0:
+        argv += ["--linger", f"{linger_s:g}"]
+    return argv
 
 
 __all__ = ["REPO", "BenchLab", "agent_argv", "bench_lab", "host_netns", "start_controller"]
