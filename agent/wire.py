@@ -12,6 +12,7 @@ Version 1 of the format. Field names are part of the stable interface: add, neve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -213,6 +214,13 @@ def decode(cls: type[T], data: Any, where: str = "") -> T:
     return typing.cast(T, value)
 
 
+@functools.cache
+def _shape(tp: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A wire dataclass's resolved field types and its fields (resolved once per class: a
+    plan of thousands of checks decoded ``get_type_hints`` for each check)."""
+    return get_type_hints(tp), {f.name: f for f in dataclasses.fields(tp)}
+
+
 def _decode(tp: Any, data: Any, where: str) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
@@ -237,11 +245,10 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
             raise WireError(f"{where}: expected a list")
         (item,) = get_args(tp)[:1]
         return tuple(_decode(item, v, f"{where}[{i}]") for i, v in enumerate(data))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise WireError(f"{where}: expected an object")
-        hints = get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
+        hints, fields = _shape(tp)
         unknown = set(data) - set(fields)
         if unknown:
             raise WireError(f"{where}: unknown field(s) {sorted(unknown)}")
