@@ -8,8 +8,9 @@ attempt ``filtered``. For each port that is not open, a TCP traceroute on that d
 port names the last router that answered, and a reset whose TTL shows fewer hops than the
 destination is away is reported as coming from a firewall.
 
-scapy builds and parses packets; it is imported here only, and only when raw mode runs.
-Blocking socket work runs in a thread.
+Outgoing SYNs and traceroute probes are built by hand (:mod:`agent.probes.packets`:
+microseconds, not scapy's millisecond per packet); scapy dissects the replies. It is
+imported here only, and only when raw mode runs. Blocking socket work runs in a thread.
 """
 
 from __future__ import annotations
