@@ -24,25 +24,25 @@ OTHER = "127.0.0.12"  # another host, of another role
 
 def test_window_uses_the_same_host_then_the_role_then_the_round_then_the_limit() -> None:
     book = RoundTrips(factor=10, floor_s=0.5, limit_s=2.0)
-    assert book.window("10.0.0.1", "esxi").seconds == 2.0
-    assert book.window("10.0.0.1", "esxi").rtt_s is None
-    book.add("10.0.0.7", "pio", 0.09)  # another role: the round's largest, 10 x 90 ms
-    w = book.window("10.0.0.1", "esxi")
-    assert w.seconds == pytest.approx(0.9) and (w.rtt_from, w.scope) == ("10.0.0.7", "round")
-    book.add("10.0.0.2", "esxi", 0.08)  # another ESXi host: 10 x 80 ms
-    w = book.window("10.0.0.1", "esxi")
-    assert w.seconds == pytest.approx(0.8) and (w.rtt_from, w.scope) == ("10.0.0.2", "role")
-    book.add("10.0.0.1", "esxi", 0.001)  # its own answer wins, raised to the floor
-    w = book.window("10.0.0.1", "esxi")
-    assert (w.seconds, w.rtt_from, w.scope) == (0.5, "10.0.0.1", "host")
-    book.add("10.0.0.1", "esxi", 0.0005)  # a smaller sample does not shrink the largest
-    assert book.window("10.0.0.1", "esxi").rtt_s == 0.001
-    book.add("10.0.0.3", "vcenter", 1.0)  # 10 s, cut to the limit; other roles keep theirs
-    assert book.window("10.0.0.3", "vcenter").seconds == 2.0
-    assert book.window("10.0.0.4", "esxi").seconds == pytest.approx(0.8)
+    assert book.window("198.18.0.1", "esxi").seconds == 2.0
+    assert book.window("198.18.0.1", "esxi").rtt_s is None
+    book.add("198.18.0.7", "pio", 0.09)  # another role: the round's largest, 10 x 90 ms
+    w = book.window("198.18.0.1", "esxi")
+    assert w.seconds == pytest.approx(0.9) and (w.rtt_from, w.scope) == ("198.18.0.7", "round")
+    book.add("198.18.0.2", "esxi", 0.08)  # another ESXi host: 10 x 80 ms
+    w = book.window("198.18.0.1", "esxi")
+    assert w.seconds == pytest.approx(0.8) and (w.rtt_from, w.scope) == ("198.18.0.2", "role")
+    book.add("198.18.0.1", "esxi", 0.001)  # its own answer wins, raised to the floor
+    w = book.window("198.18.0.1", "esxi")
+    assert (w.seconds, w.rtt_from, w.scope) == (0.5, "198.18.0.1", "host")
+    book.add("198.18.0.1", "esxi", 0.0005)  # a smaller sample does not shrink the largest
+    assert book.window("198.18.0.1", "esxi").rtt_s == 0.001
+    book.add("198.18.0.3", "vcenter", 1.0)  # 10 s, cut to the limit; other roles keep theirs
+    assert book.window("198.18.0.3", "vcenter").seconds == 2.0
+    assert book.window("198.18.0.4", "esxi").seconds == pytest.approx(0.8)
     # A role with no sample now borrows the round's largest (1 s -> cut to the 2 s limit).
-    w = book.window("10.0.0.9", "cloud_vm")
-    assert (w.seconds, w.rtt_from, w.scope) == (2.0, "10.0.0.3", "round")
+    w = book.window("198.18.0.9", "cloud_vm")
+    assert (w.seconds, w.rtt_from, w.scope) == (2.0, "198.18.0.3", "round")
 
 
 def test_window_texts_say_what_was_waited_and_why() -> None:
@@ -76,41 +76,41 @@ def test_window_texts_say_what_was_waited_and_why() -> None:
 
 async def test_a_waiting_probe_is_woken_only_when_its_window_moves() -> None:
     book = RoundTrips(factor=10, floor_s=0.5, limit_s=2.0)
-    own = book.changed("10.0.0.1", "esxi")
-    book.add("10.0.0.2", "esxi", 0.001)  # first sample of the role: 2 s -> 0.5 s
+    own = book.changed("198.18.0.1", "esxi")
+    book.add("198.18.0.2", "esxi", 0.001)  # first sample of the role: 2 s -> 0.5 s
     assert own.done()
-    book.forget("10.0.0.1", "esxi", own)
-    again = book.changed("10.0.0.1", "esxi")
-    book.add("10.0.0.2", "esxi", 0.002)  # still the floor: nothing to wake
+    book.forget("198.18.0.1", "esxi", own)
+    again = book.changed("198.18.0.1", "esxi")
+    book.add("198.18.0.2", "esxi", 0.002)  # still the floor: nothing to wake
     assert not again.done()
-    book.add("10.0.0.5", "pio", 0.15)  # another role's sample does not move a role's window
+    book.add("198.18.0.5", "pio", 0.15)  # another role's sample does not move a role's window
     assert not again.done()
-    book.add("10.0.0.2", "esxi", 0.1)  # 1 s now
+    book.add("198.18.0.2", "esxi", 0.1)  # 1 s now
     assert again.done()
-    book.forget("10.0.0.1", "esxi", again)
-    pending = book.changed("10.0.0.1", "esxi")
-    book.forget("10.0.0.1", "esxi", pending)
+    book.forget("198.18.0.1", "esxi", again)
+    pending = book.changed("198.18.0.1", "esxi")
+    book.forget("198.18.0.1", "esxi", pending)
     assert pending.cancelled()
 
 
 async def test_a_port_waiting_the_full_limit_wakes_on_any_sample_of_the_round() -> None:
     book = RoundTrips(factor=10, floor_s=0.5, limit_s=2.0)
-    lonely = book.changed("10.0.0.9", "cloud_vm")
-    book.add("10.0.0.2", "esxi", 0.001)  # another host and role: 2 s -> 0.5 s
+    lonely = book.changed("198.18.0.9", "cloud_vm")
+    book.add("198.18.0.2", "esxi", 0.001)  # another host and role: 2 s -> 0.5 s
     assert lonely.done()
-    book.forget("10.0.0.9", "cloud_vm", lonely)
-    again = book.changed("10.0.0.9", "cloud_vm")
-    book.add("10.0.0.3", "pio", 0.003)  # a larger sample, still the floor: not woken
+    book.forget("198.18.0.9", "cloud_vm", lonely)
+    again = book.changed("198.18.0.9", "cloud_vm")
+    book.add("198.18.0.3", "pio", 0.003)  # a larger sample, still the floor: not woken
     assert not again.done()
-    book.add("10.0.0.3", "pio", 0.12)  # 1.2 s now
+    book.add("198.18.0.3", "pio", 0.12)  # 1.2 s now
     assert again.done()
-    book.forget("10.0.0.9", "cloud_vm", again)
+    book.forget("198.18.0.9", "cloud_vm", again)
     # Once its role has a sample, the round's largest no longer moves it.
-    book.add("10.0.0.8", "cloud_vm", 0.001)
-    own_role = book.changed("10.0.0.9", "cloud_vm")
-    book.add("10.0.0.3", "pio", 0.18)
+    book.add("198.18.0.8", "cloud_vm", 0.001)
+    own_role = book.changed("198.18.0.9", "cloud_vm")
+    book.add("198.18.0.3", "pio", 0.18)
     assert not own_role.done()
-    book.forget("10.0.0.9", "cloud_vm", own_role)
+    book.forget("198.18.0.9", "cloud_vm", own_role)
 
 
 def _check(port: int, addr: str = ADDR, role: str = "b") -> CheckSpec:

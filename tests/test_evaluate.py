@@ -293,8 +293,8 @@ CASES = [
         [result(4, "pio-1", "prem-mgr", 22, "open")],
         "pass",
         "nat",
-        "arrive from 10.1.1.5, not 198.18.1.10 (NAT)",
-        peers={"prem-mgr": [PeerSeen(22, "10.1.1.5", NOW - 9)]},
+        "arrive from 198.19.77.5, not 198.18.1.10 (NAT)",
+        peers={"prem-mgr": [PeerSeen(22, "198.19.77.5", NOW - 9)]},
     ),
     Case(
         "no NAT when the source address was seen too",
@@ -304,7 +304,7 @@ CASES = [
         "ok",
         "open",
         peers={
-            "prem-mgr": [PeerSeen(22, "10.1.1.5", NOW - 9), PeerSeen(22, "198.18.1.10", NOW - 9)]
+            "prem-mgr": [PeerSeen(22, "198.19.77.5", NOW - 9), PeerSeen(22, "198.18.1.10", NOW - 9)]
         },
     ),
 ]
@@ -341,7 +341,7 @@ def test_expect_closed(
 ) -> None:
     spec = closed_spec(tmp_path)
     r = result(101, "pio-1", "prem-mgr", 23, state)
-    peers = {"prem-mgr": [PeerSeen(23, "10.1.1.5", NOW - 9)]}
+    peers = {"prem-mgr": [PeerSeen(23, "198.19.77.5", NOW - 9)]}
     ev = evaluate(spec, inv, [r], {}, peers, [PIO, MGR], NOW)
     (row,) = [x for x in ev.rows if x.check.check_id == r.check_id]
     assert (row.verdict, row.cause) == (verdict, cause)
