@@ -14,10 +14,12 @@ import jsonschema
 import pytest
 from render_helpers import gates_for, load, make_evaluation
 
-from agent.wire import check_id
+from agent.wire import ProbeState, check_id
+from controller.expand import expand
 from controller.inventory import Inventory
 from controller.model import Evaluation, GateDecision
 from controller.render import FORMATS, render_page, render_report
+from controller.render.markdown import port_ranges, rules_to_request
 from controller.spec import Spec
 
 SCHEMA = json.loads(
@@ -148,6 +150,35 @@ def test_markdown_is_a_firewall_ticket(site: tuple[Spec, Inventory, Evaluation, 
     title = "HDM PIO Appliance to HDM Prem Manager"
     assert f"| 4 | {title} | `pio` -> `prem_manager` | **FAIL** | 14/15 | 1 | 0 |" in md
     assert "## Not yet known (6)" in md
+    assert "## Firewall rules to request (2)" in md
+    assert "| allow TCP 198.18.1.10 -> 198.18.1.30 port 2376 | 4 |" in md
+
+
+@pytest.mark.parametrize(
+    ("ports", "text"),
+    [
+        ([6000], "6000"),
+        ([6002, 6000, 6001, 7000], "6000-6002, 7000"),
+        ([12005, 12006, 12007, 12008, 12009, 12010, 22], "22, 12005-12010"),
+        ([443, 443, 444], "443-444"),
+    ],
+)
+def test_port_ranges_merge_neighbours(ports: list[int], text: str) -> None:
+    assert port_ranges(ports) == text
+
+
+def test_rules_to_request_merge_a_whole_range(
+    site: tuple[Spec, Inventory, Evaluation, Any],
+) -> None:
+    spec, inv, _, _ = site
+    dropped: dict[str, ProbeState] = {
+        c.check_id: "filtered" for c in expand(spec, inv) if c.interaction == 9
+    }
+    ev = make_evaluation(spec, inv, states=dropped)
+    rows = rules_to_request([r for r in ev.rows if r.verdict == "fail"])
+    assert rows == [
+        ["allow TCP 198.18.1.30 -> 198.18.2.30 port 22, 443, 6000-6010, 7000-7010", "9", "dropped"]
+    ]
 
 
 def test_html_is_standalone_and_readable_without_js(

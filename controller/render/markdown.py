@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from controller.model import CheckRow, Evaluation, GateDecision
 from controller.render.common import counts_text, iso, not_passing, rollup_of, summary
@@ -28,6 +28,39 @@ def what_to_open(row: CheckRow) -> str:
     if c.expect == "closed":
         return f"block TCP {c.src_address} -> {c.dst_address}:{c.port}"
     return f"allow TCP {c.src_address} -> {c.dst_address}:{c.port}"
+
+
+def port_ranges(ports: Iterable[int]) -> str:
+    """``[6000, 6001, 6002, 7000]`` -> ``"6000-6002, 7000"``."""
+    spans: list[list[int]] = []
+    for p in sorted(set(ports)):
+        if spans and p == spans[-1][1] + 1:
+            spans[-1][1] = p
+        else:
+            spans.append([p, p])
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans)
+
+
+def rules_to_request(failing: Sequence[CheckRow]) -> list[list[str]]:
+    """One firewall rule per (action, source, destination), ports merged into ranges."""
+    groups: dict[tuple[str, str, str], tuple[set[int], set[int], set[str]]] = {}
+    for r in failing:
+        c = r.check
+        action = "block" if c.expect == "closed" else "allow"
+        ports, inters, causes = groups.setdefault(
+            (action, c.src_address, c.dst_address), (set(), set(), set())
+        )
+        ports.add(c.port)
+        inters.add(c.interaction)
+        causes.add(r.cause)
+    return [
+        [
+            f"{action} TCP {src} -> {dst} port {port_ranges(ports)}",
+            ", ".join(str(i) for i in sorted(inters)),
+            ", ".join(sorted(causes)),
+        ]
+        for (action, src, dst), (ports, inters, causes) in sorted(groups.items())
+    ]
 
 
 def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
@@ -60,6 +93,12 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
         )
     out += _table(["#", "Interaction", "Roles", "Verdict", "Pass", "Fail", "Unknown"], rows)
     failing = [r for r in ev.rows if r.verdict == "fail"]
+    requests = rules_to_request(failing)
+    out += ["", f"## Firewall rules to request ({len(requests)})", ""]
+    if requests:
+        out += _table(["Rule", "Interactions", "Seen as"], requests)
+    else:
+        out.append("None: every required flow passes or is not yet known.")
     out += ["", f"## Failing flows ({len(failing)})", ""]
     if failing:
         out += _table(
