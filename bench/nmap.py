@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from bench.cmd import Done, run
+from controller.ports import port_ranges
 
 # netcheck's probe states, in nmap's words.
 NMAP_STATE = {
@@ -40,16 +41,7 @@ def version() -> str:
 
 def port_arg(ports: Sequence[int]) -> str:
     """Ports as nmap's -p list with ranges: [22, 80, 81, 82] -> "22,80-82"."""
-    s = sorted(set(ports))
-    parts: list[str] = []
-    start = prev = s[0]
-    for p in (*s[1:], -1):
-        if p == prev + 1:
-            prev = p
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = p
-    return ",".join(parts)
+    return port_ranges(ports, sep=",")
 
 
 def parse_xml(text: str, ports: Sequence[int]) -> tuple[dict[tuple[str, int], str], float | None]:

@@ -18,8 +18,9 @@ from agent.wire import ProbeState, check_id
 from controller.expand import expand
 from controller.inventory import Inventory
 from controller.model import Evaluation, GateDecision
+from controller.ports import port_ranges
 from controller.render import FORMATS, render_page, render_report
-from controller.render.markdown import port_ranges, rules_to_request
+from controller.render.markdown import rules_to_request
 from controller.spec import Spec
 
 SCHEMA = json.loads(
@@ -165,6 +166,7 @@ def test_markdown_is_a_firewall_ticket(site: tuple[Spec, Inventory, Evaluation, 
 )
 def test_port_ranges_merge_neighbours(ports: list[int], text: str) -> None:
     assert port_ranges(ports) == text
+    assert port_ranges(ports, sep=",") == text.replace(", ", ",")
 
 
 def test_rules_to_request_merge_a_whole_range(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from controller.model import CheckRow, Evaluation, GateDecision
+from controller.ports import port_ranges
 from controller.render.common import counts_text, iso, not_passing, rollup_of, summary
 from controller.render.gates import gate_headline
 from controller.spec import Spec
@@ -28,17 +29,6 @@ def what_to_open(row: CheckRow) -> str:
     if c.expect == "closed":
         return f"block TCP {c.src_address} -> {c.dst_address}:{c.port}"
     return f"allow TCP {c.src_address} -> {c.dst_address}:{c.port}"
-
-
-def port_ranges(ports: Iterable[int]) -> str:
-    """``[6000, 6001, 6002, 7000]`` -> ``"6000-6002, 7000"``."""
-    spans: list[list[int]] = []
-    for p in sorted(set(ports)):
-        if spans and p == spans[-1][1] + 1:
-            spans[-1][1] = p
-        else:
-            spans.append([p, p])
-    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans)
 
 
 def rules_to_request(failing: Sequence[CheckRow]) -> list[list[str]]:

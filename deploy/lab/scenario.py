@@ -34,6 +34,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from controller.ports import port_ranges
 from controller.sourced import Problem, Sourced, load_yaml, raise_if, validate
 from controller.spec import Spec
 from deploy.lab.layout import Layout
@@ -205,18 +206,6 @@ def load_scenario(name_or_path: str, spec: Spec, layout: Layout) -> Scenario:
     return Scenario(path.stem, str(path), parsed.description, tuple(blocks))
 
 
-def _ranges(ports: tuple[int, ...]) -> str:
-    parts: list[str] = []
-    start = prev = ports[0]
-    for p in (*ports[1:], -1):
-        if p == prev + 1:
-            prev = p
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = p
-    return ", ".join(parts)
-
-
 def nft_ruleset(blocks: tuple[Block, ...], router: str) -> str:
     """The nftables script for ``router`` (replaces the lab's table as a whole)."""
     lines = [
@@ -231,7 +220,7 @@ def nft_ruleset(blocks: tuple[Block, ...], router: str) -> str:
             continue
         lines.append(
             f"    ip saddr {{ {', '.join(b.src)} }} ip daddr {{ {', '.join(b.dst)} }} "
-            f"tcp dport {{ {_ranges(b.ports)} }} counter {_VERDICT[b.action]} "
+            f"tcp dport {{ {port_ranges(b.ports)} }} counter {_VERDICT[b.action]} "
             f'comment "{b.origin[-120:]}"'
         )
     lines += ["  }", "}", ""]
