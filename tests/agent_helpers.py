@@ -13,6 +13,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
+
+from agent.wire import SERVICES, CheckSpec, ListenSpec, Plan, Service
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,3 +136,37 @@ for port in sys.argv[1:]:
     socks.append(s)
 time.sleep(120)
 """
+
+
+ALL_SERVICES: tuple[Service, ...] = (
+    "ssh",
+    "tls",
+    "https",
+    "docker",
+    "vsphere",
+    "authd",
+    "iscsi",
+    "tcp",
+)
+
+
+def self_plan(ports: Sequence[int], addr: str) -> Plan:
+    """A plan that holds ``ports`` (every kind of service in turn) and probes each of them on
+    its own address: the footprint measurements' busiest-agent stand-in."""
+    listen = tuple(
+        ListenSpec(port=p, service=cast(Service, SERVICES[i % len(SERVICES)]))
+        for i, p in enumerate(ports)
+    )
+    checks = tuple(
+        CheckSpec(
+            check_id=f"1:a>a:{s.port}",
+            interaction=1,
+            dst_role="a",
+            dst_host="a",
+            dst_address=addr,
+            port=s.port,
+            service=s.service,
+        )
+        for s in listen
+    )
+    return Plan(role="a", host="a", address=addr, listen=listen, checks=checks, period_s=3600)

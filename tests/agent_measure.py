@@ -27,9 +27,17 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent_helpers import CLIENT, LISTEN_SCRIPT, PYTHON, SERVER, Lab, root_lab_skip_reason
+from agent_helpers import (
+    CLIENT,
+    LISTEN_SCRIPT,
+    PYTHON,
+    SERVER,
+    Lab,
+    root_lab_skip_reason,
+    self_plan,
+)
 
-from agent.wire import CheckSpec, ListenSpec, Plan, ResultBatch, Service, decode, encode
+from agent.wire import ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.23"
@@ -43,23 +51,7 @@ def rss_kib(pid: int) -> int:
 
 
 async def measure_rss() -> None:
-    services: list[Service] = ["ssh", "tls", "https", "docker", "vsphere", "authd", "iscsi", "tcp"]
-    listen = tuple(
-        ListenSpec(port=20000 + i, service=services[i % len(services)]) for i in range(90)
-    )
-    checks = tuple(
-        CheckSpec(
-            check_id=f"1:a>a:{s.port}",
-            interaction=1,
-            dst_role="a",
-            dst_host="a",
-            dst_address=ADDR,
-            port=s.port,
-            service=s.service,
-        )
-        for s in listen
-    )
-    plan = Plan(role="a", host="a", address=ADDR, listen=listen, checks=checks, period_s=3600)
+    plan = self_plan(range(20000, 20090), ADDR)
     batches: list[ResultBatch] = []
 
     async def register(_: web.Request) -> web.Response:

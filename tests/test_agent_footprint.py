@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from agent_helpers import self_plan
 from aiohttp import web
 
-from agent.wire import CheckSpec, ListenSpec, Plan, ResultBatch, Service, decode, encode
+from agent.wire import Plan, ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.31"
 RSS_LIMIT_KIB = 40 * 1024
-SERVICES: list[Service] = ["ssh", "tls", "https", "docker", "vsphere", "authd", "iscsi", "tcp"]
 
 
 def free_ports(n: int, addr: str) -> list[int]:
@@ -53,21 +53,7 @@ def cpu_ticks(pid: int) -> int:
 
 
 def plan_of_90() -> Plan:
-    ports = free_ports(90, ADDR)
-    listen = tuple(ListenSpec(port=p, service=SERVICES[i % 8]) for i, p in enumerate(ports))
-    checks = tuple(
-        CheckSpec(
-            check_id=f"1:a>a:{s.port}",
-            interaction=1,
-            dst_role="a",
-            dst_host="a",
-            dst_address=ADDR,
-            port=s.port,
-            service=s.service,
-        )
-        for s in listen
-    )
-    return Plan(role="a", host="a", address=ADDR, listen=listen, checks=checks, period_s=3600)
+    return self_plan(free_ports(90, ADDR), ADDR)
 
 
 @pytest.fixture
