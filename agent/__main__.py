@@ -1,5 +1,5 @@
-"""``python -m agent`` is the same as ``netcheck-agent``."""
+"""``python -m netcheck.agent`` is the same as ``netcheck-agent``."""
 
-from agent.cli import main
+from netcheck.agent.cli import main
 
 raise SystemExit(main())

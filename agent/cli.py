@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import __version__
-from agent.wire import Plan, ResultBatch, WireError, decode, encode
+from netcheck.agent import __version__
+from netcheck.agent.wire import Plan, ResultBatch, WireError, decode, encode
 
 log = logging.getLogger("agent")
 
@@ -88,9 +88,9 @@ async def run_offline(
     plan: Plan, mode_request: str, bind: str | None, listen: bool = True
 ) -> ResultBatch:
     """Hold the listeners while the plan's probes run once; the batch of everything seen."""
-    from agent.certs import StandinCert
-    from agent.listeners import ListenerSet
-    from agent.runner import choose_mode, run_plan
+    from netcheck.agent.certs import StandinCert
+    from netcheck.agent.listeners import ListenerSet
+    from netcheck.agent.runner import choose_mode, run_plan
 
     mode, why = choose_mode(mode_request)
     log.info("%s", why)
@@ -132,7 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from agent.daemon import DaemonConfig, serve
+    from netcheck.agent.daemon import DaemonConfig, serve
 
     if not args.once and (args.settle > 0 or args.linger > 0):
         print("netcheck-agent: --settle and --linger need --once", file=sys.stderr)
@@ -164,7 +164,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from agent.tlsbuffers import shrink_tls_read_buffer
+    from netcheck.agent.tlsbuffers import shrink_tls_read_buffer
 
     args = _parser().parse_args(argv)
     shrink_tls_read_buffer()

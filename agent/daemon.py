@@ -10,13 +10,13 @@ import random
 import signal
 import socket
 
-from agent import __version__
-from agent.certs import StandinCert
-from agent.health import AgentState, start_health_server
-from agent.link import Backoff, HttpTransport, Link, LinkError, Transport
-from agent.listeners import ListenerSet
-from agent.runner import choose_mode, run_plan, schedule
-from agent.wire import ProbeMode, Registration
+from netcheck.agent import __version__
+from netcheck.agent.certs import StandinCert
+from netcheck.agent.health import AgentState, start_health_server
+from netcheck.agent.link import Backoff, HttpTransport, Link, LinkError, Transport
+from netcheck.agent.listeners import ListenerSet
+from netcheck.agent.runner import choose_mode, run_plan, schedule
+from netcheck.agent.wire import ProbeMode, Registration
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from agent import __version__, exposition
-from agent.exposition import Family
-from agent.wire import PROBE_STATES, ListenState, ProbeResult
+from netcheck.agent import __version__, exposition
+from netcheck.agent.exposition import Family
+from netcheck.agent.wire import PROBE_STATES, ListenState, ProbeResult
 
 if TYPE_CHECKING:
-    from agent.link import Link
-    from agent.listeners import ListenerSet
+    from netcheck.agent.link import Link
+    from netcheck.agent.listeners import ListenerSet
 
 log = logging.getLogger(__name__)
 

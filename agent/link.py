@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from agent import httpc
-from agent.wire import (
+from netcheck.agent import httpc
+from netcheck.agent.wire import (
     ListenerStatus,
     PeerSeen,
     Plan,

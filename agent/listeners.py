@@ -19,9 +19,9 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from agent.caps import can_bind_low_ports
-from agent.procnet import port_owner
-from agent.protocols import (
+from netcheck.agent.caps import can_bind_low_ports
+from netcheck.agent.procnet import port_owner
+from netcheck.agent.protocols import (
     AUTHD_BANNER,
     ISCSI_BHS,
     ISCSI_LOGIN_REQUEST,
@@ -29,7 +29,7 @@ from agent.protocols import (
     TLS_SERVICES,
     iscsi_login_response,
 )
-from agent.wire import ListenerStatus, ListenSpec, PeerSeen
+from netcheck.agent.wire import ListenerStatus, ListenSpec, PeerSeen
 
 log = logging.getLogger(__name__)
 

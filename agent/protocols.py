@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from agent import __version__
+from netcheck.agent import __version__
 
 SSH_BANNER = f"SSH-2.0-netcheck_{__version__}\r\n".encode()
 AUTHD_BANNER = (

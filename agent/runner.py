@@ -7,9 +7,9 @@ import logging
 import random
 from collections.abc import Iterator, Sequence
 
-from agent.fdlimit import fd_capped_concurrency
-from agent.probes import ProbeOptions, connect
-from agent.wire import CheckSpec, Plan, ProbeMode, ProbeResult
+from netcheck.agent.fdlimit import fd_capped_concurrency
+from netcheck.agent.probes import ProbeOptions, connect
+from netcheck.agent.wire import CheckSpec, Plan, ProbeMode, ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ async def run_plan(plan: Plan, mode: ProbeMode, bind_address: str = "") -> list[
     """Every check of `plan`, in `mode` (``syn`` needs CAP_NET_RAW and scapy)."""
     opts = options_for(plan, bind_address)
     if mode == "syn":
-        from agent.probes import raw
+        from netcheck.agent.probes import raw
 
         return await raw.run(plan.checks, opts, plan.concurrency)
     return await run_connect(plan.checks, opts, plan.concurrency)
@@ -67,7 +67,7 @@ def choose_mode(requested: str) -> tuple[ProbeMode, str]:
     """The probe mode to use for `requested` (auto|connect|syn), and why."""
     import importlib.util
 
-    from agent.caps import can_use_raw_sockets
+    from netcheck.agent.caps import can_use_raw_sockets
 
     if requested == "connect":
         return "connect", "connect mode requested"

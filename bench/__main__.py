@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _runners(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
-    from controller.spec import load_spec
+    from netcheck.controller.spec import load_spec
 
     spec = load_spec(str(Path(__file__).resolve().parent.parent / "topology.yaml"))
     repeats = args.repeats or (1 if args.quick else 3)

@@ -39,8 +39,8 @@ from bench.lab import (
 )
 from bench.report import Section, Target, secs
 from bench.stats import median
-from controller.spec import Spec
 from deploy.lab.lab import write_lab_topology
+from netcheck.controller.spec import Spec
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "quarter.yaml"
 TOPOLOGY = REPO / "topology.yaml"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from controller.app import make_app
-from controller.inventory import load_inventory
-from controller.spec import load_spec
+from netcheck.controller.app import make_app
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.spec import load_spec
 
 
 def main(argv: list[str]) -> int:

@@ -24,8 +24,8 @@ from bench.lab import (
 from bench.procstat import TICK_S, Sample, sample
 from bench.report import Section, Target, secs
 from bench.stats import median
-from controller.expand import listen_specs
-from controller.spec import Spec
+from netcheck.controller.expand import listen_specs
+from netcheck.controller.spec import Spec
 
 LISTENER_ROLE = "cloud_manager"
 PROBER_ROLE = "pio"

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from bench.cmd import REPO, BenchError, kill, spawn
 from bench.netns import PREFIX, delete_all
-from controller.expand import listen_specs
-from controller.spec import Spec
 from deploy.lab import layout as lablayout
 from deploy.lab import netns as labnetns
 from deploy.lab import scenario as labscenario
 from deploy.lab.enter import call_in
+from netcheck.controller.expand import listen_specs
+from netcheck.controller.spec import Spec
 
 CTL_NETNS = lablayout.ctl_netns(PREFIX)
 CONTROLLER = f"http://{lablayout.CONTROLLER_ADDRESS}:{lablayout.CONTROLLER_PORT}"
@@ -168,7 +168,7 @@ def agent_argv(
 ) -> list[str]:
     """``netcheck-agent serve`` for host `h`; with `once`, one round (``--settle``/``--linger``
     when given, so that agents started together find each other's listeners up)."""
-    argv = [sys.executable, "-m", "agent", "serve", "--controller", CONTROLLER]
+    argv = [sys.executable, "-m", "netcheck.agent", "serve", "--controller", CONTROLLER]
     argv += ["--token-file", str(lab.token_file), "--role", h.role, "--host", h.name]
     argv += ["--address", h.address, "--mode", "connect"]
     if not once:

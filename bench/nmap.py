@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from bench.cmd import Done, run
-from controller.ports import port_ranges
+from netcheck.controller.ports import port_ranges
 
 # netcheck's probe states, in nmap's words.
 NMAP_STATE = {

@@ -7,8 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.wire import CheckSpec, Plan, check_id, encode
-from controller.spec import Spec
+from netcheck.agent.wire import CheckSpec, Plan, check_id, encode
+from netcheck.controller.spec import Spec
 
 SWEEP_INTERACTION = 9  # any id: the sweep's checks are not evaluated against the spec
 

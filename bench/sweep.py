@@ -15,7 +15,7 @@ from bench.netns import pair
 from bench.plans import sweep_plan, with_concurrency, write_plan
 from bench.report import Section, Target, ratio, secs
 from bench.stats import median
-from controller.spec import Spec
+from netcheck.controller.spec import Spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ from bench.floor import asyncio_floor, selectors_floor
 
 
 def _runner(args: dict[str, Any]) -> dict[str, Any]:
-    from agent.runner import options_for, run_connect
-    from agent.wire import Plan, decode
+    from netcheck.agent.runner import options_for, run_connect
+    from netcheck.agent.wire import Plan, decode
 
     plan = decode(Plan, json.loads(Path(args["plan"]).read_text()))
     opts = options_for(plan, service_checks=bool(args.get("service_checks", True)))

@@ -20,13 +20,13 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from controller.evalcache import EvaluationCache
-from controller.expand import ExpectedCheck, by_source, expand
-from controller.inventory import Inventory
-from controller.model import Evaluation
-from controller.spec import Spec
-from controller.store import Store
-from controller.writer import GroupWriter
+from netcheck.controller.evalcache import EvaluationCache
+from netcheck.controller.expand import ExpectedCheck, by_source, expand
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.model import Evaluation
+from netcheck.controller.spec import Spec
+from netcheck.controller.store import Store
+from netcheck.controller.writer import GroupWriter
 
 MAX_BODY = 8 * 1024 * 1024
 CHECKPOINT_SECONDS = 1.0
@@ -79,8 +79,8 @@ def make_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The controller app; the SQLite file ``db`` is opened at startup and closed at cleanup."""
-    from controller.metrics import StoreCollector
-    from controller.routes import routes
+    from netcheck.controller.metrics import StoreCollector
+    from netcheck.controller.routes import routes
 
     if not token:
         raise ValueError("an empty token would let anyone report results")

@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.wire import Registration, encode
-from controller.evalcache import evaluate_store
-from controller.expand import expand, plan_for
-from controller.gate import GateError, decision_to_dict, gate
-from controller.ingest import Refused, check_batch, parse_batch
-from controller.inventory import Inventory, load_inventory
-from controller.model import Evaluation
-from controller.sourced import InputError
-from controller.spec import Spec, load_spec
-from controller.store import Store
+from netcheck.agent.wire import Registration, encode
+from netcheck.controller.evalcache import evaluate_store
+from netcheck.controller.expand import expand, plan_for
+from netcheck.controller.gate import GateError, decision_to_dict, gate
+from netcheck.controller.ingest import Refused, check_batch, parse_batch
+from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.model import Evaluation
+from netcheck.controller.sourced import InputError
+from netcheck.controller.spec import Spec, load_spec
+from netcheck.controller.store import Store
 
 
 def _summary(spec: Spec) -> list[str]:
@@ -100,7 +100,7 @@ def _listen(text: str) -> tuple[str, int]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from controller.app import make_app
+    from netcheck.controller.app import make_app
 
     spec, inv = _load(args)
     token = _token(args)
@@ -192,7 +192,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise Undecided(f"controller answered {status}: {body.decode(errors='replace')}")
         text = body.decode()
     else:
-        from controller.render import render_report
+        from netcheck.controller.render import render_report
 
         spec, inv, ev = _local(args)
         gates = [gate(spec, inv, ev, m) for m in spec.modes]

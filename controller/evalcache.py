@@ -12,12 +12,12 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 
-from controller.evaluate import evaluate
-from controller.expand import ExpectedCheck
-from controller.inventory import Inventory
-from controller.model import Evaluation
-from controller.spec import Spec
-from controller.store import Store
+from netcheck.controller.evaluate import evaluate
+from netcheck.controller.expand import ExpectedCheck
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.model import Evaluation
+from netcheck.controller.spec import Spec
+from netcheck.controller.store import Store
 
 BUCKET_SECONDS = 1.0
 

@@ -21,11 +21,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.wire import ListenerStatus, PeerSeen, ProbeResult
-from controller.expand import ExpectedCheck, expand
-from controller.inventory import Inventory
-from controller.model import AgentSeen, Cause, CheckRow, Evaluation, Rollup, Verdict
-from controller.spec import Spec
+from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
+from netcheck.controller.expand import ExpectedCheck, expand
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.model import AgentSeen, Cause, CheckRow, Evaluation, Rollup, Verdict
+from netcheck.controller.spec import Spec
 
 # A listener whose `since` is at most this much after the probe's start was up in time
 # (the agent stamps `since` once the socket listens, a moment after it accepts connections).

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.wire import CheckSpec, Expectation, ListenSpec, Plan, Service, check_id
-from controller.inventory import Inventory
-from controller.spec import Spec
+from netcheck.agent.wire import CheckSpec, Expectation, ListenSpec, Plan, Service, check_id
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.spec import Spec
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from controller.inventory import Host, Inventory
-from controller.model import CheckRow, Decision, Evaluation, GateDecision, MatrixFinding
-from controller.spec import Spec
+from netcheck.controller.inventory import Host, Inventory
+from netcheck.controller.model import CheckRow, Decision, Evaluation, GateDecision, MatrixFinding
+from netcheck.controller.spec import Spec
 
 VM_ROLES: tuple[str, ...] = ("prem_vm", "cloud_vm")
 COLUMN_TITLES: dict[str, str] = {

@@ -14,9 +14,9 @@ from typing import Literal, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from agent.wire import WIRE_VERSION, ProbeResult, Registration, ResultBatch, check_id
-from controller.inventory import Inventory
-from controller.spec import Spec
+from netcheck.agent.wire import WIRE_VERSION, ProbeResult, Registration, ResultBatch, check_id
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.spec import Spec
 
 Reason = Literal["auth", "schema", "role", "size"]
 T = TypeVar("T")

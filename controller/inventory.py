@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from controller.sourced import Problem, load_yaml, raise_if, validate
-from controller.spec import BootMode, Spec
+from netcheck.controller.sourced import Problem, load_yaml, raise_if, validate
+from netcheck.controller.spec import BootMode, Spec
 
 
 class Host(BaseModel):

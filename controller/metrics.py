@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.evalcache import EvaluationCache
-from controller.gate import gate
-from controller.inventory import Inventory
-from controller.model import Evaluation
-from controller.spec import Spec
-from controller.store import Store
+from netcheck.controller.evalcache import EvaluationCache
+from netcheck.controller.gate import gate
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.model import Evaluation
+from netcheck.controller.spec import Spec
+from netcheck.controller.store import Store
 
 VERDICTS = ("pass", "fail", "unknown")
 REJECT_REASONS = ("auth", "schema", "role", "size")

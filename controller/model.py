@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.wire import ListenerStatus, PeerSeen, ProbeResult
-from controller.expand import ExpectedCheck
+from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
+from netcheck.controller.expand import ExpectedCheck
 
 Verdict = Literal["pass", "fail", "unknown"]
 # Why a check has its verdict, as a stable code (the JSON report's `cause`).

@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from agent.wire import Plan, encode
-from controller.app import (
+from netcheck.agent.wire import Plan, encode
+from netcheck.controller.app import (
     AGENTS,
     BY_SOURCE,
     CLOCK,
@@ -26,16 +26,16 @@ from controller.app import (
     WRITER,
     current_evaluation,
 )
-from controller.expand import plan_from_checks
-from controller.gate import GateError, decision_to_dict, gate
-from controller.ingest import (
+from netcheck.controller.expand import plan_from_checks
+from netcheck.controller.gate import GateError, decision_to_dict, gate
+from netcheck.controller.ingest import (
     Refused,
     authorize_batch,
     check_batch,
     parse_batch,
     parse_registration,
 )
-from controller.model import Evaluation, GateDecision
+from netcheck.controller.model import Evaluation, GateDecision
 
 log = logging.getLogger("netcheck.controller")
 # generate_latest() writes the classic text format (0.0.4); say so, whatever the client
@@ -136,7 +136,7 @@ def _all_gates(request: web.Request, ev: Evaluation) -> list[GateDecision]:
 
 @routes.get("/api/v1/report")
 async def report(request: web.Request) -> web.Response:
-    from controller.render import FORMATS, MEDIA_TYPES, render_report
+    from netcheck.controller.render import FORMATS, MEDIA_TYPES, render_report
 
     fmt = request.query.get("format", "json")
     if fmt not in MEDIA_TYPES:
@@ -160,7 +160,7 @@ async def gate_endpoint(request: web.Request) -> web.Response:
 
 @routes.get("/")
 async def page(request: web.Request) -> web.Response:
-    from controller.render import render_page
+    from netcheck.controller.render import render_page
 
     ev = await current_evaluation(request.app)
     refresh = request.app[REFRESH] or None

@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.wire import Expectation, Service
-from controller.sourced import InputError, Problem, Sourced, load_yaml, raise_if, validate
+from netcheck.agent.wire import Expectation, Service
+from netcheck.controller.sourced import InputError, Problem, Sourced, load_yaml, raise_if, validate
 
 Site = Literal["user", "on_prem", "cloud"]
 Direction = Literal["forward", "reverse"]

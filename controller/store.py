@@ -42,7 +42,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from agent.wire import (
+from netcheck.agent.wire import (
     ListenerStatus,
     PeerSeen,
     ProbeResult,
@@ -50,7 +50,7 @@ from agent.wire import (
     ResultBatch,
     ServiceCheck,
 )
-from controller.model import AgentSeen
+from netcheck.controller.model import AgentSeen
 
 PEERS_PER_PORT = 32
 

@@ -18,8 +18,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.wire import ResultBatch
-from controller.store import Store
+from netcheck.agent.wire import ResultBatch
+from netcheck.controller.store import Store
 
 log = logging.getLogger("netcheck.controller")
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-from agent.wire import SERVICES, CheckSpec, ListenSpec, Plan, Service
+from netcheck.agent.wire import SERVICES, CheckSpec, ListenSpec, Plan, Service
 
 REPO = Path(__file__).resolve().parent.parent
 

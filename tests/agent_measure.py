@@ -37,7 +37,7 @@ from agent_helpers import (
     self_plan,
 )
 
-from agent.wire import ResultBatch, decode, encode
+from netcheck.agent.wire import ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.23"
@@ -69,7 +69,7 @@ async def measure_rss() -> None:
     await web.TCPSite(runner, "127.0.0.1", 18099).start()
     env = {**os.environ, "NETCHECK_TOKEN": "measure"}
     proc = await asyncio.create_subprocess_exec(
-        *(PYTHON, "-m", "agent", "serve", "--controller", "http://127.0.0.1:18099"),
+        *(PYTHON, "-m", "netcheck.agent", "serve", "--controller", "http://127.0.0.1:18099"),
         *("--role", "a", "--host", "a", "--address", ADDR, "--mode", "connect"),
         *("--health-listen", "127.0.0.1:18098"),
         cwd=REPO,
@@ -136,7 +136,7 @@ def _run_modes(lab: Lab, tmp: Path, plan_file: Path, timeout: float, floor: floa
     for mode in ("connect", "syn"):
         out = tmp / f"out-{mode}.json"
         t0 = time.monotonic()
-        argv = [PYTHON, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out)]
+        argv = [PYTHON, "-m", "netcheck.agent", "run", "--plan", str(plan_file), "--out", str(out)]
         proc = lab.run("c", [*argv, "--mode", mode], timeout=60)
         wall = time.monotonic() - t0
         batch = json.loads(out.read_text())

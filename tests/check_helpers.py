@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from agent.wire import ProbeResult, ProbeState
-from controller.expand import ExpectedCheck
+from netcheck.agent.wire import ProbeResult, ProbeState
+from netcheck.controller.expand import ExpectedCheck
 
 
 def result_for(

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from check_helpers import result_for
 
-from agent.wire import ListenerStatus, ProbeResult, ProbeState
-from controller.evaluate import evaluate
-from controller.expand import ExpectedCheck, expand
-from controller.gate import gate
-from controller.inventory import Inventory, load_inventory
-from controller.model import AgentSeen, Evaluation, GateDecision
-from controller.spec import Spec, load_spec
+from netcheck.agent.wire import ListenerStatus, ProbeResult, ProbeState
+from netcheck.controller.evaluate import evaluate
+from netcheck.controller.expand import ExpectedCheck, expand
+from netcheck.controller.gate import gate
+from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.model import AgentSeen, Evaluation, GateDecision
+from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.probes import ProbeOptions, connect
-from agent.probes.rtt import RoundTrips
-from agent.runner import run_connect
-from agent.wire import CheckSpec
+from netcheck.agent.probes import ProbeOptions, connect
+from netcheck.agent.probes.rtt import RoundTrips
+from netcheck.agent.runner import run_connect
+from netcheck.agent.wire import CheckSpec
 
 ADDR = "127.0.0.11"
 OTHER = "127.0.0.12"  # another host, of another role

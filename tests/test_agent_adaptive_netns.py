@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from agent_helpers import CLIENT, LISTEN_SCRIPT, PYTHON, SERVER, Lab, root_lab_skip_reason, sh
 
-from agent.wire import ResultBatch, decode
+from netcheck.agent.wire import ResultBatch, decode
 
 pytestmark = [
     pytest.mark.root,
@@ -78,7 +78,7 @@ def run_plan(lab: Lab, tmp_path: Path, plan: Any, mode: str = "connect") -> tupl
     """(probe phase in seconds, results by (address, port)) of one `run` in the client."""
     plan_file, out = tmp_path / "plan.json", tmp_path / "out.json"
     plan_file.write_text(json.dumps(plan))
-    argv = [PYTHON, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out)]
+    argv = [PYTHON, "-m", "netcheck.agent", "run", "--plan", str(plan_file), "--out", str(out)]
     proc = lab.run("c", [*argv, "--mode", mode])
     assert proc.returncode == 0, proc.stderr
     batch = decode(ResultBatch, json.loads(out.read_text()))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.wire import CheckSpec, ListenSpec, Plan, ResultBatch, decode, encode
+from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.9"
@@ -57,7 +57,7 @@ def test_offline_run_probes_its_own_listeners(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "agent",
+            "netcheck.agent",
             "run",
             "--plan",
             str(plan_file),
@@ -87,7 +87,16 @@ def test_bad_plan_is_refused_with_the_field_named(tmp_path: Path) -> None:
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({"role": "x", "host": "h", "address": ADDR, "listen": []}))
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--plan", str(plan_file), "--out", "/dev/null"],
+        [
+            sys.executable,
+            "-m",
+            "netcheck.agent",
+            "run",
+            "--plan",
+            str(plan_file),
+            "--out",
+            "/dev/null",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -124,7 +133,7 @@ def _run_unprivileged(tmp_path: Path) -> None:
             "--inh-caps=-all",
             sys.executable,
             "-m",
-            "agent",
+            "netcheck.agent",
             "run",
             "--plan",
             str(plan_file),

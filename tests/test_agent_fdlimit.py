@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.fdlimit import fd_capped_concurrency, fd_reserve
-from agent.wire import CheckSpec, Plan, ResultBatch, decode, encode
+from netcheck.agent.fdlimit import fd_capped_concurrency, fd_reserve
+from netcheck.agent.wire import CheckSpec, Plan, ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.13"
@@ -83,7 +83,16 @@ def test_plan_beyond_the_fd_budget_keeps_every_state(
     )
     plan_file, out = tmp_path / "plan.json", tmp_path / "out.json"
     plan_file.write_text(json.dumps(encode(plan)))
-    argv = [sys.executable, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "netcheck.agent",
+        "run",
+        "--plan",
+        str(plan_file),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(
         [*argv, "--mode", "connect", "--no-listen"],
         cwd=REPO,

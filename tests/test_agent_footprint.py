@@ -18,7 +18,7 @@ import pytest
 from agent_helpers import self_plan
 from aiohttp import web
 
-from agent.wire import Plan, ResultBatch, decode, encode
+from netcheck.agent.wire import Plan, ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.31"
@@ -94,7 +94,7 @@ async def test_90_listeners_within_40_mib_and_idle_without_cpu(
     url, plan, batches = controller
     health = free_ports(1, "127.0.0.1")[0]
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "agent", "serve", "--controller", url, "--splay", "0.5"),
+        *(sys.executable, "-m", "netcheck.agent", "serve", "--controller", url, "--splay", "0.5"),
         *("--role", "a", "--host", "a", "--address", ADDR, "--mode", "connect"),
         *("--health-listen", f"127.0.0.1:{health}"),
         cwd=REPO,

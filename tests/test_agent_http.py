@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import exposition, httpc
-from agent.certs import StandinCert
-from agent.health import AgentState, HealthServer
-from agent.link import HttpTransport, Link, LinkError, TransportError
-from agent.wire import Registration
+from netcheck.agent import exposition, httpc
+from netcheck.agent.certs import StandinCert
+from netcheck.agent.health import AgentState, HealthServer
+from netcheck.agent.link import HttpTransport, Link, LinkError, TransportError
+from netcheck.agent.wire import Registration
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -327,7 +327,7 @@ async def test_tls_works_with_the_smaller_read_buffer() -> None:
     """A 200 KB answer over TLS arrives whole with 32 KiB reads (the agent's setting)."""
     import asyncio.sslproto
 
-    from agent.tlsbuffers import READ_BUFFER, shrink_tls_read_buffer
+    from netcheck.agent.tlsbuffers import READ_BUFFER, shrink_tls_read_buffer
 
     saved = asyncio.sslproto.SSLProtocol.max_size
     cert = StandinCert("127.0.0.1")

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agent.link import HttpTransport, Link, LinkError
-from agent.wire import (
+from netcheck.agent.link import HttpTransport, Link, LinkError
+from netcheck.agent.wire import (
     CheckSpec,
     ListenSpec,
     Plan,
@@ -210,7 +210,7 @@ async def spawn_agent(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     return await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "agent", "serve", "--controller", ctl.url),
+        *(sys.executable, "-m", "netcheck.agent", "serve", "--controller", ctl.url),
         *("--token-file", str(token_file), "--role", "pio", "--host", host),
         *("--address", address, "--mode", "connect", *extra),
         cwd=REPO,

@@ -22,7 +22,7 @@ from agent_helpers import (
     root_lab_skip_reason,
 )
 
-from agent.wire import ProbeResult, ResultBatch, decode
+from netcheck.agent.wire import ProbeResult, ResultBatch, decode
 
 pytestmark = [
     pytest.mark.root,
@@ -71,7 +71,18 @@ def run_agent(lab: Lab, tmp_path: Path, mode: str) -> dict[int, ProbeResult]:
     plan_file.write_text(json.dumps(plan))
     proc = lab.run(
         "c",
-        [PYTHON, "-m", "agent", "run", "--plan", str(plan_file), "--out", str(out), "--mode", mode],
+        [
+            PYTHON,
+            "-m",
+            "netcheck.agent",
+            "run",
+            "--plan",
+            str(plan_file),
+            "--out",
+            str(out),
+            "--mode",
+            mode,
+        ],
     )
     assert proc.returncode == 0, proc.stderr
     batch = decode(ResultBatch, json.loads(out.read_text()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.probes.packets import tcp_segment
+from netcheck.agent.probes.packets import tcp_segment
 
 scapy_inet = pytest.importorskip("scapy.layers.inet")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.expand import plan_for
-from controller.inventory import load_inventory
-from controller.spec import load_spec
+from netcheck.controller.expand import plan_for
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.certs import StandinCert
-from agent.listeners import ListenerSet
-from agent.probes import ProbeOptions, connect
-from agent.runner import run_connect, schedule
-from agent.wire import CheckSpec, ListenSpec, Service
+from netcheck.agent.certs import StandinCert
+from netcheck.agent.listeners import ListenerSet
+from netcheck.agent.probes import ProbeOptions, connect
+from netcheck.agent.runner import run_connect, schedule
+from netcheck.agent.wire import CheckSpec, ListenSpec, Service
 
 ADDR = "127.0.0.7"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.probes.tlsinfo import describe_certificate
+from netcheck.agent.probes.tlsinfo import describe_certificate
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

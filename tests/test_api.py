@@ -17,12 +17,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from check_helpers import result_for
 
-from agent.wire import ProbeResult, ProbeState, Registration, ResultBatch, check_id, encode
-from controller.app import CHECKS, EVALUATION, WRITER, make_app
-from controller.expand import expand
-from controller.inventory import Inventory, load_inventory
-from controller.spec import Spec, load_spec
-from controller.store import Store
+from netcheck.agent.wire import ProbeResult, ProbeState, Registration, ResultBatch, check_id, encode
+from netcheck.controller.app import CHECKS, EVALUATION, WRITER, make_app
+from netcheck.controller.expand import expand
+from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.spec import Spec, load_spec
+from netcheck.controller.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -332,7 +332,7 @@ async def test_a_failed_group_keeps_nothing_and_answers_500(spec: Spec, tmp_path
 async def test_plans_come_from_the_checks_expanded_once(
     client: TestClient[web.Request, web.Application], spec: Spec, inv: Inventory
 ) -> None:
-    from controller.expand import plan_for
+    from netcheck.controller.expand import plan_for
 
     for role, host in [("pio", "pio-1"), ("prem_manager", "prem-mgr"), ("cloud_vm", "cloud-vm-2")]:
         address = next(h.address for h in inv.of_role(role) if h.name == host)

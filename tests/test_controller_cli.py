@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from check_helpers import result_for
 
-from agent.wire import ResultBatch, encode
-from controller.cli import main
-from controller.expand import expand
-from controller.inventory import load_inventory
-from controller.spec import load_spec
-from controller.store import Store
+from netcheck.agent.wire import ResultBatch, encode
+from netcheck.controller.cli import main
+from netcheck.controller.expand import expand
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.spec import load_spec
+from netcheck.controller.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 TOPO = str(REPO / "topology.yaml")
@@ -103,7 +103,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     token.write_text("cli-test-token-42\n")
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "controller", "serve", *SPEC_ARGS),
+            *(sys.executable, "-m", "netcheck.controller", "serve", *SPEC_ARGS),
             *("--db", str(tmp_path / "s.db"), "--listen", f"127.0.0.1:{port}"),
             *("--token-file", str(token)),
         ],

@@ -107,7 +107,10 @@ def _entrypoint(args: list[str], path_dir: Path) -> subprocess.CompletedProcess[
 
 
 def test_entrypoint_dispatches_to_agent_controller_or_a_command(tmp_path: Path) -> None:
-    for name, module in (("netcheck-agent", "agent"), ("netcheck-controller", "controller")):
+    for name, module in (
+        ("netcheck-agent", "netcheck.agent"),
+        ("netcheck-controller", "netcheck.controller"),
+    ):
         exe = tmp_path / name
         exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
         exe.chmod(0o755)

@@ -114,14 +114,14 @@ def site() -> Iterator[Site]:
     token_file.chmod(0o644)  # the unprivileged single-file agent reads it too
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "controller", "serve", "--topology", "topology.yaml"]
+    cmd = [sys.executable, "-m", "netcheck.controller", "serve", "--topology", "topology.yaml"]
     cmd += ["--inventory", str(inventory), "--listen", f"127.0.0.1:{port}"]
     cmd += ["--db", str(workdir / "netcheck.db"), "--token-file", str(token_file)]
     log = (workdir / "controller.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(url + "/healthz", proc)
-        agent = [sys.executable, "-m", "agent", "serve", "--controller", url, "--once"]
+        agent = [sys.executable, "-m", "netcheck.agent", "serve", "--controller", url, "--once"]
         agent += ["--token-file", str(token_file), "--role", "pio", "--host", "pio-1"]
         agent += ["--address", "127.18.1.10", "--mode", "connect"]
         done = subprocess.run(agent, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -162,7 +162,7 @@ def test_rules_and_dashboard_use_only_live_metrics(site: Site) -> None:
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 def test_agent_metrics_are_live_and_valid(site: Site) -> None:
     health = free_port()
-    cmd = [sys.executable, "-m", "agent", "serve", "--controller", site.url]
+    cmd = [sys.executable, "-m", "netcheck.agent", "serve", "--controller", site.url]
     cmd += ["--token-file", str(site.token_file), "--role", "prem_manager", "--host", "prem-mgr"]
     cmd += ["--address", "127.18.1.30", "--mode", "connect"]
     cmd += ["--health-listen", f"127.0.0.1:{health}"]

@@ -91,8 +91,8 @@ def test_archive_holds_only_the_agent_and_a_main(pyz: Path) -> None:
     import zipfile
 
     names = zipfile.ZipFile(pyz).namelist()
-    assert "__main__.py" in names and "agent/cli.py" in names
-    assert {n.split("/")[0] for n in names} == {"__main__.py", "agent"}
+    assert "__main__.py" in names and "netcheck/agent/cli.py" in names
+    assert {n.split("/")[0] for n in names} == {"__main__.py", "netcheck"}
     assert not [n for n in names if n.endswith((".so", ".pyc"))]
     assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
 
@@ -101,7 +101,10 @@ def test_only_optional_extras_are_outside_the_stdlib() -> None:
     """`run` and `serve` need only the stdlib; scapy (SYN probes) and cryptography (the
     stand-in certificate where there is no openssl command) are optional, imported lazily."""
     needs = zipapp_build.third_party_imports(REPO / "agent")
-    assert needs == {"agent.probes.raw": {"scapy"}, "agent.certs": {"cryptography"}}
+    assert needs == {
+        "netcheck.agent.probes.raw": {"scapy"},
+        "netcheck.agent.certs": {"cryptography"},
+    }
 
 
 def test_isolated_run_reports_open_refused_and_its_listener(pyz: Path, workdir: Path) -> None:

@@ -105,7 +105,7 @@ def expectation(
 
 @pytest.fixture(scope="module", params=shipped())
 def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
-    from controller.spec import load_spec
+    from netcheck.controller.spec import load_spec
 
     running: labmod.Lab | None = None
     try:

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agent.wire import ListenerStatus, PeerSeen, ProbeResult, ServiceCheck, check_id
-from controller.evaluate import evaluate
-from controller.expand import expand
-from controller.inventory import Inventory, load_inventory
-from controller.model import AgentSeen
-from controller.spec import Spec, load_spec
+from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult, ServiceCheck, check_id
+from netcheck.controller.evaluate import evaluate
+from netcheck.controller.expand import expand
+from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.model import AgentSeen
+from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from check_helpers import result_for
 
-from controller.evaluate import evaluate
-from controller.expand import expand
-from controller.gate import GateError, decision_to_dict, gate
-from controller.inventory import Inventory, load_inventory
-from controller.model import AgentSeen, Evaluation
-from controller.spec import Spec, load_spec
+from netcheck.controller.evaluate import evaluate
+from netcheck.controller.expand import expand
+from netcheck.controller.gate import GateError, decision_to_dict, gate
+from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.model import AgentSeen, Evaluation
+from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.probes import service
-from controller.spec import Spec, load_spec
 from deploy.lab import lab as labmod
 from deploy.lab import netns, procs, scenario
 from deploy.lab.enter import call_in
 from deploy.lab.layout import Layout, build_layout, ctl_netns
+from netcheck.agent.probes import service
+from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # Not the default "nclab-": a test run never tears down a demo running next to it.

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from controller.expand import expand
-from controller.inventory import load_inventory
-from controller.sourced import InputError
-from controller.spec import Spec, load_spec
 from deploy.lab.layout import Layout, build_layout, inventory_yaml
 from deploy.lab.scenario import load_scenario, nft_ruleset, parse_ports, shipped
+from netcheck.controller.expand import expand
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.sourced import InputError
+from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

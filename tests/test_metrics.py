@@ -12,17 +12,17 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.wire import (
+from netcheck.agent.wire import (
     ProbeResult,
     Registration,
     ResultBatch,
     ServiceCheck,
     encode,
 )
-from controller.app import make_app
-from controller.expand import expand
-from controller.inventory import load_inventory
-from controller.spec import load_spec
+from netcheck.controller.app import make_app
+from netcheck.controller.expand import expand
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-token-abcdef"

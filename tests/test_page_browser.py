@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from render_helpers import gates_for, load, make_evaluation
 
-from agent.wire import check_id
-from controller.inventory import Inventory
-from controller.model import Evaluation
-from controller.render import render_page, render_report
-from controller.spec import Spec
+from netcheck.agent.wire import check_id
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.model import Evaluation
+from netcheck.controller.render import render_page, render_report
+from netcheck.controller.spec import Spec
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -7,8 +7,8 @@ import re
 
 from render_helpers import load
 
-from controller.render.layout import Box, EdgeGeom, Layout, layout
-from controller.spec import Flow, Interaction, Role, Spec
+from netcheck.controller.render.layout import Box, EdgeGeom, Layout, layout
+from netcheck.controller.spec import Flow, Interaction, Role, Spec
 
 LABEL_W, LABEL_H = 76, 22
 

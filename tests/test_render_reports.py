@@ -14,14 +14,14 @@ import jsonschema
 import pytest
 from render_helpers import gates_for, load, make_evaluation
 
-from agent.wire import ProbeState, check_id
-from controller.expand import expand
-from controller.inventory import Inventory
-from controller.model import Evaluation, GateDecision
-from controller.ports import port_ranges
-from controller.render import FORMATS, render_page, render_report
-from controller.render.markdown import rules_to_request
-from controller.spec import Spec
+from netcheck.agent.wire import ProbeState, check_id
+from netcheck.controller.expand import expand
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.ports import port_ranges
+from netcheck.controller.render import FORMATS, render_page, render_report
+from netcheck.controller.render.markdown import rules_to_request
+from netcheck.controller.spec import Spec
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "controller/render/report.schema.json").read_text()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.inventory import load_inventory
-from controller.sourced import InputError
-from controller.spec import load_matrix, load_spec
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.sourced import InputError
+from netcheck.controller.spec import load_matrix, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,7 +247,7 @@ def test_bad_inventory_names_file_and_line(tmp_path: Path, text: str, message: s
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controller", *args],
+        [sys.executable, "-m", "netcheck.controller", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.spec import Spec, Support, load_spec
+from netcheck.controller.spec import Spec, Support, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_DIRS = [ROOT.parent / "shared" / "seeds", ROOT / "tests" / "data"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.wire import (
+from netcheck.agent.wire import (
     ListenerStatus,
     PeerSeen,
     ProbeResult,
@@ -21,7 +21,7 @@ from agent.wire import (
     check_id,
     encode,
 )
-from controller.store import PEERS_PER_PORT, Store
+from netcheck.controller.store import PEERS_PER_PORT, Store
 
 
 def res(port: int, started_at: float, state: str = "open") -> ProbeResult:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.probes.rtt import RoundTrips
-from agent.wire import CheckSpec, ProbeMode, ProbeResult, ProbeState, ServiceCheck
+from netcheck.agent.probes.rtt import RoundTrips
+from netcheck.agent.wire import CheckSpec, ProbeMode, ProbeResult, ProbeState, ServiceCheck
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,10 @@ import struct
 import time
 from typing import Any
 
-from agent.probes import ProbeOptions, make_result, service
-from agent.probes.icmp import describe, state_for_errno, state_for_icmp
-from agent.probes.rtt import RoundTrips, Window, fixed
-from agent.wire import CheckSpec, ProbeResult, ProbeState
+from netcheck.agent.probes import ProbeOptions, make_result, service
+from netcheck.agent.probes.icmp import describe, state_for_errno, state_for_icmp
+from netcheck.agent.probes.rtt import RoundTrips, Window, fixed
+from netcheck.agent.wire import CheckSpec, ProbeResult, ProbeState
 
 IP_RECVERR = 11
 MSG_ERRQUEUE = 0x2000

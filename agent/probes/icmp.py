@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from agent.wire import ProbeState
+from netcheck.agent.wire import ProbeState
 
 DEST_UNREACH = 3
 TIME_EXCEEDED = 11

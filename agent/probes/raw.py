@@ -23,11 +23,11 @@ import socket
 import time
 from collections.abc import Sequence
 
-from agent.fdlimit import fd_capped_concurrency
-from agent.probes import ProbeOptions, bpf, connect, make_result, packets
-from agent.probes.icmp import DEST_UNREACH, TIME_EXCEEDED, describe, state_for_icmp
-from agent.probes.rtt import RoundTrips, Window
-from agent.wire import CheckSpec, ProbeResult, ProbeState
+from netcheck.agent.fdlimit import fd_capped_concurrency
+from netcheck.agent.probes import ProbeOptions, bpf, connect, make_result, packets
+from netcheck.agent.probes.icmp import DEST_UNREACH, TIME_EXCEEDED, describe, state_for_icmp
+from netcheck.agent.probes.rtt import RoundTrips, Window
+from netcheck.agent.wire import CheckSpec, ProbeResult, ProbeState
 
 MAX_HOPS = 16
 Key = tuple[str, int]

@@ -17,10 +17,10 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 
-from agent.certs import STANDIN_ORG
-from agent.probes.tlsinfo import describe_certificate
-from agent.protocols import AUTHD_PREFIX, iscsi_discovery_login, parse_iscsi_login_response
-from agent.wire import Service, ServiceCheck
+from netcheck.agent.certs import STANDIN_ORG
+from netcheck.agent.probes.tlsinfo import describe_certificate
+from netcheck.agent.protocols import AUTHD_PREFIX, iscsi_discovery_login, parse_iscsi_login_response
+from netcheck.agent.wire import Service, ServiceCheck
 
 SOAP_RETRIEVE_SERVICE_CONTENT = (
     '<?xml version="1.0" encoding="UTF-8"?>'

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from controller.model import Evaluation, GateDecision
-from controller.render import json_report, junit, markdown, table
-from controller.render.page import render_page
-from controller.spec import Spec
+from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.render import json_report, junit, markdown, table
+from netcheck.controller.render.page import render_page
+from netcheck.controller.spec import Spec
 
 FORMATS: tuple[str, ...] = ("table", "json", "markdown", "junit", "html")
 MEDIA_TYPES: dict[str, str] = {

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controller.model import CheckRow, Evaluation, Rollup, Verdict, rolled_up
-from controller.spec import Interaction
+from netcheck.controller.model import CheckRow, Evaluation, Rollup, Verdict, rolled_up
+from netcheck.controller.spec import Interaction
 
 VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unknown")
 

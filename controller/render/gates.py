@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.gate import decision_to_dict
-from controller.model import GateDecision
+from netcheck.controller.gate import decision_to_dict
+from netcheck.controller.model import GateDecision
 
 
 def gate_dict(d: GateDecision) -> dict[str, Any]:

@@ -9,11 +9,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from agent.wire import encode
-from controller.model import AgentSeen, CheckRow, Evaluation, GateDecision, Rollup
-from controller.render.common import VERDICTS, iso, rollup_of, summary
-from controller.render.gates import gate_dict
-from controller.spec import Spec
+from netcheck.agent.wire import encode
+from netcheck.controller.model import AgentSeen, CheckRow, Evaluation, GateDecision, Rollup
+from netcheck.controller.render.common import VERDICTS, iso, rollup_of, summary
+from netcheck.controller.render.gates import gate_dict
+from netcheck.controller.spec import Spec
 
 SCHEMA_VERSION = 1
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from controller.model import Evaluation, GateDecision
-from controller.render.common import check_label, interaction_label, iso, rows_of
-from controller.spec import Spec
+from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.render.common import check_label, interaction_label, iso, rows_of
+from netcheck.controller.spec import Spec
 
 # Characters XML 1.0 cannot carry at all, even escaped (a diagnosis may quote a banner).
 _BAD = dict.fromkeys(c for c in range(32) if c not in (9, 10, 13))

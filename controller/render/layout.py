@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from controller.spec import Spec
+from netcheck.controller.spec import Spec
 
 BOX_W, BOX_H = 210, 62
 WIDTH = 1420

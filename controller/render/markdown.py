@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from controller.model import CheckRow, Evaluation, GateDecision
-from controller.ports import port_ranges
-from controller.render.common import counts_text, iso, not_passing, rollup_of, summary
-from controller.render.gates import gate_headline
-from controller.spec import Spec
+from netcheck.controller.model import CheckRow, Evaluation, GateDecision
+from netcheck.controller.ports import port_ranges
+from netcheck.controller.render.common import counts_text, iso, not_passing, rollup_of, summary
+from netcheck.controller.render.gates import gate_headline
+from netcheck.controller.spec import Spec
 
 _ICON = {"pass": "PASS", "fail": "**FAIL**", "unknown": "UNKNOWN"}
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import jinja2
 
-from controller.model import CheckRow, Evaluation, GateDecision, Verdict
-from controller.render.common import (
+from netcheck.controller.model import CheckRow, Evaluation, GateDecision, Verdict
+from netcheck.controller.render.common import (
     check_label,
     counts_text,
     flow_directions,
@@ -27,10 +27,10 @@ from controller.render.common import (
     rollup_of,
     summary,
 )
-from controller.render.gates import gate_who
-from controller.render.json_report import report_dict
-from controller.render.layout import Box, Layout, layout
-from controller.spec import Spec
+from netcheck.controller.render.gates import gate_who
+from netcheck.controller.render.json_report import report_dict
+from netcheck.controller.render.layout import Box, Layout, layout
+from netcheck.controller.spec import Spec
 
 _HERE = Path(__file__).resolve().parent.parent
 REPORT_URL = "/api/v1/report?format=json"

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from controller.model import Evaluation, GateDecision
-from controller.render.common import check_label, counts_text, iso, not_passing, rollup_of, summary
-from controller.render.common import text_table as table
-from controller.render.gates import gate_headline
-from controller.spec import Spec
+from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.render.common import (
+    check_label,
+    counts_text,
+    iso,
+    not_passing,
+    rollup_of,
+    summary,
+)
+from netcheck.controller.render.common import text_table as table
+from netcheck.controller.render.gates import gate_headline
+from netcheck.controller.spec import Spec
 
 
 def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:

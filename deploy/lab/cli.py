@@ -10,11 +10,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.caps import can_bind_low_ports
-from controller.sourced import InputError
-from controller.spec import load_spec
 from deploy.lab import lab as labmod
 from deploy.lab import netns, procs, scenario
+from netcheck.agent.caps import can_bind_low_ports
+from netcheck.controller.sourced import InputError
+from netcheck.controller.spec import load_spec
 
 ROUND_MAX_S = 6.0
 
@@ -25,7 +25,7 @@ def _say(text: str) -> None:
 
 def controller_cli(lab: labmod.Lab, *args: str) -> subprocess.CompletedProcess[str]:
     """``netcheck-controller ARGS --controller URL``, run where the controller is reachable."""
-    cmd = [sys.executable, "-m", "controller", *args, "--controller", lab.controller_url]
+    cmd = [sys.executable, "-m", "netcheck.controller", *args, "--controller", lab.controller_url]
     if lab.ctl_netns is not None:
         cmd = ["ip", "netns", "exec", lab.ctl_netns, *cmd]
     return subprocess.run(

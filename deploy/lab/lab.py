@@ -28,9 +28,6 @@ from typing import Literal
 
 import yaml
 
-from agent.caps import can_bind_low_ports
-from controller.expand import listen_specs
-from controller.spec import Spec, load_spec
 from deploy.lab import netns, procs, scenario
 from deploy.lab.enter import call_in
 from deploy.lab.layout import (
@@ -43,6 +40,9 @@ from deploy.lab.layout import (
     ctl_netns,
     inventory_yaml,
 )
+from netcheck.agent.caps import can_bind_low_ports
+from netcheck.controller.expand import listen_specs
+from netcheck.controller.spec import Spec, load_spec
 
 Kind = Literal["netns", "loopback"]
 TOPOLOGY = procs.REPO / "topology.yaml"
@@ -218,7 +218,8 @@ def _start(
     controller_url = f"http://{ctl_addr}:{controller_port}"
     procs.start(
         "controller",
-        ["-m", "controller", "serve", "--topology", str(topo), "--inventory", str(inventory),
+        ["-m", "netcheck.controller", "serve", "--topology", str(topo),
+         "--inventory", str(inventory),
          "--listen", f"{ctl_addr}:{controller_port}", "--db", str(state / "netcheck.db"),
          "--token-file", str(token)],
         ctl_ns,
@@ -242,7 +243,7 @@ def _start(
     for h in layout.hosts:
         ns = h.netns if kind == "netns" else None
         if h.agent:
-            argv = ["-m", "agent", "serve", "--controller", controller_url,
+            argv = ["-m", "netcheck.agent", "serve", "--controller", controller_url,
                     "--token-file", str(token), "--role", h.role, "--host", h.name,
                     "--address", h.address, "--mode", probe_mode]  # fmt: skip
         else:

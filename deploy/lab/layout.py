@@ -137,7 +137,7 @@ def build_layout(roles: dict[str, tuple[str, bool]], prefix: str = PREFIX) -> La
 
 def roles_of_topology(path: str) -> dict[str, tuple[str, bool]]:
     """role -> (site, agent) from topology.yaml (the spec's own loader validates it)."""
-    from controller.spec import load_spec
+    from netcheck.controller.spec import load_spec
 
     spec = load_spec(path)
     return {name: (r.site, r.agent) for name, r in spec.roles.items()}

@@ -34,10 +34,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from controller.ports import port_ranges
-from controller.sourced import Problem, Sourced, load_yaml, raise_if, validate
-from controller.spec import Spec
 from deploy.lab.layout import Layout
+from netcheck.controller.ports import port_ranges
+from netcheck.controller.sourced import Problem, Sourced, load_yaml, raise_if, validate
+from netcheck.controller.spec import Spec
 
 Action = Literal["drop", "reset", "prohibit"]
 SCENARIO_DIR = Path(__file__).parent / "scenarios"

@@ -2,7 +2,8 @@
 
     python3 deploy/zipapp/build.py [--out dist/netcheck-agent.pyz]
 
-The archive holds the ``agent`` package and a ``__main__`` that calls ``agent.cli.main``. It
+The archive holds the ``netcheck.agent`` package and a ``__main__`` that calls
+``netcheck.agent.cli.main``. It
 needs nothing but Python 3.11+: ``run`` (probe a plan offline) and ``serve`` (follow a
 controller, with ``/healthz`` and ``/metrics``) import only the standard library. Two optional
 extras are used when the host has them: scapy for SYN probes (raw mode, CAP_NET_RAW), and the
@@ -25,13 +26,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "dist" / "netcheck-agent.pyz"
 MAIN = (
-    '"""netcheck-agent as one file."""\n\nfrom agent.cli import main\n\nraise SystemExit(main())\n'
+    '"""netcheck-agent as one file."""\n\n'
+    "from netcheck.agent.cli import main\n\n"
+    "raise SystemExit(main())\n"
 )
 
 
 def third_party_imports(package: Path) -> dict[str, set[str]]:
     """Top-level modules outside the stdlib and the package, imported by each module."""
-    own = package.name
+    own = "netcheck"
     found: dict[str, set[str]] = {}
     for path in sorted(package.rglob("*.py")):
         names: set[str] = set()
@@ -42,7 +45,7 @@ def third_party_imports(package: Path) -> dict[str, set[str]]:
                 names.add(node.module.split(".")[0])
         outside = {n for n in names if n != own and n not in sys.stdlib_module_names}
         if outside:
-            module = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+            module = ".".join(("netcheck", *path.relative_to(package.parent).with_suffix("").parts))
             found[module] = outside
     return found
 
@@ -59,7 +62,9 @@ def build(out: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="netcheck-zipapp-") as tmp:
         root = Path(tmp) / "app"
         root.mkdir()
-        copy_package(REPO / "agent", root / "agent")
+        (root / "netcheck").mkdir()
+        shutil.copy(REPO / "netcheck" / "__init__.py", root / "netcheck" / "__init__.py")
+        copy_package(REPO / "agent", root / "netcheck" / "agent")
         (root / "__main__.py").write_text(MAIN)
         partial = out.with_name(out.name + ".tmp")
         zipapp.create_archive(root, partial, interpreter="/usr/bin/env python3", compressed=True)
