@@ -37,9 +37,13 @@ system-deps:
 demo: system-deps setup
 	$(PY) -m deploy.lab demo
 
+# Lint the Python files git tracks (that still exist), never scratch files left in the tree.
+PY_FILES = $(shell git ls-files '*.py' 2>/dev/null | while read -r f; do [ -e "$$f" ] && echo "$$f"; done)
+
 lint: setup-dev
-	ruff check .
-	ruff format --check .
+	@echo "ruff check + format --check: $(words $(PY_FILES)) files git tracks"
+	@ruff check $(PY_FILES)
+	@ruff format --check $(PY_FILES)
 
 typecheck: setup-dev
 	mypy
