@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from netcheck.controller.errors import Undecided
 from netcheck.controller.inventory import Host, Inventory
 from netcheck.controller.model import CheckRow, Decision, Evaluation, GateDecision, MatrixFinding
 from netcheck.controller.spec import Spec
@@ -33,7 +34,7 @@ COLUMN_TITLES: dict[str, str] = {
 _EXAMPLES = 1
 
 
-class GateError(ValueError):
+class GateError(Undecided):
     """The question cannot be asked: unknown mode, unknown VM, or a host that is no VM."""
 
 

@@ -15,6 +15,7 @@ from typing import Literal, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from netcheck.agent.wire import WIRE_VERSION, ProbeResult, Registration, ResultBatch, check_id
+from netcheck.controller.errors import NetcheckError
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.spec import Spec
 
@@ -26,7 +27,7 @@ _BATCH = TypeAdapter(ResultBatch)
 
 
 @dataclass(frozen=True)
-class Refused(Exception):
+class Refused(NetcheckError):
     """A request refused: the HTTP status, the metric reason, and plain words."""
 
     status: int

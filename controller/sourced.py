@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from netcheck.controller.errors import NetcheckError
+
 PathKey = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,7 +31,7 @@ class Problem:
         return f"{self.file}:{self.line}: {self.message}"
 
 
-class InputError(Exception):
+class InputError(NetcheckError):
     """One or more problems in an input file; ``str()`` gives one ``file:line: ...`` per line."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
