@@ -15,11 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from netcheck.agent.errors import CertError as CertError
+
 STANDIN_ORG = "netcheck stand-in"
-
-
-class CertError(RuntimeError):
-    """No way to make a certificate here (neither cryptography nor openssl)."""
 
 
 def _with_cryptography(cert: Path, key: Path, common_name: str) -> None:

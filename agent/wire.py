@@ -2,9 +2,20 @@
 
 One definition for both ends: plain, frozen stdlib dataclasses, so the agent needs nothing
 beyond the standard library to read a plan or write results (it must run on a guest VM with
-only Python 3). The controller validates incoming JSON against these same classes with
-pydantic (``__pydantic_config__`` forbids unknown keys there); the agent decodes with
-:func:`decode`, which is strict enough for what the controller sends.
+only Python 3). Two decoders read them, with the same rules: the agent's :func:`decode`, and
+pydantic in the controller (``TypeAdapter`` over these classes, configured by
+``__pydantic_config__``). The rules, both ends:
+
+- unknown fields are refused, missing fields without a default are refused;
+- no coercion: ``"22"`` is not a port, ``"yes"`` and ``1`` are not booleans, ``true`` is not
+  a number; an integer is accepted where a float is expected (JSON does not tell ``1`` from
+  ``1.0``), never the reverse;
+- floats are finite (``NaN`` and ``Infinity`` are refused);
+- numbers stay within the :class:`Limit` of their field (ports 1..65535, counts within what
+  SQLite holds, ...). Every limit is one ``Annotated`` alias in the "Limits" section below:
+  the one place to add or change one (a limit on a tuple's length works the same way).
+
+tests/test_wire_contract.py runs one table of good and bad payloads through both decoders.
 
 Version 1 of the format. Field names are part of the stable interface: add, never rename.
 """
@@ -13,9 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
+
+from netcheck.agent.errors import WireError
 
 WIRE_VERSION = 1
 
@@ -35,7 +58,54 @@ SERVICES: tuple[str, ...] = get_args(Service)
 ServiceOutcome = Literal["ok", "mismatch", "error", "skipped"]
 Expectation = Literal["open", "closed"]
 
-_FORBID: dict[str, Any] = {"extra": "forbid"}
+# pydantic's configuration of every wire class (the controller's decoder): the same rules
+# as :func:`decode`. A plain dict: the agent does not import pydantic.
+_FORBID: dict[str, Any] = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """Bounds of one field, read by both decoders: ``ge``/``le`` for a number, ``max_length``
+    for a tuple or a string (None: no bound)."""
+
+    ge: float | None = None
+    le: float | None = None
+    max_length: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` breaks this limit, or None."""
+        if self.max_length is not None and len(value) > self.max_length:
+            return f"{len(value)} items, more than {self.max_length}"
+        if self.ge is not None and value < self.ge:
+            return f"{value!r} is less than {self.ge:g}"
+        if self.le is not None and value > self.le:
+            return f"{value!r} is more than {self.le:g}"
+        return None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        """pydantic's schema of the field with these bounds (its own ge/le/max_length, so
+        the controller's hot path stays in pydantic-core). Called by pydantic only."""
+        schema = dict(handler(source))
+        bounds = {"ge": self.ge, "le": self.le, "max_length": self.max_length}
+        schema.update({k: v for k, v in bounds.items() if v is not None})
+        return schema
+
+
+# -- Limits: the one place for the bounds of the wire format -----------------------------
+# SQLite stores an integer in at most 8 bytes, signed.
+SQLITE_INT_MAX = 2**63 - 1
+Port = Annotated[int, Limit(ge=1, le=65535)]
+# An interaction's number in topology.yaml (>= 1 there).
+InteractionId = Annotated[int, Limit(ge=1, le=2**31 - 1)]
+# Tries of one check (the plan's retries + 1, and then some).
+Attempts = Annotated[int, Limit(ge=0, le=1000)]
+Retries = Annotated[int, Limit(ge=0, le=100)]
+Concurrency = Annotated[int, Limit(ge=1, le=1_000_000)]
+# Results dropped by an agent: a count, never negative, within what SQLite can add up.
+Dropped = Annotated[int, Limit(ge=0, le=2**53)]
+WireVersion = Annotated[int, Limit(ge=1, le=1000)]
+# A duration in seconds (a timeout, a period, a latency).
+Seconds = Annotated[float, Limit(ge=0, le=SQLITE_INT_MAX)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +119,7 @@ class Registration:
     address: str
     version: str
     mode: ProbeMode
-    wire_version: int = WIRE_VERSION
+    wire_version: WireVersion = WIRE_VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +128,9 @@ class ListenSpec:
 
     __pydantic_config__ = _FORBID
 
-    port: int
+    port: Port
     service: Service
-    interactions: tuple[int, ...] = ()
+    interactions: tuple[InteractionId, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +140,11 @@ class CheckSpec:
     __pydantic_config__ = _FORBID
 
     check_id: str
-    interaction: int
+    interaction: InteractionId
     dst_role: str
     dst_host: str
     dst_address: str
-    port: int
+    port: Port
     service: Service
     expect: Expectation = "open"
 
@@ -93,13 +163,13 @@ class Plan:
     # The longest a probe waits for an answer. With `min_timeout_s` > 0 the timeout adapts:
     # a silent port gives up after rtt_factor x the round trip measured to the same
     # destination in the same round, but never before min_timeout_s (nor after timeout_s).
-    timeout_s: float = 2.0
-    min_timeout_s: float = 0.0
-    rtt_factor: float = 10.0
-    retries: int = 2
-    period_s: float = 300.0
-    concurrency: int = 512
-    wire_version: int = WIRE_VERSION
+    timeout_s: Seconds = 2.0
+    min_timeout_s: Seconds = 0.0
+    rtt_factor: Annotated[float, Limit(ge=0, le=1e6)] = 10.0
+    retries: Retries = 2
+    period_s: Seconds = 300.0
+    concurrency: Concurrency = 512
+    wire_version: WireVersion = WIRE_VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,17 +193,17 @@ class ProbeResult:
     __pydantic_config__ = _FORBID
 
     check_id: str
-    interaction: int
+    interaction: InteractionId
     src_host: str
     src_address: str
     dst_host: str
     dst_address: str
-    port: int
+    port: Port
     state: ProbeState
     mode: ProbeMode
-    attempts: int
+    attempts: Attempts
     started_at: float
-    latency_s: float | None = None
+    latency_s: Seconds | None = None
     service_check: ServiceCheck | None = None
     # The last router that answered a TCP traceroute on this port (raw mode, not-open ports).
     last_hop: str | None = None
@@ -152,7 +222,7 @@ class PeerSeen:
 
     __pydantic_config__ = _FORBID
 
-    port: int
+    port: Port
     src_address: str
     at: float
 
@@ -163,7 +233,7 @@ class ListenerStatus:
 
     __pydantic_config__ = _FORBID
 
-    port: int
+    port: Port
     state: ListenState
     since: float
     owner: str = ""
@@ -183,8 +253,8 @@ class ResultBatch:
     peers: tuple[PeerSeen, ...] = ()
     sent_at: float = 0.0
     # Results the agent had to drop because its buffer was full while the controller was away.
-    dropped: int = 0
-    wire_version: int = WIRE_VERSION
+    dropped: Dropped = 0
+    wire_version: WireVersion = WIRE_VERSION
 
 
 def check_id(interaction: int, src_host: str, dst_host: str, port: int) -> str:
@@ -204,10 +274,6 @@ def encode(obj: Any) -> Any:
 T = TypeVar("T")
 
 
-class WireError(ValueError):
-    """Data that does not fit the wire format; the message names the field."""
-
-
 def decode(cls: type[T], data: Any, where: str = "") -> T:
     """Build a wire dataclass from JSON data, refusing unknown or missing fields."""
     value = _decode(cls, data, where or cls.__name__)
@@ -218,11 +284,20 @@ def decode(cls: type[T], data: Any, where: str = "") -> T:
 def _shape(tp: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
     """A wire dataclass's resolved field types and its fields (resolved once per class: a
     plan of thousands of checks decoded ``get_type_hints`` for each check)."""
-    return get_type_hints(tp), {f.name: f for f in dataclasses.fields(tp)}
+    hints = get_type_hints(tp, include_extras=True)
+    return hints, {f.name: f for f in dataclasses.fields(tp)}
 
 
 def _decode(tp: Any, data: Any, where: str) -> Any:
     origin = get_origin(tp)
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        value = _decode(base, data, where)
+        for limit in extras:
+            problem = limit.problem(value) if isinstance(limit, Limit) else None
+            if problem:
+                raise WireError(f"{where}: {problem}")
+        return value
     if origin is Literal:
         if data not in get_args(tp):
             raise WireError(f"{where}: {data!r} is not one of {list(get_args(tp))}")
@@ -266,7 +341,13 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, int | float):
             raise WireError(f"{where}: expected a number")
-        return float(data)
+        try:
+            value = float(data)
+        except OverflowError:  # an integer beyond any float
+            raise WireError(f"{where}: an integer too large for a number") from None
+        if not math.isfinite(value):
+            raise WireError(f"{where}: {data!r} is not a finite number")
+        return value
     if tp is int:
         if isinstance(data, bool) or not isinstance(data, int):
             raise WireError(f"{where}: expected an integer")

@@ -137,7 +137,7 @@ async def test_results_refusals_store_nothing(
         (wrong_src, AUTH, 400, "is not the batch host"),
         (bad_id, AUTH, 400, "does not match"),
         (unknown_key, AUTH, 400, "colour"),
-        ({**good, "dropped": -1}, AUTH, 400, "dropped is negative"),
+        ({**good, "dropped": -1}, AUTH, 400, "dropped: Input should be greater than"),
         ({**good, "wire_version": 9}, AUTH, 400, "wire_version"),
     ]
     for body, headers, status, words in cases:

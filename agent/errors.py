@@ -1,0 +1,65 @@
+"""The agent's exceptions: one tree, one base, and the exit code each kind means.
+
+::
+
+    NetcheckAgentError            anything the agent refuses or cannot do (exit 1)
+    ├── InputError                bad configuration or input: a flag, a file (exit 2)
+    │   └── WireError             data that does not fit the wire format (agent.wire)
+    ├── LinkError                 the controller refused us, or sent nonsense (agent.link)
+    │   └── TransportError        no HTTP answer at all: refused, reset, timeout, TLS
+    └── CertError                 no way to make the stand-in certificate (agent.certs)
+
+Library exceptions (``OSError``, ``http.client.HTTPException``, ``ssl.SSLError``) are
+translated at the boundary that meets them, with the original chained. Probe failures are
+not exceptions: a probe reports them as data (a result's ``state`` and ``error``).
+
+:data:`EXIT_CODES` is the one map from these to the command line's exit codes
+(:func:`exit_code`); ``netcheck-agent --help`` prints it.
+"""
+
+from __future__ import annotations
+
+
+class NetcheckAgentError(Exception):
+    """Base of every error the agent raises on purpose; the message is for a person."""
+
+
+class InputError(NetcheckAgentError, ValueError):
+    """Bad configuration or input: a flag, a token or plan file, an address."""
+
+
+class WireError(InputError):
+    """Data that does not fit the wire format; the message names the field."""
+
+
+class LinkError(NetcheckAgentError):
+    """The controller could not be reached or refused us; the message says which."""
+
+
+class TransportError(LinkError):
+    """No HTTP answer at all (connection refused, reset, timeout, TLS failure)."""
+
+
+class CertError(NetcheckAgentError, RuntimeError):
+    """No way to make a certificate here (neither cryptography nor openssl)."""
+
+
+# Exit codes of ``netcheck-agent``. 0: done; 1: it ran but failed (could not register or
+# deliver, or another agent error; also a closed output pipe, ``| head``, which ends the
+# command quietly, as Python's documentation advises); 2: nothing was tried because the
+# input is bad (flags, token file, plan file).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (InputError, EXIT_BAD_INPUT),
+    (NetcheckAgentError, EXIT_FAILED),
+)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an error that ended a command (the first match in EXIT_CODES)."""
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_FAILED
