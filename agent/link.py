@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from netcheck.agent import httpc
+from netcheck.agent.errors import InputError, LinkError, TransportError
 from netcheck.agent.wire import (
     ListenerStatus,
     PeerSeen,
@@ -34,13 +35,7 @@ log = logging.getLogger(__name__)
 REGISTER_PATH = "/api/v1/register"
 RESULTS_PATH = "/api/v1/results"
 
-
-class LinkError(Exception):
-    """The controller could not be reached or refused us; the message says which."""
-
-
-class TransportError(LinkError):
-    """No HTTP answer at all (connection refused, reset, timeout)."""
+__all__ = ["HttpTransport", "Link", "LinkError", "Transport", "TransportError"]
 
 
 class Transport(Protocol):
@@ -52,10 +47,12 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """HTTP(S) with ``Authorization: Bearer <token>``, one connection per request.
+    """HTTP(S) with ``Authorization: Bearer <token>``: one POST per call on one kept-alive
+    :class:`agent.httpc.Connection` (the standard library's ``http.client``, in a thread).
 
-    Standard library only (:mod:`agent.httpc`). ``ssl_context`` verifies an ``https``
-    controller (default: the system's trust store); give it a client certificate for mutual TLS.
+    ``ssl_context`` verifies an ``https`` controller (default: the system's trust store);
+    give it a client certificate for mutual TLS. ``timeout_s`` bounds each step (connect,
+    send, each read).
     """
 
     def __init__(
@@ -66,39 +63,28 @@ class HttpTransport:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        httpc.parse_url(self.base_url)  # a bad URL fails here, not at the first request
-        self._token = token
+        if any(c in token for c in "\r\n\0"):
+            raise InputError("the token holds a line break or a NUL")
+        # A bad URL fails here, not at the first request.
+        self._conn = httpc.Connection(self.base_url, timeout_s, ssl_context)
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
         self._timeout_s = timeout_s
-        self._ssl_context = ssl_context
 
     def __repr__(self) -> str:  # never show the token
         return f"HttpTransport({self.base_url!r})"
 
-    def _tls(self) -> ssl.SSLContext | None:
-        if self._ssl_context is None and self.base_url.startswith("https:"):
-            self._ssl_context = ssl.create_default_context()
-        return self._ssl_context
-
     async def post(self, path: str, payload: Any) -> tuple[int, Any]:
         url = self.base_url + path
-        headers = {
-            "Authorization": f"Bearer {self._token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
         body = json.dumps(payload, separators=(",", ":")).encode()
         try:
-            resp = await httpc.request(
-                "POST",
-                url,
-                headers=headers,
-                body=body,
-                ssl_context=self._tls(),
-                timeout_s=self._timeout_s,
-            )
+            resp = await asyncio.to_thread(self._conn.exchange, "POST", path, body, self._headers)
         except TimeoutError as exc:
             raise TransportError(f"{url}: no answer within {self._timeout_s:g} s") from exc
-        except (OSError, EOFError, httpc.HttpError) as exc:
+        except (OSError, httpc.HttpError) as exc:
             raise TransportError(f"{url}: {type(exc).__name__} {exc}") from exc
         try:
             answer = json.loads(resp.body) if resp.body else None
@@ -107,7 +93,8 @@ class HttpTransport:
         return resp.status, answer
 
     async def close(self) -> None:
-        """Nothing to release: every request has its own connection."""
+        """Close the kept-alive connection."""
+        self._conn.close()
 
 
 class Link:
