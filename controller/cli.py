@@ -1,11 +1,20 @@
-"""netcheck-controller: the command line. Each subcommand parses, calls, prints."""
+"""netcheck-controller: the command line. Each subcommand parses, calls, prints.
+
+This is the boundary where errors become exit codes: every :class:`NetcheckError` (and the
+library exceptions translated into one here: ``sqlite3``, ``OSError``, ``yaml``) is printed
+as one clear line per problem, with no traceback, and exits with its code in
+:data:`ERROR_EXIT`; a gate's decision exits with its code in :data:`DECISION_EXIT`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 import urllib.error
@@ -16,16 +25,56 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from netcheck.agent.wire import Registration, encode
+from netcheck.controller.errors import (
+    CliError,
+    NetcheckError,
+    StoreError,
+    Undecided,
+    Unreachable,
+)
 from netcheck.controller.evalcache import evaluate_store
 from netcheck.controller.expand import expand, plan_for
-from netcheck.controller.gate import GateError, decision_to_dict, gate
+from netcheck.controller.gate import decision_to_dict, gate
 from netcheck.controller.ingest import Refused, check_batch, parse_batch
 from netcheck.controller.inventory import Inventory, load_inventory
 from netcheck.controller.model import Evaluation
 from netcheck.controller.sourced import InputError
 from netcheck.controller.spec import Spec, load_spec
 from netcheck.controller.store import Store
+
+DEFAULT_TOPOLOGY = "topology.yaml"
+EXIT_GO = 0  # go, or the command did what it was asked
+EXIT_NO_GO = 1  # the gate's no-go, and nothing else
+EXIT_UNDECIDED = 2  # cannot decide: bad input, unreadable files, nothing known, controller away
+
+# The one map from a gate decision, and from each kind of error, to the exit code.
+DECISION_EXIT: dict[str, int] = {"go": EXIT_GO, "no-go": EXIT_NO_GO, "undecided": EXIT_UNDECIDED}
+ERROR_EXIT: dict[type[NetcheckError], int] = {
+    InputError: EXIT_UNDECIDED,  # a topology, matrix or inventory file is wrong (file:line)
+    CliError: EXIT_UNDECIDED,  # a flag, or a file it names, cannot be used
+    StoreError: EXIT_UNDECIDED,  # the database cannot be opened or read
+    Undecided: EXIT_UNDECIDED,  # unknown mode or VM, the controller unreachable
+    Refused: EXIT_UNDECIDED,  # a results file the controller would refuse
+}
+
+EPILOG = """\
+exit codes (every subcommand):
+  0  go (gate), or the command did what it was asked
+  1  no-go: the gate's answer, with the blocking checks (nothing else exits 1)
+  2  cannot decide: bad input (file:line), an unreadable topology, inventory or
+     database, nothing known for the mode, the controller unreachable, bad flags
+"""
+
+
+def exit_code(exc: NetcheckError) -> int:
+    """The exit code of an error: its nearest class in :data:`ERROR_EXIT`."""
+    for kind in type(exc).__mro__:
+        if kind in ERROR_EXIT:
+            return ERROR_EXIT[kind]
+    return EXIT_UNDECIDED
 
 
 def _summary(spec: Spec) -> list[str]:
@@ -49,8 +98,14 @@ def _summary(spec: Spec) -> list[str]:
     return lines
 
 
+def _spec(args: argparse.Namespace) -> Spec:
+    if args.topology == DEFAULT_TOPOLOGY and not Path(DEFAULT_TOPOLOGY).exists():
+        raise CliError(f"no {DEFAULT_TOPOLOGY} in {Path.cwd()}: give --topology FILE")
+    return load_spec(args.topology)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    spec = load_spec(args.topology)
+    spec = _spec(args)
     out = _summary(spec)
     if args.inventory:
         inv = load_inventory(args.inventory, spec)
@@ -69,9 +124,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Spec, Inventory]:
-    spec = load_spec(args.topology)
+    spec = _spec(args)
     if not args.inventory:
-        raise CliError("--inventory is required here")
+        raise CliError(
+            "--inventory FILE is required with --db (the database holds results, not the site)"
+            if getattr(args, "db", None)
+            else "--inventory FILE is required"
+        )
     return spec, load_inventory(args.inventory, spec)
 
 
@@ -107,7 +166,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = make_app(spec, inv, args.db, token, refresh_seconds=args.refresh)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None)
+    except OSError as exc:
+        raise CliError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     return 0
 
 
@@ -160,19 +222,28 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
 def _fetch(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise Undecided(f"controller unreachable at {url}: {exc}") from None
+    except urllib.error.URLError as exc:
+        raise Unreachable(f"controller unreachable at {url}: {exc.reason}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unreachable(f"controller unreachable at {url}: {exc!r}") from None
 
 
 def _local(args: argparse.Namespace) -> tuple[Spec, Inventory, Evaluation]:
     if not args.db:
-        raise Undecided("give --controller URL, or --db PATH with --inventory")
+        raise CliError("give --controller URL, or --db PATH with --inventory FILE")
     if not Path(args.db).is_file():
         raise Undecided(f"no database at {args.db}")
     spec, inv = _load(args)
@@ -189,8 +260,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         q = urllib.parse.urlencode({"format": args.format})
         status, body = _fetch(f"{args.controller.rstrip('/')}/api/v1/report?{q}")
         if status != 200:
-            raise Undecided(f"controller answered {status}: {body.decode(errors='replace')}")
-        text = body.decode()
+            raise Unreachable(f"controller answered {status}: {body.decode(errors='replace')}")
+        text = body.decode(errors="replace")
     else:
         from netcheck.controller.render import render_report
 
@@ -226,44 +297,66 @@ def cmd_gate(args: argparse.Namespace) -> int:
         try:
             data: dict[str, Any] = json.loads(body)
         except ValueError:
-            raise Undecided(f"controller answered {status} with no JSON") from None
-        if status != 200:
-            raise Undecided(str(data.get("error", f"controller answered {status}")))
+            data = {}
+        if not isinstance(data, dict) or status != 200 or "decision" not in data:
+            error = data.get("error") if isinstance(data, dict) else None
+            raise Unreachable(str(error or f"controller answered {status} with no decision"))
     else:
         spec, inv, ev = _local(args)
-        try:
-            data = decision_to_dict(gate(spec, inv, ev, args.mode, args.vm))
-        except GateError as exc:
-            raise Undecided(str(exc)) from None
-    _print_gate(data, args.limit)
-    return {"go": 0, "no-go": 1}.get(data["decision"], 2)
+        data = decision_to_dict(gate(spec, inv, ev, args.mode, args.vm))
+    code = DECISION_EXIT.get(str(data["decision"]), EXIT_UNDECIDED)
+    try:  # the decision stands even when nobody reads it (gate ... | head -0)
+        _print_gate(data, args.limit)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+    return code
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--controller", help="a running controller's base URL, e.g. http://127.0.0.1:8080"
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--controller",
+        type=_url,
+        help="a running controller's base URL, e.g. http://127.0.0.1:8080",
     )
-    p.add_argument("--db", help="read this SQLite file directly instead")
+    source.add_argument("--db", help="read this SQLite file directly instead (with --inventory)")
     _spec_args(p, inventory_required=False)
 
 
 def _spec_args(p: argparse.ArgumentParser, inventory_required: bool) -> None:
-    p.add_argument("--topology", default="topology.yaml", help="default: ./topology.yaml")
-    p.add_argument("--inventory", required=inventory_required, help="the site inventory")
+    p.add_argument("--topology", default=DEFAULT_TOPOLOGY, help="default: ./topology.yaml")
+    p.add_argument(
+        "--inventory",
+        required=inventory_required,
+        help="the site inventory" + ("" if inventory_required else " (needed with --db)"),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netcheck-controller",
         description="Evaluate HDM network checks against the interaction spec.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="validate topology.yaml (and an inventory), print a summary")
-    p.add_argument("topology", help="path to topology.yaml")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add("check", "validate topology.yaml (and an inventory), print a summary")
+    p.add_argument("topology", nargs="?", default=DEFAULT_TOPOLOGY, help="default: ./topology.yaml")
     p.add_argument("--inventory", help="path to a site inventory")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("serve", help="run the controller (HTTP API, page, metrics)")
+    p = add("serve", "run the controller (HTTP API, page, metrics)")
     _spec_args(p, inventory_required=True)
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), help="HOST:PORT")
     p.add_argument("--db", required=True, help="SQLite file (created if missing)")
@@ -271,20 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", type=int, default=30, help="page refresh seconds (0: none)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("plan", help="write the plan of each agent of a role")
+    p = add("plan", "write the plan of each agent of a role")
     _spec_args(p, inventory_required=True)
     p.add_argument("--role", required=True)
     p.add_argument("--host", help="only this host (then --out is a file)")
     p.add_argument("--out", help="a file with --host, else a directory of <host>.plan.json")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("import", help="store a ResultBatch file from 'netcheck-agent run --out'")
+    p = add("import", "store a ResultBatch file from 'netcheck-agent run --out'")
     p.add_argument("results", help="the ResultBatch JSON file")
     p.add_argument("--db", required=True)
     _spec_args(p, inventory_required=True)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("report", help="print or write a report")
+    p = add("report", "print or write a report")
     p.add_argument(
         "--format", default="table", choices=["table", "json", "markdown", "junit", "html"]
     )
@@ -292,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("gate", help="go / no-go: exit 0 go, 1 no-go, 2 could not decide")
+    p = add("gate", "go / no-go: exit 0 go, 1 no-go, 2 could not decide")
     p.add_argument("--mode", required=True)
     p.add_argument("--vm", help="a prem_vm or cloud_vm host name of the inventory")
     p.add_argument("--limit", type=int, default=20, help="blocking checks to list")
@@ -301,24 +394,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class CliError(Exception):
-    """A problem with the command's input: exit 1 with the message."""
+def _stdout_to_devnull() -> None:
+    """After a closed pipe: point stdout at /dev/null so the exit's flush cannot fail.
+
+    (The Python documentation's recipe for SIGPIPE, ``signal`` module notes.)
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
-class Undecided(Exception):
-    """The question could not be answered (controller away, unknown mode): exit 2."""
+def _translate(exc: Exception, args: argparse.Namespace) -> NetcheckError:
+    """A library exception that reached the command line, as one of the tree's errors."""
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"{getattr(args, 'db', None) or 'the database'}: {exc}")
+    if isinstance(exc, OSError):
+        what = f"{exc.filename}: " if exc.filename else ""
+        return CliError(f"{what}{exc.strerror or exc}")
+    return CliError(f"YAML error: {exc}")
+
+
+def _complain(exc: NetcheckError) -> None:
+    text = f"could not decide: {exc}" if isinstance(exc, Undecided) else str(exc)
+    with contextlib.suppress(OSError):  # nowhere to say it: the exit code still does
+        print(text, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; the exit code (see :data:`EPILOG`)."""
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args)
-    except Undecided as exc:
-        print(f"could not decide: {exc}", file=sys.stderr)
-        return 2
-    except (InputError, CliError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+        try:
+            code: int = args.func(args)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped reading (report ... | head -1)
+            _stdout_to_devnull()
+            return EXIT_GO
+        except (sqlite3.Error, OSError, yaml.YAMLError) as exc:
+            raise _translate(exc, args) from None
+    except NetcheckError as exc:
+        _complain(exc)
+        return exit_code(exc)
     return code
 
 

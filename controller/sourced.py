@@ -27,8 +27,12 @@ class Problem:
     line: int
     message: str
 
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+    def __str__(self) -> str:  # line 0: the whole file (it could not be read)
+        return (
+            f"{self.file}:{self.line}: {self.message}"
+            if self.line
+            else f"{self.file}: {self.message}"
+        )
 
 
 class InputError(NetcheckError):
@@ -110,6 +114,12 @@ def parse_yaml(text: str, file: str) -> Sourced:
     return Sourced(file, data, lines)
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    return "nothing" if value is None else f"{type(value).__name__} {value!r:.40}"
+
+
 def _describe(loc: PathKey) -> str:
     return ".".join(str(p) for p in loc) or "the document"
 
@@ -124,6 +134,8 @@ def validation_problems(src: Sourced, exc: ValidationError, base: PathKey = ()) 
             msg = f"unknown key {loc[-1]!r} in {_describe(loc[:-1])}"
         elif kind == "missing":
             msg = f"missing key {loc[-1]!r} in {_describe(loc[:-1])}"
+        elif kind in ("model_type", "dict_type"):
+            msg = f"{_describe(loc)}: should be a mapping (key: value), not {_kind(err['input'])}"
         else:
             text = str(err["msg"]).removeprefix("Value error, ")
             msg = f"{_describe(loc)}: {text}"

@@ -50,7 +50,7 @@ def test_plan_one_host_and_a_role(tmp_path: Path, capsys: pytest.CaptureFixture[
         "prem-esxi-1.plan.json",
         "prem-esxi-2.plan.json",
     ]
-    assert main(["plan", *SPEC_ARGS, "--role", "pio", "--host", "nope"]) == 1
+    assert main(["plan", *SPEC_ARGS, "--role", "pio", "--host", "nope"]) == 2
     assert "no host 'nope'" in capsys.readouterr().err
 
 
@@ -63,9 +63,9 @@ def test_import_report_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     data["results"][3]["src_host"] = "prem-mgr"
     bad.write_text(json.dumps(data))
 
-    assert main(["import", str(bad), "--db", str(db), *SPEC_ARGS]) == 1
+    assert main(["import", str(bad), "--db", str(db), *SPEC_ARGS]) == 2
     assert "is not the batch host" in capsys.readouterr().err
-    assert main(["import", str(tmp_path / "missing.json"), "--db", str(db), *SPEC_ARGS]) == 1
+    assert main(["import", str(tmp_path / "missing.json"), "--db", str(db), *SPEC_ARGS]) == 2
     assert not db.exists()  # nothing written, not even an empty database
 
     assert main(["import", str(good), "--db", str(db), *SPEC_ARGS]) == 0
@@ -152,5 +152,5 @@ def test_serve_needs_a_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("NETCHECK_TOKEN", raising=False)
-    assert main(["serve", *SPEC_ARGS, "--db", str(tmp_path / "x.db")]) == 1
+    assert main(["serve", *SPEC_ARGS, "--db", str(tmp_path / "x.db")]) == 2
     assert "no token" in capsys.readouterr().err
