@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from netcheck.agent import __version__, exposition
 from netcheck.agent.exposition import Family
+from netcheck.agent.inputs import host_port
 from netcheck.agent.wire import PROBE_STATES, ListenState, ProbeResult
 
 if TYPE_CHECKING:
@@ -190,7 +191,6 @@ class HealthServer:
 
 async def start_health_server(state: AgentState, listen: str) -> HealthServer:
     """Serve ``/healthz`` and ``/metrics`` on ``HOST:PORT``; the caller closes it."""
-    host, _, port = listen.rpartition(":")
     server = HealthServer(state)
-    await server.start(host.strip("[]") or "127.0.0.1", int(port))
+    await server.start(*host_port(listen))
     return server

@@ -16,13 +16,9 @@ import socket
 from collections.abc import Sequence
 
 from deploy.lab.enter import setns
+from netcheck.agent.inputs import host_port_arg
 
 MAX_CONNECTIONS = 64
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,9 +56,9 @@ async def serve(sock: socket.socket, target: tuple[str, int]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.lab.forward", description=__doc__)
-    p.add_argument("--listen", required=True, type=_hostport, help="HOST:PORT on the host")
+    p.add_argument("--listen", required=True, type=host_port_arg, help="HOST:PORT on the host")
     p.add_argument("--netns", required=True, help="namespace of the target")
-    p.add_argument("--to", required=True, type=_hostport, help="HOST:PORT in that namespace")
+    p.add_argument("--to", required=True, type=host_port_arg, help="HOST:PORT in that namespace")
     args = p.parse_args(argv)
     if not args.listen[0].startswith("127."):
         p.error("the forwarder listens on the host's loopback only (127.0.0.0/8)")
