@@ -135,18 +135,13 @@ def _load(args: argparse.Namespace) -> tuple[Spec, Inventory]:
 
 
 def _token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CliError(
-                f"cannot read the token file {args.token_file}: {exc.strerror}"
-            ) from None
-    else:
-        token = os.environ.get("NETCHECK_TOKEN", "").strip()
-    if not token:
-        raise CliError("no token: give --token-file or set NETCHECK_TOKEN")
-    return token
+    """The agents' token: the agent's own reader (one for both), its error as a CliError."""
+    from netcheck.agent import inputs
+
+    try:
+        return inputs.read_token(args.token_file)
+    except inputs.InputError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _listen(text: str) -> tuple[str, int]:
