@@ -1,13 +1,16 @@
-"""What evaluation produces: verdicts per expected check, roll-ups, gate decisions.
+"""What evaluation reads and produces: verdicts per expected check, roll-ups, gate decisions.
 
-These are the shapes every renderer (page, reports, metrics) and the gate read. They are
-built by :mod:`controller.evaluate` and :mod:`controller.gate` (pure functions); nothing else
-constructs them.
+:class:`Observed` (with :class:`AgentSeen`) is what evaluation reads, built by
+:meth:`controller.store.Store.snapshot`. The others are the shapes every renderer (page,
+reports, metrics) and the gate read. They are built by :mod:`controller.evaluate` and
+:mod:`controller.gate` (pure functions); nothing else constructs them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
@@ -85,6 +88,28 @@ class AgentSeen:
     mode: str
     version: str
     last_report: float | None
+
+
+def _no_listeners() -> Mapping[str, tuple[ListenerStatus, ...]]:
+    return MappingProxyType({})
+
+
+def _no_peers() -> Mapping[str, tuple[PeerSeen, ...]]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the store holds at one moment (:meth:`~netcheck.controller.store.Store.snapshot`).
+
+    Everything the agents reported: the newest result per check id (expected or not), and,
+    keyed by the host that reported them, its stand-in listeners and the peers they saw.
+    """
+
+    results: tuple[ProbeResult, ...] = ()
+    listeners: Mapping[str, tuple[ListenerStatus, ...]] = field(default_factory=_no_listeners)
+    peers: Mapping[str, tuple[PeerSeen, ...]] = field(default_factory=_no_peers)
+    agents: tuple[AgentSeen, ...] = ()
 
 
 @dataclass(frozen=True)

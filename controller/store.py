@@ -8,8 +8,9 @@ per batch nor per result: see :mod:`controller.writer`.
 
 Results: one row per check id, the newest by ``started_at`` (an older result arriving late
 never overwrites a newer one), one column per :class:`~agent.wire.ProbeResult` field (the
-nested ``service_check`` as JSON), written with ``executemany`` over tuples: no JSON is
-re-serialised per result. A wire field added later gets its column at the next open. There
+nested ``service_check`` as JSON), written as tuples in multi-row statements: no JSON is
+re-serialised per result. The tables are written out in :mod:`controller.schema`, with
+``PRAGMA user_version`` and numbered migrations (a wire field added later needs one). There
 is no history table: the newest result is what evaluation reads, and history is Prometheus'
 job (``/metrics`` scraped over time). Results whose check id matches no expected check are
 kept like any other (evaluation lists them as unexpected).
@@ -24,8 +25,9 @@ Counters (``results_ingested``, ``batches_ingested``, ``rejected:<reason>``,
 ``dropped:<role>:<host>``) are persisted in the same transactions, so the ``_total``
 metrics survive a restart.
 
-:attr:`Store.version` grows by one at every commit, so readers can cache what they derive.
-The connection is shared by threads behind a lock; each call is short.
+:attr:`Store.version` grows by one at every commit, so readers can cache what they derive
+(not the schema's ``user_version``). :meth:`Store.snapshot` reads what evaluation needs in
+one read transaction. The connection is shared by threads behind a lock; each call is short.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -50,73 +53,17 @@ from netcheck.agent.wire import (
     ResultBatch,
     ServiceCheck,
 )
-from netcheck.controller.model import AgentSeen
+from netcheck.controller.model import AgentSeen, Observed
+from netcheck.controller.schema import RESULT_COLUMNS, prepare, refuse_newer
 
 PEERS_PER_PORT = 32
 
-_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProbeResult))
+_FIELDS = RESULT_COLUMNS
+if tuple(f.name for f in dataclasses.fields(ProbeResult)) != _FIELDS:
+    raise RuntimeError("schema.RESULT_COLUMNS and the fields of wire.ProbeResult differ")
 _SC = _FIELDS.index("service_check")
 _RST = _FIELDS.index("rst_from_firewall")
-_NOT_NULL = {"check_id", "interaction", "src_host", "src_address", "dst_host", "dst_address"} | {
-    "port",
-    "state",
-    "mode",
-    "attempts",
-    "started_at",
-}
 _values = operator.attrgetter(*_FIELDS)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-    host TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    address TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    version TEXT NOT NULL,
-    registered_at REAL NOT NULL,
-    last_report REAL
-);
-CREATE TABLE IF NOT EXISTS listeners (
-    host TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    since REAL NOT NULL,
-    owner TEXT NOT NULL,
-    error TEXT NOT NULL,
-    reported_at REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (host, port)
-);
-CREATE TABLE IF NOT EXISTS peers (
-    host TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    src_address TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (host, port, src_address)
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value REAL NOT NULL
-);
-"""
-
-
-def _column(name: str) -> str:
-    """The column of one ProbeResult field: its SQL type, NOT NULL, its default."""
-    f = next(f for f in dataclasses.fields(ProbeResult) if f.name == name)
-    kind = str(f.type)
-    sql = "REAL" if kind.startswith("float") else "INTEGER" if kind.startswith("int") else ""
-    sql = sql or ("TEXT" if kind.startswith(("str", "Probe", "ServiceCheck")) else "INTEGER")
-    out = f"{name} {sql}".rstrip() + (" NOT NULL" if name in _NOT_NULL else "")
-    if isinstance(f.default, str | int | float) and not isinstance(f.default, bool):
-        out += f" DEFAULT {f.default!r}"
-    return out
-
-
-_RESULTS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS results (check_id TEXT PRIMARY KEY, "
-    + ", ".join(_column(n) for n in _FIELDS[1:])
-    + ", received_at REAL NOT NULL)"
-)
 _COLS = ", ".join(_FIELDS)
 
 
@@ -182,7 +129,6 @@ _BUMPS = _Upsert(
 _LAST_REPORT = "UPDATE agents SET last_report = ? WHERE host IN (SELECT value FROM json_each(?))"
 
 _SERVICE_CHECK = TypeAdapter(ServiceCheck)
-_OLD_RESULTS = TypeAdapter(list[ProbeResult])
 
 
 def result_row(r: ProbeResult, received_at: float) -> tuple[Any, ...]:
@@ -202,38 +148,6 @@ def _result(row: Sequence[Any]) -> ProbeResult:
     if values[_RST] is not None:
         values[_RST] = bool(values[_RST])
     return ProbeResult(*values)
-
-
-def _columns(c: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in c.execute(f"PRAGMA table_info({table})")]
-
-
-def _migrate(c: sqlite3.Connection) -> None:
-    """Bring a file written by an older version to the current layout (one transaction)."""
-    c.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _SCHEMA.split(";"):
-            c.execute(statement)
-        if "reported_at" not in _columns(c, "listeners"):
-            c.execute("ALTER TABLE listeners ADD COLUMN reported_at REAL NOT NULL DEFAULT 0")
-        old = _columns(c, "results")
-        if "body" in old:  # version 0.1: one JSON body per result
-            rows = c.execute("SELECT body, received_at FROM results").fetchall()
-            c.execute("DROP TABLE results")
-            c.execute(_RESULTS_TABLE)
-            if rows:
-                results = _OLD_RESULTS.validate_json("[" + ",".join(b for b, _ in rows) + "]")
-                pairs = zip(results, rows, strict=True)
-                _RESULTS_UPSERT.run(c, [result_row(r, at) for r, (_, at) in pairs])
-        else:
-            c.execute(_RESULTS_TABLE)
-            for name in _FIELDS:
-                if old and name not in old:  # a wire field added since the file was made
-                    c.execute(f"ALTER TABLE results ADD COLUMN {_column(name)}")
-        c.execute("COMMIT")
-    except BaseException:
-        c.execute("ROLLBACK")
-        raise
 
 
 def _write_group(
@@ -272,6 +186,36 @@ def _write_group(
     _BUMPS.run(c, list(bumps.items()))
 
 
+_AGENT_COLS = "role, host, address, mode, version, last_report"
+
+
+def _agents(c: sqlite3.Connection) -> list[AgentSeen]:
+    rows = c.execute(f"SELECT {_AGENT_COLS} FROM agents ORDER BY role, host")
+    return [AgentSeen(*row) for row in rows]
+
+
+def _results(c: sqlite3.Connection) -> list[ProbeResult]:
+    return [_result(row) for row in c.execute(f"SELECT {_COLS} FROM results ORDER BY check_id")]
+
+
+def _listeners(c: sqlite3.Connection) -> dict[str, tuple[ListenerStatus, ...]]:
+    out: dict[str, list[ListenerStatus]] = defaultdict(list)
+    for host, port, state, since, owner, error in c.execute(
+        "SELECT host, port, state, since, owner, error FROM listeners ORDER BY host, port"
+    ):
+        out[host].append(ListenerStatus(port, state, since, owner, error))
+    return {h: tuple(v) for h, v in out.items()}
+
+
+def _peers(c: sqlite3.Connection) -> dict[str, tuple[PeerSeen, ...]]:
+    out: dict[str, list[PeerSeen]] = defaultdict(list)
+    for host, port, addr, at in c.execute(
+        "SELECT host, port, src_address, at FROM peers ORDER BY host, port, at"
+    ):
+        out[host].append(PeerSeen(port, addr, at))
+    return {h: tuple(v) for h, v in out.items()}
+
+
 class Store:
     """One SQLite file. Open with :meth:`open`; every method is one short transaction."""
 
@@ -285,7 +229,10 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path, *, background_checkpoints: bool = False) -> Store:
-        """Open (and create or migrate) the file.
+        """Open (and create or migrate, see :mod:`~netcheck.controller.schema`) the file.
+
+        A file made by a newer netcheck is refused with
+        :class:`~netcheck.controller.schema.SchemaError`, unchanged.
 
         ``background_checkpoints``: commits never copy the WAL back into the database file
         (SQLite's automatic checkpoint would do it inside whichever commit crosses 1,000
@@ -293,10 +240,15 @@ class Store:
         :meth:`checkpoint` from elsewhere instead (the server: a background task).
         """
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        _migrate(conn)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            refuse_newer(conn, str(path))  # before WAL mode: a refused file stays as it was
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            prepare(conn, str(path))
+        except BaseException:
+            conn.close()
+            raise
         if background_checkpoints:
             conn.execute("PRAGMA wal_autocheckpoint=0")
         return cls(conn, str(path))
@@ -364,36 +316,39 @@ class Store:
             return self._conn.execute(sql, args).fetchall()
 
     def agents(self) -> list[AgentSeen]:
-        rows = self._all(
-            "SELECT role, host, address, mode, version, last_report FROM agents ORDER BY role, host"
-        )
-        return [AgentSeen(*row) for row in rows]
+        with self._lock:
+            return _agents(self._conn)
 
     def agent(self, host: str) -> AgentSeen | None:
-        rows = self._all(
-            "SELECT role, host, address, mode, version, last_report FROM agents WHERE host = ?",
-            (host,),
-        )
+        rows = self._all(f"SELECT {_AGENT_COLS} FROM agents WHERE host = ?", (host,))
         return AgentSeen(*rows[0]) if rows else None
 
     def results(self) -> list[ProbeResult]:
-        return [_result(row) for row in self._all(f"SELECT {_COLS} FROM results ORDER BY check_id")]
+        with self._lock:
+            return _results(self._conn)
 
     def listeners(self) -> dict[str, tuple[ListenerStatus, ...]]:
-        out: dict[str, list[ListenerStatus]] = defaultdict(list)
-        for host, port, state, since, owner, error in self._all(
-            "SELECT host, port, state, since, owner, error FROM listeners ORDER BY host, port"
-        ):
-            out[host].append(ListenerStatus(port, state, since, owner, error))
-        return {h: tuple(v) for h, v in out.items()}
+        with self._lock:
+            return _listeners(self._conn)
 
     def peers(self) -> dict[str, tuple[PeerSeen, ...]]:
-        out: dict[str, list[PeerSeen]] = defaultdict(list)
-        for host, port, addr, at in self._all(
-            "SELECT host, port, src_address, at FROM peers ORDER BY host, port, at"
-        ):
-            out[host].append(PeerSeen(port, addr, at))
-        return {h: tuple(v) for h, v in out.items()}
+        with self._lock:
+            return _peers(self._conn)
+
+    def snapshot(self) -> Observed:
+        """Everything evaluation reads, in one read transaction: one consistent moment."""
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN")
+            try:
+                return Observed(
+                    results=tuple(_results(c)),
+                    listeners=MappingProxyType(_listeners(c)),
+                    peers=MappingProxyType(_peers(c)),
+                    agents=tuple(_agents(c)),
+                )
+            finally:
+                c.execute("COMMIT")
 
     def counters(self) -> dict[str, float]:
         return dict(self._all("SELECT name, value FROM counters"))

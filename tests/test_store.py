@@ -8,6 +8,7 @@ import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,9 @@ from netcheck.agent.wire import (
     check_id,
     encode,
 )
-from netcheck.controller.store import PEERS_PER_PORT, Store
+from netcheck.controller import schema
+from netcheck.controller.schema import SchemaError
+from netcheck.controller.store import PEERS_PER_PORT, Store, result_row
 
 
 def res(port: int, started_at: float, state: str = "open") -> ProbeResult:
@@ -180,27 +183,163 @@ def test_every_result_field_round_trips(tmp_path: Path) -> None:
     s.close()
 
 
-def test_a_file_of_the_old_layout_is_migrated(tmp_path: Path) -> None:
-    """Version 0.1 kept one JSON body per result; opening converts it, nothing lost."""
-    db = tmp_path / "old.sqlite"
-    old = [res(22, 1.0), res(23, 2.0, "filtered")]
+# The layouts files were written with before user_version, as the code of the time created
+# them (CREATE statements copied from controller/store.py at commits 109efb6 and 99c64b6).
+LAYOUT_0_1 = """
+CREATE TABLE IF NOT EXISTS agents (
+    host TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    address TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    version TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_report REAL
+);
+CREATE TABLE IF NOT EXISTS results (
+    check_id TEXT PRIMARY KEY,
+    src_host TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    received_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS listeners (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    owner TEXT NOT NULL,
+    error TEXT NOT NULL,
+    PRIMARY KEY (host, port)
+);
+CREATE TABLE IF NOT EXISTS peers (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    src_address TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (host, port, src_address)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
+"""
+LAYOUT_BEFORE_VERSIONS = """
+CREATE TABLE IF NOT EXISTS agents (
+    host TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    address TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    version TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_report REAL
+);
+CREATE TABLE IF NOT EXISTS listeners (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    owner TEXT NOT NULL,
+    error TEXT NOT NULL,
+    reported_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (host, port)
+);
+CREATE TABLE IF NOT EXISTS peers (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    src_address TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (host, port, src_address)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (check_id TEXT PRIMARY KEY, interaction INTEGER NOT NULL, \
+src_host TEXT NOT NULL, src_address TEXT NOT NULL, dst_host TEXT NOT NULL, dst_address TEXT \
+NOT NULL, port INTEGER NOT NULL, state TEXT NOT NULL, mode TEXT NOT NULL, attempts INTEGER NOT \
+NULL, started_at REAL NOT NULL, latency_s REAL, service_check TEXT, last_hop TEXT, responder \
+TEXT, rst_from_firewall INTEGER, error TEXT DEFAULT '', received_at REAL NOT NULL);
+"""
+OLD_ROWS = """
+INSERT INTO agents VALUES ('pio-1', 'pio', '198.18.1.10', 'connect', '0.1', 1.0, 9.0);
+INSERT INTO listeners (host, port, state, since, owner, error)
+    VALUES ('pio-1', 22, 'listening', 1.0, '', '');
+INSERT INTO peers VALUES ('pio-1', 22, '198.18.1.30', 8.0);
+INSERT INTO counters VALUES ('results_ingested', 2), ('rejected:auth', 1);
+"""
+
+
+def layout(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table's columns (name, type, NOT NULL, default, key) and its indexes."""
+    with closing(sqlite3.connect(db)) as c:
+        names = [n for (n,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            n: [tuple(col[1:]) for col in c.execute(f"PRAGMA table_info({n})")]
+            + [tuple(ix[1:]) for ix in c.execute(f"PRAGMA index_list({n})")]
+            for n in sorted(names)
+        }
+
+
+def file_version(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as c:
+        return int(c.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_old_rows_survived(s: Store) -> None:
+    assert s.listeners() == {"pio-1": (ListenerStatus(22, "listening", 1.0),)}
+    assert s.peers() == {"pio-1": (PeerSeen(22, "198.18.1.30", 8.0),)}
+    (a,) = s.agents()
+    assert (a.role, a.host, a.address, a.last_report) == ("pio", "pio-1", "198.18.1.10", 9.0)
+    assert s.counters() == {"results_ingested": 2, "rejected:auth": 1}
+
+
+def test_a_file_of_the_layout_before_user_version_is_migrated(tmp_path: Path) -> None:
+    """The layout this code replaced (no user_version): every row kept, the version set."""
+    db = tmp_path / "before.sqlite"
+    raw = dataclasses.replace(res(23, 2.0, "refused"), rst_from_firewall=True, error="x")
+    old = [res(22, 1.0), raw]
+    with closing(sqlite3.connect(db)) as c:
+        c.executescript(LAYOUT_BEFORE_VERSIONS + OLD_ROWS)
+        c.executemany(
+            f"INSERT INTO results VALUES ({', '.join('?' * 18)})",
+            [result_row(r, 9.0) for r in old],
+        )
+        c.commit()
+    assert file_version(db) == 0
+    s = Store.open(db)
+    assert s.results() == old
+    check_old_rows_survived(s)
+    s.ingest(ResultBatch("pio", "pio-1", results=(res(22, 3.0, "filtered"),)), 10.0)
+    assert [r.state for r in s.results()] == ["filtered", "refused"]
+    s.close()
+    assert file_version(db) == schema.VERSION
+    new = tmp_path / "new.sqlite"
+    Store.open(new).close()
+    assert layout(db) == layout(new)
+    Store.open(db).close()  # a current file opens as it is
+    assert file_version(db) == schema.VERSION
+
+
+def test_a_file_of_version_1_is_migrated(tmp_path: Path) -> None:
+    """Version 0.1 kept one JSON body per result (its results had no rst_from_firewall)."""
+    db = tmp_path / "v1.sqlite"
+    old = [res(22, 1.0), dataclasses.replace(res(23, 2.0, "filtered"), error="x")]
+    bodies = [{k: v for k, v in encode(r).items() if k != "rst_from_firewall"} for r in old]
     with closing(sqlite3.connect(db)) as c:
         c.executescript(
-            """CREATE TABLE results (check_id TEXT PRIMARY KEY, src_host TEXT NOT NULL,
-                 started_at REAL NOT NULL, received_at REAL NOT NULL, body TEXT NOT NULL);
-               CREATE TABLE listeners (host TEXT NOT NULL, port INTEGER NOT NULL,
-                 state TEXT NOT NULL, since REAL NOT NULL, owner TEXT NOT NULL,
-                 error TEXT NOT NULL, PRIMARY KEY (host, port));"""
+            LAYOUT_0_1 + OLD_ROWS.replace(" (host, port, state, since, owner, error)", "")
         )
         c.executemany(
             "INSERT INTO results VALUES (?, ?, ?, ?, ?)",
-            [(r.check_id, r.src_host, r.started_at, 9.0, json.dumps(encode(r))) for r in old],
+            [
+                (r.check_id, r.src_host, r.started_at, 9.0, json.dumps(b))
+                for r, b in zip(old, bodies, strict=True)
+            ],
         )
-        c.execute("INSERT INTO listeners VALUES ('pio-1', 22, 'listening', 1.0, '', '')")
         c.commit()
     s = Store.open(db)
     assert s.results() == old
-    assert s.listeners() == {"pio-1": (ListenerStatus(22, "listening", 1.0),)}
+    check_old_rows_survived(s)
     s.ingest(ResultBatch("pio", "pio-1", results=(res(22, 3.0, "refused"),)), 10.0)
     assert [r.state for r in s.results()] == ["refused", "filtered"]
     s.close()
@@ -209,6 +348,69 @@ def test_a_file_of_the_old_layout_is_migrated(tmp_path: Path) -> None:
             (10.0,),
             (9.0,),
         ]
+    new = tmp_path / "new.sqlite"
+    Store.open(new).close()
+    assert layout(db) == layout(new)
+    assert file_version(db) == schema.VERSION
+
+
+def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "v1.sqlite"
+    body = {k: v for k, v in encode(res(22, 1.0)).items() if k != "started_at"}
+    with closing(sqlite3.connect(db)) as c:
+        c.executescript(LAYOUT_0_1)
+        c.execute("INSERT INTO results VALUES ('x', 'pio-1', 1.0, 9.0, ?)", (json.dumps(body),))
+        c.commit()
+    before = layout(db)
+    with pytest.raises(sqlite3.IntegrityError, match="started_at"):
+        Store.open(db)
+    assert (layout(db), file_version(db)) == (before, 0)
+
+
+def test_a_file_newer_than_the_code_is_refused_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "future.sqlite"
+    with closing(sqlite3.connect(db)) as c:
+        c.execute("CREATE TABLE results (check_id TEXT PRIMARY KEY, shape TEXT)")
+        c.execute(f"PRAGMA user_version = {schema.VERSION + 1}")
+        c.commit()
+    before = db.read_bytes()
+    with pytest.raises(SchemaError, match=f"layout version {schema.VERSION + 1}, newer than"):
+        Store.open(db)
+    assert db.read_bytes() == before
+    assert not (tmp_path / "future.sqlite-wal").exists()
+
+
+def test_the_results_columns_are_the_wire_fields(tmp_path: Path) -> None:
+    """A ProbeResult field added without a schema version fails here."""
+    fields = tuple(f.name for f in dataclasses.fields(ProbeResult))
+    assert fields == schema.RESULT_COLUMNS
+    db = tmp_path / "nc.sqlite"
+    Store.open(db).close()
+    columns = tuple(col[0] for col in layout(db)["results"] if isinstance(col[1], str))
+    assert columns[: len(fields) + 1] == (*fields, "received_at")
+    assert set(schema.TABLES) == set(layout(db))
+
+
+def test_snapshot_is_one_immutable_picture(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "nc.sqlite")
+    s.register(REG, 1.0)
+    batch = ResultBatch(
+        "pio",
+        "pio-1",
+        results=(res(22, 1.0),),
+        listeners=(ListenerStatus(22, "listening", 1.0),),
+        peers=(PeerSeen(22, "198.18.1.30", 1.5),),
+    )
+    s.ingest(batch, 2.0)
+    seen = s.snapshot()
+    assert seen.results == tuple(s.results())
+    assert (seen.listeners, seen.peers) == (s.listeners(), s.peers())
+    assert seen.agents == tuple(s.agents())
+    with pytest.raises(TypeError):
+        seen.listeners["pio-1"] = ()  # type: ignore[index]
+    s.ingest(ResultBatch("pio", "pio-1", results=(res(23, 1.0),)), 3.0)
+    assert len(seen.results) == 1  # a snapshot does not follow later writes
+    s.close()
 
 
 @pytest.mark.parametrize("background", [True, False])

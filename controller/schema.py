@@ -1,0 +1,192 @@
+"""The store's SQLite layout, written out, and the numbered migrations from every older one.
+
+``PRAGMA user_version`` holds the layout's number. :func:`prepare` brings a file to
+:data:`VERSION` in ONE transaction: an empty file gets the current tables, an older file
+runs each migration after its number in turn, and a file newer than this code is refused
+(:class:`SchemaError`) before anything is written to it.
+
+The versions:
+
+1. netcheck 0.1: one JSON body per result; listeners without ``reported_at``.
+2. One column per :class:`~netcheck.agent.wire.ProbeResult` field (the nested
+   ``service_check`` as JSON); ``listeners.reported_at`` orders listener pictures.
+
+Files made before the number existed carry ``user_version`` 0. :func:`unnumbered` tells
+their two layouts apart once, by the results table (a ``body`` column: version 1), and
+they continue from there; nothing else ever looks at columns.
+
+A wire field added to ProbeResult needs a new version: its column in :data:`RESULTS`, a
+migration that adds it, and :data:`VERSION` + 1 (``tests/test_store.py`` fails until the
+columns and the fields agree).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+# The tables of version 2, as data (name -> CREATE TABLE). The column types are the ones
+# version 2 was first written with; ``error`` happens to allow NULL (the wire never sends it).
+RESULTS = """CREATE TABLE results (
+    check_id TEXT PRIMARY KEY,
+    interaction INTEGER NOT NULL,
+    src_host TEXT NOT NULL,
+    src_address TEXT NOT NULL,
+    dst_host TEXT NOT NULL,
+    dst_address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    latency_s REAL,
+    service_check TEXT,
+    last_hop TEXT,
+    responder TEXT,
+    rst_from_firewall INTEGER,
+    error TEXT DEFAULT '',
+    received_at REAL NOT NULL
+)"""
+AGENTS = """CREATE TABLE agents (
+    host TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    address TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    version TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_report REAL
+)"""
+LISTENERS = """CREATE TABLE listeners (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    owner TEXT NOT NULL,
+    error TEXT NOT NULL,
+    reported_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (host, port)
+)"""
+PEERS = """CREATE TABLE peers (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    src_address TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (host, port, src_address)
+)"""
+COUNTERS = """CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+)"""
+
+VERSION = 2
+TABLES: dict[str, str] = {
+    "agents": AGENTS,
+    "results": RESULTS,
+    "listeners": LISTENERS,
+    "peers": PEERS,
+    "counters": COUNTERS,
+}
+# The results columns that hold ProbeResult's fields, in the dataclass's order.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "check_id",
+    "interaction",
+    "src_host",
+    "src_address",
+    "dst_host",
+    "dst_address",
+    "port",
+    "state",
+    "mode",
+    "attempts",
+    "started_at",
+    "latency_s",
+    "service_check",
+    "last_hop",
+    "responder",
+    "rst_from_firewall",
+    "error",
+)
+
+
+class SchemaError(Exception):
+    """The database file has a layout this code cannot use (made by a newer netcheck)."""
+
+
+# Version 1 -> 2, in SQL. Each result's JSON body becomes its columns (SQLite's JSON
+# operators: a JSON true reads as 1, a missing key as NULL); the results table of version 2
+# is spelled here, not taken from RESULTS, so later versions cannot change this step.
+_TO_2 = (
+    "ALTER TABLE listeners ADD COLUMN reported_at REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE results RENAME TO results_v1",
+    RESULTS,
+    """INSERT INTO results SELECT
+        body ->> '$.check_id', body ->> '$.interaction', body ->> '$.src_host',
+        body ->> '$.src_address', body ->> '$.dst_host', body ->> '$.dst_address',
+        body ->> '$.port', body ->> '$.state', body ->> '$.mode', body ->> '$.attempts',
+        body ->> '$.started_at', body ->> '$.latency_s', body ->> '$.service_check',
+        body ->> '$.last_hop', body ->> '$.responder', body ->> '$.rst_from_firewall',
+        coalesce(body ->> '$.error', ''), received_at
+    FROM results_v1""",
+    "DROP TABLE results_v1",
+)
+
+
+def _run(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
+    def migrate(c: sqlite3.Connection) -> None:
+        for statement in statements:
+            c.execute(statement)
+
+    return migrate
+
+
+# version -> the step that makes it from the version before.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _run(_TO_2)}
+
+
+def user_version(c: sqlite3.Connection) -> int:
+    (v,) = c.execute("PRAGMA user_version").fetchone()
+    return int(v)
+
+
+def unnumbered(c: sqlite3.Connection) -> int:
+    """The version of a file with ``user_version`` 0: 0 when it holds no store yet."""
+    columns = {row[1] for row in c.execute("PRAGMA table_info(results)")}
+    if not columns:
+        return 0
+    return 1 if "body" in columns else 2
+
+
+def refuse_newer(c: sqlite3.Connection, path: str) -> None:
+    """:class:`SchemaError` when the file was made by a newer netcheck (nothing written)."""
+    found = user_version(c)
+    if found > VERSION:
+        raise SchemaError(
+            f"{path}: the database has layout version {found}, newer than this netcheck's "
+            f"({VERSION}); open it with a newer netcheck, or give another --db"
+        )
+
+
+def prepare(c: sqlite3.Connection, path: str) -> int:
+    """Create or migrate the file to :data:`VERSION` in one transaction; the version found.
+
+    ``c`` is in autocommit mode (``isolation_level=None``). Any error rolls everything back.
+    A current file takes no write lock (a reader opening it does not wait for the server).
+    """
+    if user_version(c) == VERSION:
+        return VERSION
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        refuse_newer(c, path)
+        found = user_version(c) or unnumbered(c)
+        if found == 0:
+            for create in TABLES.values():
+                c.execute(create)
+        for version in range(found + 1, VERSION + 1) if found else ():
+            MIGRATIONS[version](c)
+        if user_version(c) != VERSION:
+            c.execute(f"PRAGMA user_version = {VERSION:d}")
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    return found
