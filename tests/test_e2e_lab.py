@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,9 +112,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
     try:
         running = labmod.up(request.param, "netns", state=STATE, prefix=PREFIX)
         spec = load_spec(REPO / "topology.yaml")
-        assert labmod.wait_listening(running, spec, 20.0) == []
-        since = __import__("time").time()
-        assert labmod.wait_round(running, since, 6.0, 3 * labmod.LAB_PERIOD_S + 20) == []
+        assert running.wait_listening(spec, 20.0) == []
+        since = time.time()
+        assert running.wait_round(since, 6.0, 3 * labmod.LAB_PERIOD_S + 20) == []
         yield running
     finally:
         labmod.down(STATE, PREFIX)
@@ -121,7 +122,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
 
 @pytest.fixture(scope="module")
 def report(lab: labmod.Lab) -> dict[str, Any]:
-    status, body = labmod.http_get(lab, "/api/v1/report?format=json", 20.0)
+    status, body = lab.get("/api/v1/report?format=json", 20.0)
     assert status == 200, body[:500]
     data: dict[str, Any] = json.loads(body)
     return data
@@ -164,7 +165,7 @@ def test_gates_follow_the_failing_checks(lab: labmod.Lab, report: dict[str, Any]
         == "fail"
     }  # fmt: skip
     for mode, m in topology["modes"].items():
-        status, body = labmod.http_get(lab, f"/api/v1/gate?mode={mode}")
+        status, body = lab.get(f"/api/v1/gate?mode={mode}")
         assert status == 200
         decision = json.loads(body)
         go = not failing & set(m["interactions"])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import lab as labmod
-from deploy.lab import netns, procs, scenario
+from deploy.lab import netns, procs
 from deploy.lab.enter import call_in
 from deploy.lab.layout import Layout, build_layout, ctl_netns
 from netcheck.agent.probes import service
@@ -45,18 +45,16 @@ def layout(spec: Spec) -> Layout:
 
 
 @pytest.fixture(scope="module")
-def built(spec: Spec, layout: Layout) -> Iterator[Layout]:
-    """The namespaces with the audit scenario applied (no processes)."""
+def lab() -> Iterator[labmod.Lab]:
+    """The lab's network with the audit scenario applied, nothing started (``start=False``)."""
     state = Path("/tmp/netcheck-lab-test-netns")
-    labmod.down(state, PREFIX)
-    try:
-        netns.create(layout)
-        scen = scenario.load_scenario("audit", spec, layout)
-        for r in ("prem", "cloud"):
-            netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r), PREFIX)
-        yield layout
-    finally:
-        labmod.down(state, PREFIX)
+    with labmod.session("audit", PREFIX, state, kind="netns", start=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def built(lab: labmod.Lab) -> Layout:
+    return lab.layout
 
 
 def _listen(ns: str, address: str, port: int) -> socket.socket:
@@ -136,23 +134,13 @@ def test_management_network_reaches_ctl_but_is_not_a_site_path(built: Layout) ->
 
 
 async def test_standin_answers_like_vcenter_and_esxi_through_the_router(
-    built: Layout, tmp_path: Path
+    lab: labmod.Lab, spec: Spec
 ) -> None:
-    esxi = built.of_role("prem_esxi")[0]
-    src = built.of_role("prem_esxi_manager")[0]
-    state = tmp_path / "state"
-    proc = procs.start(
-        "standin",
-        ["-m", "deploy.lab.standin", "--bind", esxi.address, "--api-type", "HostAgent",
-         "--port", "443:vsphere", "--port", "902:authd", "--port", "32821:tcp"],
-        esxi.netns,
-        state,
-    )  # fmt: skip
+    esxi = lab.layout.of_role("cloud_esxi")[0]  # its role listens on 443 (vsphere) and 902
+    src = lab.layout.of_role("cloud_manager")[0]
+    (proc,) = lab.start_standins(spec, [esxi])  # returns once every port is held
     try:
-        for _ in range(100):
-            if _connect(src.netns, esxi.address, 902) == 0:
-                break
-            await asyncio.sleep(0.1)
+        assert lab.wait_listening(spec, 0.0, [esxi]) == []
 
         def connected(port: int) -> socket.socket:
             s = socket.create_connection((esxi.address, port), timeout=2)
@@ -165,10 +153,11 @@ async def test_standin_answers_like_vcenter_and_esxi_through_the_router(
         authd = await service.check("authd", call_in(src.netns, lambda: connected(902)), "", 3)
         assert authd is not None and authd.outcome == "ok"
         assert authd.detail.startswith("220 VMware Authentication Daemon Version 1.10")
-        assert _connect(src.netns, esxi.address, 32821) == 0
     finally:
-        assert procs.stop_recorded(state) == [proc.pid]
-        proc.wait(5)
+        assert procs.alive_recorded(lab.state) == {esxi.name: proc.pid}
+        procs.stop(proc)
+    assert procs.recorded_pids(lab.state) == {}
+    assert proc.returncode is not None
 
 
 def test_down_removes_every_namespace_and_process(layout: Layout, tmp_path: Path) -> None:
@@ -176,8 +165,9 @@ def test_down_removes_every_namespace_and_process(layout: Layout, tmp_path: Path
     labmod.down(state, PREFIX)  # the last test of the module: the shared namespaces go first
     netns.create(layout)
     host = layout.hosts[0]
-    proc = procs.start("sleeper", ["-c", "import time; time.sleep(60)"], host.netns, state)
-    stray = procs.start("stray", ["-c", "import time; time.sleep(60)"], host.netns, state)
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    proc = procs.start("sleeper", sleep, host.netns, state)
+    stray = procs.start("stray", sleep, host.netns, state)
     (state / "pids" / "stray.pid").unlink()  # a crash lost its pid file
     assert set(netns.pids_in(host.netns)) >= {proc.pid, stray.pid}
     gone = labmod.down(state, PREFIX)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from deploy.lab.layout import Layout, build_layout, inventory_yaml
-from deploy.lab.scenario import load_scenario, nft_ruleset, parse_ports, shipped
+from deploy.lab.scenario import (
+    UnknownScenario,
+    load_scenario,
+    looks_like_path,
+    nft_ruleset,
+    parse_ports,
+    scenario_path,
+    shipped,
+)
 from netcheck.controller.expand import expand
 from netcheck.controller.inventory import load_inventory
 from netcheck.controller.sourced import InputError
@@ -44,8 +52,8 @@ def test_generated_inventory_loads_and_expands(spec: Spec, layout: Layout, tmp_p
     inv = load_inventory(path, spec)
     checks = expand(spec, inv)
     # interaction 11: prem_esxi_manager -> each of the two ESXi hosts on 902, 32821, 32822
-    eleven = [c for c in checks if c.interaction == 11]
-    assert {c.dst_host for c in eleven} == {"prem-esxi-1", "prem-esxi-2"}
+    eleven = [c for c in checks if c.spec.interaction == 11]
+    assert {c.spec.dst_host for c in eleven} == {"prem-esxi-1", "prem-esxi-2"}
     assert len(eleven) == 6
 
 
@@ -110,3 +118,40 @@ def test_scenario_errors_name_file_and_line(
         load_scenario(str(path), spec, layout)
     assert f"{path}:{line}: " in str(err.value)
     assert words in str(err.value)
+
+
+@pytest.fixture()
+def decoys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding folders named like the shipped scenarios (and a file)."""
+    for name in shipped():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rules.yaml").write_text("version: 1\nrules: [oops\n")
+    (tmp_path / "mine").write_text("version: 1\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_shipped_name_wins_over_a_folder_of_that_name(
+    spec: Spec, layout: Layout, decoys: Path
+) -> None:
+    assert (decoys / "audit").is_dir() and (decoys / "clean").is_dir()
+    for name in ("audit", "clean"):
+        scen = load_scenario(name, spec, layout)
+        assert scen.file == str(REPO / "deploy" / "lab" / "scenarios" / f"{name}.yaml")
+        assert scen.name == name
+    assert load_scenario("audit", spec, layout).blocks
+    assert scenario_path("./audit") == Path("./audit")  # a path is a path: an error follows
+    with pytest.raises(InputError, match=r"^audit: cannot read: Is a directory"):
+        load_scenario("./audit", spec, layout)
+
+
+def test_a_name_that_is_neither_shipped_nor_a_path_is_refused(
+    spec: Spec, layout: Layout, decoys: Path
+) -> None:
+    with pytest.raises(UnknownScenario) as err:
+        load_scenario("mine", spec, layout)  # a file of that name exists, but has no / or .yaml
+    assert "no shipped scenario 'mine' (shipped: audit, clean)" in str(err.value)
+    assert "./mine.yaml" in str(err.value)
+    (decoys / "mine.yaml").write_text("version: 1\ndescription: mine\n")
+    assert load_scenario("mine.yaml", spec, layout).description == "mine"
+    assert looks_like_path("sub/x") and looks_like_path("x.yml") and not looks_like_path("x")

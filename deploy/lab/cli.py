@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,9 +14,10 @@ from pathlib import Path
 
 from deploy.lab import lab as labmod
 from deploy.lab import netns, procs, scenario
+from deploy.lab.layout import ROUTERS
 from netcheck.agent.caps import can_bind_low_ports
 from netcheck.controller.sourced import InputError
-from netcheck.controller.spec import load_spec
+from netcheck.controller.spec import Spec, load_spec
 
 ROUND_MAX_S = 6.0
 
@@ -33,15 +36,17 @@ def controller_cli(lab: labmod.Lab, *args: str) -> subprocess.CompletedProcess[s
     )
 
 
-def audit(lab: labmod.Lab, out_dir: Path) -> int:
-    """Wait for a full probe round, print the table and the gates, write the HTML report."""
+def audit(lab: labmod.Lab, out_dir: Path) -> tuple[int, Path | None]:
+    """Wait for a full probe round, print the table and the gates, write the HTML report.
+
+    Returns the worst gate exit code and the report's path (None when not written)."""
     spec = load_spec(labmod.TOPOLOGY)
     t0 = time.monotonic()
-    missing = labmod.wait_listening(lab, spec, 20.0)
+    missing = lab.wait_listening(spec, 20.0)
     if missing:
         _say(f"warning: still not listening on every port after 20 s: {', '.join(missing)}")
     since = time.time()
-    late = labmod.wait_round(lab, since, ROUND_MAX_S, 3 * labmod.LAB_PERIOD_S + 20)
+    late = lab.wait_round(since, ROUND_MAX_S, 3 * labmod.LAB_PERIOD_S + 20)
     if late:
         _say(f"warning: no complete probe round yet from: {', '.join(late)}")
     _say(f"probe round complete ({time.monotonic() - t0:.1f} s after start)\n")
@@ -54,22 +59,83 @@ def audit(lab: labmod.Lab, out_dir: Path) -> int:
         first = (gate.stdout.strip().splitlines() or [gate.stderr.strip()])[0]
         _say(f"  {mode:<11} exit {gate.returncode}  {first}")
         worst = max(worst, gate.returncode)
-    status, html = labmod.http_get(lab, "/api/v1/report?format=html", 15.0)
+    status, html = lab.get("/api/v1/report?format=html", 15.0)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / "netcheck-report.html"
+    report = (out_dir / "netcheck-report.html").resolve()
     if status == 200:
         report.write_bytes(html)
-        _say(f"\nHTML report: {report.resolve()}")
-    else:
-        _say(f"\nHTML report not written: the controller answered HTTP {status}")
-    return worst
+        return worst, report
+    _say(f"\nHTML report not written: the controller answered HTTP {status}")
+    return worst, None
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a user types it here: relative when under the working directory."""
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def controller_command() -> list[str]:
+    """How to run ``netcheck-controller`` with this interpreter's installation."""
+    script = Path(sys.executable).with_name("netcheck-controller")
+    if script.exists():
+        return [_shown(script)]
+    return [_shown(Path(sys.executable)), "-m", "netcheck.controller"]
+
+
+def base_url(lab: labmod.Lab) -> str:
+    """The controller as reachable from the host: the forwarded page, or the controller."""
+    return lab.page_url.rstrip("/")
+
+
+def offline_commands(lab: labmod.Lab, spec: Spec) -> list[str]:
+    """Report and gate against the lab's database: these work after the lab is down too."""
+    cmd = controller_command()
+    files = [
+        "--db",
+        str(lab.db),
+        "--topology",
+        str(lab.topology),
+        "--inventory",
+        str(lab.inventory),
+    ]
+    mode = next(iter(spec.modes))
+    return [
+        shlex.join([*cmd, "report", *files, "--format", "table"]),
+        shlex.join([*cmd, "gate", "--mode", mode, *files]),
+    ]
+
+
+def live_commands(lab: labmod.Lab, spec: Spec) -> list[str]:
+    """Report and gate against the running controller (only while the lab serves)."""
+    cmd, url = controller_command(), base_url(lab)
+    mode = next(iter(spec.modes))
+    return [
+        shlex.join([*cmd, "report", "--controller", url, "--format", "table"]),
+        shlex.join([*cmd, "gate", "--mode", mode, "--controller", url]),
+    ]
+
+
+def _say_next(lab: labmod.Lab, spec: Spec, report: Path | None) -> None:
+    _say(f"\nDatabase: {lab.db}")
+    if report is not None:
+        _say(f"HTML report: {report}")
+    fresh = spec.policy.freshness_seconds
+    _say(
+        "Report and gate from the database (they keep working after the lab is down, until "
+        f"the results are {fresh:g} s old and count as stale; the next `up` starts afresh"
+        + ("; the state dir is root's" if labmod.is_root() else "")
+        + "):"
+    )
+    for line in offline_commands(lab, spec):
+        _say(f"  {line}")
 
 
 def _describe(lab: labmod.Lab) -> str:
     if lab.kind == "netns":
         return (
-            f"network namespaces (nclab-*), scenario {lab.scenario!r} applied with nftables on "
-            f"the prem and cloud routers; controller {lab.controller_url} inside "
+            f"network namespaces ({lab.layout.prefix}*), scenario {lab.scenario!r} applied with "
+            f"nftables on the prem and cloud routers; controller {lab.controller_url} inside "
             f"{lab.ctl_netns}, page forwarded to {lab.page_url}"
         )
     low = (
@@ -88,8 +154,13 @@ def _describe(lab: labmod.Lab) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     kind: labmod.Kind | None = "loopback" if args.loopback else None
     lab = labmod.up(args.scenario, kind, probe_mode=args.probe_mode)
+    spec = load_spec(labmod.TOPOLOGY)
     _say(_describe(lab))
     _say(f"state, logs, inventory and token: {lab.state}")
+    _say("While it runs (`python -m deploy.lab down` ends it):")
+    for line in live_commands(lab, spec):
+        _say(f"  {line}")
+    _say_next(lab, spec, None)
     return 0
 
 
@@ -99,16 +170,52 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_lines(lab: labmod.Lab | None, seen: labmod.Observed, prefix: str) -> list[str]:
+    """What runs, from what exists (``seen``); the state dir's description (``lab``) only
+    names the parts. Pure."""
+    expected_ns = (len(lab.layout.hosts) + 1 + len(ROUTERS)) if lab else 0
+    controller = seen.alive.get("controller")
+    forward = seen.alive.get("forward")
+    netns_ok = lab is not None and (lab.kind == "loopback" or len(seen.namespaces) == expected_ns)
+    running = lab is not None and controller is not None and netns_ok
+    out: list[str] = []
+    if running and lab is not None:
+        out.append(f"lab up ({lab.kind}), state dir {lab.state}")
+        if lab.kind == "netns":
+            applied = ", ".join(seen.firewalls) or "none"
+            out.append(
+                f"scenario {lab.scenario!r}: nftables table present on routers: {applied}"
+                f" (of {', '.join(ROUTERS)})"
+            )
+            out.append(
+                f"page: forwarded to {lab.page_url} (pid {forward})"
+                if forward
+                else "page: NOT forwarded (the forwarder is not running)"
+            )
+        else:
+            out.append(f"scenario {lab.scenario!r} is NOT applied (loopback: no firewall)")
+            out.append(f"page: {lab.page_url}")
+        out.append(f"controller: {lab.controller_url} (pid {controller})")
+    elif seen.namespaces or seen.alive:
+        out.append(
+            "lab partly up (a crash, or still starting): `python -m deploy.lab down` "
+            "removes what is left"
+        )
+    else:
+        out.append("lab down: no namespaces, no processes")
+    out.append(f"namespaces ({prefix}*): {len(seen.namespaces)}")
+    out.append(f"processes alive: {len(seen.alive)} of {seen.recorded} recorded")
+    return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     lab = labmod.load_lab()
     prefix = lab.layout.prefix if lab else labmod.lab_prefix()
-    root = labmod.is_root() and labmod.have_netns_tools()
-    left = netns.leftover_namespaces(prefix) if root else ()
-    pids = procs.recorded_pids(procs.state_dir())
-    alive = {n: p for n, p in pids.items() if procs.is_ours(p, procs.state_dir())}
-    _say(_describe(lab) if lab else "no lab described in the state dir")
-    _say(f"namespaces: {len(left)}; processes alive: {len(alive)} of {len(pids)} recorded")
-    return 0 if lab else 1
+    seen = labmod.observe(procs.state_dir(), prefix)
+    lines = status_lines(lab, seen, prefix)
+    for line in lines:
+        _say(line)
+    return 0 if lines[0].startswith("lab up") else 1
 
 
 def _wait_for_ctrl_c() -> None:
@@ -131,13 +238,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _say("`ip` or `nft` is missing: running the loopback lab instead")
         kind = "loopback"
     lab = labmod.up(args.scenario, kind, probe_mode=args.probe_mode)
+    spec = load_spec(labmod.TOPOLOGY)
     try:
         _say(_describe(lab))
-        worst = audit(lab, Path(args.out))
+        worst, report = audit(lab, Path(args.out))
         _say(f"\ndemo took {time.monotonic() - started:.1f} s")
+        _say_next(lab, spec, report)
         keep = sys.stdin.isatty() if args.keep is None else args.keep
         if keep:
-            _say(f"serving the topology page at {lab.page_url} — Ctrl-C to stop and tear down")
+            _say(f"\nserving the topology page at {lab.page_url}; meanwhile also:")
+            for line in live_commands(lab, spec):
+                _say(f"  {line}")
+            _say("Ctrl-C stops and tears down")
             _wait_for_ctrl_c()
         # The audit ran: that is success, whatever the gates say, unless --strict asks for
         # the gate's own answer (1 when a mode is no-go) as the exit code.
@@ -187,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except InputError as exc:
         print(str(exc), file=sys.stderr)
+        return 2
+    except scenario.UnknownScenario as exc:
+        print(f"lab: {exc}", file=sys.stderr)
         return 2
     except netns.LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)

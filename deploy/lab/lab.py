@@ -1,5 +1,12 @@
 """Bring the lab up and down: namespaces, firewall, controller, stand-ins, agents.
 
+The one lab API that the demo (:mod:`deploy.lab.cli`), the tests and the benchmarks
+(``bench/``) use, each under its own namespace prefix and state dir so they never collide:
+:func:`up` (everything, or with ``start=False`` only the network and the files),
+:func:`session` (``up`` ... ``down`` as a context manager), the :class:`Lab`'s ``start_*``
+methods (the command lines come from :mod:`deploy.lab.argv`), its waits
+(:mod:`deploy.lab.waits`), :func:`down`, and :func:`observe` (what really exists now).
+
 ``up`` always starts with ``down`` (idempotent), so a crashed run never blocks the next one.
 Two kinds of lab:
 
@@ -13,32 +20,35 @@ Two kinds of lab:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
 import os
 import secrets
 import shutil
-import time
-import urllib.request
+import socket
+import subprocess
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from deploy.lab import netns, procs, scenario
-from deploy.lab.enter import call_in
+from deploy.lab import argv, netns, procs, scenario, waits
 from deploy.lab.layout import (
     CONTROLLER_ADDRESS,
     CONTROLLER_PORT,
     PREFIX,
     ROUTERS,
+    LabHost,
     Layout,
     build_layout,
     ctl_netns,
     inventory_yaml,
+    router_netns,
 )
 from netcheck.agent.caps import can_bind_low_ports
 from netcheck.controller.expand import listen_specs
@@ -75,6 +85,25 @@ class Lab:
     page_url: str  # as seen from the host
     ctl_netns: str | None
 
+    # -- the files of the state dir -------------------------------------------------------
+
+    @property
+    def token_file(self) -> Path:
+        return self.state / "token"
+
+    @property
+    def inventory(self) -> Path:
+        return self.state / "inventory.yaml"
+
+    @property
+    def topology(self) -> Path:
+        """The lab's copy of topology.yaml (short probe period, :func:`write_lab_topology`)."""
+        return self.state / "topology.yaml"
+
+    @property
+    def db(self) -> Path:
+        return self.state / "netcheck.db"
+
     def save(self) -> None:
         info = {
             "kind": self.kind,
@@ -85,6 +114,95 @@ class Lab:
             "prefix": self.layout.prefix,
         }
         (self.state / "lab.json").write_text(json.dumps(info, indent=1) + "\n")
+
+    # -- processes ------------------------------------------------------------------------
+
+    def netns_of(self, host: LabHost) -> str | None:
+        return host.netns if self.kind == "netns" else None
+
+    def start_controller(
+        self, topology: Path | None = None, db: Path | None = None, name: str = "controller"
+    ) -> subprocess.Popen[bytes]:
+        """``netcheck-controller serve`` at :attr:`controller_url`; returns once healthy."""
+        listen = self.controller_url.removeprefix("http://")
+        cmd = argv.controller_argv(
+            topology or self.topology, self.inventory, listen, db or self.db, self.token_file
+        )
+        proc = procs.start(name, cmd, self.ctl_netns, self.state)
+        try:
+            waits.wait_healthy(
+                self.controller_url, self.ctl_netns, 30.0, self.state / "logs" / f"{name}.log"
+            )
+        except BaseException:
+            procs.stop(proc)
+            raise
+        return proc
+
+    def start_standin(self, spec: Spec, host: LabHost) -> subprocess.Popen[bytes]:
+        """A stand-in holding every port of ``host``'s role (see :meth:`wait_listening`)."""
+        return procs.start(
+            host.name, argv.standin_argv(spec, host), self.netns_of(host), self.state
+        )
+
+    def start_standins(
+        self, spec: Spec, hosts: Iterable[LabHost], wait_s: float = 30.0
+    ) -> list[subprocess.Popen[bytes]]:
+        """Stand-ins on every host of ``hosts`` whose role listens; returns once they all
+        hold their ports (else stops them and raises)."""
+        chosen = [h for h in hosts if listen_specs(spec, h.role)]
+        started = [self.start_standin(spec, h) for h in chosen]
+        missing = self.wait_listening(spec, wait_s, chosen)
+        if missing:
+            for proc in started:
+                procs.stop(proc)
+            raise netns.LabError(f"stand-ins not listening after {wait_s:g} s: {missing}")
+        return started
+
+    def start_agent(
+        self,
+        host: LabHost,
+        mode: str = "auto",
+        once: bool = False,
+        settle_s: float = 0.0,
+        linger_s: float = 0.0,
+        nofile: int | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """``netcheck-agent serve`` on ``host`` against this lab's controller."""
+        cmd = argv.agent_argv(
+            host, self.controller_url, self.token_file, mode, once, settle_s, linger_s
+        )
+        return procs.start(host.name, cmd, self.netns_of(host), self.state, nofile)
+
+    # -- asking the controller, waiting ---------------------------------------------------
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET ``path`` from the controller (from inside the ctl namespace when there is one)."""
+        return waits.http_get(self.controller_url + path, self.ctl_netns, timeout)
+
+    def wait_listening(
+        self, spec: Spec, limit_s: float, hosts: Iterable[LabHost] | None = None
+    ) -> list[str]:
+        """Wait until every host (default: all) holds its role's ports; the hosts that still
+        miss some at the limit. Ports below 1024 only where they can be bound."""
+        low_ok = self.kind == "netns" or can_bind_low_ports()
+        wanted = {
+            h.name: (
+                h.address,
+                self.netns_of(h),
+                frozenset(
+                    ls.port for ls in listen_specs(spec, h.role) if low_ok or ls.port >= 1024
+                ),
+            )
+            for h in (self.layout.hosts if hosts is None else hosts)
+        }
+        return waits.wait_listening(wanted, limit_s)
+
+    def wait_round(self, since: float, round_max_s: float, limit_s: float) -> list[str]:
+        """Wait until every agent reported a round that started after ``since``; the late."""
+        agents = [h.name for h in self.layout.hosts if h.agent]
+        return waits.wait_round(
+            self.controller_url, self.ctl_netns, agents, since, round_max_s, limit_s
+        )
 
 
 def is_root() -> bool:
@@ -122,7 +240,10 @@ def write_lab_topology(state: Path, period_s: float) -> Path:
 
 
 def down(state: Path | None = None, prefix: str | None = None) -> dict[str, int]:
-    """Remove every process and namespace of the lab (also an earlier, crashed one)."""
+    """Remove every process and namespace of the lab (also an earlier, crashed one).
+
+    The state dir's files (inventory, topology copy, database, logs) stay for a look
+    afterwards; only ``lab.json``, which says a lab is up, goes."""
     state = state or procs.state_dir()
     prefix = prefix or lab_prefix()
     stopped = procs.stop_recorded(state) if state.exists() else []
@@ -131,12 +252,11 @@ def down(state: Path | None = None, prefix: str | None = None) -> dict[str, int]
     in_ns = [pid for ns in leftovers for pid in netns.pids_in(ns)]
     procs.terminate(in_ns)
     netns.delete_namespaces(leftovers)
+    (state / "lab.json").unlink(missing_ok=True)
     return {"processes": len(stopped) + len(in_ns), "namespaces": len(leftovers)}
 
 
 def _free_port(preferred: int) -> int:
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
@@ -145,14 +265,6 @@ def _free_port(preferred: int) -> int:
             s.bind(("127.0.0.1", 0))
             port: int = s.getsockname()[1]
             return port
-
-
-def _services_for(spec: Spec, role: str) -> list[str]:
-    args: list[str] = []
-    for ls in listen_specs(spec, role):
-        service = ls.service if ls.service in ("vsphere", "https", "tls", "authd") else "tcp"
-        args += ["--port", f"{ls.port}:{service}"]
-    return args
 
 
 def up(
@@ -164,11 +276,15 @@ def up(
     period_s: float = LAB_PERIOD_S,
     prefix: str | None = None,
     probe_mode: str = "auto",
+    start: bool = True,
 ) -> Lab:
     """Build and start the whole lab; raises (after cleaning up) when anything fails.
 
-    ``prefix`` names the namespaces (``nclab-`` by default; tests use their own, so a test
-    run and a demo never tear each other down)."""
+    ``prefix`` names the namespaces (``nclab-`` by default; tests and benchmarks use their
+    own, so a test run and a demo never tear each other down). ``start=False``: only the
+    network (namespaces, routes, the scenario's firewall) and the state dir's files
+    (inventory, token, topology copy); the caller starts what it needs with the
+    :class:`Lab`'s ``start_*`` methods."""
     state = state or procs.state_dir()
     prefix = prefix or lab_prefix()
     if kind is None:
@@ -181,16 +297,36 @@ def up(
         shutil.rmtree(state)
     state.mkdir(parents=True, mode=0o700)
     try:
-        return _start(
-            spec, layout, scen, kind, state, page_port, controller_port, period_s, probe_mode
-        )
+        lab = _build(layout, scen, kind, state, page_port, controller_port, period_s)
+        if start:
+            _start(lab, spec, page_port, probe_mode)
+        return lab
     except BaseException:
         down(state, prefix)
         raise
 
 
-def _start(
-    spec: Spec,
+@contextlib.contextmanager
+def session(
+    scenario_name: str,
+    prefix: str,
+    state: Path,
+    kind: Kind | None = None,
+    start: bool = True,
+    period_s: float = LAB_PERIOD_S,
+    probe_mode: str = "auto",
+) -> Iterator[Lab]:
+    """:func:`up`, then :func:`down` whatever happens."""
+    try:
+        yield up(
+            scenario_name, kind, state, period_s=period_s, prefix=prefix,
+            probe_mode=probe_mode, start=start,
+        )  # fmt: skip
+    finally:
+        down(state, prefix)
+
+
+def _build(
     layout: Layout,
     scen: scenario.Scenario,
     kind: Kind,
@@ -198,7 +334,6 @@ def _start(
     page_port: int,
     controller_port: int,
     period_s: float,
-    probe_mode: str,
 ) -> Lab:
     if kind == "loopback":
         layout = loopback_layout(layout)
@@ -209,147 +344,33 @@ def _start(
         netns.create(layout)
         for r in ROUTERS:
             netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r), layout.prefix)
-    inventory = state / "inventory.yaml"
-    inventory.write_text(inventory_yaml(layout))
-    token = state / "token"
-    token.touch(mode=0o600)
-    token.write_text(secrets.token_urlsafe(32) + "\n")
-    topo = write_lab_topology(state, period_s)
     controller_url = f"http://{ctl_addr}:{controller_port}"
-    procs.start(
-        "controller",
-        ["-m", "netcheck.controller", "serve", "--topology", str(topo),
-         "--inventory", str(inventory),
-         "--listen", f"{ctl_addr}:{controller_port}", "--db", str(state / "netcheck.db"),
-         "--token-file", str(token)],
-        ctl_ns,
-        state,
-    )  # fmt: skip
-    if ctl_ns is not None:
-        page_port = _free_port(page_port)
-        procs.start(
-            "forward",
-            ["-m", "deploy.lab.forward", "--listen", f"127.0.0.1:{page_port}",
-             "--netns", ctl_ns, "--to", f"{ctl_addr}:{controller_port}"],
-            None,
-            state,
-        )  # fmt: skip
-        page_url = f"http://127.0.0.1:{page_port}/"
-    else:
-        page_url = f"{controller_url}/"
+    page_url = f"http://127.0.0.1:{_free_port(page_port)}/" if ctl_ns else f"{controller_url}/"
     lab = Lab(kind, state, layout, scen.name, controller_url, page_url, ctl_ns)
+    lab.inventory.write_text(inventory_yaml(layout))
+    lab.token_file.touch(mode=0o600)
+    lab.token_file.write_text(secrets.token_urlsafe(32) + "\n")
+    write_lab_topology(state, period_s)
     lab.save()
-    wait_healthy(lab, 20.0)
-    for h in layout.hosts:
-        ns = h.netns if kind == "netns" else None
-        if h.agent:
-            argv = ["-m", "netcheck.agent", "serve", "--controller", controller_url,
-                    "--token-file", str(token), "--role", h.role, "--host", h.name,
-                    "--address", h.address, "--mode", probe_mode]  # fmt: skip
-        else:
-            api = "VirtualCenter" if h.role.endswith("vcenter") else "HostAgent"
-            argv = ["-m", "deploy.lab.standin", "--bind", h.address, "--name", h.name,
-                    "--api-type", api, *_services_for(spec, h.role)]  # fmt: skip
-        procs.start(h.name, argv, ns, state)
     return lab
 
 
-def http_get(lab: Lab, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET ``path`` from the controller (from inside the ctl namespace when there is one)."""
-
-    def fetch() -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(lab.controller_url + path, timeout=timeout) as r:
-                return int(r.status), r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    return call_in(lab.ctl_netns, fetch)
-
-
-def wait_healthy(lab: Lab, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if http_get(lab, "/healthz", 1.0)[0] == 200:
-                return
-        except OSError as exc:
-            last = exc
-        time.sleep(0.2)
-    log = (lab.state / "logs" / "controller.log").read_text(errors="replace")[-2000:]
-    raise netns.LabError(f"the controller did not answer /healthz ({last}); its log:\n{log}")
-
-
-def _listening(address: str, netns_name: str | None) -> set[int]:
-    """Ports in LISTEN state on ``address`` (IPv4), read from /proc inside the namespace."""
-    want = ipaddress.IPv4Address(address).packed[::-1].hex().upper()
-
-    def read() -> set[int]:
-        out: set[int] = set()
-        for line in Path("/proc/thread-self/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            local, st = fields[1], fields[3]
-            ip_hex, port_hex = local.split(":")
-            if st == "0A" and ip_hex in (want, "00000000"):
-                out.add(int(port_hex, 16))
-        return out
-
-    return call_in(netns_name, read)
-
-
-def wait_listening(lab: Lab, spec: Spec, limit_s: float) -> list[str]:
-    """Wait until every host holds its ports; the hosts that still miss some at the limit."""
-    low_ok = lab.kind == "netns" or can_bind_low_ports()
-    wanted = {
-        h.name: {ls.port for ls in listen_specs(spec, h.role) if low_ok or ls.port >= 1024}
-        for h in lab.layout.hosts
-    }
-    deadline = time.monotonic() + limit_s
-    missing: list[str] = list(wanted)
-    while missing and time.monotonic() < deadline:
-        time.sleep(0.3)
-        missing = [
-            h.name
-            for h in lab.layout.hosts
-            if h.name in missing
-            and not wanted[h.name]
-            <= _listening(h.address, h.netns if lab.kind == "netns" else None)
-        ]
-    return missing
-
-
-def last_reports(lab: Lab) -> dict[str, float]:
-    """host -> unix time of its agent's last accepted batch (from /metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, body = http_get(lab, "/metrics")
-    if status != 200:
-        return {}
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        if fam.name == "netcheck_agent_last_report_timestamp_seconds":
-            for s in fam.samples:
-                out[s.labels.get("host", "")] = s.value
-    return out
-
-
-def wait_round(lab: Lab, since: float, round_max_s: float, limit_s: float) -> list[str]:
-    """Wait until every agent reported a round that started after ``since``; the late ones."""
-    agents = [h.name for h in lab.layout.hosts if h.agent]
-    deadline = time.monotonic() + limit_s
-    late = agents
-    while time.monotonic() < deadline:
-        seen = last_reports(lab)
-        late = [a for a in agents if seen.get(a, 0.0) < since + round_max_s]
-        if not late:
-            break
-        time.sleep(0.5)
-    return late
+def _start(lab: Lab, spec: Spec, page_port: int, probe_mode: str) -> None:
+    lab.start_controller()
+    if lab.ctl_netns is not None:
+        listen = lab.page_url.removeprefix("http://").rstrip("/")
+        to = lab.controller_url.removeprefix("http://")
+        procs.start("forward", argv.forward_argv(listen, lab.ctl_netns, to), None, lab.state)
+    for h in lab.layout.hosts:
+        if h.agent:
+            lab.start_agent(h, probe_mode)
+        else:
+            lab.start_standin(spec, h)
 
 
 def load_lab(state: Path | None = None) -> Lab | None:
-    """The running lab described in the state dir, if any."""
+    """The lab described in the state dir (what ``up`` made), if any: the description only;
+    :func:`observe` says what of it really runs."""
     state = state or procs.state_dir()
     try:
         info = json.loads((state / "lab.json").read_text())
@@ -370,3 +391,26 @@ def load_lab(state: Path | None = None) -> Lab | None:
         info["page_url"],
         info["ctl_netns"],
     )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What of a lab exists right now, found without trusting the state dir's description."""
+
+    namespaces: tuple[str, ...]  # the prefix's namespaces that exist
+    firewalls: tuple[str, ...]  # routers whose namespace holds the scenario's nftables table
+    alive: dict[str, int]  # pid file name -> pid, for the processes still running (ours)
+    recorded: int  # pid files
+
+
+def observe(state: Path, prefix: str) -> Observed:
+    root = is_root() and have_netns_tools()
+    names = netns.leftover_namespaces(prefix) if root else ()
+    firewalls = tuple(
+        r
+        for r in ROUTERS
+        if router_netns(r, prefix) in names and netns.has_firewall(r, scenario.NFT_TABLE, prefix)
+    )
+    recorded = procs.recorded_pids(state) if state.exists() else {}
+    alive = procs.alive_recorded(state) if state.exists() else {}
+    return Observed(names, firewalls, alive, len(recorded))

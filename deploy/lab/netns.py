@@ -138,6 +138,18 @@ def list_ruleset(router: str, prefix: str = PREFIX) -> str:
     return run(["ip", "netns", "exec", router_netns(router, prefix), "nft", "list", "ruleset"])
 
 
+def has_firewall(router: str, table: str, prefix: str = PREFIX) -> bool:
+    """Whether the router's namespace holds nftables table ``inet TABLE`` now."""
+    ns = router_netns(router, prefix)
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "list", "table", "inet", table],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
 def leftover_namespaces(prefix: str = PREFIX) -> tuple[str, ...]:
     """The namespaces a lab with ``prefix`` makes (ctl, rt-*, h<N>) that exist now."""
     ours = re.compile(rf"^{re.escape(prefix)}(?:ctl|rt-[a-z]+|h\d+)$")

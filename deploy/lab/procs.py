@@ -1,17 +1,18 @@
 """The lab's processes: started inside a namespace, recorded in pid files, ended by pid.
 
-Every process gets ``NETCHECK_LAB=<state dir>`` in its environment; :func:`stop_all` ends a
-pid from a pid file only when that marker is still in ``/proc/PID/environ`` (pid reuse can
-never make it kill someone else's process).
+Every process gets ``NETCHECK_LAB=<state dir>`` in its environment; :func:`stop_recorded`
+ends a pid from a pid file only when that marker is still in ``/proc/PID/environ`` (pid reuse
+can never make it kill someone else's process). The argument vectors come from
+:mod:`deploy.lab.argv`; :func:`stop` ends one process this one started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ MARKER = "NETCHECK_LAB"
 REPO = Path(__file__).resolve().parents[2]
 # The children this process started, kept so they are reaped (no zombies, no ResourceWarning).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_PIDFILES: dict[int, Path] = {}
 
 
 def state_dir() -> Path:
@@ -36,16 +38,28 @@ def state_dir() -> Path:
 
 
 def start(
-    name: str, argv: Sequence[str], netns: str | None, state: Path
+    name: str,
+    argv: Sequence[str],
+    netns: str | None,
+    state: Path,
+    nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` (a Python module run: ``[-m, mod, ...]``) in ``netns``; log and pid file."""
+    """Start ``argv`` in ``netns`` (None: here); output to ``logs/NAME.log``, pid to
+    ``pids/NAME.pid``. ``nofile``: the open-file limit, as a unit's ``LimitNOFILE=`` sets it."""
     (state / "pids").mkdir(parents=True, exist_ok=True)
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, *argv]
+    cmd = list(argv)
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     env = dict(os.environ, **{MARKER: str(state)})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env.pop("NETCHECK_TOKEN", None)  # every lab process reads its token from a file
+
+    def limits() -> None:
+        if nofile is not None:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with open(state / "logs" / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
             cmd,
@@ -55,10 +69,28 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=limits if nofile is not None else None,
         )
-    (state / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    pidfile = state / "pids" / f"{name}.pid"
+    pidfile.write_text(f"{proc.pid}\n")
     _CHILDREN[proc.pid] = proc
+    _PIDFILES[proc.pid] = pidfile
     return proc
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 3.0) -> None:
+    """End one process :func:`start` made (SIGTERM, then SIGKILL), reap it, drop its pid file."""
+    terminate([proc.pid], grace_s)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace_s)
+    pidfile = _PIDFILES.pop(proc.pid, None)
+    if pidfile is not None and pidfile.exists() and pidfile.read_text().strip() == str(proc.pid):
+        pidfile.unlink(missing_ok=True)
+
+
+def alive_recorded(state: Path) -> dict[str, int]:
+    """name -> pid of the pid files whose process still lives and is this lab's."""
+    return {n: p for n, p in recorded_pids(state).items() if _alive(p) and is_ours(p, state)}
 
 
 def is_ours(pid: int, state: Path) -> bool:

@@ -119,12 +119,29 @@ class Scenario:
     blocks: tuple[Block, ...]
 
 
+class UnknownScenario(ValueError):
+    """``--scenario`` names no shipped scenario and does not look like a path."""
+
+
+def looks_like_path(text: str) -> bool:
+    """A scenario argument is a file only when it says so: a ``/`` or a YAML suffix."""
+    return "/" in text or text.endswith((".yaml", ".yml"))
+
+
 def scenario_path(name_or_path: str) -> Path:
-    """A shipped scenario's file by name, or the path given."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    return SCENARIO_DIR / f"{name_or_path}.yaml"
+    """A shipped scenario's file by name, else the path given.
+
+    A shipped name always wins (a folder called ``audit`` in the working directory changes
+    nothing), and anything else must look like a path (:func:`looks_like_path`)."""
+    if name_or_path in shipped():
+        return SCENARIO_DIR / f"{name_or_path}.yaml"
+    if looks_like_path(name_or_path):
+        return Path(name_or_path)
+    raise UnknownScenario(
+        f"no shipped scenario {name_or_path!r} (shipped: {', '.join(shipped())}); "
+        f"a scenario file is given by a path with a '/' or ending in .yaml, "
+        f"e.g. ./{name_or_path}.yaml"
+    )
 
 
 def shipped() -> tuple[str, ...]:
