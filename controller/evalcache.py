@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from netcheck.controller.evaluate import evaluate
-from netcheck.controller.expand import ExpectedCheck
+from netcheck.controller.expand import Expected, expected
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import Evaluation
 from netcheck.controller.spec import Spec
@@ -22,24 +22,9 @@ from netcheck.controller.store import Store
 BUCKET_SECONDS = 1.0
 
 
-def evaluate_store(
-    spec: Spec,
-    inventory: Inventory,
-    store: Store,
-    now: float,
-    checks: Sequence[ExpectedCheck] | None = None,
-) -> Evaluation:
-    """Read everything from the store and judge it (blocking: run it in a thread)."""
-    return evaluate(
-        spec,
-        inventory,
-        store.results(),
-        store.listeners(),
-        store.peers(),
-        store.agents(),
-        now,
-        checks=checks,
-    )
+def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -> Evaluation:
+    """Expand, read everything from the store and judge it (blocking: run it in a thread)."""
+    return evaluate(spec, expected(spec, inventory), store.snapshot(), now)
 
 
 class EvaluationCache:
@@ -48,13 +33,12 @@ class EvaluationCache:
     def __init__(
         self,
         spec: Spec,
-        inventory: Inventory,
+        expected: Expected,
         store: Store,
-        checks: Sequence[ExpectedCheck],
         clock: Callable[[], float],
         bucket_s: float = BUCKET_SECONDS,
     ) -> None:
-        self._spec, self._inv, self._store, self._checks = spec, inventory, store, checks
+        self._spec, self._expected, self._store = spec, expected, store
         self._clock, self._bucket = clock, bucket_s
         self._lock = threading.Lock()
         self._key: tuple[int, int] | None = None
@@ -69,7 +53,7 @@ class EvaluationCache:
                 return self._ev
             # The version is read before the data: a write landing meanwhile only makes the
             # next call recompute.
-            ev = evaluate_store(self._spec, self._inv, self._store, now, self._checks)
+            ev = evaluate(self._spec, self._expected, self._store.snapshot(), now)
             self._key, self._ev = key, ev
             self.computed += 1
             return ev

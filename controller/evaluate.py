@@ -1,11 +1,13 @@
 """Judge what the agents reported against what the spec expects. Pure: no I/O, no clock.
 
-``evaluate(...)`` turns the newest result of every expected check, together with what the
-destination's own agent says (its stand-in listeners and the peers it saw), into one
-:class:`~controller.model.CheckRow` with a verdict, a stable cause and a diagnosis in plain
-words. It reads both ends of a path: a "connection refused" is only called a firewall's
-reject when the destination agent was listening on that port (or a raw probe saw the reset
-come from another address than the destination).
+``evaluate(spec, expected, observed, now)`` turns the newest result of every expected check
+(:class:`~controller.expand.Expected`, from spec x inventory), together with what the
+destination's own agent says (its stand-in listeners and the peers it saw, all in one
+:class:`~controller.model.Observed`), into one :class:`~controller.model.CheckRow` with a
+verdict, a stable cause and a diagnosis in plain words. It reads both ends of a path: a
+"connection refused" is only called a firewall's reject when the destination agent was
+listening on that port (or a raw probe saw the reset come from another address than the
+destination).
 
 NAT: when the destination agent saw the connection arrive from an address that is not the
 source's, and never from the source's own address, the check *passes* with cause ``nat``
@@ -21,10 +23,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
-from netcheck.controller.expand import ExpectedCheck, expand
-from netcheck.controller.inventory import Inventory
-from netcheck.controller.model import AgentSeen, Cause, CheckRow, Evaluation, Rollup, Verdict
+from netcheck.agent.wire import ListenerStatus, ProbeResult
+from netcheck.controller.expand import Expected, ExpectedCheck
+from netcheck.controller.model import Cause, CheckRow, Evaluation, Observed, Rollup, Verdict
 from netcheck.controller.spec import Spec
 
 # A listener whose `since` is at most this much after the probe's start was up in time
@@ -69,7 +70,7 @@ def newest_by_check(results: Iterable[ProbeResult]) -> dict[str, ProbeResult]:
 
 
 def _where(check: ExpectedCheck) -> str:
-    return f"{check.dst_address}:{check.port}"
+    return f"{check.spec.dst_address}:{check.spec.port}"
 
 
 def _ms(latency: float | None) -> str:
@@ -87,20 +88,20 @@ def _not_tested(check: ExpectedCheck, ctx: _Context) -> tuple[Verdict, Cause, st
 
 
 def _open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Verdict, Cause, str]:
-    if check.expect == "closed":
+    if check.spec.expect == "closed":
         return (
             "fail",
             "unexpected_open",
             f"expected closed, but {check.src_host} connected to {_where(check)}{_ms(r.latency_s)}",
         )
     sc = r.service_check
-    wanted = SERVICE_WORDS.get(check.service, check.service)
+    wanted = SERVICE_WORDS.get(check.spec.service, check.spec.service)
     if sc is not None and sc.outcome == "mismatch":
         got = sc.detail or "something else"
         return "fail", "wrong_service", f"wrong service: expected {wanted}, got {got}"
-    seen = ctx.peers.get((check.dst_host, check.port), frozenset())
-    others = seen - ctx.expected_sources.get((check.dst_host, check.port), frozenset())
-    if check.dst_host in ctx.agent_hosts and others and check.src_address not in seen:
+    seen = ctx.peers.get((check.spec.dst_host, check.spec.port), frozenset())
+    others = seen - ctx.expected_sources.get((check.spec.dst_host, check.spec.port), frozenset())
+    if check.spec.dst_host in ctx.agent_hosts and others and check.src_address not in seen:
         addrs = ", ".join(sorted(others))
         return (
             "pass",
@@ -109,13 +110,13 @@ def _open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Verdict,
             f"from {addrs}, not {check.src_address} (NAT)",
         )
     text = f"open{_ms(r.latency_s)}"
-    if sc is None or check.service == "tcp":
+    if sc is None or check.spec.service == "tcp":
         pass
     elif sc.outcome == "ok":
         text += f"; {wanted} answered" + (f" ({sc.detail})" if sc.detail else "")
     else:
         reason = f": {sc.detail}" if sc.detail else ""
-        text += f"; the {check.service} check was {sc.outcome}{reason}, the port alone passes"
+        text += f"; the {check.spec.service} check was {sc.outcome}{reason}, the port alone passes"
     return "pass", "ok", text
 
 
@@ -127,7 +128,7 @@ def _listener_down(
     check: ExpectedCheck, r: ProbeResult, status: ListenerStatus
 ) -> tuple[Cause, str] | None:
     """A reset explained by the stand-in not being up when probed (its own timeline says so)."""
-    where = f"the stand-in on {check.dst_host}:{check.port}"
+    where = f"the stand-in on {check.spec.dst_host}:{check.spec.port}"
     if status.state == "closed" and status.since <= r.started_at:
         when = f"it stopped at {_clock(status.since)}"
     elif status.state == "listening" and status.since > r.started_at + LISTEN_TOLERANCE_S:
@@ -142,13 +143,13 @@ def _listener_down(
 
 
 def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause, str]:
-    port = check.port
-    status = ctx.listeners.get(check.dst_host, {}).get(port)
-    if r.responder and r.responder != check.dst_address:
+    port = check.spec.port
+    status = ctx.listeners.get(check.spec.dst_host, {}).get(port)
+    if r.responder and r.responder != check.spec.dst_address:
         return (
             "rejected",
             f"rejected by a firewall: the reset came from {r.responder}, "
-            f"not from {check.dst_address}",
+            f"not from {check.spec.dst_address}",
         )
     if status is not None:
         down = _listener_down(check, r, status)
@@ -166,7 +167,7 @@ def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause
         why = f"{status.state}" + (f": {status.error}" if status.error else "")
         return (
             "nothing_listening",
-            f"nothing listening on the destination: the agent on {check.dst_host} could not "
+            f"nothing listening on the destination: the agent on {check.spec.dst_host} could not "
             f"hold port {port} ({why})",
         )
     if r.rst_from_firewall is True:
@@ -179,12 +180,12 @@ def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause
             "nothing_listening",
             "nothing listening: the destination itself answered with a reset",
         )
-    if r.responder == check.dst_address:
+    if r.responder == check.spec.dst_address:
         return "nothing_listening", "nothing listening on the destination: it sent the reset itself"
-    if check.dst_host in ctx.listeners:
+    if check.spec.dst_host in ctx.listeners:
         return (
             "nothing_listening",
-            f"nothing listening on the destination: the agent on {check.dst_host} does not "
+            f"nothing listening on the destination: the agent on {check.spec.dst_host} does not "
             f"hold port {port}",
         )
     return (
@@ -229,7 +230,7 @@ def judge(check: ExpectedCheck, r: ProbeResult | None, ctx: _Context) -> CheckRo
     if r.state == "open":
         verdict, cause, text = _open(check, r, ctx)
         return CheckRow(check, verdict, cause, text, r)
-    if check.expect == "closed" and r.state != "error":
+    if check.spec.expect == "closed" and r.state != "error":
         return CheckRow(check, "pass", "ok", f"closed as expected ({r.state})", r)
     cause, text = _not_open(check, r, ctx)
     return CheckRow(check, "unknown" if cause in UNTESTED else "fail", cause, text, r)
@@ -241,7 +242,7 @@ def _rollups(
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"pass": 0, "fail": 0, "unknown": 0})
     order: list[str] = []
     for row in rows:
-        k = str(row.check.interaction) if by == "interaction" else _pair(row.check)
+        k = str(row.check.spec.interaction) if by == "interaction" else _pair(row.check)
         if k not in counts:
             order.append(k)
         counts[k][row.verdict] += 1
@@ -254,49 +255,38 @@ def _rollups(
 
 
 def _pair(c: ExpectedCheck) -> str:
-    return f"{c.src_role}>{c.dst_role}"
+    return f"{c.src_role}>{c.spec.dst_role}"
 
 
-def evaluate(
-    spec: Spec,
-    inventory: Inventory,
-    results: Iterable[ProbeResult],
-    listeners: Mapping[str, Sequence[ListenerStatus]],
-    peers: Mapping[str, Sequence[PeerSeen]],
-    agents: Sequence[AgentSeen],
-    now: float,
-    *,
-    checks: Sequence[ExpectedCheck] | None = None,
-) -> Evaluation:
+def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> Evaluation:
     """Every expected check with its verdict, plus roll-ups and the unexpected results.
 
-    ``listeners`` and ``peers`` are keyed by the host that reported them (the destination's
-    agent). A peer counts for NAT detection only when seen within the freshness window.
-    ``checks``: ``expand(spec, inventory)`` when the caller already has it.
+    ``expected``: the site's checks (:func:`~netcheck.controller.expand.expected`);
+    ``observed``: what the agents reported (:meth:`~netcheck.controller.store.Store.snapshot`).
+    A peer counts for NAT detection only when seen within the freshness window.
     """
-    if checks is None:
-        checks = expand(spec, inventory)
-    newest = newest_by_check(results)
+    checks = expected.checks
+    newest = newest_by_check(observed.results)
     expected_sources: dict[tuple[str, int], set[str]] = defaultdict(set)
     for c in checks:
-        expected_sources[(c.dst_host, c.port)].add(c.src_address)
+        expected_sources[(c.spec.dst_host, c.spec.port)].add(c.src_address)
     fresh_after = now - spec.policy.freshness_seconds
     seen: dict[tuple[str, int], set[str]] = defaultdict(set)
-    for host, ps in peers.items():
+    for host, ps in observed.peers.items():
         for p in ps:
             if p.at >= fresh_after:
                 seen[(host, p.port)].add(p.src_address)
     ctx = _Context(
         freshness=spec.policy.freshness_seconds,
         now=now,
-        listeners={h: {s.port: s for s in ls} for h, ls in listeners.items()},
+        listeners={h: {s.port: s for s in ls} for h, ls in observed.listeners.items()},
         peers={k: frozenset(v) for k, v in seen.items()},
         expected_sources={k: frozenset(v) for k, v in expected_sources.items()},
-        agent_hosts=frozenset(a.host for a in agents),
+        agent_hosts=frozenset(a.host for a in observed.agents),
         agent_roles=frozenset(n for n, r in spec.roles.items() if r.agent),
     )
-    rows = tuple(judge(c, newest.get(c.check_id), ctx) for c in checks)
-    known = {c.check_id for c in checks}
+    rows = tuple(judge(c, newest.get(c.spec.check_id), ctx) for c in checks)
+    known = {c.spec.check_id for c in checks}
     unexpected = tuple(
         sorted((r for cid, r in newest.items() if cid not in known), key=lambda r: r.check_id)
     )
@@ -307,16 +297,16 @@ def evaluate(
         pair = _pair(c)
         if pair not in keys:
             src_name = spec.roles[c.src_role].name
-            dst_name = spec.roles[c.dst_role].name
-            keys[pair] = (f"{src_name} to {dst_name}", c.src_role, c.dst_role, "")
+            dst_name = spec.roles[c.spec.dst_role].name
+            keys[pair] = (f"{src_name} to {dst_name}", c.src_role, c.spec.dst_role, "")
     return Evaluation(
         generated_at=now,
-        site=inventory.site,
+        site=expected.site,
         rows=rows,
         by_interaction=_rollups(rows, keys, "interaction"),
         by_role_pair=_rollups(rows, keys, "pair"),
         unexpected=unexpected,
-        listeners={h: tuple(ls) for h, ls in listeners.items()},
-        peers=tuple(p for ps in peers.values() for p in ps),
-        agents=tuple(agents),
+        listeners={h: tuple(ls) for h, ls in observed.listeners.items()},
+        peers=tuple(p for ps in observed.peers.values() for p in ps),
+        agents=tuple(observed.agents),
     )

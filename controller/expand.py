@@ -5,56 +5,71 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from netcheck.agent.wire import CheckSpec, Expectation, ListenSpec, Plan, Service, check_id
+from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, Service, check_id
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.spec import Spec
 
 
 @dataclass(frozen=True)
 class ExpectedCheck:
-    """One check the spec requires: src host connects to dst host on one port."""
+    """One check the spec requires: src host connects to dst host on one port.
 
-    check_id: str
-    interaction: int
+    ``spec`` is what the source's agent is told (its plan's entry, the wire's
+    :class:`~netcheck.agent.wire.CheckSpec`: id, interaction, destination, port, service,
+    expectation); the controller adds the source and when the check counts.
+    """
+
+    spec: CheckSpec
     src_role: str
     src_host: str
     src_address: str
-    dst_role: str
-    dst_host: str
-    dst_address: str
-    port: int
-    service: Service
-    expect: Expectation
     modes: tuple[str, ...]
     direction: str  # "forward" or "reverse", relative to the interaction's title
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one site must show: its name and every expected check (spec x inventory)."""
+
+    site: str
+    checks: tuple[ExpectedCheck, ...]
 
 
 def expand(spec: Spec, inventory: Inventory) -> tuple[ExpectedCheck, ...]:
     """Every (interaction, source host, destination host, port) the spec requires."""
     out: list[ExpectedCheck] = []
     for ref in spec.flows():
-        modes = spec.modes_of(ref.interaction.id)
+        inter = ref.interaction.id
+        modes = spec.modes_of(inter)
         for src in inventory.of_role(ref.src_role):
             for dst in inventory.of_role(ref.dst_role):
                 for port in ref.flow.port_range:
+                    probe = CheckSpec(
+                        check_id=check_id(inter, src.name, dst.name, port),
+                        interaction=inter,
+                        dst_role=ref.dst_role,
+                        dst_host=dst.name,
+                        dst_address=dst.address,
+                        port=port,
+                        service=ref.flow.service,
+                        expect=ref.flow.expect,
+                    )
                     out.append(
                         ExpectedCheck(
-                            check_id=check_id(ref.interaction.id, src.name, dst.name, port),
-                            interaction=ref.interaction.id,
+                            spec=probe,
                             src_role=ref.src_role,
                             src_host=src.name,
                             src_address=src.address,
-                            dst_role=ref.dst_role,
-                            dst_host=dst.name,
-                            dst_address=dst.address,
-                            port=port,
-                            service=ref.flow.service,
-                            expect=ref.flow.expect,
                             modes=modes,
                             direction=ref.flow.direction,
                         )
                     )
     return tuple(out)
+
+
+def expected(spec: Spec, inventory: Inventory) -> Expected:
+    """The site's name and its expected checks (what ``evaluate`` judges against)."""
+    return Expected(inventory.site, expand(spec, inventory))
 
 
 def listen_specs(spec: Spec, role: str) -> tuple[ListenSpec, ...]:
@@ -70,19 +85,6 @@ def listen_specs(spec: Spec, role: str) -> tuple[ListenSpec, ...]:
     return tuple(
         ListenSpec(port=p, service=svc, interactions=tuple(inters))
         for p, (svc, inters) in sorted(ports.items())
-    )
-
-
-def _check_spec(c: ExpectedCheck) -> CheckSpec:
-    return CheckSpec(
-        check_id=c.check_id,
-        interaction=c.interaction,
-        dst_role=c.dst_role,
-        dst_host=c.dst_host,
-        dst_address=c.dst_address,
-        port=c.port,
-        service=c.service,
-        expect=c.expect,
     )
 
 
@@ -110,7 +112,7 @@ def plan_from_checks(
         host=host,
         address=address,
         listen=listen_specs(spec, role),
-        checks=tuple(_check_spec(c) for c in checks),
+        checks=tuple(c.spec for c in checks),
         timeout_s=p.probe_timeout_seconds,
         min_timeout_s=p.probe_min_timeout_seconds,
         rtt_factor=p.probe_rtt_factor,

@@ -55,8 +55,8 @@ def _in_scope(row: CheckRow, mode: str, vm: tuple[str, Host] | None) -> bool:
     if vm is None:
         return True
     role, host = vm
-    if role in (c.src_role, c.dst_role):
-        return host.name in (c.src_host, c.dst_host)
+    if role in (c.src_role, c.spec.dst_role):
+        return host.name in (c.src_host, c.spec.dst_host)
     return True
 
 
@@ -95,7 +95,7 @@ def _matrix(spec: Spec, mode: str, host: Host) -> tuple[list[MatrixFinding], lis
 def _check_reasons(spec: Spec, blocking: list[CheckRow]) -> list[str]:
     groups: dict[int, list[CheckRow]] = defaultdict(list)
     for row in blocking:
-        groups[row.check.interaction].append(row)
+        groups[row.check.spec.interaction].append(row)
     out = []
     for ident in sorted(groups):
         rows = groups[ident]
@@ -110,7 +110,7 @@ def _check_reasons(spec: Spec, blocking: list[CheckRow]) -> list[str]:
             if t
         )
         ex = "; ".join(
-            f"{r.check.src_host} -> {r.check.dst_host}:{r.check.port}: {r.diagnosis}"
+            f"{r.check.src_host} -> {r.check.spec.dst_host}:{r.check.spec.port}: {r.diagnosis}"
             for r in sorted(rows, key=lambda r: r.verdict != "fail")[:_EXAMPLES]
         )
         title = spec.interaction(ident).title
@@ -133,7 +133,7 @@ def gate(
     blocking = [r for r in rows if r.verdict != "pass"]
     reasons = _check_reasons(spec, blocking)
     warnings: list[str] = []
-    checked = {r.check.interaction for r in rows}
+    checked = {r.check.spec.interaction for r in rows}
     for ident in spec.modes[mode].interactions:
         if ident not in checked:
             inter = spec.interaction(ident)
@@ -171,14 +171,14 @@ def decision_to_dict(d: GateDecision) -> dict[str, Any]:
         "decision": d.decision,
         "blocking": [
             {
-                "check_id": r.check.check_id,
-                "interaction": r.check.interaction,
+                "check_id": r.check.spec.check_id,
+                "interaction": r.check.spec.interaction,
                 "src_role": r.check.src_role,
                 "src_host": r.check.src_host,
-                "dst_role": r.check.dst_role,
-                "dst_host": r.check.dst_host,
-                "dst_address": r.check.dst_address,
-                "port": r.check.port,
+                "dst_role": r.check.spec.dst_role,
+                "dst_host": r.check.spec.dst_host,
+                "dst_address": r.check.spec.dst_address,
+                "port": r.check.spec.port,
                 "verdict": r.verdict,
                 "cause": r.cause,
                 "diagnosis": r.diagnosis,

@@ -56,12 +56,12 @@ def check_families(spec: Spec, inventory: Inventory, ev: Evaluation) -> Iterator
     not_after: dict[tuple[str, str, str], float] = {}
     for row in ev.rows:
         c = row.check
-        pair = (str(c.interaction), c.src_role, c.dst_role)
+        pair = (str(c.spec.interaction), c.src_role, c.spec.dst_role)
         by_pair[pair][row.verdict] += 1
-        by_port[(*pair, str(c.port))][row.verdict] += 1
+        by_port[(*pair, str(c.spec.port))][row.verdict] += 1
         sc = row.result.service_check if row.result else None
         if sc is not None and sc.tls_not_after is not None:
-            key = (str(c.interaction), c.dst_role, str(c.port))
+            key = (str(c.spec.interaction), c.spec.dst_role, str(c.spec.port))
             not_after[key] = min(not_after.get(key, sc.tls_not_after), sc.tls_not_after)
     for key, counts in by_pair.items():
         for v in VERDICTS:

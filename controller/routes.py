@@ -12,19 +12,18 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from netcheck.agent.wire import Plan, encode
-from netcheck.controller.app import (
+from netcheck.controller.appkeys import (
     AGENTS,
     BY_SOURCE,
     CLOCK,
+    EVALUATION,
     INVENTORY,
-    MAX_BODY,
     REFRESH,
     REGISTRY,
     SPEC,
     STORE,
     TOKEN,
     WRITER,
-    current_evaluation,
 )
 from netcheck.controller.expand import plan_from_checks
 from netcheck.controller.gate import GateError, decision_to_dict, gate
@@ -37,11 +36,17 @@ from netcheck.controller.ingest import (
 )
 from netcheck.controller.model import Evaluation, GateDecision
 
+MAX_BODY = 8 * 1024 * 1024  # the app's client_max_size
 log = logging.getLogger("netcheck.controller")
 # generate_latest() writes the classic text format (0.0.4); say so, whatever the client
 # library's newest default is, so every Prometheus version parses it the same way.
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 routes = web.RouteTableDef()
+
+
+async def current_evaluation(app: web.Application) -> Evaluation:
+    """The cached evaluation (recomputed in a worker thread when the store or time moved)."""
+    return await asyncio.to_thread(app[EVALUATION].get)
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -14,13 +14,13 @@ def result_for(
 ) -> ProbeResult:
     """The result of check ``c`` in ``state``; ``fields`` override any other field."""
     base = ProbeResult(
-        check_id=c.check_id,
-        interaction=c.interaction,
+        check_id=c.spec.check_id,
+        interaction=c.spec.interaction,
         src_host=c.src_host,
         src_address=c.src_address,
-        dst_host=c.dst_host,
-        dst_address=c.dst_address,
-        port=c.port,
+        dst_host=c.spec.dst_host,
+        dst_address=c.spec.dst_address,
+        port=c.spec.port,
         state=state,
         mode="connect",
         attempts=1 if state == "open" else 3,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +21,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from check_helpers import result_for
 
 from netcheck.agent.wire import ProbeResult, ProbeState, Registration, ResultBatch, check_id, encode
-from netcheck.controller.app import CHECKS, EVALUATION, WRITER, make_app
-from netcheck.controller.expand import expand
+from netcheck.controller import schema
+from netcheck.controller.app import make_app
+from netcheck.controller.appkeys import EVALUATION, EXPECTED, STORE, WRITER
+from netcheck.controller.expand import expand, expected
+from netcheck.controller.gctune import GC_THRESHOLD, tune_gc
 from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.schema import SchemaError
 from netcheck.controller.spec import Spec, load_spec
 from netcheck.controller.store import Store
 
@@ -339,7 +346,7 @@ async def test_plans_come_from_the_checks_expanded_once(
         r = await client.get(f"/api/v1/plan?role={role}&host={host}", headers=AUTH)
         assert (await r.json()) == encode(plan_for(spec, inv, role, host, address))
     assert client.app is not None
-    assert client.app[CHECKS] == expand(spec, inv)
+    assert client.app[EXPECTED] == expected(spec, inv)
 
 
 async def test_evaluation_is_cached_per_store_version_and_second(
@@ -367,3 +374,48 @@ async def test_evaluation_is_cached_per_store_version_and_second(
         assert causes == {"stale"}
     finally:
         await client.close()
+
+
+async def test_a_database_newer_than_the_code_stops_the_start(
+    spec: Spec, inv: Inventory, tmp_path: Path
+) -> None:
+    """Start-up stops at the store's context; the file stays as it was."""
+    db = tmp_path / "future.sqlite"
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute(f"PRAGMA user_version = {schema.VERSION + 1}")
+    before = db.read_bytes()
+    app = make_app(spec, inv, db, TOKEN)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    try:
+        with pytest.raises(SchemaError, match="newer than this netcheck"):
+            await client.start_server()
+    finally:
+        await client.close()
+    assert EXPECTED in app  # the context before the store's had started
+    assert STORE not in app and WRITER not in app
+    assert db.read_bytes() == before
+
+
+async def test_the_app_leaves_the_garbage_collector_alone(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    before = gc.get_threshold()
+    assert (await client.get("/healthz")).status == 200
+    assert gc.get_threshold() == before
+
+
+async def test_tune_gc_raises_the_young_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        await tune_gc(web.Application())
+        assert gc.get_threshold() == (GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_the_handlers_do_not_import_the_factory() -> None:
+    code = "import sys, netcheck.controller.routes; print('netcheck.controller.app' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -10,9 +10,9 @@ import pytest
 
 from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult, ServiceCheck, check_id
 from netcheck.controller.evaluate import evaluate
-from netcheck.controller.expand import expand
+from netcheck.controller.expand import expand, expected
 from netcheck.controller.inventory import Inventory, load_inventory
-from netcheck.controller.model import AgentSeen
+from netcheck.controller.model import AgentSeen, Observed
 from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +59,21 @@ def agent(role: str, host: str) -> AgentSeen:
 
 
 PIO, MGR = agent("pio", "pio-1"), agent("prem_manager", "prem-mgr")
+
+
+def observed(
+    results: list[ProbeResult],
+    listeners: dict[str, list[ListenerStatus]] | None = None,
+    peers: dict[str, list[PeerSeen]] | None = None,
+    agents: list[AgentSeen] | None = None,
+) -> Observed:
+    """What a store would hold after these reports (lists in, the snapshot's tuples out)."""
+    return Observed(
+        results=tuple(results),
+        listeners={h: tuple(ls) for h, ls in (listeners or {}).items()},
+        peers={h: tuple(ps) for h, ps in (peers or {}).items()},
+        agents=tuple(agents if agents is not None else [PIO, MGR]),
+    )
 
 
 @dataclass
@@ -312,8 +327,9 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_cause(spec: Spec, inv: Inventory, case: Case) -> None:
-    ev = evaluate(spec, inv, case.results, case.listeners, case.peers, case.agents, NOW)
-    (row,) = [r for r in ev.rows if r.check.check_id == case.check]
+    seen = observed(case.results, case.listeners, case.peers, case.agents)
+    ev = evaluate(spec, expected(spec, inv), seen, NOW)
+    (row,) = [r for r in ev.rows if r.check.spec.check_id == case.check]
     assert (row.verdict, row.cause) == (case.verdict, case.cause), row.diagnosis
     assert case.words in row.diagnosis
 
@@ -342,8 +358,8 @@ def test_expect_closed(
     spec = closed_spec(tmp_path)
     r = result(101, "pio-1", "prem-mgr", 23, state)
     peers = {"prem-mgr": [PeerSeen(23, "198.19.77.5", NOW - 9)]}
-    ev = evaluate(spec, inv, [r], {}, peers, [PIO, MGR], NOW)
-    (row,) = [x for x in ev.rows if x.check.check_id == r.check_id]
+    ev = evaluate(spec, expected(spec, inv), observed([r], peers=peers), NOW)
+    (row,) = [x for x in ev.rows if x.check.spec.check_id == r.check_id]
     assert (row.verdict, row.cause) == (verdict, cause)
 
 
@@ -351,7 +367,7 @@ def test_rows_rollups_and_unexpected(spec: Spec, inv: Inventory) -> None:
     stray = result(4, "pio-1", "prem-mgr", 23, "open")  # port 23 is in no flow
     ok = result(4, "pio-1", "prem-mgr", 22, "open")
     bad = result(4, "pio-1", "prem-mgr", 443, "filtered")
-    ev = evaluate(spec, inv, [stray, ok, bad], {}, {}, [PIO], NOW)
+    ev = evaluate(spec, expected(spec, inv), observed([stray, ok, bad], agents=[PIO]), NOW)
     assert len(ev.rows) == len(expand(spec, inv))
     assert ev.unexpected == (stray,)
     four = next(r for r in ev.by_interaction if r.key == "4")

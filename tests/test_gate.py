@@ -11,10 +11,10 @@ import pytest
 from check_helpers import result_for
 
 from netcheck.controller.evaluate import evaluate
-from netcheck.controller.expand import expand
+from netcheck.controller.expand import expand, expected
 from netcheck.controller.gate import GateError, decision_to_dict, gate
 from netcheck.controller.inventory import Inventory, load_inventory
-from netcheck.controller.model import AgentSeen, Evaluation
+from netcheck.controller.model import AgentSeen, Evaluation, Observed
 from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,15 +60,15 @@ def all_open(spec: Spec, inv: Inventory, but: Collection[str] = ()) -> Evaluatio
     results = [
         result_for(
             c,
-            "filtered" if c.check_id in but else "open",
+            "filtered" if c.spec.check_id in but else "open",
             started_at=NOW - 1,
             attempts=1,
             latency_s=None,
         )
         for c in expand(spec, inv)
     ]
-    agents = [AgentSeen("pio", "pio-1", "198.18.1.10", "connect", "1", NOW)]
-    return evaluate(spec, inv, results, {}, {}, agents, NOW)
+    agents = (AgentSeen("pio", "pio-1", "198.18.1.10", "connect", "1", NOW),)
+    return evaluate(spec, expected(spec, inv), Observed(tuple(results), agents=agents), NOW)
 
 
 @pytest.mark.parametrize(
@@ -123,16 +123,16 @@ def test_failing_check_blocks_the_mode(spec: Spec, inv: Inventory) -> None:
     bad = "4:pio-1>prem-mgr:2376"
     d = gate(spec, inv, all_open(spec, inv, {bad}), "deployment")
     assert d.decision == "no-go"
-    assert [r.check.check_id for r in d.blocking] == [bad]
+    assert [r.check.spec.check_id for r in d.blocking] == [bad]
     assert d.reasons[0].startswith("interaction 4 (HDM PIO Appliance to HDM Prem Manager)")
     assert "1 failing" in d.reasons[0]
     # Interaction 9 (the interconnect) is not part of deployment.
-    other = next(c.check_id for c in expand(spec, inv) if c.interaction == 9)
+    other = next(c.spec.check_id for c in expand(spec, inv) if c.spec.interaction == 9)
     assert gate(spec, inv, all_open(spec, inv, {other}), "deployment").decision == "go"
 
 
 def test_unknown_blocks(spec: Spec, inv: Inventory) -> None:
-    ev = evaluate(spec, inv, [], {}, {}, [], NOW)
+    ev = evaluate(spec, expected(spec, inv), Observed(), NOW)
     d = gate(spec, inv, ev, "deployment")
     assert d.decision == "no-go"
     assert all(r.verdict == "unknown" for r in d.blocking)
@@ -177,5 +177,5 @@ def test_empty_inventory_is_undecided(spec: Spec, tmp_path: Path) -> None:
     path = tmp_path / "inv.yaml"
     path.write_text("version: 1\nhosts:\n  pio: [{name: pio-1, address: 198.18.1.10}]\n")
     inv = load_inventory(path, spec)
-    d = gate(spec, inv, evaluate(spec, inv, [], {}, {}, [], NOW), "cold_vcd")
+    d = gate(spec, inv, evaluate(spec, expected(spec, inv), Observed(), NOW), "cold_vcd")
     assert d.decision == "undecided"

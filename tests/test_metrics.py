@@ -50,19 +50,23 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
     now = time.time()
     results = []
     for c in expand(spec, inv):
-        if c.src_host != "pio-1" or c.interaction != 4:
+        if c.src_host != "pio-1" or c.spec.interaction != 4:
             continue
-        tls = ServiceCheck("tls", "ok", tls_not_after=2e9 + c.port) if c.port >= 8000 else None
+        tls = (
+            ServiceCheck("tls", "ok", tls_not_after=2e9 + c.spec.port)
+            if c.spec.port >= 8000
+            else None
+        )
         results.append(
             ProbeResult(
-                check_id=c.check_id,
+                check_id=c.spec.check_id,
                 interaction=4,
                 src_host="pio-1",
                 src_address=c.src_address,
-                dst_host=c.dst_host,
-                dst_address=c.dst_address,
-                port=c.port,
-                state="filtered" if c.port == 2376 else "open",
+                dst_host=c.spec.dst_host,
+                dst_address=c.spec.dst_address,
+                port=c.spec.port,
+                state="filtered" if c.spec.port == 2376 else "open",
                 mode="connect",
                 attempts=1,
                 started_at=now - 1,

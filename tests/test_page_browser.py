@@ -114,7 +114,7 @@ async def test_a_person_sees_the_failure_the_fix_and_the_diagnosis(
             assert "Interaction 4: HDM PIO Appliance to HDM Prem Manager" in text
             failing = details.locator(f'.pair.verdict-fail[data-check="{DOCKER}"]')
             assert "pio-1 → prem-mgr:2376" in await failing.inner_text()
-            diagnosis = next(r.diagnosis for r in site.ev.rows if r.check.check_id == DOCKER)
+            diagnosis = next(r.diagnosis for r in site.ev.rows if r.check.spec.check_id == DOCKER)
             assert diagnosis in await failing.inner_text()
             await pg.screenshot(path="/tmp/netcheck-page.png")
             # clicking the line itself (away from its label) selects too

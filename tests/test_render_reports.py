@@ -41,7 +41,7 @@ def site() -> tuple[Spec, Inventory, Evaluation, list[GateDecision]]:
 
 def test_the_evaluation_is_a_mix(site: tuple[Spec, Inventory, Evaluation, Any]) -> None:
     _, _, ev, _ = site
-    verdicts = {r.check.check_id: r.verdict for r in ev.rows}
+    verdicts = {r.check.spec.check_id: r.verdict for r in ev.rows}
     assert verdicts[DOCKER] == verdicts[DATA] == "fail"
     assert sum(v == "unknown" for v in verdicts.values()) == 6
     assert sum(v == "pass" for v in verdicts.values()) == len(ev.rows) - 8
@@ -79,7 +79,7 @@ def test_json_validates_against_the_schema(site: tuple[Spec, Inventory, Evaluati
         "unexpected": 0,
         "verdict": "fail",
     }
-    assert [c["check_id"] for c in data["checks"]] == [r.check.check_id for r in ev.rows]
+    assert [c["check_id"] for c in data["checks"]] == [r.check.spec.check_id for r in ev.rows]
     docker = next(c for c in data["checks"] if c["check_id"] == DOCKER)
     assert docker["state"] == "refused" and docker["cause"] == "rejected"
     assert docker["observed_at"] == "2023-11-14T22:12:50Z"
@@ -124,7 +124,7 @@ def test_junit_and_markdown_escape_hostile_text(
     spec, _, ev, gates = site
     nasty = 'banner "<x>" & | pipe \x00\x1b end'
     rows = tuple(
-        dataclasses.replace(r, diagnosis=nasty) if r.check.check_id == DOCKER else r
+        dataclasses.replace(r, diagnosis=nasty) if r.check.spec.check_id == DOCKER else r
         for r in ev.rows
     )
     ev2 = dataclasses.replace(ev, rows=rows, site="a|b <c>")
@@ -174,7 +174,7 @@ def test_rules_to_request_merge_a_whole_range(
 ) -> None:
     spec, inv, _, _ = site
     dropped: dict[str, ProbeState] = {
-        c.check_id: "filtered" for c in expand(spec, inv) if c.interaction == 9
+        c.spec.check_id: "filtered" for c in expand(spec, inv) if c.spec.interaction == 9
     }
     ev = make_evaluation(spec, inv, states=dropped)
     rows = rules_to_request([r for r in ev.rows if r.verdict == "fail"])

@@ -50,7 +50,7 @@ def iso(ts: float | None) -> str | None:
 def check_label(row: CheckRow) -> str:
     """``pio-1 -> prem-mgr:2376 (docker)``: who connects to what."""
     c = row.check
-    return f"{c.src_host} -> {c.dst_host}:{c.port} ({c.service})"
+    return f"{c.src_host} -> {c.spec.dst_host}:{c.spec.port} ({c.spec.service})"
 
 
 def interaction_label(inter: Interaction) -> str:
@@ -78,7 +78,7 @@ def not_passing(rows: Iterable[CheckRow]) -> list[CheckRow]:
 
 
 def rows_of(ev: Evaluation, interaction: int) -> list[CheckRow]:
-    return [r for r in ev.rows if r.check.interaction == interaction]
+    return [r for r in ev.rows if r.check.spec.interaction == interaction]
 
 
 def flow_directions(inter: Interaction) -> tuple[bool, bool]:

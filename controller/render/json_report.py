@@ -36,17 +36,17 @@ def _check(row: CheckRow) -> dict[str, Any]:
     c, r = row.check, row.result
     sc = r.service_check if r else None
     return {
-        "check_id": c.check_id,
-        "interaction": c.interaction,
+        "check_id": c.spec.check_id,
+        "interaction": c.spec.interaction,
         "src_role": c.src_role,
         "src_host": c.src_host,
         "src_address": c.src_address,
-        "dst_role": c.dst_role,
-        "dst_host": c.dst_host,
-        "dst_address": c.dst_address,
-        "port": c.port,
-        "service": c.service,
-        "expect": c.expect,
+        "dst_role": c.spec.dst_role,
+        "dst_host": c.spec.dst_host,
+        "dst_address": c.spec.dst_address,
+        "port": c.spec.port,
+        "service": c.spec.service,
+        "expect": c.spec.expect,
         "direction": c.direction,
         "modes": list(c.modes),
         "verdict": row.verdict,
@@ -79,7 +79,7 @@ def _roles(spec: Spec, ev: Evaluation) -> list[dict[str, Any]]:
     for row in ev.rows:
         c = row.check
         hosts.setdefault(c.src_role, {})[c.src_host] = c.src_address
-        hosts.setdefault(c.dst_role, {})[c.dst_host] = c.dst_address
+        hosts.setdefault(c.spec.dst_role, {})[c.spec.dst_host] = c.spec.dst_address
     reporting: dict[str, int] = {}
     for a in ev.agents:
         reporting[a.role] = reporting.get(a.role, 0) + (a.last_report is not None)

@@ -26,9 +26,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def what_to_open(row: CheckRow) -> str:
     c = row.check
-    if c.expect == "closed":
-        return f"block TCP {c.src_address} -> {c.dst_address}:{c.port}"
-    return f"allow TCP {c.src_address} -> {c.dst_address}:{c.port}"
+    if c.spec.expect == "closed":
+        return f"block TCP {c.src_address} -> {c.spec.dst_address}:{c.spec.port}"
+    return f"allow TCP {c.src_address} -> {c.spec.dst_address}:{c.spec.port}"
 
 
 def rules_to_request(failing: Sequence[CheckRow]) -> list[list[str]]:
@@ -36,12 +36,12 @@ def rules_to_request(failing: Sequence[CheckRow]) -> list[list[str]]:
     groups: dict[tuple[str, str, str], tuple[set[int], set[int], set[str]]] = {}
     for r in failing:
         c = r.check
-        action = "block" if c.expect == "closed" else "allow"
+        action = "block" if c.spec.expect == "closed" else "allow"
         ports, inters, causes = groups.setdefault(
-            (action, c.src_address, c.dst_address), (set(), set(), set())
+            (action, c.src_address, c.spec.dst_address), (set(), set(), set())
         )
-        ports.add(c.port)
-        inters.add(c.interaction)
+        ports.add(c.spec.port)
+        inters.add(c.spec.interaction)
         causes.add(r.cause)
     return [
         [
@@ -95,10 +95,10 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
             ["#", "Source", "Destination", "Port", "What to open", "Cause", "Diagnosis"],
             [
                 [
-                    str(r.check.interaction),
+                    str(r.check.spec.interaction),
                     f"{r.check.src_host} ({r.check.src_address})",
-                    f"{r.check.dst_host} ({r.check.dst_address})",
-                    f"{r.check.port}/tcp ({r.check.service})",
+                    f"{r.check.spec.dst_host} ({r.check.spec.dst_address})",
+                    f"{r.check.spec.port}/tcp ({r.check.spec.service})",
                     what_to_open(r),
                     r.cause,
                     r.diagnosis,
@@ -115,10 +115,10 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
             ["#", "Source", "Destination", "Port", "Cause", "Diagnosis"],
             [
                 [
-                    str(r.check.interaction),
+                    str(r.check.spec.interaction),
                     r.check.src_host,
-                    r.check.dst_host,
-                    str(r.check.port),
+                    r.check.spec.dst_host,
+                    str(r.check.spec.port),
                     r.cause,
                     r.diagnosis,
                 ]

@@ -80,7 +80,7 @@ def _roles(spec: Spec, ev: Evaluation, lay: Layout) -> list[RoleView]:
     hosts: dict[str, set[str]] = {}
     for row in ev.rows:
         hosts.setdefault(row.check.src_role, set()).add(row.check.src_host)
-        hosts.setdefault(row.check.dst_role, set()).add(row.check.dst_host)
+        hosts.setdefault(row.check.spec.dst_role, set()).add(row.check.spec.dst_host)
     out = []
     for key, role in spec.roles.items():
         verdicts = [

@@ -48,7 +48,13 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
         out += table(
             ["verdict", "#", "check", "cause", "diagnosis"],
             [
-                [r.verdict.upper(), str(r.check.interaction), check_label(r), r.cause, r.diagnosis]
+                [
+                    r.verdict.upper(),
+                    str(r.check.spec.interaction),
+                    check_label(r),
+                    r.cause,
+                    r.diagnosis,
+                ]
                 for r in bad
             ],
         )
