@@ -1,9 +1,14 @@
-"""``netcheck-agent``: ``run`` a plan once offline, or ``serve`` a controller's plan."""
+"""``netcheck-agent``: ``run`` a plan once offline, or ``serve`` a controller's plan.
+
+Errors end here, as one line on stderr and an exit code from :data:`agent.errors.EXIT_CODES`
+(see :data:`EPILOG`); no traceback for an error of the agent's tree, nor for a closed pipe.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -13,13 +18,36 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from netcheck.agent import __version__
-from netcheck.agent.wire import Plan, ResultBatch, WireError, decode, encode
+from netcheck.agent.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    InputError,
+    NetcheckAgentError,
+    exit_code,
+)
+from netcheck.agent.inputs import host_port_arg, read_token
+from netcheck.agent.wire import Plan, ResultBatch, decode, encode
 
 log = logging.getLogger("agent")
 
+EPILOG = """exit codes:
+  0  done (serve: stopped by a signal, or --once delivered its round)
+  1  failed: could not register or deliver (the controller refused or is unreachable),
+     or another agent error
+  2  bad input, nothing tried: a flag, the token file, the plan file
+A closed output pipe (netcheck-agent ... | head) changes none of these and prints no
+traceback."""
+
+__all__ = ["EPILOG", "main", "read_token", "run_offline"]
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="netcheck-agent", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="netcheck-agent",
+        description="run a plan once offline, or serve a controller's plan",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=__version__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         help="with --once: report the round, then keep the listeners up this long before "
         "closing them, reporting the peers seen and exiting (default 0)",
     )
-    serve.add_argument("--health-listen", default=None, help="HOST:PORT for /healthz, /metrics")
+    serve.add_argument(
+        "--health-listen", type=host_port_arg, help="HOST:PORT for /healthz, /metrics"
+    )
     serve.add_argument("--mode", choices=("auto", "connect", "syn"), default="auto")
     serve.add_argument("--buffer", type=int, default=50_000, help="results kept while away")
     serve.add_argument(
@@ -76,12 +106,6 @@ def _parser() -> argparse.ArgumentParser:
         help="the first round starts at a random time within this (default 60)",
     )
     return p
-
-
-def read_token(token_file: Path | None) -> str:
-    if token_file is not None:
-        return token_file.read_text().strip()
-    return os.environ.get("NETCHECK_TOKEN", "").strip()
 
 
 async def run_offline(
@@ -117,9 +141,8 @@ async def run_offline(
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         plan = decode(Plan, json.loads(args.plan.read_text()))
-    except (OSError, ValueError, WireError) as exc:
-        print(f"netcheck-agent: cannot read plan {args.plan}: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as exc:  # WireError and JSONDecodeError are ValueErrors
+        raise InputError(f"cannot read plan {args.plan}: {exc}") from None
     batch = asyncio.run(run_offline(plan, args.mode, args.bind, listen=not args.no_listen))
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(encode(batch), indent=1) + "\n")
@@ -135,16 +158,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from netcheck.agent.daemon import DaemonConfig, serve
 
     if not args.once and (args.settle > 0 or args.linger > 0):
-        print("netcheck-agent: --settle and --linger need --once", file=sys.stderr)
-        return 2
-    try:
-        token = read_token(args.token_file)
-    except OSError as exc:
-        print(f"netcheck-agent: cannot read token file: {exc}", file=sys.stderr)
-        return 2
-    if not token:
-        print("netcheck-agent: no token (--token-file or NETCHECK_TOKEN)", file=sys.stderr)
-        return 2
+        raise InputError("--settle and --linger need --once")
+    from netcheck.agent.httpc import parse_url
+
+    parse_url(args.controller)  # a bad URL is bad input: exit 2 before anything starts
+    token = read_token(args.token_file)
+    health = args.health_listen
     cfg = DaemonConfig(
         controller=args.controller.rstrip("/"),
         token=token,
@@ -155,7 +174,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         once=args.once,
         settle_s=max(0.0, args.settle),
         linger_s=max(0.0, args.linger),
-        health_listen=args.health_listen,
+        health_listen=f"[{health[0]}]:{health[1]}" if health else None,
         mode_request=args.mode,
         buffer_size=args.buffer,
         first_run_cap_s=max(0.0, args.splay),
@@ -163,10 +182,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(cfg))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _quiet_pipe() -> None:
+    """After a closed stdout: point it at /dev/null, so that the interpreter's final flush
+    does not fail again (Python's documentation, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+
+
+def _say(text: str) -> None:
+    """One line on stderr, unless stderr is a closed pipe."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _quiet_pipe()
+
+
+def _run(args: argparse.Namespace) -> int:
     from netcheck.agent.tlsbuffers import shrink_tls_read_buffer
 
-    args = _parser().parse_args(argv)
     shrink_tls_read_buffer()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -175,3 +210,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _cmd_run(args)
     return _cmd_serve(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run one subcommand, and turn what ended it into an exit code (see EPILOG)."""
+    try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version (0) or a usage error (2); argparse
+            sys.stdout.flush()  # ignores a closed pipe itself
+            return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+        return _run(args)
+    except BrokenPipeError:  # stdout closed under us (| head): nothing more to say
+        _quiet_pipe()
+        return EXIT_FAILED
+    except NetcheckAgentError as exc:
+        _say(f"netcheck-agent: {exc}")
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130

@@ -45,9 +45,8 @@ class CertError(NetcheckAgentError, RuntimeError):
 
 
 # Exit codes of ``netcheck-agent``. 0: done; 1: it ran but failed (could not register or
-# deliver, or another agent error; also a closed output pipe, ``| head``, which ends the
-# command quietly, as Python's documentation advises); 2: nothing was tried because the
-# input is bad (flags, token file, plan file).
+# deliver, or another agent error); 2: nothing was tried because the input is bad (flags,
+# token file, plan file). A closed output pipe (``| head``) changes none of them.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2

@@ -151,3 +151,118 @@ def _run_unprivileged(tmp_path: Path) -> None:
     assert by_port[902].state == "denied"
     assert "CAP_NET_BIND_SERVICE" in by_port[902].error
     assert by_port[high].state == "listening"
+
+
+# -- exit codes: one map (agent/errors.py EXIT_CODES), for every subcommand ---------------
+
+
+def agent(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "netcheck.agent", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "NETCHECK_TOKEN"} | (env or {}),
+    )
+
+
+SERVE = ("serve", "--controller", "http://127.0.0.1:9", "--role", "pio", "--host", "pio-1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (("run", "--plan", "/nonexistent/plan.json", "--out", "/dev/null"), {}, "cannot read"),
+        (("run", "--plan", "/dev/null"), {}, "required: --out"),
+        (("run", "--mode", "ping"), {}, "invalid choice"),
+        ((*SERVE, "--address", ADDR), {}, "no token: give --token-file or set NETCHECK_TOKEN"),
+        ((*SERVE, "--address", ADDR, "--token-file", "/nonexistent"), {}, "cannot read the"),
+        ((*SERVE, "--address", ADDR, "--settle", "1"), {"NETCHECK_TOKEN": "t"}, "need --once"),
+        ((*SERVE, "--address", ADDR, "--health-listen", "x"), {}, "'x' is not HOST:PORT"),
+        (
+            ("serve", "--controller", "ftp://x", "--role", "r", "--host", "h", "--address", ADDR),
+            {"NETCHECK_TOKEN": "t"},
+            "not an http(s) URL",
+        ),
+        (("bogus",), {}, "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    argv: tuple[str, ...], env: dict[str, str], words: str
+) -> None:
+    proc = agent(*argv, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_map_and_the_help_agree() -> None:
+    from netcheck.agent.cli import EPILOG
+    from netcheck.agent.errors import (
+        CertError,
+        InputError,
+        LinkError,
+        NetcheckAgentError,
+        TransportError,
+        WireError,
+        exit_code,
+    )
+
+    codes = {
+        kind.__name__: exit_code(kind("x"))
+        for kind in (InputError, WireError, LinkError, TransportError, CertError)
+    }
+    assert codes == {
+        "InputError": 2,
+        "WireError": 2,
+        "LinkError": 1,
+        "TransportError": 1,
+        "CertError": 1,
+    }
+    assert all(issubclass(k, NetcheckAgentError) for k in (WireError, TransportError, CertError))
+    help_text = agent("--help").stdout
+    assert EPILOG in help_text
+    for code in ("0  done", "1  failed", "2  bad input"):
+        assert code in help_text
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (("--help",), 0),
+        (("--version",), 0),
+        (("run", "--help"), 0),
+        (("serve", "--help"), 0),
+        (("run", "--plan", "/nonexistent", "--out", "/dev/null"), 2),
+        (SERVE, 2),  # a usage error: --address is missing
+        ((*SERVE, "--address", ADDR), 2),  # no token
+    ],
+)
+def test_a_closed_pipe_is_quiet(argv: tuple[str, ...], code: int) -> None:
+    """``netcheck-agent ... 2>&1 | head`` when head has gone: the command's own exit code,
+    no traceback (Python exits 120 when it cannot flush its output at the end)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the agent writes
+    try:
+        closed = subprocess.run(
+            [sys.executable, "-m", "netcheck.agent", *argv],
+            cwd=REPO,
+            stdout=write_end,
+            stderr=write_end,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "NETCHECK_TOKEN"},
+        )
+        only_stdout = subprocess.run(
+            [sys.executable, "-m", "netcheck.agent", *argv],
+            cwd=REPO,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "NETCHECK_TOKEN"},
+        )
+    finally:
+        os.close(write_end)
+    assert closed.returncode == code
+    assert only_stdout.returncode == code
+    assert "Traceback" not in only_stdout.stderr and "Exception ignored" not in only_stdout.stderr
