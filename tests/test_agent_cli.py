@@ -112,6 +112,24 @@ def test_privileged_port_without_capability_is_denied() -> None:
         _run_unprivileged(Path(tmp))
 
 
+# Who runs as nobody needs an interpreter and a package that nobody can read: the checkout
+# (a clone in a 0700 home) and a pyenv under /root may be neither, so the agent package is
+# copied into the test's world-readable directory and run by the system's Python 3.
+UNPRIVILEGED_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
+def _readable_agent(into: Path) -> Path:
+    """``into/netcheck/agent``: a copy of the agent package (stdlib only) others can read."""
+    pkg = into / "netcheck"
+    shutil.copytree(
+        REPO / "netcheck" / "agent", pkg / "agent", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(REPO / "netcheck" / "__init__.py", pkg / "__init__.py")
+    for path in (into, *into.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return into
+
+
 def _run_unprivileged(tmp_path: Path) -> None:
     (high,) = free_ports(1)
     plan = Plan(
@@ -121,8 +139,10 @@ def _run_unprivileged(tmp_path: Path) -> None:
         listen=(ListenSpec(port=902, service="authd"), ListenSpec(port=high, service="tcp")),
         checks=(),
     )
+    code = _readable_agent(tmp_path / "code")
     plan_file, out = tmp_path / "plan.json", tmp_path / "results.json"
     plan_file.write_text(json.dumps(encode(plan)))
+    plan_file.chmod(0o644)
     tmp_path.chmod(0o777)
     proc = subprocess.run(
         [
@@ -131,7 +151,10 @@ def _run_unprivileged(tmp_path: Path) -> None:
             "--regid=65534",
             "--clear-groups",
             "--inh-caps=-all",
-            sys.executable,
+            # -E -S: no PYTHONPATH, no site-packages; -m puts the cwd (the copy) on sys.path
+            UNPRIVILEGED_PYTHON,
+            "-E",
+            "-S",
             "-m",
             "netcheck.agent",
             "run",
@@ -140,7 +163,8 @@ def _run_unprivileged(tmp_path: Path) -> None:
             "--out",
             str(out),
         ],
-        cwd=REPO,
+        cwd=code,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         capture_output=True,
         text=True,
         timeout=30,
