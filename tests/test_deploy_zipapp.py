@@ -30,6 +30,7 @@ def _load_build_script() -> ModuleType:
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -100,11 +101,69 @@ def test_archive_holds_only_the_agent_and_a_main(pyz: Path) -> None:
 def test_only_optional_extras_are_outside_the_stdlib() -> None:
     """`run` and `serve` need only the stdlib; scapy (SYN probes) and cryptography (the
     stand-in certificate where there is no openssl command) are optional, imported lazily."""
+    assert zipapp_build.forbidden_imports(REPO / "agent") == []
     needs = zipapp_build.third_party_imports(REPO / "agent")
-    assert needs == {
-        "netcheck.agent.probes.raw": {"scapy"},
-        "netcheck.agent.certs": {"cryptography"},
-    }
+    assert set().union(*needs.values()) <= {"scapy", "cryptography"}
+    assert needs["netcheck.agent.certs"] == {"cryptography"}
+    assert all(m.startswith("netcheck.agent.probes.") for m, n in needs.items() if "scapy" in n)
+
+
+BAD_AGENTS = [
+    ("eager.py", "import requests\n", "agent/eager.py:1: netcheck.agent.eager imports requests"),
+    (
+        "sub/__init__.py",
+        "def f():\n    from yaml import safe_load\n",
+        "netcheck.agent.sub imports yaml: not in the standard library",
+    ),
+    (
+        "probes/syn.py",
+        "import os\nfrom scapy.all import IP\n",
+        "agent/probes/syn.py:2: netcheck.agent.probes.syn imports scapy: an optional extra, "
+        "but imported at module level",
+    ),
+    (
+        "link.py",
+        "def f():\n    import scapy\n",
+        "netcheck.agent.link imports scapy: not in the standard library",  # extras stay put
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_AGENTS, ids=[b[0] for b in BAD_AGENTS])
+def test_a_third_party_import_fails_the_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str, message: str
+) -> None:
+    package = tmp_path / "agent"
+    (package / "probes").mkdir(parents=True)
+    (package / "__init__.py").write_text("import json\n")
+    (package / "probes" / "raw.py").write_text("def f():\n    from scapy.layers import inet\n")
+    (package / "certs.py").write_text("def f():\n    import cryptography\n")
+    assert zipapp_build.forbidden_imports(package) == []  # lazy extras where allowed: fine
+    path = package / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    out = tmp_path / "agent.pyz"
+    assert zipapp_build.main(["--out", str(out)], package=package) == 1
+    err = capsys.readouterr().err
+    assert message in err.replace(str(tmp_path) + "/", ""), err
+    assert "FAILED" in err and not out.exists()
+
+
+def test_the_build_script_passes_on_the_real_agent(tmp_path: Path) -> None:
+    """The script itself, as a build runs it: exit 0 on the real agent."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "deploy" / "zipapp" / "build.py"),
+            "--out",
+            str(tmp_path / "a.pyz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "lazily (optional extra)" in proc.stdout and (tmp_path / "a.pyz").is_file()
 
 
 def test_isolated_run_reports_open_refused_and_its_listener(pyz: Path, workdir: Path) -> None:

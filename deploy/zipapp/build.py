@@ -9,14 +9,17 @@ controller, with ``/healthz`` and ``/metrics``) import only the standard library
 extras are used when the host has them: scapy for SYN probes (raw mode, CAP_NET_RAW), and the
 cryptography package to make the stand-in certificate where there is no ``openssl`` command.
 
-The build prints which agent modules import packages outside the standard library, found by
-reading their imports, so a new third-party import shows up here.
+The build reads every agent module's imports and FAILS (exit 1, naming the module, the line
+and the import) on any package outside the standard library, except the optional extras of
+:data:`ALLOWED_EXTRAS`, and those only inside a function (imported when used, never at module
+import): a guest with only Python 3 must be able to run the archive.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -32,21 +35,86 @@ MAIN = (
 )
 
 
+# Optional extras: (module or package prefix, top-level import) -> why it may be imported.
+ALLOWED_EXTRAS: dict[tuple[str, str], str] = {
+    ("netcheck.agent.probes", "scapy"): "SYN probes and traceroute (raw mode, CAP_NET_RAW)",
+    ("netcheck.agent.certs", "cryptography"): "the stand-in certificate without openssl",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ThirdParty:
+    """One import of a package outside the standard library."""
+
+    module: str  # the agent module, dotted
+    path: Path
+    line: int
+    name: str  # the top-level package imported
+    lazy: bool  # inside a function
+
+
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(("netcheck", *parts))
+
+
+def _imports(tree: ast.AST) -> list[tuple[int, str, bool]]:
+    """(line, top-level name, inside a function) of every absolute import."""
+    found: list[tuple[int, str, bool]] = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name.split(".")[0], lazy) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0], lazy))
+        inner = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def third_party(package: Path) -> list[ThirdParty]:
+    """Every import of a package outside the stdlib and netcheck, in every module."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        module = _module_name(path, package)
+        for line, name, lazy in _imports(ast.parse(path.read_text(), str(path))):
+            if name != "netcheck" and name not in sys.stdlib_module_names:
+                out.append(ThirdParty(module, path, line, name, lazy))
+    return out
+
+
+def _allowed(imp: ThirdParty) -> bool:
+    return imp.lazy and any(
+        name == imp.name and (imp.module == prefix or imp.module.startswith(prefix + "."))
+        for prefix, name in ALLOWED_EXTRAS
+    )
+
+
+def forbidden_imports(package: Path) -> list[str]:
+    """One line per import that the archive must not have (empty: the build may go on)."""
+    problems = []
+    for imp in third_party(package):
+        if _allowed(imp):
+            continue
+        where = imp.path.relative_to(REPO) if imp.path.is_relative_to(REPO) else imp.path
+        if any(name == imp.name for _, name in ALLOWED_EXTRAS) and not imp.lazy:
+            why = "an optional extra, but imported at module level (import it in a function)"
+        else:
+            why = "not in the standard library (allowed extras: deploy/zipapp/build.py)"
+        problems.append(f"{where}:{imp.line}: {imp.module} imports {imp.name}: {why}")
+    return problems
+
+
 def third_party_imports(package: Path) -> dict[str, set[str]]:
     """Top-level modules outside the stdlib and the package, imported by each module."""
-    own = "netcheck"
     found: dict[str, set[str]] = {}
-    for path in sorted(package.rglob("*.py")):
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-        outside = {n for n in names if n != own and n not in sys.stdlib_module_names}
-        if outside:
-            module = ".".join(("netcheck", *path.relative_to(package.parent).with_suffix("").parts))
-            found[module] = outside
+    for imp in third_party(package):
+        found.setdefault(imp.module, set()).add(imp.name)
     return found
 
 
@@ -72,13 +140,18 @@ def build(out: Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, package: Path = REPO / "agent") -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="archive to write")
     args = parser.parse_args(argv)
-    needs = third_party_imports(REPO / "agent")
-    for module, names in sorted(needs.items()):
-        print(f"build: {module} imports {', '.join(sorted(names))} (not stdlib, optional)")
+    problems = forbidden_imports(package)
+    if problems:
+        for line in problems:
+            print(f"build: {line}", file=sys.stderr)
+        print("build: FAILED: the agent must run on the standard library alone", file=sys.stderr)
+        return 1
+    for module, names in sorted(third_party_imports(package).items()):
+        print(f"build: {module} imports {', '.join(sorted(names))} lazily (optional extra)")
     path = build(args.out)
     print(f"build: wrote {path} ({path.stat().st_size} bytes, run + serve, stdlib only)")
     return 0
