@@ -232,8 +232,11 @@ def _fetch(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except urllib.error.URLError as exc:
         raise Unreachable(f"controller unreachable at {url}: {exc.reason}") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise Unreachable(f"controller unreachable at {url}: {exc!r}") from None
+    except OSError as exc:
+        raise Unreachable(f"controller unreachable at {url}: {exc.strerror or exc}") from None
+    except http.client.HTTPException as exc:
+        what = f"{type(exc).__name__} {exc}".strip()
+        raise Unreachable(f"controller unreachable at {url}: no HTTP answer ({what})") from None
 
 
 def _local(args: argparse.Namespace) -> tuple[Spec, Inventory, Evaluation]:

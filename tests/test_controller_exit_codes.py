@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -447,3 +448,27 @@ def test_a_closed_pipe_is_quiet(site: Site) -> None:
             err = proc.stderr.read().decode()
             assert proc.wait(timeout=60) == code, (sub, err)
         assert err == "", (sub, err)
+
+
+def test_a_controller_that_does_not_speak_http_is_unreachable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer_junk() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        junk = threading.Thread(target=answer_junk, daemon=True)
+        junk.start()
+        url = f"http://127.0.0.1:{port}"
+        assert main(["gate", "--mode", "deploy", "--controller", url]) == 2
+        junk.join(timeout=10)
+    err = capsys.readouterr().err
+    assert err.startswith(f"could not decide: controller unreachable at {url}/api/v1/gate")
+    assert err.count("\n") == 1
