@@ -133,7 +133,7 @@ def _line_of(text: str, needle: str) -> int:
 
 
 # (name, argv built from the site, exit code, what stderr says)
-Case = tuple[str, Callable[[Site], list[str]], int, Callable[[Site], str]]
+Case = tuple[str, Callable[[Site], list[str]], int, Callable[[Site], str] | None]
 
 BAD_INVENTORY = INVENTORY.replace("  b:\n", "  nobody:\n")
 CASES: list[Case] = [
