@@ -9,6 +9,10 @@ expected check (so it includes interpreter start-up, registration and the settle
 nmap: one process per (source, destination) host pair, all at once, timed from launch to the
 last exit. blackbox_exporter: one exporter per source namespace, every ``/probe`` of that
 source concurrently, timed from the first request to the last answer.
+
+The lab is deploy/lab's (:func:`deploy.lab.lab.session`, prefix ``ncbench-``); results are read
+through the controller's HTTP API (``/api/v1/report``) and its store's Python API
+(:class:`netcheck.controller.store.Store`), never with SQL of our own.
 """
 
 from __future__ import annotations
@@ -16,40 +20,37 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench import blackbox, nmap
-from bench.cmd import REPO, BenchError, kill, spawn
-from bench.lab import (
-    BenchLab,
-    agent_argv,
-    bench_lab,
-    host_netns,
-    start_controller,
-    start_standins,
-    wait_listening,
-)
+from bench.cmd import NOFILE, BenchError, kill, spawn
 from bench.report import Section, Target, secs
 from bench.stats import median
-from deploy.lab.lab import write_lab_topology
+from deploy.lab import lab as labmod
+from deploy.lab import procs
+from deploy.lab.lab import Lab
+from deploy.lab.layout import LabHost
+from deploy.lab.scenario import load_scenario
 from netcheck.controller.spec import Spec
+from netcheck.controller.store import Store
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "quarter.yaml"
-TOPOLOGY = REPO / "topology.yaml"
+TOPOLOGY = labmod.TOPOLOGY  # the spec's own policy (period 300 s) for cold rounds
+PREFIX = "ncbench-"  # the benchmark's lab: never a demo's (nclab-) or a test's namespaces
 # The warm agents' probe period (the spec's 300 s would make the benchmark wait minutes).
 WARM_PERIOD_S = 3.0
 # Cold: agents launched together hold their listeners and wait this long before probing, so
 # that every peer is listening when probed. It must cover the spread of their start-up and
 # registration: 7 agents on this 2-core machine registered within 0.4 s of each other (the
-# report prints it per run); 2 s leaves room for a loaded machine ...
+# report prints how far apart their first listeners came up, per run); 2 s leaves room for
+# a loaded machine ...
 COLD_SETTLE_S = 2.0
 # ... and keep them this long after reporting their round, for the peers still probing
 # (>= the settle plus a round: the 2 s timeout and the protocol checks).
@@ -77,36 +78,54 @@ class NetcheckRun:
     wall_s: float
     states: dict[str, str]  # check_id -> probe state
     verdicts: Counter[str]
-    # Cold: how far apart the agents registered (their listeners start right after).
-    registered_spread_s: float = 0.0
+    # Cold: how far apart the agents' first listeners came up (what the settle must cover).
+    listeners_spread_s: float = 0.0
 
 
-def _registered_spread(db: Path) -> float:
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
-        lo, hi = c.execute("SELECT min(registered_at), max(registered_at) FROM agents").fetchone()
-    return float(hi - lo) if lo is not None else 0.0
+@contextlib.contextmanager
+def bench_lab(period_s: float = 300.0) -> Iterator[Lab]:
+    """deploy/lab's lab under ``ncbench-``: network, scenario and files, nothing started (the
+    lab's topology copy gets ``period_s``); everything removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="ncbench-lab-") as tmp:
+        state = Path(tmp) / "state"
+        with labmod.session(
+            str(SCENARIO), PREFIX, state, kind="netns", start=False, period_s=period_s
+        ) as lab:
+            yield lab
 
 
-def _report(lab: BenchLab) -> dict[str, Any]:
-    status, body = lab.get("/api/v1/report?format=json")
+def start_agent(
+    lab: Lab, h: LabHost, once: bool, settle_s: float = 0.0, linger_s: float = 0.0
+) -> subprocess.Popen[bytes]:
+    """A connect-mode agent on ``h`` with the open-file limit a systemd unit would give it."""
+    return lab.start_agent(h, "connect", once, settle_s, linger_s, nofile=NOFILE)
+
+
+def _listeners_spread(doc: dict[str, Any], agents: set[str]) -> float:
+    """How far apart the agents' first listeners came up (the report's listener ``since``)."""
+    firsts = [
+        min(ls["since"] for ls in doc["listeners"][h]) for h in agents if doc["listeners"].get(h)
+    ]
+    return max(firsts) - min(firsts) if firsts else 0.0
+
+
+def _report(lab: Lab) -> dict[str, Any]:
+    status, body = lab.get("/api/v1/report?format=json", 10.0)
     if status != 200:
         raise BenchError(f"report: HTTP {status}")
     doc: dict[str, Any] = json.loads(body)
     return doc
 
 
-def cold_round(lab: BenchLab, db: Path, cfg: AuditConfig, bound_s: float) -> NetcheckRun:
+def cold_round(lab: Lab, db: Path, cfg: AuditConfig, bound_s: float) -> NetcheckRun:
     """Every agent ``serve --once --settle --linger`` at the same moment; launch -> no check
     ``unknown``."""
-    ctl = start_controller(lab, TOPOLOGY, db)
-    agents: list[subprocess.Popen[str]] = []
+    ctl = lab.start_controller(TOPOLOGY, db)
+    agents: list[subprocess.Popen[bytes]] = []
     hosts = [h for h in lab.layout.hosts if h.agent]
     try:
         t0 = time.monotonic()
-        agents = [
-            spawn(agent_argv(lab, h, True, COLD_SETTLE_S, COLD_LINGER_S), host_netns(h))
-            for h in hosts
-        ]
+        agents = [start_agent(lab, h, True, COLD_SETTLE_S, COLD_LINGER_S) for h in hosts]
         doc: dict[str, Any] = {}
         while time.monotonic() - t0 < bound_s:
             doc = _report(lab)
@@ -122,38 +141,40 @@ def cold_round(lab: BenchLab, db: Path, cfg: AuditConfig, bound_s: float) -> Net
             wall,
             {c["check_id"]: c["state"] for c in doc["checks"]},
             Counter(c["verdict"] for c in doc["checks"]),
-            _registered_spread(db),
+            _listeners_spread(doc, {h.name for h in hosts}),
         )
     finally:
         for a in agents:
-            kill(a)
-        kill(ctl)
+            procs.stop(a)
+        procs.stop(ctl)
 
 
-def _rounds(db: Path) -> dict[str, tuple[float, float, float]]:
-    """src host -> (first probe start, last probe start, batch committed) of its latest round."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
-        rows = c.execute(
-            "SELECT src_host, min(started_at), max(started_at), max(received_at) "
-            "FROM results GROUP BY src_host"
-        ).fetchall()
-    return {str(h): (float(a), float(b), float(r)) for h, a, b, r in rows}
+def _rounds(store: Store) -> dict[str, tuple[float, float, float]]:
+    """src host -> (first probe start, last probe start, its last batch committed), from the
+    newest result per check (``Store.results``) and the agents' ``last_report``
+    (``Store.agents``: the commit time of the agent's newest batch)."""
+    starts: dict[str, list[float]] = defaultdict(list)
+    for r in store.results():
+        starts[r.src_host].append(r.started_at)
+    committed = {a.host: a.last_report for a in store.agents() if a.last_report is not None}
+    return {h: (min(ts), max(ts), committed[h]) for h, ts in starts.items() if h in committed}
 
 
 def warm_rounds(
-    spec: Spec, lab: BenchLab, cfg: AuditConfig, log: Callable[[str], None]
+    spec: Spec, lab: Lab, cfg: AuditConfig, log: Callable[[str], None]
 ) -> tuple[list[float], NetcheckRun]:
-    """Agents in ``serve`` mode (period WARM_PERIOD_S) holding their listeners; per repeat,
-    the slowest agent's round from its first probe to the commit of its batch."""
-    topo = write_lab_topology(lab.state, WARM_PERIOD_S)
+    """Agents in ``serve`` mode (the lab's topology copy: period WARM_PERIOD_S) holding their
+    listeners; per repeat, the slowest agent's round from its first probe to the commit of
+    its batch."""
     db = lab.state / "warm.db"
-    ctl = start_controller(lab, topo, db)
-    agents: list[subprocess.Popen[str]] = []
+    ctl = lab.start_controller(lab.topology, db)
+    store = Store.open(db)  # read-only use: results() and agents()
+    agents: list[subprocess.Popen[bytes]] = []
     walls: list[float] = []
     try:
         hosts = [h for h in lab.layout.hosts if h.agent]
-        agents = [spawn(agent_argv(lab, h, once=False), host_netns(h)) for h in hosts]
-        missing = wait_listening(spec, hosts, 30.0)
+        agents = [start_agent(lab, h, once=False) for h in hosts]
+        missing = lab.wait_listening(spec, 30.0, hosts)
         if missing:
             raise BenchError(f"agents not listening after 30 s: {', '.join(missing)}")
         probing = {c.src_host for c in _checks(lab)}
@@ -161,7 +182,7 @@ def warm_rounds(
         for r in range(cfg.repeats + 1):  # the first complete round is a warm-up
             deadline = time.monotonic() + 10 * WARM_PERIOD_S + 30
             while time.monotonic() < deadline:
-                rounds = _rounds(db)
+                rounds = _rounds(store)
                 if probing <= set(rounds) and all(rounds[h][0] > mark for h in probing):
                     break
                 time.sleep(cfg.poll_s)
@@ -180,12 +201,13 @@ def warm_rounds(
             Counter(c["verdict"] for c in doc["checks"]),
         )
     finally:
+        store.close()
         for a in agents:
-            kill(a)
-        kill(ctl)
+            procs.stop(a)
+        procs.stop(ctl)
 
 
-def _checks(lab: BenchLab) -> list[Check]:
+def _checks(lab: Lab) -> list[Check]:
     doc = _report(lab)
     return [
         Check(c["check_id"], c["src_host"], c["dst_host"], c["dst_address"], int(c["port"]))
@@ -201,11 +223,11 @@ def _by_pair(checks: list[Check]) -> dict[tuple[str, str], list[Check]]:
 
 
 def nmap_round(
-    lab: BenchLab, checks: list[Check], kind: str, bound_s: float
+    lab: Lab, checks: list[Check], kind: str, bound_s: float
 ) -> tuple[float, bool, dict[str, str]]:
     """All (source, destination) pairs at once; wall, finished, check_id -> nmap state."""
     pairs = _by_pair(checks)
-    procs: dict[tuple[str, str], subprocess.Popen[str]] = {}
+    running: dict[tuple[str, str], subprocess.Popen[str]] = {}
     t0 = time.monotonic()
     try:
         for (src, dst), cs in pairs.items():
@@ -221,12 +243,10 @@ def nmap_round(
                 "-",
                 cs[0].dst_address,
             ]
-            procs[(src, dst)] = spawn(
-                argv, host_netns(lab.layout.by_name(src)), stdout=subprocess.PIPE
-            )
+            running[(src, dst)] = spawn(argv, lab.layout.by_name(src).netns, stdout=subprocess.PIPE)
         outputs: dict[tuple[str, str], str] = {}
         finished = True
-        for key, p in procs.items():
+        for key, p in running.items():
             left = max(0.1, bound_s - (time.monotonic() - t0))
             try:
                 out, _ = p.communicate(timeout=left)
@@ -237,7 +257,7 @@ def nmap_round(
                 outputs[key] = ""
         wall = time.monotonic() - t0
     finally:
-        for p in procs.values():
+        for p in running.values():
             kill(p)
     states: dict[str, str] = {}
     for key, cs in pairs.items():
@@ -248,12 +268,12 @@ def nmap_round(
 
 
 def blackbox_round(
-    lab: BenchLab, checks: list[Check], timeout_s: float, base: str
+    lab: Lab, checks: list[Check], timeout_s: float, base: str
 ) -> tuple[float, dict[str, str]]:
     by_src: dict[str, list[Check]] = defaultdict(list)
     for c in checks:
         by_src[c.src_host].append(c)
-    procs = []
+    workers = []
     t0 = time.monotonic()
     for src, cs in by_src.items():
         args = {
@@ -263,9 +283,9 @@ def blackbox_round(
             "targets": [[c.dst_address, c.port] for c in cs],
         }
         argv = [sys.executable, "-m", "bench.worker", "blackbox", json.dumps(args)]
-        procs.append((cs, spawn(argv, host_netns(lab.layout.by_name(src)), stdout=subprocess.PIPE)))
+        workers.append((cs, spawn(argv, lab.layout.by_name(src).netns, stdout=subprocess.PIPE)))
     states: dict[str, str] = {}
-    for cs, p in procs:
+    for cs, p in workers:
         out, err = p.communicate(timeout=60 + timeout_s)
         if p.returncode != 0:
             raise BenchError(f"blackbox worker: {err.strip()[-300:]}")
@@ -290,8 +310,8 @@ def run_audit(spec: Spec, cfg: AuditConfig, log: Callable[[str], None]) -> Secti
     tools: dict[str, list[float]] = defaultdict(list)
     agree: dict[str, list[int]] = defaultdict(list)
     unfinished: set[str] = set()
-    with bench_lab(spec, SCENARIO, TOPOLOGY) as lab, tempfile.TemporaryDirectory() as tmp:
-        standins = start_standins(spec, lab)
+    with bench_lab(WARM_PERIOD_S) as lab, tempfile.TemporaryDirectory() as tmp:
+        standins = lab.start_standins(spec, [h for h in lab.layout.hosts if not h.agent])
         try:
             checks = _checks_once(lab)
             for r in range(cfg.repeats):
@@ -299,13 +319,13 @@ def run_audit(spec: Spec, cfg: AuditConfig, log: Callable[[str], None]) -> Secti
                 cold.append(nc)
                 log(
                     f"audit {r + 1}/{cfg.repeats}: cold {nc.wall_s:.2f} s {dict(nc.verdicts)} "
-                    f"(agents registered within {nc.registered_spread_s:.2f} s)"
+                    f"(agents' listeners up within {nc.listeners_spread_s:.2f} s)"
                 )
             warm_walls, warm = warm_rounds(spec, lab, cfg, log)
             for p in standins:
-                kill(p)
+                procs.stop(p)
             # The agents are gone: stand-ins hold every host's ports for the other tools.
-            standins = start_standins(spec, lab, agents_too=True)
+            standins = lab.start_standins(spec, lab.layout.hosts)
             ref = warm.states
             sources = sorted({c.src_host for c in checks})
             for r in range(cfg.repeats):
@@ -317,7 +337,7 @@ def run_audit(spec: Spec, cfg: AuditConfig, log: Callable[[str], None]) -> Secti
                     if not done:
                         unfinished.add(label)
                     log(f"audit {r + 1}/{cfg.repeats}: {label} {wall:.2f} s")
-            namespaces = [host_netns(lab.layout.by_name(s)) for s in sources]
+            namespaces = [lab.layout.by_name(s).netns for s in sources]
             with blackbox.exporters(namespaces, timeout, Path(tmp)) as base:
                 for r in range(cfg.repeats):
                     wall, states = blackbox_round(lab, checks, timeout, base)
@@ -327,18 +347,21 @@ def run_audit(spec: Spec, cfg: AuditConfig, log: Callable[[str], None]) -> Secti
                     log(f"audit {r + 1}/{cfg.repeats}: {label} {wall:.2f} s")
         finally:
             for p in standins:
-                kill(p)
+                procs.stop(p)
+        blocks = load_scenario(str(SCENARIO), spec, lab.layout).blocks
+    blocked = sum(len(b.src) * len(b.dst) * len(b.ports) for b in blocks)
     return _section(
-        spec, cfg, lab, warm_walls, warm, cold, tools, agree, unfinished, len(checks), len(sources)
-    )
+        spec, cfg, lab, blocked, warm_walls, warm, cold, tools, agree, unfinished, len(checks),
+        len(sources),
+    )  # fmt: skip
 
 
-def _checks_once(lab: BenchLab) -> list[Check]:
-    ctl = start_controller(lab, TOPOLOGY, lab.state / "checks.db")
+def _checks_once(lab: Lab) -> list[Check]:
+    ctl = lab.start_controller(TOPOLOGY, lab.state / "checks.db")
     try:
         return _checks(lab)
     finally:
-        kill(ctl)
+        procs.stop(ctl)
 
 
 def _mismatch(run: NetcheckRun, ref: NetcheckRun) -> int:
@@ -348,7 +371,8 @@ def _mismatch(run: NetcheckRun, ref: NetcheckRun) -> int:
 def _section(
     spec: Spec,
     cfg: AuditConfig,
-    lab: BenchLab,
+    lab: Lab,
+    blocked: int,
     warm_walls: list[float],
     warm: NetcheckRun,
     cold: list[NetcheckRun],
@@ -415,7 +439,6 @@ def _section(
                     gap="" if nc <= 0.5 * w else f"{nc - 0.5 * w:.2f} s over half of nmap's",
                 )
             )
-    blocked = sum(len(b.src) * len(b.dst) * len(b.ports) for b in lab.scenario.blocks)
     method = (
         f"The lab's site ({len(lab.layout.hosts)} hosts, {n_checks} expected checks from "
         f"{n_sources} source hosts) in `ncbench-` namespaces behind two nftables routers, "
@@ -424,8 +447,9 @@ def _section(
         "checks on open ports, connect mode. **Warm round** (the target's figure): agents "
         f"run `netcheck-agent serve` (plan period {WARM_PERIOD_S:g} s) and hold their "
         "listeners; for each round, the slowest agent's time from its first probe start to "
-        "the controller's commit of its batch (`started_at` and `received_at` in the "
-        "controller's SQLite file); after a warm-up round, median of "
+        "the controller's commit of its batch (the newest results' `started_at` and the "
+        "agent's `last_report`, read through the store's Python API); after a warm-up "
+        "round, median of "
         f"{len(warm_walls)}. **Cold**: every agent `serve --once --settle {COLD_SETTLE_S:g} "
         f"--linger {COLD_LINGER_S:g}` launched at the same moment (each holds its listeners, "
         f"reports them, waits {COLD_SETTLE_S:g} s so that every peer is listening, probes, "
@@ -433,8 +457,8 @@ def _section(
         "probing), wall from the launch until the first poll (every "
         f"{cfg.poll_s:g} s) of `GET /api/v1/report?format=json` with no `unknown` check; it "
         f"includes interpreter start-up, registration and the {COLD_SETTLE_S:g} s settle "
-        "(the agents registered within "
-        f"{max(r.registered_spread_s for r in cold):.2f} s of each other, worst run). Other "
+        "(the agents' first listeners came up within "
+        f"{max(r.listeners_spread_s for r in cold):.2f} s of each other, worst run). Other "
         "tools: same checks, same source namespaces, all at once, stand-ins holding every "
         "host's ports; median of "
         f"{cfg.repeats} run(s). Agreement: checks where the tool saw the same state as "

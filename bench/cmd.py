@@ -117,11 +117,3 @@ def worker(
         )
     answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return answer, done.wall_s
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """A short setup command (ip, nft, sysctl)."""
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and p.returncode != 0:
-        raise BenchError(f"{' '.join(argv)}: {p.stderr.strip()}")
-    return p

@@ -11,19 +11,12 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from bench.audit import SCENARIO, TOPOLOGY
-from bench.cmd import BenchError, kill, spawn
-from bench.lab import (
-    agent_argv,
-    bench_lab,
-    host_netns,
-    start_controller,
-    start_standins,
-    wait_listening,
-)
+from bench.audit import TOPOLOGY, bench_lab, start_agent
+from bench.cmd import BenchError
 from bench.procstat import TICK_S, Sample, sample
 from bench.report import Section, Target, secs
 from bench.stats import median
+from deploy.lab import procs
 from netcheck.controller.expand import listen_specs
 from netcheck.controller.spec import Spec
 
@@ -47,7 +40,7 @@ def _mb(mib: float) -> float:
     return mib * 1.048576
 
 
-def _run_sampled(proc: subprocess.Popen[str], every_s: float, bound_s: float) -> list[Sample]:
+def _run_sampled(proc: subprocess.Popen[bytes], every_s: float, bound_s: float) -> list[Sample]:
     """Samples of `proc` until it exits (the last one read from its zombie: CPU only)."""
     out: list[Sample] = []
     deadline = time.monotonic() + bound_s
@@ -68,14 +61,15 @@ def run_footprint(spec: Spec, cfg: FootprintConfig, log: Callable[[str], None]) 
     idle_cpu: list[float] = []
     idle_rss: list[float] = []
     busy: list[tuple[float, float, float]] = []  # (peak RSS MiB, CPU s, wall s)
-    with bench_lab(spec, SCENARIO, TOPOLOGY) as lab:
+    with bench_lab() as lab:
         mgr = lab.layout.of_role(LISTENER_ROLE)[0]
         pio = lab.layout.of_role(PROBER_ROLE)[0]
-        ctl = start_controller(lab, TOPOLOGY, lab.state / "footprint.db")
-        standins = start_standins(spec, lab, agents_too=True, skip=frozenset({mgr.name, pio.name}))
-        agent = spawn(agent_argv(lab, mgr, once=False), host_netns(mgr))
+        ctl = lab.start_controller(TOPOLOGY, lab.state / "footprint.db")
+        others = [h for h in lab.layout.hosts if h not in (mgr, pio)]
+        standins = lab.start_standins(spec, others)
+        agent = start_agent(lab, mgr, once=False)
         try:
-            if wait_listening(spec, [mgr], 30.0):
+            if lab.wait_listening(spec, 30.0, [mgr]):
                 raise BenchError(f"the {LISTENER_ROLE} agent did not hold its ports in 30 s")
             time.sleep(cfg.settle_s)
             for r in range(cfg.repeats):
@@ -90,11 +84,11 @@ def run_footprint(spec: Spec, cfg: FootprintConfig, log: Callable[[str], None]) 
                 )
             for r in range(cfg.repeats):
                 t0 = time.monotonic()
-                proc = spawn(agent_argv(lab, pio, once=True), host_netns(pio))
+                proc = start_agent(lab, pio, once=True)
                 try:
                     samples = _run_sampled(proc, 0.02, 60.0)
                 finally:
-                    kill(proc)
+                    procs.stop(proc)
                 wall = time.monotonic() - t0
                 if proc.returncode != 0 or not samples:
                     raise BenchError(f"the {PROBER_ROLE} agent exited with {proc.returncode}")
@@ -105,10 +99,10 @@ def run_footprint(spec: Spec, cfg: FootprintConfig, log: Callable[[str], None]) 
                     f" CPU {samples[-1].cpu_s:.2f} s, wall {wall:.2f} s"
                 )
         finally:
-            kill(agent)
+            procs.stop(agent)
             for p in standins:
-                kill(p)
-            kill(ctl)
+                procs.stop(p)
+            procs.stop(ctl)
     return _section(cfg, n_listen, idle_cpu, idle_rss, busy)
 
 

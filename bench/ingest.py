@@ -1,4 +1,7 @@
-"""Controller ingest: N simulated agents (aiohttp clients) against the real app in a process.
+"""Controller ingest: N simulated agents (aiohttp clients) against the real controller.
+
+The controller is ``netcheck-controller serve`` as the lab starts it
+(:func:`deploy.lab.argv.controller_argv`), on the loopback, in its own process.
 
 Each agent registers (a real Registration, the controller answers its Plan), then posts
 ResultBatches of ``RESULTS_PER_BATCH`` results (the busiest role's outbound check count,
@@ -16,7 +19,6 @@ import json
 import os
 import secrets
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,7 @@ import yaml
 from bench.cmd import REPO, BenchError, kill, spawn
 from bench.report import Section, Target, secs
 from bench.stats import median, percentile
+from deploy.lab.argv import controller_argv
 
 ROLE = "cloud_vm"
 RESULTS_PER_BATCH = 60
@@ -94,17 +97,10 @@ def controller(n: int) -> Iterator[tuple[str, str, Callable[[], int]]]:
         token_file.touch(mode=0o600)
         token_file.write_text(token)
         port = _free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.controller_proc",
-            str(TOPOLOGY),
-            str(inv),
-            str(Path(tmp) / "netcheck.db"),
-            str(token_file),
-            str(port),
-        ]
-        proc = spawn(argv)
+        db = Path(tmp) / "netcheck.db"
+        argv = controller_argv(TOPOLOGY, inv, f"127.0.0.1:{port}", db, token_file)
+        with open(Path(tmp) / "controller.log", "wb") as log:
+            proc = spawn(argv, stderr=log)
         try:
             yield f"http://127.0.0.1:{port}", token, lambda: proc.pid
         finally:
@@ -249,7 +245,8 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
                 )
             )
     method = (
-        f"Real controller app (controller/app.py) in its own process on 127.0.0.1, SQLite "
+        "The real controller, `netcheck-controller serve` (as the lab starts it), in its own "
+        "process on 127.0.0.1, SQLite "
         f"file in a temp dir; N agents of role `{ROLE}` (one aiohttp ClientSession each) "
         f"register, then post batches of {RESULTS_PER_BATCH} results plus 1 listener state. "
         f"Burst: all N post at once, {cfg.repeats} round(s), rate = results accepted / wall of "

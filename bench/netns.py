@@ -2,17 +2,17 @@
 
 ``src`` (198.18.200.2) -- ``rt`` (198.18.200.1 | 198.18.200.5) -- ``dst`` (198.18.200.6), no
 link to the host's network. The router's nftables table ``inet ncbench`` drops the given
-destination ports. Everything is deleted on exit, also after a failure.
+destination ports. Built with deploy/lab's namespace primitives (``ip -batch`` per namespace,
+the same error reporting); these three namespaces are deleted on exit, also after a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import subprocess
 from collections.abc import Iterator
 
-from bench.cmd import BenchError, sh
+from deploy.lab.netns import Batch, delete_namespaces, run, run_batch
 
 PREFIX = "ncbench-"
 SRC, RT, DST = f"{PREFIX}src", f"{PREFIX}rt", f"{PREFIX}dst"
@@ -40,65 +40,57 @@ def nft_drop(lo: int, hi: int) -> str:
     )
 
 
-def delete_all() -> None:
-    """Remove any ``ncbench-`` namespace left over (only ours: the prefix is ours)."""
-    listed = sh("ip", "netns", "list", check=False).stdout.split("\n")
-    for line in listed:
-        name = line.split(" ", 1)[0].strip()
-        if name.startswith(PREFIX):
-            sh("ip", "netns", "del", name, check=False)
-
-
-def _veth(a_ns: str, a_if: str, b_ns: str, b_if: str) -> None:
-    sh(
-        "ip",
-        "link",
-        "add",
-        a_if,
-        "netns",
-        a_ns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b_ns,
+def build_plan() -> tuple[Batch, ...]:
+    """The ``ip`` commands of the pair, in order. Pure."""
+    return (
+        Batch(None, tuple(f"netns add {ns}" for ns in (SRC, RT, DST))),
+        Batch(
+            None,
+            (
+                f"link add ncb0 netns {SRC} type veth peer name ncb-s netns {RT}",
+                f"link add ncb0 netns {DST} type veth peer name ncb-d netns {RT}",
+            ),
+        ),
+        Batch(
+            SRC,
+            (
+                "link set lo up",
+                f"addr add {SRC_ADDR}/30 dev ncb0",
+                "link set ncb0 up",
+                f"route add default via {RT_SRC_ADDR}",
+            ),
+        ),
+        Batch(
+            DST,
+            (
+                "link set lo up",
+                f"addr add {DST_ADDR}/30 dev ncb0",
+                "link set ncb0 up",
+                f"route add default via {RT_DST_ADDR}",
+            ),
+        ),
+        Batch(
+            RT,
+            (
+                "link set lo up",
+                f"addr add {RT_SRC_ADDR}/30 dev ncb-s",
+                "link set ncb-s up",
+                f"addr add {RT_DST_ADDR}/30 dev ncb-d",
+                "link set ncb-d up",
+            ),
+        ),
     )
-
-
-def _addr(ns: str, dev: str, cidr: str) -> None:
-    sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev)
-    sh("ip", "-n", ns, "link", "set", dev, "up")
 
 
 @contextlib.contextmanager
 def pair(drop_ports: tuple[int, int]) -> Iterator[Pair]:
     """The three namespaces, with ``drop_ports`` (low, high) dropped at the router."""
-    delete_all()
+    delete_namespaces((SRC, RT, DST))  # a crashed run's leftovers (only these three names)
     try:
-        for ns in (SRC, RT, DST):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        _veth(SRC, "ncb0", RT, "ncb-s")
-        _veth(DST, "ncb0", RT, "ncb-d")
-        _addr(SRC, "ncb0", f"{SRC_ADDR}/30")
-        _addr(RT, "ncb-s", f"{RT_SRC_ADDR}/30")
-        _addr(RT, "ncb-d", f"{RT_DST_ADDR}/30")
-        _addr(DST, "ncb0", f"{DST_ADDR}/30")
-        sh("ip", "-n", SRC, "route", "add", "default", "via", RT_SRC_ADDR)
-        sh("ip", "-n", DST, "route", "add", "default", "via", RT_DST_ADDR)
-        sh("ip", "netns", "exec", RT, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        p = subprocess.run(
-            ["ip", "netns", "exec", RT, "nft", "-f", "-"],
-            input=nft_drop(*drop_ports),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if p.returncode != 0:
-            raise BenchError(f"nft in {RT}: {p.stderr.strip()}")
+        for batch in build_plan():
+            run_batch(batch)
+        run(["ip", "netns", "exec", RT, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run(["ip", "netns", "exec", RT, "nft", "-f", "-"], stdin=nft_drop(*drop_ports))
         yield Pair(SRC, DST, RT, SRC_ADDR, DST_ADDR)
     finally:
-        for ns in (SRC, RT, DST):
-            sh("ip", "netns", "del", ns, check=False)
+        delete_namespaces((SRC, RT, DST))
