@@ -25,6 +25,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 
+from netcheck.controller.errors import StoreError
+
 # The tables of version 2, as data (name -> CREATE TABLE). The column types are the ones
 # version 2 was first written with; ``error`` happens to allow NULL (the wire never sends it).
 RESULTS = """CREATE TABLE results (
@@ -108,7 +110,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
 )
 
 
-class SchemaError(Exception):
+class SchemaError(StoreError):
     """The database file has a layout this code cannot use (made by a newer netcheck)."""
 
 
