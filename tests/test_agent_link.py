@@ -1,4 +1,7 @@
-"""The controller link against a real aiohttp test controller on 127.0.0.1."""
+"""The controller link against the real controller: netcheck.controller.app.make_app over a
+real SQLite file, served by aiohttp on 127.0.0.1, with a small topology and inventory written
+here. A recording middleware keeps what the agents sent (the store keeps only the newest), and
+a tiny aiohttp server stands in only where the controller must misbehave (a 5xx)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +19,24 @@ import pytest
 from aiohttp import web
 
 from netcheck.agent.link import HttpTransport, Link, LinkError
-from netcheck.agent.wire import (
-    CheckSpec,
-    ListenSpec,
-    Plan,
-    ProbeResult,
-    Registration,
-    ResultBatch,
-    decode,
-    encode,
-)
+from netcheck.agent.wire import ProbeResult, Registration, ResultBatch, check_id, decode, encode
+from netcheck.controller.app import make_app
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.spec import load_spec
+from netcheck.controller.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-enrolment-token"
 AGENT_ADDR = "127.0.0.11"
+PEER_ADDR = "127.0.0.12"
+VC_ADDR = "127.0.0.13"  # a host without an agent, where nothing listens
+
+MATRIX = """\
+version: 1
+rows:
+  - {family: RHEL, os: "RHEL 7.4", boot: UEFI, vcd_warm: "Qualified", vcs_warm: "Qualified",
+     any_cold: "Qualified", static_ip_vcd_cold: "Qualified", static_ip_vcd_warm: "Qualified"}
+"""
 
 
 def free_port(addr: str = "127.0.0.1") -> int:
@@ -38,49 +45,98 @@ def free_port(addr: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class Controller:
-    """A real HTTP server implementing the register/results contract."""
+def write_site(
+    tmp_path: Path,
+    pio_flows: list[tuple[int, str]],
+    vc_port: int | None = None,
+    pio_hosts: dict[str, str] | None = None,
+    period_s: float = 300,
+) -> tuple[Path, Path]:
+    """topology.yaml (pio -> pio on `pio_flows`, pio -> vc on `vc_port`) and an inventory."""
+    flows = "".join(f'      - {{ports: "{p}", service: {svc}}}\n' for p, svc in pio_flows)
+    interactions = f"""\
+  - id: 4
+    title: pio to pio
+    source: pio
+    destination: pio
+    flows:
+{flows}"""
+    if vc_port is not None:
+        interactions += f"""\
+  - id: 2
+    title: pio to vc
+    source: pio
+    destination: vc
+    flows:
+      - {{ports: "{vc_port}", service: tcp}}
+"""
+    topology = f"""\
+version: 1
+matrix: matrix.yaml
+policy:
+  probe_timeout_seconds: 1.0
+  probe_min_timeout_seconds: 0
+  probe_period_seconds: {period_s}
+roles:
+  pio: {{name: PIO, site: on_prem, agent: true}}
+  vc: {{name: vCenter, site: on_prem, agent: false}}
+interactions:
+{interactions}modes:
+  deploy:
+    title: Deploy
+    interactions: [{"4, 2" if vc_port is not None else "4"}]
+"""
+    hosts = pio_hosts or {"pio-1": AGENT_ADDR}
+    pio = "".join(f"    - {{name: {h}, address: {a}}}\n" for h, a in hosts.items())
+    inventory = f"""\
+version: 1
+site: test
+hosts:
+  pio:
+{pio}  vc:
+    - {{name: vc-1, address: {VC_ADDR}}}
+"""
+    (tmp_path / "matrix.yaml").write_text(MATRIX)
+    (tmp_path / "topology.yaml").write_text(topology)
+    (tmp_path / "inventory.yaml").write_text(inventory)
+    return tmp_path / "topology.yaml", tmp_path / "inventory.yaml"
 
-    def __init__(self, plan: Plan, by_host: dict[str, Plan] | None = None) -> None:
-        self.plan = plan
-        self.by_host = by_host or {}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Controller:
+    """The real controller app on 127.0.0.1, recording what it answered 200 to."""
+
+    def __init__(self, tmp_path: Path, topology: Path, inventory: Path) -> None:
+        self.spec = load_spec(topology)
+        self.inventory = load_inventory(inventory, self.spec)
+        self.tmp_path = tmp_path
+        self.db = tmp_path / "netcheck.sqlite"
         self.registrations: list[Registration] = []
         self.batches: list[ResultBatch] = []
-        self.known = True
-        self.reject_next = 0
         self.runner: web.AppRunner | None = None
-        self.port = free_port()
+        self.port = 0
 
-    def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {TOKEN}"
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        body = await request.read()
+        resp = await handler(request)
+        if resp.status == 200 and request.path == "/api/v1/register":
+            self.registrations.append(decode(Registration, json.loads(body)))
+        if resp.status == 200 and request.path == "/api/v1/results":
+            self.batches.append(decode(ResultBatch, json.loads(body)))
+        return resp
 
-    async def register(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return web.json_response({"error": "bad token"}, status=401)
-        reg = decode(Registration, await request.json())
-        self.registrations.append(reg)
-        self.known = True
-        return web.json_response(encode(self.by_host.get(reg.host, self.plan)))
-
-    async def results(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return web.json_response({"error": "bad token"}, status=401)
-        if not self.known:
-            return web.json_response({"error": "unknown agent"}, status=409)
-        batch = decode(ResultBatch, await request.json())
-        if self.reject_next:
-            self.reject_next -= 1
-            return web.json_response({"error": "bad batch"}, status=400)
-        self.batches.append(batch)
-        return web.json_response({"accepted": len(batch.results)})
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/api/v1/register", self.register)
-        app.router.add_post("/api/v1/results", self.results)
+    async def start(self, db: Path | None = None) -> None:
+        """Serve (again, on the same port once it has one), on `db` if given."""
+        self.db = db or self.db
+        app = make_app(self.spec, self.inventory, self.db, TOKEN)
+        app.middlewares.append(self._record)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.port = int(self.runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -94,30 +150,43 @@ class Controller:
     def results_received(self) -> list[ProbeResult]:
         return [r for b in self.batches for r in b.results]
 
+    def stored(self) -> tuple[list[ProbeResult], dict[str, float]]:
+        """What the controller's SQLite file holds: results and counters."""
+        store = Store.open(self.db)
+        try:
+            return store.results(), store.counters()
+        finally:
+            store.close()
 
-def result(i: int) -> ProbeResult:
+
+def result(i: int, valid: bool = True) -> ProbeResult:
+    """A result of pio-1 for port 1000 + i (`valid`: its check id matches its fields)."""
+    port = 1000 + i
     return ProbeResult(
-        check_id=f"1:a>b:{i}",
-        interaction=1,
-        src_host="a",
-        src_address="127.0.0.1",
-        dst_host="b",
-        dst_address="127.0.0.2",
-        port=i,
+        check_id=check_id(2, "pio-1", "vc-1", port) if valid else f"bogus-{i}",
+        interaction=2,
+        src_host="pio-1",
+        src_address=AGENT_ADDR,
+        dst_host="vc-1",
+        dst_address=VC_ADDR,
+        port=port,
         state="open",
         mode="connect",
         attempts=1,
-        started_at=float(i),
+        started_at=1e9 + i,
     )
 
 
-EMPTY_PLAN = Plan(role="pio", host="pio-1", address=AGENT_ADDR, listen=(), checks=())
+def ports_of(results: list[ProbeResult]) -> list[int]:
+    return [r.port - 1000 for r in results]
+
+
 REG = Registration(role="pio", host="pio-1", address=AGENT_ADDR, version="t", mode="connect")
 
 
 @pytest.fixture
-async def controller() -> AsyncIterator[Controller]:
-    ctl = Controller(EMPTY_PLAN)
+async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
+    ctl = Controller(tmp_path, *write_site(tmp_path, [(free_port(AGENT_ADDR), "tcp")]))
     try:
         yield ctl
     finally:
@@ -125,6 +194,8 @@ async def controller() -> AsyncIterator[Controller]:
 
 
 async def test_buffers_while_controller_is_down_then_delivers(controller: Controller) -> None:
+    await controller.start()  # to learn a port, then down
+    await controller.stop()
     link = Link(
         HttpTransport(controller.url, TOKEN, timeout_s=2), REG, buffer_size=100, batch_size=40
     )
@@ -142,30 +213,40 @@ async def test_buffers_while_controller_is_down_then_delivers(controller: Contro
         await link.flush()
     finally:
         await link.transport.close()
-    got = controller.results_received()
-    assert [r.port for r in got] == list(range(30, 130))
+    assert ports_of(controller.results_received()) == list(range(30, 130))
     assert sum(b.dropped for b in controller.batches) == 30
     assert len(controller.batches) == 3
     assert link.buffered == 0 and link.last_report is not None
+    stored, counters = controller.stored()
+    assert sorted(ports_of(stored)) == list(range(30, 130))
+    assert counters["batches_ingested"] == 3 and counters["dropped:pio:pio-1"] == 30
 
 
-async def test_unknown_agent_reregisters_and_bad_batch_is_dropped(controller: Controller) -> None:
+async def test_unknown_agent_reregisters_and_bad_batch_is_dropped(
+    controller: Controller, tmp_path: Path
+) -> None:
     await controller.start()
     link = Link(HttpTransport(controller.url, TOKEN), REG, batch_size=10)
     try:
         await link.register()
-        controller.known = False
+        # The controller restarts on a new database: it no longer knows the agent (409).
+        await controller.stop()
+        await controller.start(tmp_path / "new.sqlite")
         link.add(result(i) for i in range(5))
         await link.flush()
         assert len(controller.registrations) == 2
-        assert [r.port for r in controller.results_received()] == list(range(5))
-        controller.reject_next = 1
-        link.add(result(i) for i in range(5, 25))
+        assert ports_of(controller.results_received()) == list(range(5))
+        # A batch the controller can never take (400): dropped, counted, and the next goes on.
+        link.add(result(i, valid=False) for i in range(5, 15))
+        link.add(result(i) for i in range(15, 25))
         await link.flush()
     finally:
         await link.transport.close()
-    assert link.rejected_batches == 1
-    assert [r.port for r in controller.results_received()] == [*range(5), *range(15, 25)]
+    assert link.rejected_batches == 1 and link.dropped_total == 10
+    assert ports_of(controller.results_received()) == [*range(5), *range(15, 25)]
+    stored, counters = controller.stored()
+    assert sorted(ports_of(stored)) == [*range(5), *range(15, 25)]
+    assert counters["rejected:schema"] == 1
 
 
 async def test_bad_token_is_an_error_and_keeps_results(controller: Controller) -> None:
@@ -181,27 +262,36 @@ async def test_bad_token_is_an_error_and_keeps_results(controller: Controller) -
         assert "wrong" not in repr(link.transport)
     finally:
         await link.transport.close()
+    assert controller.stored()[0] == []
 
 
-def agent_plan() -> tuple[Plan, list[int]]:
-    ports = [free_port(AGENT_ADDR) for _ in range(3)]
-    listen = (ListenSpec(port=ports[0], service="ssh"), ListenSpec(port=ports[1], service="tls"))
-    checks = tuple(
-        CheckSpec(
-            check_id=f"4:pio-1>pio-1:{p}",
-            interaction=4,
-            dst_role="pio",
-            dst_host="pio-1",
-            dst_address=AGENT_ADDR,
-            port=p,
-            service=svc,
-        )
-        for p, svc in zip(ports, ("ssh", "tls", "tcp"), strict=True)
-    )
-    plan = Plan(
-        role="pio", host="pio-1", address=AGENT_ADDR, listen=listen, checks=checks, timeout_s=1.0
-    )
-    return plan, ports
+async def test_a_server_error_keeps_the_results_for_later() -> None:
+    """The one misbehaviour the real controller will not show on demand: a 5xx."""
+
+    async def unavailable(_: web.Request) -> web.Response:
+        return web.json_response({"error": "try later"}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/results", unavailable)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    link = Link(HttpTransport(f"http://127.0.0.1:{runner.addresses[0][1]}", TOKEN), REG)
+    try:
+        link.add(result(i) for i in range(3))
+        with pytest.raises(LinkError, match="HTTP 503 try later"):
+            await link.flush()
+        assert link.buffered == 3 and link.dropped_total == 0 and link.pending
+    finally:
+        await link.transport.close()
+        await runner.cleanup()
+
+
+def agent_site(tmp_path: Path, period_s: float = 300) -> tuple[Controller, list[int]]:
+    """pio-1 holds an ssh and a tls port and probes them, and a port of vc-1 (refused)."""
+    ports = [free_port(AGENT_ADDR), free_port(AGENT_ADDR), free_port(VC_ADDR)]
+    site = write_site(tmp_path, [(ports[0], "ssh"), (ports[1], "tls")], ports[2], period_s=period_s)
+    return Controller(tmp_path, *site), ports
 
 
 async def spawn_agent(
@@ -220,8 +310,7 @@ async def spawn_agent(
 
 
 async def test_serve_once_registers_probes_and_reports(tmp_path: Path) -> None:
-    plan, ports = agent_plan()
-    ctl = Controller(plan)
+    ctl, ports = agent_site(tmp_path)
     await ctl.start()
     try:
         proc = await spawn_agent(ctl, tmp_path, "--once")
@@ -238,11 +327,12 @@ async def test_serve_once_registers_probes_and_reports(tmp_path: Path) -> None:
     assert {p: s.state for p, s in final.items()} == {ports[0]: "closed", ports[1]: "closed"}
     last_probe = max(r.started_at for r in ctl.results_received())
     assert all(last_probe <= s.since <= ctl.batches[-1].sent_at for s in final.values())
+    stored, _ = ctl.stored()
+    assert {r.port: r.state for r in stored} == states
 
 
 async def test_serve_once_linger_keeps_listeners_for_late_peers(tmp_path: Path) -> None:
-    plan, ports = agent_plan()
-    ctl = Controller(plan)
+    ctl, ports = agent_site(tmp_path)
     await ctl.start()
     try:
         proc = await spawn_agent(ctl, tmp_path, "--once", "--linger", "1.5")
@@ -270,44 +360,17 @@ async def test_serve_once_linger_keeps_listeners_for_late_peers(tmp_path: Path) 
     assert ports[0] in {p.port for b in ctl.batches[1:] for p in b.peers}
 
 
-PEER_ADDR = "127.0.0.12"
-
-
-def pair_plans() -> dict[str, Plan]:
-    """Two agents, each listening on one port and probing the other's."""
-    addrs = {"pio-1": AGENT_ADDR, "pio-2": PEER_ADDR}
-    ports = {h: free_port(a) for h, a in addrs.items()}
-    plans = {}
-    for host, peer in (("pio-1", "pio-2"), ("pio-2", "pio-1")):
-        check = CheckSpec(
-            check_id=f"4:{host}>{peer}:{ports[peer]}",
-            interaction=4,
-            dst_role="pio",
-            dst_host=peer,
-            dst_address=addrs[peer],
-            port=ports[peer],
-            service="tcp",
-        )
-        plans[host] = Plan(
-            role="pio",
-            host=host,
-            address=addrs[host],
-            listen=(ListenSpec(port=ports[host], service="tcp"),),
-            checks=(check,),
-            timeout_s=1.0,
-        )
-    return plans
-
-
 @pytest.mark.parametrize("settle", [0.0, 2.0])
 async def test_serve_once_settle_lets_agents_started_apart_see_each_other(
     tmp_path: Path, settle: float
 ) -> None:
-    """pio-2 starts 1 s after pio-1. Without --settle, pio-1 probes pio-2 before its listener
-    is up (a reset); with --settle 2 both find each other's listener, and each reported its
-    listener states before probing."""
-    plans = pair_plans()
-    ctl = Controller(plans["pio-1"], plans)
+    """pio-2 starts 1 s after pio-1; both hold the same port (on their own address) and probe
+    each other. Without --settle, pio-1 probes pio-2 before its listener is up (a reset);
+    with --settle 2 both find each other's listener, and each reported its listener states
+    before probing."""
+    port = free_port(AGENT_ADDR)
+    hosts = {"pio-1": AGENT_ADDR, "pio-2": PEER_ADDR}
+    ctl = Controller(tmp_path, *write_site(tmp_path, [(port, "tcp")], pio_hosts=hosts))
     await ctl.start()
     procs = []
     try:
@@ -323,12 +386,17 @@ async def test_serve_once_settle_lets_agents_started_apart_see_each_other(
                 await p.wait()
         await ctl.stop()
     assert [p.returncode for p in procs] == [0, 0], [e.decode() for _, e in outs]
-    states = {(b.host, r.dst_host): r.state for b in ctl.batches for r in b.results}
+    states = {
+        (b.host, r.dst_host): r.state
+        for b in ctl.batches
+        for r in b.results
+        if r.dst_host != b.host
+    }
     if not settle:
         assert states == {("pio-1", "pio-2"): "refused", ("pio-2", "pio-1"): "open"}
         return
     assert states == {("pio-1", "pio-2"): "open", ("pio-2", "pio-1"): "open"}
-    for host in plans:
+    for host in hosts:
         batches = [b for b in ctl.batches if b.host == host]
         first = batches[0]
         assert not first.results and [s.state for s in first.listeners] == ["listening"]
@@ -338,16 +406,14 @@ async def test_serve_once_settle_lets_agents_started_apart_see_each_other(
 
 
 async def test_settle_and_linger_need_once(tmp_path: Path) -> None:
-    ctl = Controller(EMPTY_PLAN)
+    ctl, _ = agent_site(tmp_path)  # never started: the agent refuses before any request
     proc = await spawn_agent(ctl, tmp_path, "--settle", "1")
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and "need --once" in err.decode()
 
 
 async def test_serve_health_metrics_and_sigterm_flush(tmp_path: Path) -> None:
-    plan, ports = agent_plan()
-    plan = Plan(**{**plan.__dict__, "period_s": 0.5})
-    ctl = Controller(plan)
+    ctl, ports = agent_site(tmp_path, period_s=0.5)
     await ctl.start()
     health_port = free_port()
     proc = await spawn_agent(ctl, tmp_path, "--health-listen", f"127.0.0.1:{health_port}")
