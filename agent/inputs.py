@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from netcheck.agent.errors import InputError
+from netcheck.agent.errors import InputError as InputError
 
 TOKEN_ENV = "NETCHECK_TOKEN"
 

@@ -38,7 +38,7 @@ from typing import (
     get_type_hints,
 )
 
-from netcheck.agent.errors import WireError
+from netcheck.agent.errors import WireError as WireError
 
 WIRE_VERSION = 1
 
