@@ -155,12 +155,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from netcheck.controller.app import make_app
+    from netcheck.controller.gctune import tune_gc
 
     spec, inv = _load(args)
     token = _token(args)
     host, port = args.listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = make_app(spec, inv, args.db, token, refresh_seconds=args.refresh)
+    app.on_startup.append(tune_gc)  # process-wide GC thresholds: serving only, not make_app
     try:
         web.run_app(app, host=host, port=port, print=None, access_log=None)
     except OSError as exc:
