@@ -1,12 +1,17 @@
 """The lab's command line as a user runs it: up, status, down after the caller is gone,
-scenario errors, and the loopback demo."""
+scenario errors, and the loopback demo with the commands it prints. Every run starts in a
+working directory holding folders named ``audit`` and ``clean`` (the shipped names win)."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +28,28 @@ needs_netns = pytest.mark.skipif(
 )
 
 
-def _lab(state: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, NETCHECK_LAB_PREFIX=PREFIX, NETCHECK_LAB_STATE=str(state))
+def _env(state: Path) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return dict(
+        os.environ, NETCHECK_LAB_PREFIX=PREFIX, NETCHECK_LAB_STATE=str(state), PYTHONPATH=path
+    )
+
+
+def _cwd(tmp_path: Path) -> Path:
+    """A working directory with folders named like the shipped scenarios."""
+    cwd = tmp_path / "cwd"
+    for name in ("audit", "clean"):
+        (cwd / name).mkdir(parents=True, exist_ok=True)
+    return cwd
+
+
+def _lab(
+    state: Path, *args: str, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "deploy.lab", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=cwd or _cwd(state.parent), env=_env(state), capture_output=True, text=True,
+        timeout=timeout, check=False,
     )  # fmt: skip
 
 
@@ -45,12 +67,27 @@ def test_up_then_down_from_another_process_leaves_nothing(tmp_path: Path) -> Non
         assert all(procs.is_ours(p, state) for p in pids.values())
         status = _lab(state, "status")
         assert status.returncode == 0 and "processes alive: 18 of 18" in status.stdout
+        assert "scenario 'clean': nftables table present on routers: prem, cloud" in status.stdout
+        assert "page: forwarded to http://127.0.0.1:" in status.stdout
+        os.kill(pids["forward"], signal.SIGTERM)  # the lab's own forwarder, by its pid
+        for _ in range(50):
+            if not procs.alive_recorded(state).get("forward"):
+                break
+            time.sleep(0.1)
+        status = _lab(state, "status")
+        assert "page: NOT forwarded" in status.stdout
+        assert "processes alive: 17 of 18" in status.stdout
     finally:
         down = _lab(state, "down")
     assert down.returncode == 0, down.stderr
     assert "19 namespaces removed" in down.stdout
     assert netns.leftover_namespaces(PREFIX) == ()
     assert not any(Path(f"/proc/{p}").exists() and procs.is_ours(p, state) for p in pids.values())
+    after = _lab(state, "status")
+    assert after.returncode == 1
+    assert after.stdout.splitlines()[0] == "lab down: no namespaces, no processes"
+    assert "applied" not in after.stdout and "forwarded" not in after.stdout
+    assert f"namespaces ({PREFIX}*): 0" in after.stdout
     again = _lab(state, "down")
     assert "0 processes ended, 0 namespaces removed" in again.stdout
 
@@ -67,13 +104,87 @@ def test_a_bad_scenario_is_refused_with_file_and_line_before_anything_starts(
     assert not (tmp_path / "state").exists()
 
 
+def test_an_unknown_scenario_name_is_refused_with_the_shipped_names(tmp_path: Path) -> None:
+    cwd = _cwd(tmp_path)
+    (cwd / "mine").write_text("version: 1\n")
+    out = _lab(tmp_path / "state", "up", "--scenario", "mine", cwd=cwd)
+    assert out.returncode == 2
+    assert "no shipped scenario 'mine' (shipped: audit, clean)" in out.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def _commands(lines: list[str], after: str) -> list[list[str]]:
+    """The indented command lines printed right after the line starting with ``after``."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(after)) + 1
+    out: list[list[str]] = []
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        out.append(shlex.split(line))
+    return out
+
+
+def _sub(cmd: list[str]) -> str:
+    return next(a for a in cmd if a in ("report", "gate"))
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="as root every port binds, so all must pass")
-def test_loopback_demo_runs_everything_without_namespaces(tmp_path: Path) -> None:
-    out = _lab(tmp_path / "state", "demo", "--loopback", "--scenario", "clean",
-               "--out", str(tmp_path / "out"), timeout=180)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "NO FIREWALL" in out.stdout
-    for mode in ("deployment", "cold_vcd", "cold_vcs", "warm_vcd", "warm_vcs"):
-        assert f"{mode}: GO" in out.stdout
-    assert (tmp_path / "out" / "netcheck-report.html").read_text().lstrip().startswith("<")
-    assert procs.recorded_pids(tmp_path / "state") == {}
+def test_loopback_demo_runs_everything_and_its_printed_commands_work(tmp_path: Path) -> None:
+    """The demo (clean, loopback, --keep) from a working directory with audit/ and clean/
+    folders; while it serves, the live commands it printed answer; after Ctrl-C (SIGTERM),
+    the database commands it printed still do."""
+    cwd, state = _cwd(tmp_path), tmp_path / "state"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "deploy.lab", "demo", "--loopback", "--scenario", "clean",
+         "--keep", "--out", str(tmp_path / "out")],
+        cwd=cwd, env=_env(state), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    watchdog = threading.Timer(240, demo.kill)  # a hung demo fails the test, never hangs it
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Ctrl-C stops"):
+                break
+        text = "\n".join(lines)
+        assert "NO FIREWALL" in text, text[-3000:]
+        for mode in ("deployment", "cold_vcd", "cold_vcs", "warm_vcd", "warm_vcs"):
+            assert f"{mode}: GO" in text
+        assert f"Database: {state / 'netcheck.db'}" in lines
+        report = tmp_path / "out" / "netcheck-report.html"
+        assert f"HTML report: {report}" in lines
+        assert report.read_text().lstrip().startswith("<")
+        live = _commands(lines, "serving the topology page at ")
+        assert [_sub(c) for c in live] == ["report", "gate"]
+        assert all("--controller" in c for c in live)
+        report_live, gate_live = (_run(c, cwd) for c in live)
+        assert report_live.returncode == 0, report_live.stderr
+        assert "pass" in report_live.stdout
+        assert gate_live.returncode == 0, gate_live.stderr
+        assert gate_live.stdout.startswith("deployment: GO")
+        demo.send_signal(signal.SIGTERM)  # what Ctrl-C does; our child, by its pid
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    assert demo.returncode == 0, rest[-3000:]
+    assert "lab down (" in rest
+    assert procs.recorded_pids(state) == {}
+    offline = _commands(lines, "Report and gate from the database")
+    assert [_sub(c) for c in offline] == ["report", "gate"]
+    assert all("--db" in c and "--inventory" in c for c in offline)
+    report_cmd, gate_cmd = offline
+    done = _run(report_cmd, cwd)
+    assert done.returncode == 0, done.stderr
+    assert "pass" in done.stdout
+    done = _run(gate_cmd, cwd)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deployment: GO")
