@@ -1,15 +1,14 @@
-"""Run a plan's checks concurrently under a cap, and schedule re-runs with jitter."""
+"""Run a plan's checks with the probe mode's runner (:data:`~netcheck.agent.probes.RUNNERS`),
+and schedule re-runs with jitter."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
-from netcheck.agent.fdlimit import fd_capped_concurrency
-from netcheck.agent.probes import ProbeOptions, connect
-from netcheck.agent.wire import CheckSpec, Plan, ProbeMode, ProbeResult
+from netcheck.agent.probes import RUNNERS, ProbeOptions
+from netcheck.agent.wire import Plan, ProbeMode, ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -27,33 +26,11 @@ def options_for(plan: Plan, bind_address: str = "", service_checks: bool = True)
     )
 
 
-async def run_connect(
-    checks: Sequence[CheckSpec], opts: ProbeOptions, concurrency: int
-) -> list[ProbeResult]:
-    """Connect-probe every check, at most `concurrency` at once; results in input order.
-
-    The probes of one call are one round: they share a round-trip book, so with
-    ``opts.min_timeout_s`` > 0 a silent port waits a multiple of the round trip measured to
-    its destination in this round instead of the whole timeout.
-    """
-    sem = asyncio.Semaphore(fd_capped_concurrency(concurrency, opts.attempts))
-    rtts = opts.round_trips()
-
-    async def one(check: CheckSpec) -> ProbeResult:
-        async with sem:
-            return await connect.probe(check, opts, rtts)
-
-    return list(await asyncio.gather(*(one(c) for c in checks)))
-
-
 async def run_plan(plan: Plan, mode: ProbeMode, bind_address: str = "") -> list[ProbeResult]:
-    """Every check of `plan`, in `mode` (``syn`` needs CAP_NET_RAW and scapy)."""
+    """Every check of `plan`, by the runner registered for `mode` (``syn`` needs CAP_NET_RAW
+    and scapy)."""
     opts = options_for(plan, bind_address)
-    if mode == "syn":
-        from netcheck.agent.probes import raw
-
-        return await raw.run(plan.checks, opts, plan.concurrency)
-    return await run_connect(plan.checks, opts, plan.concurrency)
+    return await RUNNERS[mode](plan.checks, opts, plan.concurrency)
 
 
 def schedule(period_s: float, rng: random.Random, first_cap_s: float = 60.0) -> Iterator[float]:

@@ -20,7 +20,8 @@ from bench.floor import asyncio_floor, selectors_floor
 
 
 def _runner(args: dict[str, Any]) -> dict[str, Any]:
-    from netcheck.agent.runner import options_for, run_connect
+    from netcheck.agent.probes.connect import run as run_connect
+    from netcheck.agent.runner import options_for
     from netcheck.agent.wire import Plan, decode
 
     plan = decode(Plan, json.loads(Path(args["plan"]).read_text()))

@@ -15,7 +15,6 @@ import pytest
 
 from netcheck.agent.probes import ProbeOptions, connect
 from netcheck.agent.probes.rtt import RoundTrips
-from netcheck.agent.runner import run_connect
 from netcheck.agent.wire import CheckSpec
 
 ADDR = "127.0.0.11"
@@ -162,7 +161,7 @@ async def test_silent_port_gives_up_after_the_floor_when_its_host_answers(
     silent, refused = silent_and_refused
     opts = ProbeOptions("a", ADDR, timeout_s=2.0, retries=2, min_timeout_s=0.3, rtt_factor=10)
     t0 = time.monotonic()
-    res = await run_connect([_check(silent), _check(refused)], opts, concurrency=64)
+    res = await connect.run([_check(silent), _check(refused)], opts, concurrency=64)
     took = time.monotonic() - t0
     assert [r.state for r in res] == ["filtered", "refused"]
     assert res[0].attempts == 3  # the retries fit in the shortened window
@@ -175,7 +174,7 @@ async def test_fixed_timeout_when_adaptation_is_off(silent_and_refused: tuple[in
     silent, refused = silent_and_refused
     opts = ProbeOptions("a", ADDR, timeout_s=0.8, retries=2, min_timeout_s=0.0)
     t0 = time.monotonic()
-    res = await run_connect([_check(silent), _check(refused)], opts, concurrency=64)
+    res = await connect.run([_check(silent), _check(refused)], opts, concurrency=64)
     assert time.monotonic() - t0 > 0.75
     assert res[0].state == "filtered"
     assert res[0].error == "no answer to 3 SYN(s) within 0.8 s"
@@ -189,7 +188,7 @@ async def test_silent_host_borrows_the_largest_round_trip_of_the_round(
     other = _refused_port(OTHER)
     opts = ProbeOptions("a", ADDR, timeout_s=2.0, retries=2, min_timeout_s=0.3, rtt_factor=10)
     t0 = time.monotonic()
-    res = await run_connect([_check(silent), _check(other, OTHER, "c")], opts, concurrency=64)
+    res = await connect.run([_check(silent), _check(other, OTHER, "c")], opts, concurrency=64)
     took = time.monotonic() - t0
     assert [r.state for r in res] == ["filtered", "refused"]
     assert res[0].attempts == 3
@@ -231,7 +230,7 @@ async def test_nothing_answers_in_the_round_waits_the_full_timeout(
     silent, _ = silent_and_refused
     opts = ProbeOptions("a", ADDR, timeout_s=0.9, retries=2, min_timeout_s=0.3, rtt_factor=10)
     t0 = time.monotonic()
-    res = await run_connect([_check(silent)], opts, concurrency=64)
+    res = await connect.run([_check(silent)], opts, concurrency=64)
     assert time.monotonic() - t0 > 0.85
     assert res[0].state == "filtered"
     assert res[0].error == (

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_helpers import (
@@ -29,6 +30,7 @@ pytestmark = [
     pytest.mark.skipif(root_lab_skip_reason() is not None, reason=str(root_lab_skip_reason())),
 ]
 
+TIMEOUT_S = 1.0
 DROP, RESET, ADMIN, HOST_UNREACH, HOST_PROHIB, OPEN, CLOSED = range(1001, 1008)
 RULES = f"""table inet nct_agent {{
   chain forward_filter {{
@@ -52,7 +54,18 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def run_agent(lab: Lab, tmp_path: Path, mode: str) -> dict[int, ProbeResult]:
+def run_agent(
+    lab: Lab, tmp_path: Path, mode: str, services: dict[int, str] | None = None
+) -> dict[int, ProbeResult]:
+    """The results of one `run` of the agent on `services` (port: service; default: every
+    port of this lab as plain tcp), by port."""
+    return {r.port: r for r in run_batch(lab, tmp_path, mode, services).results}
+
+
+def run_batch(
+    lab: Lab, tmp_path: Path, mode: str, services: dict[int, str] | None = None
+) -> ResultBatch:
+    wanted = services or dict.fromkeys(range(DROP, CLOSED + 1), "tcp")
     checks = [
         {
             "check_id": f"9:c>s:{port}",
@@ -61,12 +74,12 @@ def run_agent(lab: Lab, tmp_path: Path, mode: str) -> dict[int, ProbeResult]:
             "dst_host": "s",
             "dst_address": SERVER,
             "port": port,
-            "service": "tcp",
+            "service": service,
         }
-        for port in range(DROP, CLOSED + 1)
+        for port, service in wanted.items()
     ]
-    plan = {"role": "c", "host": "c", "address": CLIENT, "listen": [], "checks": checks}
-    plan["timeout_s"] = 1.0
+    plan: dict[str, Any] = {"role": "c", "host": "c", "address": CLIENT, "listen": []}
+    plan.update(checks=checks, timeout_s=TIMEOUT_S)
     plan_file, out = tmp_path / f"plan-{mode}.json", tmp_path / f"out-{mode}.json"
     plan_file.write_text(json.dumps(plan))
     proc = lab.run(
@@ -85,8 +98,7 @@ def run_agent(lab: Lab, tmp_path: Path, mode: str) -> dict[int, ProbeResult]:
         ],
     )
     assert proc.returncode == 0, proc.stderr
-    batch = decode(ResultBatch, json.loads(out.read_text()))
-    return {r.port: r for r in batch.results}
+    return decode(ResultBatch, json.loads(out.read_text()))
 
 
 EXPECTED = {
@@ -134,3 +146,20 @@ def test_syn_mode_tells_every_state_and_finds_the_firewall(lab: Lab, tmp_path: P
     assert res[ADMIN].responder == R2_LEFT
     assert res[ADMIN].last_hop == R2_LEFT
     assert res[OPEN].last_hop is None and res[OPEN].latency_s is not None
+
+
+@pytest.mark.parametrize("mode", ["connect", "syn"])
+def test_a_silent_service_does_not_stretch_the_round_past_its_timeout(
+    lab: Lab, tmp_path: Path, mode: str
+) -> None:
+    """The open port's peer accepts and says nothing; a dropped port keeps the SYN scan busy
+    for the whole timeout. The SSH check runs inside the check's own deadline (in SYN mode:
+    as soon as the port is found open, while the scan goes on), not after it."""
+    batch = run_batch(lab, tmp_path, mode, {DROP: "tcp", OPEN: "ssh"})
+    res = {r.port: r for r in batch.results}
+    assert (res[DROP].state, res[OPEN].state) == ("filtered", "open")
+    sc = res[OPEN].service_check
+    assert sc is not None and sc.outcome == "error", sc
+    assert sc.detail.endswith("waiting for the SSH banner"), sc.detail
+    span = batch.sent_at - min(r.started_at for r in batch.results)
+    assert span < TIMEOUT_S + 0.5, span  # generous slack; a timeout on top would be 2 s

@@ -12,9 +12,9 @@ import pytest
 
 from netcheck.agent.certs import StandinCert
 from netcheck.agent.listeners import ListenerSet
-from netcheck.agent.probes import ProbeOptions, connect
-from netcheck.agent.runner import run_connect, schedule
-from netcheck.agent.wire import CheckSpec, ListenSpec, Service
+from netcheck.agent.probes import Outcome, ProbeOptions, connect, make_result
+from netcheck.agent.runner import run_plan, schedule
+from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, ProbeResult, Service, ServiceCheck
 
 ADDR = "127.0.0.7"
 
@@ -67,7 +67,7 @@ async def test_open_ports_pass_their_protocol_checks(
         assert res.mode == "connect"
     assert results["tcp"].service_check is None
     for svc in ("ssh", "tls", "authd", "iscsi", "docker", "vsphere"):
-        sc = results[svc].service_check  # type: ignore[index]
+        sc = results[svc].service_check
         assert sc is not None and sc.outcome == "ok", (svc, sc)
     ssh = results["ssh"].service_check
     assert ssh is not None and ssh.detail.startswith("SSH-2.0-netcheck_")
@@ -201,10 +201,48 @@ async def test_a_port_dropped_from_the_plan_is_reported_closed() -> None:
 async def test_concurrent_plan_takes_about_one_timeout() -> None:
     ports = [free_port() for _ in range(40)]
     t0 = time.monotonic()
-    results = await run_connect([check(p) for p in ports], OPTS, concurrency=512)
+    results = await connect.run([check(p) for p in ports], OPTS, concurrency=512)
     assert time.monotonic() - t0 < 1.0
     assert [r.state for r in results] == ["refused"] * 40
     assert [r.port for r in results] == ports
+
+
+async def test_run_plan_takes_the_runner_of_its_mode_from_the_registry() -> None:
+    ports = [free_port() for _ in range(5)]
+    plan = Plan(
+        role="a",
+        host="a",
+        address="127.0.0.1",
+        listen=(),
+        checks=tuple(check(p) for p in ports),
+        timeout_s=1.0,
+    )
+    results = await run_plan(plan, "connect")
+    assert [(r.port, r.state, r.mode) for r in results] == [
+        (p, "refused", "connect") for p in ports
+    ]
+    assert {(r.src_host, r.src_address) for r in results} == {("a", "127.0.0.1")}
+
+
+def test_a_result_is_the_check_the_options_and_the_outcome() -> None:
+    sc = ServiceCheck(service="ssh", outcome="ok", detail="SSH-2.0-x")
+    found = Outcome("open", attempts=2, latency_s=0.01, service_check=sc, error="")
+    c = check(22, "ssh")
+    assert make_result(c, OPTS, "syn", 1700000000.0, found) == ProbeResult(
+        check_id=c.check_id,
+        interaction=1,
+        src_host="a",
+        src_address="127.0.0.1",
+        dst_host="b",
+        dst_address=ADDR,
+        port=22,
+        state="open",
+        mode="syn",
+        attempts=2,
+        started_at=1700000000.0,
+        latency_s=0.01,
+        service_check=sc,
+    )
 
 
 def test_schedule_jitters_within_ten_percent() -> None:

@@ -5,7 +5,6 @@ Raw IPv4 sockets run the filter on the packet from its IP header.
 
 from __future__ import annotations
 
-import ctypes
 import socket
 import struct
 
@@ -39,6 +38,8 @@ def icmp_errors() -> list[Insn]:
 
 
 def attach(sock: socket.socket, program: list[Insn]) -> None:
+    import ctypes  # only where raw sockets are used: connect-only agents stay smaller
+
     code = b"".join(struct.pack("=HBBI", *insn) for insn in program)
     buf = ctypes.create_string_buffer(code, len(code))
     fprog = struct.pack("HL", len(program), ctypes.addressof(buf))

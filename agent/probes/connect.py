@@ -8,6 +8,10 @@ round trip measured in the same round to the same destination (else its role, el
 destination). ICMP errors are read from the
 socket's error queue (IP_RECVERR) to tell ``prohibited`` from ``unreachable`` and to name the
 router that answered.
+
+The caller owns the timeout: one deadline per check (its start + ``timeout_s``, or the one
+the caller gives) covers the connect attempts and the protocol check on an open port, which
+gets what is left of it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import math
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from netcheck.agent.probes import ProbeOptions, make_result, service
+from netcheck.agent.fdlimit import fd_capped_concurrency
+from netcheck.agent.probes import service
+from netcheck.agent.probes.base import Outcome, ProbeOptions, make_result
 from netcheck.agent.probes.icmp import describe, state_for_errno, state_for_icmp
 from netcheck.agent.probes.rtt import RoundTrips, Window, fixed
 from netcheck.agent.wire import CheckSpec, ProbeResult, ProbeState
@@ -33,7 +41,9 @@ _EE = struct.Struct("=IBBBBII")
 
 
 @dataclasses.dataclass
-class _Outcome:
+class _Answer:
+    """What one connect attempt got."""
+
     state: ProbeState
     latency_s: float | None
     error: str = ""
@@ -60,29 +70,29 @@ def read_icmp_error(sock: socket.socket) -> tuple[int, int, str] | None:
     return None
 
 
-def _failure(sock: socket.socket, exc: OSError, latency: float) -> _Outcome:
+def _failure(sock: socket.socket, exc: OSError, latency: float) -> _Answer:
     icmp = read_icmp_error(sock) if sock.family == socket.AF_INET else None
     if icmp is not None:
         icmp_type, code, offender = icmp
         text = f"{describe(icmp_type, code)} from {offender}"
-        return _Outcome(state_for_icmp(icmp_type, code), latency, text, offender or None)
+        return _Answer(state_for_icmp(icmp_type, code), latency, text, offender or None)
     state = state_for_errno(exc.errno)
     text = errno.errorcode.get(exc.errno or 0, "") + f" {exc.strerror or exc}"
     if state == "refused":
         text = "TCP reset (nothing listening, or a firewall's reject with tcp reset)"
     elif exc.errno == errno.EPERM:
         text = "EPERM: the local firewall forbids this connection"
-    return _Outcome(state, latency, text.strip())
+    return _Answer(state, latency, text.strip())
 
 
 async def _attempt(
     loop: asyncio.AbstractEventLoop, check: CheckSpec, opts: ProbeOptions
-) -> _Outcome:
+) -> _Answer:
     family = socket.AF_INET6 if ":" in check.dst_address else socket.AF_INET
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
-        return _Outcome("error", None, f"cannot create a socket: {exc}")
+        return _Answer("error", None, f"cannot create a socket: {exc}")
     keep = False
     try:
         sock.setblocking(False)
@@ -96,9 +106,9 @@ async def _attempt(
         except OSError as exc:
             return _failure(sock, exc, time.monotonic() - t0)
         keep = True
-        return _Outcome("open", time.monotonic() - t0, sock=sock)
+        return _Answer("open", time.monotonic() - t0, sock=sock)
     except OSError as exc:
-        return _Outcome("error", None, f"{type(exc).__name__}: {exc}")
+        return _Answer("error", None, f"{type(exc).__name__}: {exc}")
     finally:
         if not keep:
             sock.close()
@@ -108,12 +118,12 @@ _ANSWERED: frozenset[str] = frozenset({"open", "refused", "unreachable", "prohib
 
 
 async def _wait_any(
-    pending: set[asyncio.Task[_Outcome]],
+    pending: set[asyncio.Task[_Answer]],
     rtts: RoundTrips | None,
     addr: str,
     role: str,
     wait_s: float,
-) -> set[asyncio.Task[_Outcome]]:
+) -> set[asyncio.Task[_Answer]]:
     """The attempts that finished within `wait_s`, cut short when the window moves."""
     if rtts is None or not rtts.adaptive:
         done, _ = await asyncio.wait(
@@ -130,32 +140,36 @@ async def _wait_any(
 
 
 async def connect(
-    check: CheckSpec, opts: ProbeOptions, rtts: RoundTrips | None = None
-) -> tuple[_Outcome | None, int, Window]:
+    check: CheckSpec,
+    opts: ProbeOptions,
+    rtts: RoundTrips | None = None,
+    deadline: float | None = None,
+) -> tuple[_Answer | None, int, Window]:
     """The first answer among staggered attempts, how many were sent, and the window waited.
 
     The window is the check's timeout, or with `rtts` (one book per round) the adaptive one
     for its destination, re-read whenever the book says it moved; attempt k goes out at
-    ``k × window / attempts``.
+    ``k × window / attempts``. Nothing is waited for past `deadline` (loop time), if given.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    pending: set[asyncio.Task[_Outcome]] = set()
+    stop = math.inf if deadline is None else deadline
+    pending: set[asyncio.Task[_Answer]] = set()
     launched = 0
-    answer: _Outcome | None = None
+    answer: _Answer | None = None
     addr, role = check.dst_address, check.dst_role
     win = rtts.window(addr, role) if rtts is not None else fixed(opts.timeout_s)
     try:
         while answer is None:
             now = loop.time()
-            if now >= start + win.seconds:
+            if now >= min(start + win.seconds, stop):
                 break
             step = win.seconds / opts.attempts
             while launched < opts.attempts and start + launched * step <= now:
                 pending.add(asyncio.create_task(_attempt(loop, check, opts)))
                 launched += 1
             wake = start + (launched * step if launched < opts.attempts else win.seconds)
-            done = await _wait_any(pending, rtts, addr, role, wake - loop.time())
+            done = await _wait_any(pending, rtts, addr, role, min(wake, stop) - loop.time())
             for task in done & pending:
                 pending.discard(task)
                 outcome = task.result()
@@ -179,39 +193,57 @@ async def connect(
 
 
 async def probe(
-    check: CheckSpec, opts: ProbeOptions, rtts: RoundTrips | None = None
+    check: CheckSpec,
+    opts: ProbeOptions,
+    rtts: RoundTrips | None = None,
+    deadline: float | None = None,
 ) -> ProbeResult:
-    """One check; with `rtts` (shared by a round) a silent port waits the adaptive window."""
+    """One check, all of it (attempts and protocol check) by `deadline` (loop time; default:
+    ``timeout_s`` from now); with `rtts` (shared by a round) a silent port waits the adaptive
+    window."""
+    loop = asyncio.get_running_loop()
     started_at = time.time()
-    answer, attempts, win = await connect(check, opts, rtts)
+    if deadline is None:
+        deadline = loop.time() + opts.timeout_s
+    answer, attempts, win = await connect(check, opts, rtts, deadline)
     if answer is None:
-        return make_result(
-            check,
-            opts,
-            state="filtered",
-            mode="connect",
-            attempts=attempts,
-            started_at=started_at,
-            error=win.describe(attempts, check.dst_role),
-        )
+        found = Outcome("filtered", attempts, error=win.describe(attempts, check.dst_role))
+        return make_result(check, opts, "connect", started_at, found)
     service_check = None
     if answer.sock is not None:
         if opts.service_checks:
-            # The check owns the connected socket from here on and closes it.
-            service_check = await service.check(
-                check.service, answer.sock, check.dst_address, opts.timeout_s
-            )
+            # The check owns the connected socket from here on and closes it, in the time
+            # that is left of this check's.
+            left = deadline - loop.time()
+            service_check = await service.check(check.service, answer.sock, check.dst_address, left)
         else:
             answer.sock.close()
-    return make_result(
-        check,
-        opts,
+    found = Outcome(
         state=answer.state,
-        mode="connect",
         attempts=attempts,
-        started_at=started_at,
         latency_s=answer.latency_s,
         service_check=service_check,
         responder=answer.responder,
         error=answer.error,
     )
+    return make_result(check, opts, "connect", started_at, found)
+
+
+async def run(
+    checks: Sequence[CheckSpec], opts: ProbeOptions, concurrency: int
+) -> list[ProbeResult]:
+    """Connect-probe every check, at most `concurrency` at once; results in input order.
+
+    The probes of one call are one round: they share a round-trip book, so with
+    ``opts.min_timeout_s`` > 0 a silent port waits a multiple of the round trip measured to
+    its destination in this round instead of the whole timeout. The concurrency is lowered
+    to what the open-file limit holds (:func:`~netcheck.agent.fdlimit.fd_capped_concurrency`).
+    """
+    sem = asyncio.Semaphore(fd_capped_concurrency(concurrency, opts.attempts))
+    rtts = opts.round_trips()
+
+    async def one(check: CheckSpec) -> ProbeResult:
+        async with sem:
+            return await probe(check, opts, rtts)
+
+    return list(await asyncio.gather(*(one(c) for c in checks)))

@@ -4,23 +4,30 @@
 a :class:`ServiceCheck` (``None`` for plain ``tcp``). Outcomes: ``ok`` the service (or a
 netcheck stand-in for it) answered as expected, ``mismatch`` something else answered,
 ``error`` the check could not finish (timeout, reset).
+
+:data:`SERVICE_CHECKS` says, for every service, whether a TLS handshake comes first and which
+exchange proves the service (over TLS when there is one). ``limit_s`` is the whole check's
+budget, owned by the caller (what is left of the probe's timeout): waiting for a TLS slot,
+the handshake and the exchange all fit in it, and closing the connection takes at most what
+is left (then it is aborted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import socket
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from netcheck.agent.certs import STANDIN_ORG
 from netcheck.agent.probes.tlsinfo import describe_certificate
 from netcheck.agent.protocols import AUTHD_PREFIX, iscsi_discovery_login, parse_iscsi_login_response
-from netcheck.agent.wire import Service, ServiceCheck
+from netcheck.agent.wire import Service, ServiceCheck, ServiceOutcome
 
 SOAP_RETRIEVE_SERVICE_CONTENT = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -29,6 +36,28 @@ SOAP_RETRIEVE_SERVICE_CONTENT = (
     '<vim25:_this type="ServiceInstance">ServiceInstance</vim25:_this>'
     "</vim25:RetrieveServiceContent></soapenv:Body></soapenv:Envelope>"
 )
+# A graceful close waits at most this long (and never past the check's budget).
+CLOSE_WAIT_S = 1.0
+
+# What an exchange found: (ok | mismatch, detail).
+Found = tuple[ServiceOutcome, str]
+Exchange = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[Found]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceProbe:
+    """How one service is recognised on an open connection."""
+
+    # A TLS handshake first (its certificate is reported).
+    tls: bool = False
+    # Then this exchange (over TLS when `tls`); None: nothing more to do.
+    exchange: Exchange | None = None
+    # What the exchange waits for, for the text of a timeout.
+    waits_for: str = ""
+
+    @property
+    def checks_anything(self) -> bool:
+        return self.tls or self.exchange is not None
 
 
 _CLIENT_CONTEXT: list[ssl.SSLContext] = []
@@ -59,56 +88,40 @@ def _client_context() -> ssl.SSLContext:
     return _CLIENT_CONTEXT[0]
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-
 async def _first_line(reader: asyncio.StreamReader, limit: int = 512) -> bytes:
     data = await reader.read(limit)
     return data.split(b"\n", 1)[0].rstrip(b"\r")
 
 
-async def _ssh(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ServiceCheck:
+async def _ssh(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> Found:
     line = await _first_line(reader)
     text = line.decode("ascii", "replace")
     if line.startswith(b"SSH-"):
-        return ServiceCheck(service="ssh", outcome="ok", detail=text)
-    return ServiceCheck(service="ssh", outcome="mismatch", detail=f"no SSH banner: {text[:80]!r}")
+        return "ok", text
+    return "mismatch", f"no SSH banner: {text[:80]!r}"
 
 
-async def _authd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ServiceCheck:
+async def _authd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> Found:
     line = await _first_line(reader)
     text = line.decode("ascii", "replace")
     if line.startswith(AUTHD_PREFIX):
-        return ServiceCheck(service="authd", outcome="ok", detail=text)
-    return ServiceCheck(
-        service="authd", outcome="mismatch", detail=f"no authd banner: {text[:80]!r}"
-    )
+        return "ok", text
+    return "mismatch", f"no authd banner: {text[:80]!r}"
 
 
-async def _iscsi(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ServiceCheck:
+async def _iscsi(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> Found:
     writer.write(iscsi_discovery_login())
     await writer.drain()
     try:
         bhs = await reader.readexactly(48)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
-            return ServiceCheck(
-                service="iscsi", outcome="mismatch", detail="closed without a Login Response"
-            )
+            return "mismatch", "closed without a Login Response"
         bhs = exc.partial
     status = parse_iscsi_login_response(bhs)
     if status is None:
-        return ServiceCheck(
-            service="iscsi", outcome="mismatch", detail="not an iSCSI Login Response"
-        )
-    return ServiceCheck(
-        service="iscsi",
-        outcome="ok",
-        detail=f"iSCSI Login Response, status class {status[0]} detail {status[1]}",
-    )
+        return "mismatch", "not an iSCSI Login Response"
+    return "ok", f"iSCSI Login Response, status class {status[0]} detail {status[1]}"
 
 
 async def _http(
@@ -129,122 +142,169 @@ def _request(method: str, host: str, path: str, body: str = "", extra: str = "")
     return (head + "\r\n" + body).encode()
 
 
-async def _tls(service: Service, sock: socket.socket, host: str, limit_s: float) -> ServiceCheck:
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(sock=sock, ssl=_client_context(), server_hostname=""), limit_s
-        )
-    except ssl.SSLError as exc:
-        sock.close()
-        return ServiceCheck(service=service, outcome="mismatch", detail=f"no TLS handshake: {exc}")
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        ssl_obj = writer.get_extra_info("ssl_object")
-        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-        subject, not_after = describe_certificate(der) if der else (None, None)
-        version = ssl_obj.version() if ssl_obj is not None else "?"
-        detail = f"{version} handshake ok"
-        if not_after is not None and not_after < time.time():
-            detail += "; certificate EXPIRED"
-        standin = subject is not None and f"O={STANDIN_ORG}" in subject
-        if standin:
-            detail += "; netcheck stand-in listener"
-        elif service in ("https", "docker", "vsphere"):
-            extra = await asyncio.wait_for(_layer7(service, reader, writer, host), limit_s)
-            if extra[0] == "mismatch":
-                return ServiceCheck(
-                    service=service,
-                    outcome="mismatch",
-                    detail=f"{detail}; {extra[1]}",
-                    tls_subject=subject,
-                    tls_not_after=not_after,
-                )
-            detail += f"; {extra[1]}"
+async def _https(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> Found:
+    status, _ = await _http(reader, writer, _request("HEAD", host, "/"))
+    return "ok", (f"HTTP {status}" if status is not None else "no HTTP answer")
+
+
+async def _docker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> Found:
+    status, body = await _http(reader, writer, _request("GET", host, "/_ping"))
+    if status == 200 and body.strip() == b"OK":
+        return "ok", "Docker /_ping OK"
+    if status is None:
+        return "ok", "no answer to /_ping (Docker with tlsverify needs a client certificate)"
+    return "mismatch", f"/_ping answered HTTP {status}, not Docker's OK"
+
+
+async def _vsphere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> Found:
+    soap = _request(
+        "POST", host, "/sdk", SOAP_RETRIEVE_SERVICE_CONTENT, 'SOAPAction: "urn:vim25/6.0"\r\n'
+    )
+    status, body = await _http(reader, writer, soap)
+    api = re.search(rb"<apiType>([^<]+)</apiType>", body)
+    if api:
+        return "ok", f"vSphere API: apiType {api.group(1).decode(errors='replace')}"
+    if status is None:
+        return "mismatch", "no answer to SOAP RetrieveServiceContent on /sdk"
+    return "mismatch", f"/sdk answered HTTP {status} without an apiType"
+
+
+SERVICE_CHECKS: Mapping[Service, ServiceProbe] = {
+    "tcp": ServiceProbe(),  # the connect is the whole check
+    "ssh": ServiceProbe(exchange=_ssh, waits_for="the SSH banner"),
+    "authd": ServiceProbe(exchange=_authd, waits_for="the authd banner"),
+    "iscsi": ServiceProbe(exchange=_iscsi, waits_for="an iSCSI Login Response"),
+    "tls": ServiceProbe(tls=True),
+    "https": ServiceProbe(tls=True, exchange=_https, waits_for="an answer to HEAD /"),
+    "docker": ServiceProbe(tls=True, exchange=_docker, waits_for="an answer to GET /_ping"),
+    "vsphere": ServiceProbe(
+        tls=True, exchange=_vsphere, waits_for="an answer to SOAP RetrieveServiceContent"
+    ),
+}
+
+
+@dataclasses.dataclass
+class _Session:
+    """One check's connection as it goes: what it waits for, its stream, its TLS slot, and
+    the peer's certificate once the handshake is done."""
+
+    step: str = "the connection to be set up"
+    writer: asyncio.StreamWriter | None = None
+    slot: asyncio.Semaphore | None = None
+    tls_subject: str | None = None
+    tls_not_after: float | None = None
+
+    def failed(self, service: Service, detail: str) -> ServiceCheck:
         return ServiceCheck(
             service=service,
-            outcome="ok",
+            outcome="error",
             detail=detail,
-            tls_subject=subject,
-            tls_not_after=not_after,
+            tls_subject=self.tls_subject,
+            tls_not_after=self.tls_not_after,
         )
-    finally:
-        await _close(writer)
+
+    async def close(self, sock: socket.socket, wait_s: float) -> None:
+        """Close gracefully within `wait_s` (else abort), then give the TLS slot back."""
+        try:
+            if self.writer is None:
+                sock.close()
+                return
+            self.writer.close()
+            closed = False
+            try:
+                await asyncio.wait_for(self.writer.wait_closed(), max(0.0, wait_s))
+                closed = True
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                if not closed:
+                    self.writer.transport.abort()
+        finally:
+            if self.slot is not None:
+                self.slot.release()
+                self.slot = None
 
 
-async def _layer7(
-    service: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str
-) -> tuple[str, str]:
-    """("ok"|"mismatch", detail) of the HTTP request that proves the service behind TLS."""
+async def _plain(
+    service: Service, how: ServiceProbe, sock: socket.socket, host: str, session: _Session
+) -> ServiceCheck:
+    reader, session.writer = await asyncio.open_connection(sock=sock)
+    assert how.exchange is not None
+    session.step = how.waits_for
+    outcome, detail = await how.exchange(reader, session.writer, host)
+    return ServiceCheck(service=service, outcome=outcome, detail=detail)
+
+
+async def _over_tls(
+    service: Service, how: ServiceProbe, sock: socket.socket, host: str, session: _Session
+) -> ServiceCheck:
+    session.step = f"a free TLS check slot (at most {MAX_TLS_CHECKS} at once)"
+    slots = _tls_slots()
+    await slots.acquire()
+    session.slot = slots
+    session.step = "the TLS handshake"
     try:
-        if service == "docker":
-            status, body = await _http(reader, writer, _request("GET", host, "/_ping"))
-            if status == 200 and body.strip() == b"OK":
-                return "ok", "Docker /_ping OK"
-            if status is None:
-                return (
-                    "ok",
-                    "no answer to /_ping (Docker with tlsverify needs a client certificate)",
-                )
-            return "mismatch", f"/_ping answered HTTP {status}, not Docker's OK"
-        if service == "vsphere":
-            soap = _request(
-                "POST",
-                host,
-                "/sdk",
-                SOAP_RETRIEVE_SERVICE_CONTENT,
-                'SOAPAction: "urn:vim25/6.0"\r\n',
-            )
-            status, body = await _http(reader, writer, soap)
-            api = re.search(rb"<apiType>([^<]+)</apiType>", body)
-            if api:
-                return "ok", f"vSphere API: apiType {api.group(1).decode(errors='replace')}"
-            if status is None:
-                return "mismatch", "no answer to SOAP RetrieveServiceContent on /sdk"
-            return "mismatch", f"/sdk answered HTTP {status} without an apiType"
-        status, _ = await _http(reader, writer, _request("HEAD", host, "/"))
-        return "ok", (f"HTTP {status}" if status is not None else "no HTTP answer")
-    except (OSError, ssl.SSLError) as exc:
-        if "CERTIFICATE_REQUIRED" in str(exc) or "certificate required" in str(exc):
-            return "ok", "server requires a client certificate"
-        return "ok", f"no HTTP answer ({type(exc).__name__})"
-
-
-_PLAIN: dict[
-    str, Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[ServiceCheck]]
-] = {
-    "ssh": _ssh,
-    "authd": _authd,
-    "iscsi": _iscsi,
-}
+        reader, session.writer = await asyncio.open_connection(
+            sock=sock, ssl=_client_context(), server_hostname=""
+        )
+    except ssl.SSLError as exc:
+        return ServiceCheck(service=service, outcome="mismatch", detail=f"no TLS handshake: {exc}")
+    ssl_obj = session.writer.get_extra_info("ssl_object")
+    der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+    subject, not_after = describe_certificate(der) if der else (None, None)
+    session.tls_subject, session.tls_not_after = subject, not_after
+    version = ssl_obj.version() if ssl_obj is not None else "?"
+    detail = f"{version} handshake ok"
+    if not_after is not None and not_after < time.time():
+        detail += "; certificate EXPIRED"
+    outcome: ServiceOutcome = "ok"
+    if subject is not None and f"O={STANDIN_ORG}" in subject:
+        detail += "; netcheck stand-in listener"
+    elif how.exchange is not None:
+        session.step = how.waits_for
+        try:
+            outcome, more = await how.exchange(reader, session.writer, host)
+        except OSError as exc:  # ssl.SSLError included
+            if "CERTIFICATE_REQUIRED" in str(exc) or "certificate required" in str(exc):
+                more = "server requires a client certificate"
+            else:
+                more = f"no HTTP answer ({type(exc).__name__})"
+        detail += f"; {more}"
+    return ServiceCheck(
+        service=service,
+        outcome=outcome,
+        detail=detail,
+        tls_subject=subject,
+        tls_not_after=not_after,
+    )
 
 
 async def check(
     service: Service, sock: socket.socket, host: str, limit_s: float
 ) -> ServiceCheck | None:
-    """The protocol check for `service` over the connected `sock` (closed on return)."""
-    if service == "tcp":
+    """The protocol check for `service` over the connected `sock` (closed on return), all
+    of it within `limit_s` seconds."""
+    how = SERVICE_CHECKS[service]
+    if not how.checks_anything:
         sock.close()
         return None
+    if limit_s <= 0:
+        sock.close()
+        detail = "no time left for it: the connect took the check's whole timeout"
+        return ServiceCheck(service=service, outcome="error", detail=detail)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    session = _Session()
+    talk = _over_tls if how.tls else _plain
     try:
-        if service in _PLAIN:
-            reader, writer = await asyncio.open_connection(sock=sock)
-            try:
-                return await asyncio.wait_for(_PLAIN[service](reader, writer), limit_s)
-            finally:
-                await _close(writer)
-        async with _tls_slots():
-            return await _tls(service, sock, host, limit_s)
+        async with asyncio.timeout_at(deadline):
+            return await talk(service, how, sock, host, session)
     except TimeoutError:
-        return ServiceCheck(
-            service=service,
-            outcome="error",
-            detail=f"no answer within {limit_s:g} s",
+        return session.failed(
+            service, f"no answer within {limit_s:.2f} s, waiting for {session.step}"
         )
-    except (OSError, ssl.SSLError, EOFError) as exc:
-        return ServiceCheck(
-            service=service,
-            outcome="error",
-            detail=f"{type(exc).__name__}: {exc}",
-        )
+    except (OSError, EOFError) as exc:
+        return session.failed(service, f"{type(exc).__name__}: {exc}")
+    finally:
+        with contextlib.suppress(OSError):
+            await session.close(sock, min(CLOSE_WAIT_S, deadline - loop.time()))
