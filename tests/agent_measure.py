@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -124,8 +125,8 @@ def measure_dropped_plan() -> None:
             for p in ports
         ]
         for floor in (0.0, 0.5):
-            plan = {"role": "c", "host": "c", "address": CLIENT, "listen": [], "checks": checks}
-            plan.update(timeout_s=timeout, min_timeout_s=floor, rtt_factor=10.0)
+            plan: dict[str, Any] = {"role": "c", "host": "c", "address": CLIENT, "listen": []}
+            plan.update(checks=checks, timeout_s=timeout, min_timeout_s=floor, rtt_factor=10.0)
             plan_file = Path(tmp) / "plan.json"
             plan_file.write_text(json.dumps(plan))
             _run_modes(lab, Path(tmp), plan_file, timeout, floor)

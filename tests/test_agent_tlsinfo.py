@@ -11,10 +11,11 @@ import pytest
 
 from netcheck.agent.probes.tlsinfo import describe_certificate
 
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+pytest.importorskip("cryptography.x509")
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 def make_cert(name: x509.Name, not_after: datetime.datetime) -> bytes:
@@ -32,7 +33,7 @@ def make_cert(name: x509.Name, not_after: datetime.datetime) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def attr(oid: x509.ObjectIdentifier, value: str) -> x509.NameAttribute:
+def attr(oid: x509.ObjectIdentifier, value: str) -> x509.NameAttribute[str]:
     return x509.NameAttribute(oid, value)
 
 
