@@ -309,4 +309,5 @@ def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> 
         listeners={h: tuple(ls) for h, ls in observed.listeners.items()},
         peers=tuple(p for ps in observed.peers.values() for p in ps),
         agents=tuple(observed.agents),
+        sent_by=observed.sent_by,
     )

@@ -12,7 +12,8 @@ revokes every certificate it holds; :meth:`IssuedCerts.revoked` seeds
 :class:`netcheck.controller.pki.Revocations` at start.
 
 Both classes work on a caller's ``sqlite3`` connection (autocommit, ``isolation_level=None``,
-as the store opens it) and create their own tables; the store's migrations can take them over.
+as the store opens it); their tables come from the store's migrations
+(:mod:`~netcheck.controller.schema`, version 3), or are made on a bare connection.
 """
 
 from __future__ import annotations
@@ -25,31 +26,17 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS join_tokens (
-  id TEXT PRIMARY KEY,
-  secret_sha256 BLOB NOT NULL,
-  role TEXT NOT NULL,
-  issued_at REAL NOT NULL,
-  expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS join_hosts (
-  token_id TEXT NOT NULL REFERENCES join_tokens(id) ON DELETE CASCADE,
-  host TEXT NOT NULL,
-  used_at REAL,
-  PRIMARY KEY (token_id, host)
-);
-CREATE TABLE IF NOT EXISTS issued_certs (
-  serial TEXT PRIMARY KEY,
-  role TEXT NOT NULL,
-  host TEXT NOT NULL,
-  fingerprint TEXT NOT NULL,
-  issued_at REAL NOT NULL,
-  not_after REAL NOT NULL,
-  revoked_at REAL
-);
-CREATE INDEX IF NOT EXISTS issued_certs_host ON issued_certs (role, host);
-"""
+from netcheck.controller.schema import LEDGER
+
+# The tables are the store's (schema.LEDGER, version 3); created here only when missing, so
+# the classes also work on a bare connection (tests, tools).
+SCHEMA = "".join(
+    statement.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1).replace(
+        "CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1
+    )
+    + ";\n"
+    for statement in LEDGER
+)
 
 MAX_TTL_S = 7 * 24 * 3600.0
 _ID_CHARS = 12  # hex

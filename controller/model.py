@@ -110,6 +110,8 @@ class Observed:
     listeners: Mapping[str, tuple[ListenerStatus, ...]] = field(default_factory=_no_listeners)
     peers: Mapping[str, tuple[PeerSeen, ...]] = field(default_factory=_no_peers)
     agents: tuple[AgentSeen, ...] = ()
+    # check id -> the identity that sent its newest result ("cert:<serial>", "token", ...).
+    sent_by: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class Evaluation:
     listeners: dict[str, tuple[ListenerStatus, ...]]  # host -> its stand-in listeners
     peers: tuple[PeerSeen, ...]
     agents: tuple[AgentSeen, ...]
+    # check id -> the identity that sent its newest result (Observed.sent_by).
+    sent_by: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ The versions:
 1. netcheck 0.1: one JSON body per result; listeners without ``reported_at``.
 2. One column per :class:`~netcheck.agent.wire.ProbeResult` field (the nested
    ``service_check`` as JSON); ``listeners.reported_at`` orders listener pictures.
+3. Trust (issue 11): ``results.sent_by`` names the identity that sent each result (``cert:``
+   and the client certificate's serial in hex, ``token`` for the shared token of
+   ``--insecure-http``, ``import`` for ``netcheck-controller import``; ``''`` for results
+   stored before); the enrolment ledger of :mod:`~netcheck.controller.joins` (join tokens,
+   their hosts, the certificates issued).
 
 Files made before the number existed carry ``user_version`` 0. :func:`unnumbered` tells
 their two layouts apart once, by the results table (a ``body`` column: version 1), and
@@ -47,7 +52,8 @@ RESULTS = """CREATE TABLE results (
     responder TEXT,
     rst_from_firewall INTEGER,
     error TEXT DEFAULT '',
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    sent_by TEXT NOT NULL DEFAULT ''
 )"""
 AGENTS = """CREATE TABLE agents (
     host TEXT PRIMARY KEY,
@@ -80,14 +86,44 @@ COUNTERS = """CREATE TABLE counters (
     value REAL NOT NULL
 )"""
 
-VERSION = 2
+# The enrolment ledger (version 3), used by joins.JoinTokens and joins.IssuedCerts.
+JOIN_TOKENS = """CREATE TABLE join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 BLOB NOT NULL,
+    role TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+)"""
+JOIN_HOSTS = """CREATE TABLE join_hosts (
+    token_id TEXT NOT NULL REFERENCES join_tokens(id) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    used_at REAL,
+    PRIMARY KEY (token_id, host)
+)"""
+ISSUED_CERTS = """CREATE TABLE issued_certs (
+    serial TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    host TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    not_after REAL NOT NULL,
+    revoked_at REAL
+)"""
+ISSUED_CERTS_HOST = "CREATE INDEX issued_certs_host ON issued_certs (role, host)"
+LEDGER: tuple[str, ...] = (JOIN_TOKENS, JOIN_HOSTS, ISSUED_CERTS, ISSUED_CERTS_HOST)
+
+VERSION = 3
 TABLES: dict[str, str] = {
     "agents": AGENTS,
     "results": RESULTS,
     "listeners": LISTENERS,
     "peers": PEERS,
     "counters": COUNTERS,
+    "join_tokens": JOIN_TOKENS,
+    "join_hosts": JOIN_HOSTS,
+    "issued_certs": ISSUED_CERTS,
 }
+INDEXES: tuple[str, ...] = (ISSUED_CERTS_HOST,)
 # The results columns that hold ProbeResult's fields, in the dataclass's order.
 RESULT_COLUMNS: tuple[str, ...] = (
     "check_id",
@@ -114,13 +150,35 @@ class SchemaError(StoreError):
     """The database file has a layout this code cannot use (made by a newer netcheck)."""
 
 
+# The results table as version 2 made it (the step to 3 adds sent_by).
+_RESULTS_2 = """CREATE TABLE results (
+    check_id TEXT PRIMARY KEY,
+    interaction INTEGER NOT NULL,
+    src_host TEXT NOT NULL,
+    src_address TEXT NOT NULL,
+    dst_host TEXT NOT NULL,
+    dst_address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    latency_s REAL,
+    service_check TEXT,
+    last_hop TEXT,
+    responder TEXT,
+    rst_from_firewall INTEGER,
+    error TEXT DEFAULT '',
+    received_at REAL NOT NULL
+)"""
+
 # Version 1 -> 2, in SQL. Each result's JSON body becomes its columns (SQLite's JSON
 # operators: a JSON true reads as 1, a missing key as NULL); the results table of version 2
 # is spelled here, not taken from RESULTS, so later versions cannot change this step.
 _TO_2 = (
     "ALTER TABLE listeners ADD COLUMN reported_at REAL NOT NULL DEFAULT 0",
     "ALTER TABLE results RENAME TO results_v1",
-    RESULTS,
+    _RESULTS_2,
     """INSERT INTO results SELECT
         body ->> '$.check_id', body ->> '$.interaction', body ->> '$.src_host',
         body ->> '$.src_address', body ->> '$.dst_host', body ->> '$.dst_address',
@@ -141,8 +199,40 @@ def _run(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
     return migrate
 
 
+# Version 2 -> 3: who sent each result (unknown for the results already there), and the
+# enrolment ledger. Spelled here for the same reason as _TO_2.
+_TO_3 = (
+    "ALTER TABLE results ADD COLUMN sent_by TEXT NOT NULL DEFAULT ''",
+    """CREATE TABLE join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 BLOB NOT NULL,
+    role TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+)""",
+    """CREATE TABLE join_hosts (
+    token_id TEXT NOT NULL REFERENCES join_tokens(id) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    used_at REAL,
+    PRIMARY KEY (token_id, host)
+)""",
+    """CREATE TABLE issued_certs (
+    serial TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    host TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    not_after REAL NOT NULL,
+    revoked_at REAL
+)""",
+    "CREATE INDEX issued_certs_host ON issued_certs (role, host)",
+)
+
 # version -> the step that makes it from the version before.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _run(_TO_2)}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _run(_TO_2),
+    3: _run(_TO_3),
+}
 
 
 def user_version(c: sqlite3.Connection) -> int:
@@ -181,7 +271,7 @@ def prepare(c: sqlite3.Connection, path: str) -> int:
         refuse_newer(c, path)
         found = user_version(c) or unnumbered(c)
         if found == 0:
-            for create in TABLES.values():
+            for create in (*TABLES.values(), *INDEXES):
                 c.execute(create)
         for version in range(found + 1, VERSION + 1) if found else ():
             MIGRATIONS[version](c)

@@ -8,12 +8,13 @@ per batch nor per result: see :mod:`controller.writer`.
 
 Results: one row per check id, the newest by ``started_at`` (an older result arriving late
 never overwrites a newer one), one column per :class:`~agent.wire.ProbeResult` field (the
-nested ``service_check`` as JSON), written as tuples in multi-row statements: no JSON is
-re-serialised per result. The tables are written out in :mod:`controller.schema`, with
-``PRAGMA user_version`` and numbered migrations (a wire field added later needs one). There
-is no history table: the newest result is what evaluation reads, and history is Prometheus'
-job (``/metrics`` scraped over time). Results whose check id matches no expected check are
-kept like any other (evaluation lists them as unexpected).
+nested ``service_check`` as JSON) and ``sent_by``, the identity that sent it (a
+:class:`SentBatch`; see :mod:`controller.schema` version 3), written as tuples in multi-row
+statements: no JSON is re-serialised per result. The tables are written out in
+:mod:`controller.schema`, with ``PRAGMA user_version`` and numbered migrations (a wire field
+added later needs one). There is no history table: the newest result is what evaluation
+reads, and history is Prometheus' job (``/metrics`` scraped over time). Results whose check
+id matches no expected check are kept like any other (evaluation lists them as unexpected).
 
 Listeners: each batch carries the agent's whole listener picture. The store keeps the newest
 status per (host, port), ``closed`` ones included with their ``since``, ordered by the
@@ -92,10 +93,10 @@ class _Upsert:
 
 _PARAMS = 30_000  # below SQLite's limit on bound parameters per statement (32,766)
 _RESULTS_UPSERT = _Upsert(
-    f"INSERT INTO results ({_COLS}, received_at)",
-    len(_FIELDS) + 1,
+    f"INSERT INTO results ({_COLS}, received_at, sent_by)",
+    len(_FIELDS) + 2,
     "ON CONFLICT (check_id) DO UPDATE SET "
-    + ", ".join(f"{n} = excluded.{n}" for n in (*_FIELDS[1:], "received_at"))
+    + ", ".join(f"{n} = excluded.{n}" for n in (*_FIELDS[1:], "received_at", "sent_by"))
     + " WHERE excluded.started_at >= results.started_at",
 )
 _LISTENERS_UPSERT = _Upsert(
@@ -141,6 +142,27 @@ def result_row(r: ProbeResult, received_at: float) -> tuple[Any, ...]:
     return tuple(row)
 
 
+@dataclasses.dataclass(frozen=True)
+class SentBatch(ResultBatch):
+    """A batch as the controller accepted it: the wire batch and the identity that sent it.
+
+    ``sent_by``: ``cert:<serial hex>`` (mutual TLS), ``token`` (the shared token of
+    ``--insecure-http``), ``import`` (``netcheck-controller import``). Stored with each result.
+    """
+
+    sent_by: str = ""
+
+
+def sent(batch: ResultBatch, by: str) -> SentBatch:
+    """`batch` marked as sent by the identity `by` (a shallow copy, no validation)."""
+    values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(ResultBatch)}
+    return SentBatch(**values, sent_by=by)
+
+
+def _sent_by(b: ResultBatch) -> str:
+    return b.sent_by if isinstance(b, SentBatch) else ""
+
+
 def _result(row: Sequence[Any]) -> ProbeResult:
     values = list(row)
     if values[_SC] is not None:
@@ -154,7 +176,7 @@ def _write_group(
     c: sqlite3.Connection, batches: Sequence[ResultBatch], now: float, rejected: Sequence[str]
 ) -> None:
     """Every batch of a group, a few statements per group (not per batch, not per row)."""
-    _RESULTS_UPSERT.run(c, [result_row(r, now) for b in batches for r in b.results])
+    _RESULTS_UPSERT.run(c, [(*result_row(r, now), _sent_by(b)) for b in batches for r in b.results])
     pictures: dict[str, tuple[float, list[int]]] = {}  # host -> its newest listener picture
     rows: list[tuple[Any, ...]] = []
     for b in batches:
@@ -196,6 +218,10 @@ def _agents(c: sqlite3.Connection) -> list[AgentSeen]:
 
 def _results(c: sqlite3.Connection) -> list[ProbeResult]:
     return [_result(row) for row in c.execute(f"SELECT {_COLS} FROM results ORDER BY check_id")]
+
+
+def _sent_by_check(c: sqlite3.Connection) -> dict[str, str]:
+    return dict(c.execute("SELECT check_id, sent_by FROM results WHERE sent_by != ''"))
 
 
 def _listeners(c: sqlite3.Connection) -> dict[str, tuple[ListenerStatus, ...]]:
@@ -327,6 +353,11 @@ class Store:
         with self._lock:
             return _results(self._conn)
 
+    def sent_by(self) -> dict[str, str]:
+        """check id -> the identity that sent its stored result (results stored since v3)."""
+        with self._lock:
+            return _sent_by_check(self._conn)
+
     def listeners(self) -> dict[str, tuple[ListenerStatus, ...]]:
         with self._lock:
             return _listeners(self._conn)
@@ -346,6 +377,7 @@ class Store:
                     listeners=MappingProxyType(_listeners(c)),
                     peers=MappingProxyType(_peers(c)),
                     agents=tuple(_agents(c)),
+                    sent_by=MappingProxyType(_sent_by_check(c)),
                 )
             finally:
                 c.execute("COMMIT")

@@ -24,7 +24,7 @@ from netcheck.agent.wire import (
 )
 from netcheck.controller import schema
 from netcheck.controller.schema import SchemaError
-from netcheck.controller.store import PEERS_PER_PORT, Store, result_row
+from netcheck.controller.store import PEERS_PER_PORT, Store, result_row, sent
 
 
 def res(port: int, started_at: float, state: str = "open") -> ProbeResult:
@@ -428,3 +428,37 @@ def test_background_checkpoints_move_the_wal_only_when_asked(
     assert db.stat().st_size > 1_000_000  # the pages are in the database file
     assert len(s.results()) == 24_000
     s.close()
+
+
+def test_a_file_of_version_2_is_migrated(tmp_path: Path) -> None:
+    """Version 2 had no sent_by and no enrolment ledger: rows kept, sent_by '' (unknown)."""
+    db = tmp_path / "v2.sqlite"
+    results_v2 = schema._RESULTS_2
+    assert results_v2 != schema.RESULTS
+    old = [res(22, 1.0), res(23, 2.0, "refused")]
+    with closing(sqlite3.connect(db)) as c:
+        for create in (schema.AGENTS, results_v2, schema.LISTENERS, schema.PEERS):
+            c.execute(create)
+        c.execute(schema.COUNTERS)
+        c.executescript(OLD_ROWS)
+        c.executemany(
+            f"INSERT INTO results VALUES ({', '.join('?' * 18)})",
+            [result_row(r, 9.0) for r in old],
+        )
+        c.execute("PRAGMA user_version = 2")
+        c.commit()
+    s = Store.open(db)
+    assert s.results() == old
+    assert s.sent_by() == {}
+    check_old_rows_survived(s)
+    s.ingest(sent(ResultBatch("pio", "pio-1", results=(res(22, 3.0, "filtered"),)), "cert:ab"), 10)
+    assert s.sent_by() == {old[0].check_id: "cert:ab"}
+    assert s.snapshot().sent_by == {old[0].check_id: "cert:ab"}
+    s.close()
+    assert file_version(db) == schema.VERSION == 3
+    new = tmp_path / "new.sqlite"
+    Store.open(new).close()
+    assert layout(db) == layout(new)
+    with closing(sqlite3.connect(db)) as c:
+        names = {n for (n,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "issued_certs_host" in names
