@@ -1,4 +1,7 @@
-"""``netcheck-agent``: ``run`` a plan once offline, or ``serve`` a controller's plan.
+"""``netcheck-agent``: ``run`` a plan once offline, ``enrol`` with a controller, or ``serve``
+a controller's plan (mutual TLS with an ``https`` controller, the bearer token with ``http``).
+
+No token or key is ever printed or logged.
 
 Errors end here, as one line on stderr and an exit code from :data:`agent.errors.EXIT_CODES`
 (see :data:`EPILOG`); no traceback for an error of the agent's tree, nor for a closed pipe.
@@ -34,7 +37,8 @@ EPILOG = """exit codes:
   0  done (serve: stopped by a signal, or --once delivered its round)
   1  failed: could not register or deliver (the controller refused or is unreachable),
      or another agent error
-  2  bad input, nothing tried: a flag, the token file, the plan file
+  2  bad input, nothing tried: a flag, the token file, the plan file, no certificate
+     in --state-dir and no --join-token-file to enrol with
 A closed output pipe (netcheck-agent ... | head) changes none of these and prints no
 traceback."""
 
@@ -51,6 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=__version__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    enrol = sub.add_parser(
+        "enrol",
+        help="trade a one-time join token for this host's client certificate",
+        description="make a key (openssl), send a CSR with the join token to the controller "
+        "(verified with --ca before the token is sent), store key and certificate in "
+        "STATE_DIR/agent.pem (mode 0600) and the CA in STATE_DIR/ca.pem",
+    )
+    enrol.add_argument("--controller", required=True, help="https://HOST:PORT")
+    enrol.add_argument("--ca", required=True, type=Path, help="the site's CA certificate (PEM)")
+    enrol.add_argument("--join-token-file", required=True, type=Path, help="the join token")
+    enrol.add_argument("--state-dir", required=True, type=Path, help="where the key is kept")
+    enrol.add_argument("--role", required=True)
+    enrol.add_argument("--host", required=True, help="this host's name in the inventory")
+    enrol.add_argument(
+        "--force", action="store_true", help="replace a certificate already in --state-dir"
+    )
 
     run = sub.add_parser("run", help="run a plan once, offline, and write a ResultBatch")
     run.add_argument("--plan", required=True, type=Path, help="Plan JSON file")
@@ -60,8 +80,38 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-listen", action="store_true", help="probe only, hold no listeners")
 
     serve = sub.add_parser("serve", help="register with a controller and follow its plan")
-    serve.add_argument("--controller", required=True, help="http://HOST:PORT")
-    serve.add_argument("--token-file", type=Path, help="enrolment token (or env NETCHECK_TOKEN)")
+    serve.add_argument(
+        "--controller",
+        required=True,
+        help="https://HOST:PORT (mutual TLS: --state-dir, --ca) or, for insecure labs and "
+        "tests only, http://HOST:PORT (--token-file)",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        help="this host's key and certificate (from enrol); with https, required",
+    )
+    serve.add_argument(
+        "--ca", type=Path, help="the site's CA certificate (default: STATE_DIR/ca.pem)"
+    )
+    serve.add_argument(
+        "--join-token-file",
+        type=Path,
+        help="enrol with this join token first when --state-dir holds no certificate",
+    )
+    serve.add_argument(
+        "--renew-retry",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="after a failed certificate renewal, retry in SECONDS, doubled up to an hour "
+        "(default 30); renewal starts once 2/3 of the certificate's lifetime passed",
+    )
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        help="with http:// only: the shared bearer token (or env NETCHECK_TOKEN)",
+    )
     serve.add_argument("--role", required=True)
     serve.add_argument("--host", required=True, help="this host's name in the inventory")
     serve.add_argument("--address", required=True, help="this host's address")
@@ -154,19 +204,78 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _https(controller: str) -> bool:
+    from netcheck.agent.httpc import parse_url
+
+    return parse_url(controller).scheme == "https"  # a bad URL: InputError, exit 2
+
+
+def _cmd_enrol(args: argparse.Namespace) -> int:
+    from netcheck.agent import enrol
+
+    if not _https(args.controller):
+        raise InputError(f"enrolment needs an https:// controller URL, not {args.controller!r}")
+    state = args.state_dir
+    if enrol.has_identity(state) and not args.force:
+        raise InputError(f"{state / enrol.IDENTITY} exists: --force to replace it")
+    if not args.ca.is_file():
+        raise InputError(f"no CA file {args.ca}")
+    token = read_token(args.join_token_file)
+    path = asyncio.run(
+        enrol.enrol(args.controller.rstrip("/"), token, args.ca, state, args.role, args.host)
+    )
+    info = enrol.certificate_info(path)
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.not_after)) if info else "?"
+    print(f"enrolled {args.role}/{args.host}: {path} (key and certificate, mode 0600)")
+    if info is not None:
+        print(f"subject {info.subject}, serial {info.serial:x}, valid until {until}")
+    return 0
+
+
+def _trust_args(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
+    """(bearer token, state dir, join token) for serve, or InputError (exit 2)."""
+    from netcheck.agent.daemon import identity_problem
+
+    if not _https(args.controller):
+        if args.state_dir or args.join_token_file or args.ca:
+            raise InputError("--state-dir, --ca and --join-token-file need an https:// controller")
+        log.warning(
+            "plain HTTP to %s: the bearer token and results travel in clear "
+            "(insecure labs and tests only)",
+            args.controller,
+        )
+        return read_token(args.token_file), None, None
+    if args.state_dir is None:
+        raise InputError(
+            "an https:// controller identifies agents by certificate: give --state-dir "
+            "(and --join-token-file to enrol); --token-file is for http:// only"
+        )
+    if args.token_file:
+        raise InputError("--token-file is for http:// only; with https the certificate is used")
+    join = read_token(args.join_token_file) if args.join_token_file else None
+    state = str(args.state_dir)
+    problem = identity_problem(state, join, time.time())
+    if problem is not None:
+        raise InputError(problem)
+    if args.ca is None and not (args.state_dir / "ca.pem").is_file():
+        raise InputError(f"no --ca and no CA stored in {state}: give --ca")
+    return None, state, join
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from netcheck.agent.daemon import DaemonConfig, serve
 
     if not args.once and (args.settle > 0 or args.linger > 0):
         raise InputError("--settle and --linger need --once")
-    from netcheck.agent.httpc import parse_url
-
-    parse_url(args.controller)  # a bad URL is bad input: exit 2 before anything starts
-    token = read_token(args.token_file)
+    token, state_dir, join = _trust_args(args)
     health = args.health_listen
     cfg = DaemonConfig(
         controller=args.controller.rstrip("/"),
         token=token,
+        state_dir=state_dir,
+        ca_file=str(args.ca) if args.ca else None,
+        join_token=join,
+        renew_retry_s=max(0.1, args.renew_retry),
         role=args.role,
         host=args.host,
         address=args.address,
@@ -209,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "enrol":
+        return _cmd_enrol(args)
     return _cmd_serve(args)
 
 

@@ -1,4 +1,12 @@
-"""``serve``: register, hold listeners, probe once or periodically, report, stop cleanly."""
+"""``serve``: register, hold listeners, probe once or periodically, report, stop cleanly.
+
+With a state directory (an ``https`` controller), the agent first enrols if the directory
+holds no certificate and a join token was given, then speaks mutual TLS for every request,
+and renews its certificate in the background (:func:`agent.enrol.keep_renewed`), swapping
+the link's TLS context in place: the buffered results stay where they are. A refused
+credential at registration (401/403, or a controller certificate our CA does not vouch for)
+ends ``--once`` with exit 1 and the reason; a serving agent retries it slowly.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,13 @@ import logging
 import random
 import signal
 import socket
+import ssl
+import time
+from pathlib import Path
 
-from netcheck.agent import __version__
+from netcheck.agent import __version__, enrol
 from netcheck.agent.certs import StandinCert
+from netcheck.agent.errors import AuthError, InputError
 from netcheck.agent.health import AgentState, start_health_server
 from netcheck.agent.link import Backoff, HttpTransport, Link, LinkError, Transport
 from netcheck.agent.listeners import ListenerSet
@@ -24,11 +36,20 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class DaemonConfig:
     controller: str
-    token: str = dataclasses.field(repr=False)
+    # The shared bearer token of an insecure (http://) controller; None with mutual TLS.
+    token: str | None = dataclasses.field(repr=False)
     role: str
     host: str
     address: str
     bind: str
+    # Mutual TLS: the directory of this host's key and certificate (agent.enrol), the site's
+    # CA (default: the one stored there at enrolment), and a join token to enrol with when
+    # the directory holds no certificate yet.
+    state_dir: str | None = None
+    ca_file: str | None = None
+    join_token: str | None = dataclasses.field(default=None, repr=False)
+    renew_fraction: float = enrol.RENEW_FRACTION
+    renew_retry_s: float = enrol.RENEW_RETRY_S
     once: bool = False
     # With `once`: hold the listeners and report their states, then wait this long before
     # probing, so that peers started up to this much later are listening when probed.
@@ -41,6 +62,9 @@ class DaemonConfig:
     buffer_size: int = 50_000
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # A refused credential (401/403) at registration: retried this slowly (serve, not --once).
+    refused_backoff_s: float = 60.0
+    refused_backoff_max_s: float = 900.0
     first_run_cap_s: float = 60.0
     # How long the last flush may take at shutdown (and, with --once, the whole delivery).
     final_flush_s: float = 30.0
@@ -53,18 +77,78 @@ async def _wait(stop: asyncio.Event, delay: float) -> bool:
     return stop.is_set()
 
 
-async def _register(link: Link, stop: asyncio.Event, backoff: Backoff) -> bool:
+async def _register(link: Link, stop: asyncio.Event, cfg: DaemonConfig) -> bool:
+    """Register, retrying until it works or `stop`; True once registered.
+
+    A refused credential (:class:`AuthError`) is fatal with ``--once`` (raised: the command
+    ends with its reason) and retried slowly otherwise (someone must fix it first)."""
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+    refused = Backoff(cfg.refused_backoff_s, cfg.refused_backoff_max_s)
     while not stop.is_set():
         try:
             await link.register()
-            backoff.reset()
             return True
+        except AuthError as exc:
+            if cfg.once:
+                raise
+            delay = refused.next_delay()
+            log.error("cannot register, credential refused (%s); retrying in %.0f s", exc, delay)
         except LinkError as exc:
             delay = backoff.next_delay()
             log.warning("cannot register (%s); retrying in %.1f s", exc, delay)
-            if await _wait(stop, delay):
-                break
+        if await _wait(stop, delay):
+            break
     return False
+
+
+def _expiry(info: enrol.CertInfo) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.not_after))
+
+
+def identity_problem(state_dir: str, join_token: str | None, now: float) -> str | None:
+    """Why serving cannot start from `state_dir` (no certificate or an expired one, and no
+    join token to enrol with), or None."""
+    if join_token is not None:
+        return None
+    if not enrol.has_identity(state_dir):
+        return (
+            f"no certificate in {state_dir}: give --join-token-file to enrol "
+            "(or run netcheck-agent enrol first)"
+        )
+    info = enrol.certificate_info(Path(state_dir) / enrol.IDENTITY)
+    if info is not None and info.not_after <= now:
+        return (
+            f"the certificate in {state_dir} expired at {_expiry(info)}: "
+            "enrol again with a new join token (--join-token-file)"
+        )
+    return None
+
+
+async def _mutual_tls(cfg: DaemonConfig) -> ssl.SSLContext:
+    """This host's mutual-TLS context, after enrolling first when there is no (valid)
+    certificate and a join token was given."""
+    assert cfg.state_dir is not None
+    problem = identity_problem(cfg.state_dir, cfg.join_token, time.time())
+    if problem is not None:
+        raise InputError(problem)
+    path = Path(cfg.state_dir) / enrol.IDENTITY
+    info = enrol.certificate_info(path) if enrol.has_identity(cfg.state_dir) else None
+    if info is None or info.not_after <= time.time():
+        if cfg.ca_file is None:
+            raise InputError("enrolment needs the site's CA: give --ca")
+        assert cfg.join_token is not None
+        log.info(
+            "no valid certificate in %s: enrolling as %s/%s", cfg.state_dir, cfg.role, cfg.host
+        )
+        await enrol.enrol(
+            cfg.controller, cfg.join_token, cfg.ca_file, cfg.state_dir, cfg.role, cfg.host
+        )
+        info = enrol.certificate_info(path)
+    if info is not None:
+        log.info(
+            "mutual TLS as %s: serial %x, valid until %s", info.subject, info.serial, _expiry(info)
+        )
+    return enrol.client_context(cfg.state_dir, cfg.ca_file)
 
 
 async def _flush_loop(
@@ -165,9 +249,11 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
     registration = Registration(
         role=cfg.role, host=cfg.host, address=cfg.address, version=__version__, mode=mode
     )
-    link = Link(
-        transport or HttpTransport(cfg.controller, cfg.token), registration, cfg.buffer_size
-    )
+    http: HttpTransport | None = None
+    if transport is None:
+        ctx = await _mutual_tls(cfg) if cfg.state_dir else None
+        transport = http = HttpTransport(cfg.controller, cfg.token, ssl_context=ctx)
+    link = Link(transport, registration, cfg.buffer_size)
     state = AgentState(mode=mode, link=link)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -177,10 +263,25 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
     cert: StandinCert | None = None
     listeners: ListenerSet | None = None
     flusher: asyncio.Task[None] | None = None
+    renewer: asyncio.Task[None] | None = None
+    if cfg.state_dir and http is not None:
+        renewer = asyncio.create_task(
+            enrol.keep_renewed(
+                cfg.controller,
+                cfg.state_dir,
+                cfg.role,
+                cfg.host,
+                http.use_ssl_context,
+                stop,
+                ca_file=cfg.ca_file,
+                fraction=cfg.renew_fraction,
+                retry_s=cfg.renew_retry_s,
+            )
+        )
     delivered = True
     registered = False
     try:
-        registered = await _register(link, stop, Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
+        registered = await _register(link, stop, cfg)
         if registered:
             cert = StandinCert(cfg.host or socket.gethostname())
             listeners = ListenerSet(cfg.bind, cert.server_context())
@@ -196,6 +297,10 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
                 await _wait(stop, cfg.linger_s)
     finally:
         stop.set()
+        if renewer is not None:
+            renewer.cancel()  # a renewal in flight is not worth waiting for at exit
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
         if flusher is not None:
             await flusher
         if listeners is not None:

@@ -23,35 +23,42 @@ reader (:mod:`netcheck.agent.probes.tlsinfo`), not with a subprocess.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
+import random
 import re
 import secrets
 import shutil
 import ssl
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from netcheck.agent import httpc
-from netcheck.agent.errors import InputError, NetcheckAgentError
+from netcheck.agent.errors import EnrolError as EnrolError
+from netcheck.agent.errors import InputError
 from netcheck.agent.probes import tlsinfo
+
+log = logging.getLogger(__name__)
 
 IDENTITY = "agent.pem"
 CA = "ca.pem"
 ENROL_PATH = "/api/v1/enrol"
 RENEW_PATH = "/api/v1/renew"
 RENEW_FRACTION = 1 / 3  # renew once less than a third of the lifetime is left
+RENEW_RETRY_S = 30.0  # the first retry after a failed renewal; doubled up to RENEW_RETRY_MAX_S
+RENEW_RETRY_MAX_S = 3600.0
+RECHECK_S = 3600.0  # the renewal loop looks at the clock at least this often (suspend, jumps)
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S)
 _PEM_KEY = re.compile(
     rb"-----BEGIN (?:EC |RSA |)PRIVATE KEY-----\r?\n.+?-----END [A-Z ]*KEY-----", re.S
 )
-
-
-class EnrolError(NetcheckAgentError):
-    """Enrolment or renewal failed; the text says why (the controller's reason when it gave one)."""
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -143,12 +150,21 @@ def server_verifying_context(ca_file: str | Path) -> ssl.SSLContext:
     return ctx
 
 
-def client_context(directory: str | Path) -> ssl.SSLContext:
-    """The context for mutual TLS with the controller: its CA, this host's key and certificate."""
+def client_context(directory: str | Path, ca_file: str | Path | None = None) -> ssl.SSLContext:
+    """The context for mutual TLS with the controller: the site's CA (`ca_file`, else the one
+    stored at enrolment), this host's key and certificate."""
     d = Path(directory)
-    ctx = server_verifying_context(d / CA)
-    ctx.load_cert_chain(str(d / IDENTITY))
+    ctx = server_verifying_context(ca_file or d / CA)
+    try:
+        ctx.load_cert_chain(str(d / IDENTITY))
+    except (OSError, ssl.SSLError) as exc:
+        raise EnrolError(f"cannot load {d / IDENTITY}: {exc}") from None
     return ctx
+
+
+def has_identity(directory: str | Path) -> bool:
+    """Whether `directory` holds this host's key and certificate (from an enrolment)."""
+    return (Path(directory) / IDENTITY).is_file()
 
 
 # -- renewal ----------------------------------------------------------------------------------
@@ -161,18 +177,34 @@ def _certificate_der(pem: bytes) -> bytes:
     return ssl.PEM_cert_to_DER_cert(found.group(0).decode("ascii"))
 
 
-def validity(cert_path: str | Path) -> tuple[float, float] | None:
-    """(notBefore, notAfter) in epoch seconds of the (first) certificate of a PEM file."""
+class CertInfo:
+    """What the agent reads of its own certificate (for the log, ``enrol``'s output, renewal)."""
+
+    def __init__(self, subject: str, serial: int, not_before: float, not_after: float) -> None:
+        self.subject = subject
+        self.serial = serial
+        self.not_before = not_before
+        self.not_after = not_after
+
+    def renew_at(self, fraction: float = RENEW_FRACTION) -> float:
+        """When less than `fraction` of the lifetime is left (epoch seconds)."""
+        return self.not_after - fraction * (self.not_after - self.not_before)
+
+
+def certificate_info(cert_path: str | Path) -> CertInfo | None:
+    """Subject, serial and validity of the (first) certificate of a PEM file, or None."""
     try:
         with open(str(cert_path), "rb") as f:
             der = _certificate_der(f.read())
-        _, after = tlsinfo.describe_certificate(der)
-        # notBefore: the same walk as describe_certificate, one field earlier.
+        subject, after = tlsinfo.describe_certificate(der)
+        # serial and notBefore: the same walk as describe_certificate.
         _, start, _ = tlsinfo._tlv(der, 0)
         _, tstart, tend = tlsinfo._tlv(der, start)
         fields = tlsinfo._children(der, tstart, tend)
         if fields and fields[0][0] == 0xA0:
             fields = fields[1:]
+        _, sstart, send, _ = fields[0]
+        serial = int.from_bytes(der[sstart:send], "big", signed=True)
         _, vstart, vend, _ = fields[3]
         btag, bstart, bend, _ = tlsinfo._children(der, vstart, vend)[0]
         before = tlsinfo._time(btag, der[bstart:bend])
@@ -180,16 +212,19 @@ def validity(cert_path: str | Path) -> tuple[float, float] | None:
         return None
     if after is None:
         return None
-    return before, after
+    return CertInfo(subject or "", serial, before, after)
+
+
+def validity(cert_path: str | Path) -> tuple[float, float] | None:
+    """(notBefore, notAfter) in epoch seconds of the (first) certificate of a PEM file."""
+    info = certificate_info(cert_path)
+    return None if info is None else (info.not_before, info.not_after)
 
 
 def needs_renewal(cert_path: str | Path, now: float, fraction: float = RENEW_FRACTION) -> bool:
     """Whether less than `fraction` of the certificate's lifetime is left (or none can be read)."""
-    span = validity(cert_path)
-    if span is None:
-        return True
-    before, after = span
-    return after - now < fraction * (after - before)
+    info = certificate_info(cert_path)
+    return info is None or now > info.renew_at(fraction)
 
 
 # -- the exchanges ----------------------------------------------------------------------------
@@ -269,10 +304,13 @@ async def renew(
     role: str,
     host: str,
     *,
+    ca_file: str | Path | None = None,
     openssl: str | None = "openssl",
     timeout_s: float = 30.0,
 ) -> Path:
-    """A new key and certificate for this host, asked for with the current one (mutual TLS)."""
+    """A new key and certificate for this host, asked for with the current one (mutual TLS).
+
+    `ca_file`: the site's CA to verify the controller with (default: the stored one)."""
     d = Path(directory)
     exe = shutil.which(openssl) if openssl else None
     payload: dict[str, object]
@@ -282,7 +320,8 @@ async def renew(
         payload = {"csr": csr.decode("ascii")}
     else:
         payload = {"key": "controller"}
-    answer = await _post(_base(controller) + RENEW_PATH, payload, client_context(d), timeout_s)
+    ctx = client_context(d, ca_file)
+    answer = await _post(_base(controller) + RENEW_PATH, payload, ctx, timeout_s)
     return await asyncio.to_thread(_store, answer, key_pem, d)
 
 
@@ -300,3 +339,72 @@ def _store(answer: dict[str, str], key_pem: bytes | None, directory: Path) -> Pa
         answer["certificate"].encode("ascii"),
         ca.encode("ascii") if ca else None,
     )
+
+
+# -- background renewal -----------------------------------------------------------------------
+
+
+async def _wait(stop: asyncio.Event, delay: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(0.0, delay))
+    return stop.is_set()
+
+
+async def keep_renewed(
+    controller: str,
+    directory: str | Path,
+    role: str,
+    host: str,
+    on_renewed: Callable[[ssl.SSLContext], None],
+    stop: asyncio.Event,
+    *,
+    ca_file: str | Path | None = None,
+    fraction: float = RENEW_FRACTION,
+    retry_s: float = RENEW_RETRY_S,
+    retry_max_s: float = RENEW_RETRY_MAX_S,
+    openssl: str | None = "openssl",
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Renew the certificate in `directory` whenever less than `fraction` of its lifetime is
+    left, until `stop`; hand each new mutual-TLS context to `on_renewed`.
+
+    A failed renewal is logged and retried after `retry_s`, doubled (with jitter) up to
+    `retry_max_s`; the current certificate keeps working meanwhile, until it expires.
+    """
+    path = Path(directory) / IDENTITY
+    delay, rng = retry_s, random.Random()
+    while not stop.is_set():
+        info = certificate_info(path)
+        due = info.renew_at(fraction) if info is not None else clock()
+        if await _wait(stop, min(due - clock(), RECHECK_S)):
+            return
+        if clock() < due:
+            continue
+        try:
+            await renew(controller, directory, role, host, ca_file=ca_file, openssl=openssl)
+            on_renewed(client_context(directory, ca_file))
+        except (EnrolError, InputError, OSError, ssl.SSLError) as exc:
+            wait = rng.uniform(delay / 2, delay)
+            delay = min(retry_max_s, delay * 2)
+            left = (
+                ""
+                if info is None
+                else f", the current one is valid for {info.not_after - clock():.0f} s"
+            )
+            log.warning("certificate renewal failed (%s)%s; retrying in %.1f s", exc, left, wait)
+            if await _wait(stop, wait):
+                return
+            continue
+        new = certificate_info(path)
+        if new is None or clock() >= new.renew_at(fraction):
+            # A controller that hands out certificates already due: no tight loop.
+            log.warning("the renewed certificate is already due for renewal; next in %.1f s", delay)
+            if await _wait(stop, delay):
+                return
+            continue
+        delay = retry_s
+        log.info(
+            "certificate renewed: serial %x, valid until %s",
+            new.serial,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(new.not_after)),
+        )

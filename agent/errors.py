@@ -6,7 +6,10 @@
     ├── InputError                bad configuration or input: a flag, a file (exit 2)
     │   └── WireError             data that does not fit the wire format (agent.wire)
     ├── LinkError                 the controller refused us, or sent nonsense (agent.link)
-    │   └── TransportError        no HTTP answer at all: refused, reset, timeout, TLS
+    │   ├── TransportError        no HTTP answer at all: refused, reset, timeout, TLS
+    │   └── AuthError             a credential refused: 401/403, or the controller's
+    │                             certificate fails our CA (retrying changes nothing)
+    ├── EnrolError                enrolment or renewal failed (agent.enrol)
     └── CertError                 no way to make the stand-in certificate (agent.certs)
 
 Library exceptions (``OSError``, ``http.client.HTTPException``, ``ssl.SSLError``) are
@@ -38,6 +41,20 @@ class LinkError(NetcheckAgentError):
 
 class TransportError(LinkError):
     """No HTTP answer at all (connection refused, reset, timeout, TLS failure)."""
+
+
+class AuthError(LinkError):
+    """A credential was refused: the controller answered 401 or 403 (``status``), or its
+    certificate does not chain to our CA (``status`` 0). Retrying soon changes nothing:
+    someone must fix the token, certificate, CA file or inventory first."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EnrolError(NetcheckAgentError):
+    """Enrolment or renewal failed; the text says why (the controller's reason when it gave one)."""
 
 
 class CertError(NetcheckAgentError, RuntimeError):

@@ -70,8 +70,17 @@ class Connection:
         self.timeout_s = timeout_s
         self.ssl_context = ssl_context
         self._conn: http.client.HTTPConnection | None = None
+        self._stale = False  # the context changed: the next request opens a new connection
         # One request at a time, also while a cancelled caller's thread still finishes one.
         self._lock = threading.Lock()
+
+    def use_context(self, ssl_context: ssl.SSLContext) -> None:
+        """Use `ssl_context` from the next request on (a renewed client certificate).
+
+        Does not wait for a request in flight: that one finishes on its connection, and
+        the next one opens a new connection with the new context."""
+        self.ssl_context = ssl_context
+        self._stale = True
 
     def _open(self) -> http.client.HTTPConnection:
         u = self.url
@@ -107,6 +116,9 @@ class Connection:
         max_body: int = MAX_BODY,
     ) -> Response:
         with self._lock:
+            if self._stale:
+                self._stale = False
+                self.close()
             conn = self._reusable() or self._open()
             self._conn = conn
             try:

@@ -1,8 +1,12 @@
 """The controller link: register, then deliver results in batches, buffering while away.
 
-The transport is a small protocol (:class:`Transport`) so mutual TLS can replace the
-bearer-token HTTP implementation later. Nothing is lost silently: results beyond the buffer
-bound are dropped oldest first and counted, and the count travels in ``ResultBatch.dropped``.
+The transport is a small protocol (:class:`Transport`); :class:`HttpTransport` speaks HTTPS
+with a client certificate (mutual TLS, the context swapped in place at renewal by
+:meth:`HttpTransport.use_ssl_context`), or plain HTTP with the shared bearer token of
+insecure labs. A refused credential (401, 403, or a controller certificate that fails our CA)
+is an :class:`AuthError`, so the daemon can tell it from an outage. Nothing is lost
+silently: results beyond the buffer bound are dropped oldest first and counted, and the count
+travels in ``ResultBatch.dropped``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from netcheck.agent import httpc
-from netcheck.agent.errors import InputError, LinkError, TransportError
+from netcheck.agent.errors import AuthError, InputError, LinkError, TransportError
 from netcheck.agent.wire import (
     ListenerStatus,
     PeerSeen,
@@ -35,7 +39,8 @@ log = logging.getLogger(__name__)
 REGISTER_PATH = "/api/v1/register"
 RESULTS_PATH = "/api/v1/results"
 
-__all__ = ["HttpTransport", "Link", "LinkError", "Transport", "TransportError"]
+__all__ = ["AuthError", "HttpTransport", "Link", "LinkError", "Transport", "TransportError"]
+REFUSED = (401, 403)
 
 
 class Transport(Protocol):
@@ -47,32 +52,35 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """HTTP(S) with ``Authorization: Bearer <token>``: one POST per call on one kept-alive
-    :class:`agent.httpc.Connection` (the standard library's ``http.client``, in a thread).
+    """HTTP(S): one POST per call on one kept-alive :class:`agent.httpc.Connection` (the
+    standard library's ``http.client``, in a thread).
 
     ``ssl_context`` verifies an ``https`` controller (default: the system's trust store);
-    give it a client certificate for mutual TLS. ``timeout_s`` bounds each step (connect,
-    send, each read).
+    with a client certificate loaded it is mutual TLS, and `token` may be None. A `token`
+    goes in ``Authorization: Bearer``. ``timeout_s`` bounds each step (connect, send, each
+    read).
     """
 
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | None,
         timeout_s: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        if any(c in token for c in "\r\n\0"):
+        if token is not None and any(c in token for c in "\r\n\0"):
             raise InputError("the token holds a line break or a NUL")
         # A bad URL fails here, not at the first request.
         self._conn = httpc.Connection(self.base_url, timeout_s, ssl_context)
-        self._headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._timeout_s = timeout_s
+
+    def use_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
+        """From the next request on, use `ssl_context` (a renewed client certificate)."""
+        self._conn.use_context(ssl_context)
 
     def __repr__(self) -> str:  # never show the token
         return f"HttpTransport({self.base_url!r})"
@@ -84,6 +92,12 @@ class HttpTransport:
             resp = await asyncio.to_thread(self._conn.exchange, "POST", path, body, self._headers)
         except TimeoutError as exc:
             raise TransportError(f"{url}: no answer within {self._timeout_s:g} s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise AuthError(f"{url}: the controller's certificate: {exc.verify_message}") from exc
+        except ssl.SSLError as exc:
+            if _refused_certificate(exc):
+                raise AuthError(f"{url}: our certificate refused: {exc.reason}") from exc
+            raise TransportError(f"{url}: {type(exc).__name__} {exc}") from exc
         except (OSError, httpc.HttpError) as exc:
             raise TransportError(f"{url}: {type(exc).__name__} {exc}") from exc
         try:
@@ -134,6 +148,8 @@ class Link:
 
     async def register(self) -> Plan:
         status, body = await self.transport.post(REGISTER_PATH, encode(self.registration))
+        if status in REFUSED:
+            raise AuthError(f"registration refused: HTTP {status} {_error_text(body)}", status)
         if status != 200:
             raise LinkError(f"registration refused: HTTP {status} {_error_text(body)}")
         try:
@@ -217,6 +233,8 @@ class Link:
             )
             return
         self._requeue(chunk, peers)
+        if status in REFUSED:
+            raise AuthError(f"results refused: HTTP {status} {_error_text(body)}", status)
         raise LinkError(f"results refused: HTTP {status} {_error_text(body)}")
 
     async def _post_batch(self, batch: ResultBatch) -> tuple[int, Any]:
@@ -234,9 +252,19 @@ class Link:
 
 
 def _error_text(body: Any) -> str:
-    if isinstance(body, dict) and "error" in body:
-        return str(body["error"])
+    """The controller's reason: ``detail`` (its words) or else ``error`` (its code)."""
+    if isinstance(body, dict):
+        for key in ("detail", "error"):
+            if body.get(key):
+                return str(body[key])
     return ""
+
+
+def _refused_certificate(exc: ssl.SSLError) -> bool:
+    """The controller's TLS alert says it refused our certificate (unknown CA, expired,
+    revoked, bad, or none given where one is required)."""
+    reason = str(getattr(exc, "reason", "") or "")
+    return "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason)
 
 
 class Backoff:
