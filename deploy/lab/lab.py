@@ -299,7 +299,7 @@ def up(
     try:
         lab = _build(layout, scen, kind, state, page_port, controller_port, period_s)
         if start:
-            _start(lab, spec, page_port, probe_mode)
+            _start(lab, spec, probe_mode)
         return lab
     except BaseException:
         down(state, prefix)
@@ -355,7 +355,7 @@ def _build(
     return lab
 
 
-def _start(lab: Lab, spec: Spec, page_port: int, probe_mode: str) -> None:
+def _start(lab: Lab, spec: Spec, probe_mode: str) -> None:
     lab.start_controller()
     if lab.ctl_netns is not None:
         listen = lab.page_url.removeprefix("http://").rstrip("/")
