@@ -1,13 +1,20 @@
-"""spec x inventory -> the expected checks, and each agent's plan. Pure functions."""
+"""spec x inventory -> the expected checks, and each agent's plan. Pure functions.
+
+:func:`expand` first counts (:func:`check_size`: hosts x ports per flow, nothing built) and
+refuses a site over the policy's ``max_checks_per_site`` or an agent's plan over
+``max_checks_per_plan`` with the offending flow's ``file:line`` and the counts.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, Service, check_id
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.spec import Spec
+from netcheck.controller.sourced import InputError, Problem
+from netcheck.controller.spec import FlowRef, Spec
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,79 @@ class Expected:
     checks: tuple[ExpectedCheck, ...]
 
 
+def _hosts(n: int, what: str) -> str:
+    return f"{n:,} {what} host" + ("" if n == 1 else "s")
+
+
+def _flow_text(ref: FlowRef) -> str:
+    return (
+        f"interaction {ref.interaction.id}, ports {ref.flow.ports} "
+        f"from {ref.src_role} to {ref.dst_role}"
+    )
+
+
+def check_size(spec: Spec, inventory: Inventory) -> None:
+    """Refuse a site whose checks would exceed the policy's caps, before building any.
+
+    Counted per flow: source hosts x destination hosts x ports for the site, destination
+    hosts x ports for each plan of a source role. The error names the flow that adds the
+    most (its ``ports`` line in the topology) with the counts.
+    """
+    pol = spec.policy
+    site = 0
+    biggest: tuple[int, FlowRef] | None = None
+    per_plan: Counter[str] = Counter()  # source role -> checks in each of its hosts' plans
+    plan_biggest: dict[str, tuple[int, FlowRef]] = {}
+    for ref in spec.flows():
+        n_src = len(inventory.of_role(ref.src_role))
+        n_dst = len(inventory.of_role(ref.dst_role))
+        in_plan = n_dst * len(ref.flow.port_range)
+        site += n_src * in_plan
+        if biggest is None or n_src * in_plan > biggest[0]:
+            biggest = (n_src * in_plan, ref)
+        if n_src:
+            per_plan[ref.src_role] += in_plan
+            if ref.src_role not in plan_biggest or in_plan > plan_biggest[ref.src_role][0]:
+                plan_biggest[ref.src_role] = (in_plan, ref)
+    problems: list[Problem] = []
+    for role, n in per_plan.items():
+        if n > pol.max_checks_per_plan:
+            count, ref = plan_biggest[role]
+            problems.append(
+                Problem(
+                    spec.file,
+                    ref.line,
+                    f"{_flow_text(ref)}: "
+                    f"{_hosts(len(inventory.of_role(ref.dst_role)), 'destination')} x "
+                    f"{len(ref.flow.port_range):,} ports = {count:,} checks in the plan of "
+                    f"each {role} agent ({_hosts(len(inventory.of_role(role)), role)} in "
+                    f"{inventory.file}); {n:,} in all, more than policy.max_checks_per_plan "
+                    f"({pol.max_checks_per_plan:,})",
+                )
+            )
+    if biggest is not None and site > pol.max_checks_per_site:
+        count, ref = biggest
+        problems.append(
+            Problem(
+                spec.file,
+                ref.line,
+                f"{_flow_text(ref)}: {_hosts(len(inventory.of_role(ref.src_role)), 'source')}"
+                f" x {_hosts(len(inventory.of_role(ref.dst_role)), 'destination')} x "
+                f"{len(ref.flow.port_range):,} ports = {count:,} checks; the site of "
+                f"{inventory.file} would expand to {site:,} checks, more than "
+                f"policy.max_checks_per_site ({pol.max_checks_per_site:,})",
+            )
+        )
+    if problems:
+        raise InputError(problems)
+
+
 def expand(spec: Spec, inventory: Inventory) -> tuple[ExpectedCheck, ...]:
-    """Every (interaction, source host, destination host, port) the spec requires."""
+    """Every (interaction, source host, destination host, port) the spec requires.
+
+    Raises :class:`InputError` (before building anything) past the policy's caps.
+    """
+    check_size(spec, inventory)
     out: list[ExpectedCheck] = []
     for ref in spec.flows():
         inter = ref.interaction.id

@@ -3,20 +3,42 @@
 ``load_spec(path)`` is the only way in: it refuses unknown keys, unknown roles, bad port
 ranges, duplicate interaction ids, overlapping ports and unknown matrix statuses, each as
 ``file:line: what is wrong`` (:class:`controller.sourced.InputError`).
+
+Every count and text is bounded (the file is untrusted input, like the YAML it is read
+from, see :mod:`.sourced`): at most :data:`MAX_ROLES` roles, :data:`MAX_FLOWS` flows and
+:data:`MAX_SPEC_PORTS` ports over all flows (the shipped topology: 12 roles, 38 flows, 140
+ports), and texts of at most :data:`MAX_NAME` / :data:`MAX_TEXT` characters. How many
+checks a site may expand to is the policy's (``max_checks_per_site``, ``max_checks_per_plan``:
+:func:`.expand.check_size`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from netcheck.agent.wire import Expectation, Service
 from netcheck.controller.sourced import InputError, Problem, Sourced, load_yaml, raise_if, validate
+
+MAX_ROLES = 64
+MAX_INTERACTIONS = 1_000
+MAX_FLOWS = 1_000  # over all interactions
+MAX_SPEC_PORTS = 262_144  # ports summed over all flows: four full 1-65535 ranges
+MAX_MODES = 64
+MAX_MATRIX_ROWS = 5_000
+MAX_KEY = 64  # a role's key: it is part of check ids and metric labels
+MAX_NAME = 200  # names and titles
+MAX_TEXT = 2_000  # purposes, authentication and authorization notes
+MAX_INTERACTION_ID = 1_000_000
+
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY)]
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
 
 Site = Literal["user", "on_prem", "cloud"]
 Direction = Literal["forward", "reverse"]
@@ -48,10 +70,13 @@ class Policy(_Frozen):
     probe_retries: int = Field(2, ge=0, le=10)
     probe_period_seconds: float = Field(300, gt=0)
     probe_concurrency: int = Field(512, ge=1, le=65536)
+    # Caps on the expansion, counted (hosts x ports per flow) before anything is built.
+    max_checks_per_site: int = Field(200_000, ge=1, le=1_000_000)
+    max_checks_per_plan: int = Field(20_000, ge=1, le=100_000)
 
 
 class Role(_Frozen):
-    name: str
+    name: Name
     site: Site
     agent: bool
 
@@ -64,7 +89,7 @@ class Flow(_Frozen):
     service: Service = "tcp"
     direction: Direction = "forward"
     expect: Expectation = "open"
-    purpose: str = ""
+    purpose: Text = ""
 
     @field_validator("ports", mode="before")
     @classmethod
@@ -92,14 +117,14 @@ class Flow(_Frozen):
 
 
 class Interaction(_Frozen):
-    id: int = Field(ge=1)
-    title: str
-    source: str
-    destination: str
-    authentication: str = ""
-    authorization: str = ""
+    id: int = Field(ge=1, le=MAX_INTERACTION_ID)
+    title: Name
+    source: Key
+    destination: Key
+    authentication: Text = ""
+    authorization: Text = ""
     interconnect: bool = False
-    flows: tuple[Flow, ...] = Field(min_length=1)
+    flows: tuple[Flow, ...] = Field(min_length=1, max_length=MAX_FLOWS)
 
     def ends(self, flow: Flow) -> tuple[str, str]:
         """(connecting role, listening role) of one of this interaction's flows."""
@@ -109,19 +134,19 @@ class Interaction(_Frozen):
 
 
 class Mode(_Frozen):
-    title: str
-    interactions: tuple[int, ...]
+    title: Name
+    interactions: tuple[int, ...] = Field(max_length=MAX_INTERACTIONS)
     matrix_columns: tuple[MatrixColumn, ...] = ()
     static_ip_column: MatrixColumn | None = None
 
 
 class _TopologyFile(_Frozen):
     version: Literal[1]
-    matrix: str
+    matrix: Name
     policy: Policy = Policy()
-    roles: dict[str, Role]
-    interactions: tuple[Interaction, ...]
-    modes: dict[str, Mode]
+    roles: dict[Key, Role] = Field(max_length=MAX_ROLES)
+    interactions: tuple[Interaction, ...] = Field(max_length=MAX_INTERACTIONS)
+    modes: dict[Key, Mode] = Field(max_length=MAX_MODES)
 
 
 Status = Literal["qualified", "not_qualified", "not_supported"]
@@ -156,19 +181,19 @@ class Support(_Frozen):
 
 
 class _MatrixRowFile(_Frozen):
-    family: str
-    os: str
+    family: Name
+    os: Name
     boot: BootMode
-    vcd_warm: str
-    vcs_warm: str
-    any_cold: str
-    static_ip_vcd_cold: str
-    static_ip_vcd_warm: str
+    vcd_warm: Name
+    vcs_warm: Name
+    any_cold: Name
+    static_ip_vcd_cold: Name
+    static_ip_vcd_warm: Name
 
 
 class _MatrixFile(_Frozen):
     version: Literal[1]
-    rows: tuple[_MatrixRowFile, ...]
+    rows: tuple[_MatrixRowFile, ...] = Field(max_length=MAX_MATRIX_ROWS)
 
 
 class MatrixRow(_Frozen):
@@ -186,6 +211,7 @@ class FlowRef:
     flow: Flow
     src_role: str  # the role that connects
     dst_role: str  # the role that listens
+    line: int = 0  # the line of the flow's ``ports`` in the topology file (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -196,12 +222,14 @@ class Spec:
     interactions: tuple[Interaction, ...]
     modes: dict[str, Mode]
     matrix: tuple[MatrixRow, ...]
+    # (interaction id, flow index) -> the line of the flow's ``ports``, for errors
+    flow_lines: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def flows(self) -> Iterator[FlowRef]:
         for inter in self.interactions:
-            for flow in inter.flows:
+            for j, flow in enumerate(inter.flows):
                 src, dst = inter.ends(flow)
-                yield FlowRef(inter, flow, src, dst)
+                yield FlowRef(inter, flow, src, dst, self.flow_lines.get((inter.id, j), 0))
 
     def interaction(self, ident: int) -> Interaction:
         for inter in self.interactions:
@@ -219,11 +247,34 @@ class Spec:
         return tuple(name for name, m in self.modes.items() if interaction in m.interactions)
 
 
+def _check_size(src: Sourced, topo: _TopologyFile) -> list[Problem]:
+    """The totals over all interactions: flows and ports (each bounded, see the docstring)."""
+    flows = ports = 0
+    for i, inter in enumerate(topo.interactions):
+        for j, flow in enumerate(inter.flows):
+            flows += 1
+            ports += len(flow.port_range)
+            at = ("interactions", i, "flows", j)
+            if flows > MAX_FLOWS:
+                return [src.problem(at, f"more than {MAX_FLOWS:,} flows; the limit")]
+            if ports > MAX_SPEC_PORTS:
+                return [
+                    src.problem(
+                        (*at, "ports"),
+                        f"interaction {inter.id}: ports {flow.ports} bring the flows to more "
+                        f"than {MAX_SPEC_PORTS:,} ports in all, the limit",
+                    )
+                ]
+    return []
+
+
 def _check_topology(src: Sourced, topo: _TopologyFile) -> list[Problem]:
-    problems: list[Problem] = []
+    problems = _check_size(src, topo)
+    if problems:
+        return problems
     seen_ids: dict[int, int] = {}
-    # (connecting role, listening role, port) -> where it was first given
-    seen_ports: dict[tuple[str, str, int], tuple[int, str]] = {}
+    # (connecting role, listening role) -> the port ranges given so far: (lo, hi, id, ports)
+    seen: dict[tuple[str, str], list[tuple[int, int, int, str]]] = {}
     for i, inter in enumerate(topo.interactions):
         at: tuple[str | int, ...] = ("interactions", i)
         if inter.id in seen_ids:
@@ -247,19 +298,26 @@ def _check_topology(src: Sourced, topo: _TopologyFile) -> list[Problem]:
                 )
         for j, flow in enumerate(inter.flows):
             s, d = inter.ends(flow)
-            for port in flow.port_range:
-                key3 = (s, d, port)
-                if key3 in seen_ports:
-                    first_id, first_ports = seen_ports[key3]
-                    problems.append(
-                        src.problem(
-                            (*at, "flows", j, "ports"),
-                            f"interaction {inter.id}: port {port} from {s} to {d} overlaps "
-                            f"ports {first_ports} of interaction {first_id}",
-                        )
+            given = seen.setdefault((s, d), [])
+            lo, hi = flow.port_range.start, flow.port_range.stop - 1
+            # the lowest port of this flow given before, and by which flow first
+            clash = min(
+                ((max(lo, a), n) for n, (a, b, _, _) in enumerate(given) if a <= hi and lo <= b),
+                default=None,
+            )
+            if clash is not None:
+                port, n = clash
+                _, _, first_id, first_ports = given[n]
+                problems.append(
+                    src.problem(
+                        (*at, "flows", j, "ports"),
+                        f"interaction {inter.id}: port {port} from {s} to {d} overlaps "
+                        f"ports {first_ports} of interaction {first_id}",
                     )
-                    break
-                seen_ports[key3] = (inter.id, flow.ports)
+                )
+                hi = port - 1  # the ports before the clash count as given
+            if lo <= hi:
+                given.append((lo, hi, inter.id, flow.ports))
     for name, mode in topo.modes.items():
         for k, ident in enumerate(mode.interactions):
             if ident not in seen_ids:
@@ -316,4 +374,9 @@ def load_spec(path: str | Path) -> Spec:
         interactions=tuple(sorted(topo.interactions, key=lambda i: i.id)),
         modes=topo.modes,
         matrix=matrix,
+        flow_lines={
+            (inter.id, j): src.line(("interactions", i, "flows", j, "ports"))
+            for i, inter in enumerate(topo.interactions)
+            for j in range(len(inter.flows))
+        },
     )
