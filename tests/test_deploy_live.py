@@ -181,12 +181,9 @@ def test_agent_metrics_are_live_and_valid(site: Site) -> None:
 @pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="no /usr/bin/python3")
 def test_single_file_agent_serves_without_site_packages(site: Site) -> None:
     """The single-file agent registers and reports under `python3 -I -S`, unprivileged."""
-    spec = importlib.util.spec_from_file_location(
-        "netcheck_zipapp_build", REPO / "deploy" / "zipapp" / "build.py"
-    )
-    assert spec is not None and spec.loader is not None
-    zipapp_build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zipapp_build)
+    from tests.test_deploy_zipapp import _load_build_script
+
+    zipapp_build = _load_build_script()
 
     pyz: Path = zipapp_build.build(site.workdir / "netcheck-agent-serve.pyz")
     pyz.chmod(0o644)
