@@ -331,6 +331,31 @@ async def test_serve_once_registers_probes_and_reports(tmp_path: Path) -> None:
     assert {r.port: r.state for r in stored} == states
 
 
+async def test_serve_once_with_a_refused_token_exits_1_with_the_reason(tmp_path: Path) -> None:
+    """A 401 at registration is not an outage: ``--once`` ends (exit 1, the reason) at once
+    instead of retrying forever; nothing is stored."""
+    ctl, _ = agent_site(tmp_path)
+    await ctl.start()
+    try:
+        (tmp_path / "bad").write_text("not-the-token\n")
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "netcheck.agent", "serve", "--controller", ctl.url),
+            *("--token-file", str(tmp_path / "bad"), "--role", "pio", "--host", "pio-1"),
+            *("--address", AGENT_ADDR, "--mode", "connect", "--once", "--splay", "0"),
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        await ctl.stop()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "registration refused: HTTP 401 missing or wrong bearer token" in text
+    assert "not-the-token" not in text and "Traceback" not in text
+    assert ctl.registrations == [] and ctl.stored()[0] == []
+
+
 async def test_serve_once_linger_keeps_listeners_for_late_peers(tmp_path: Path) -> None:
     ctl, ports = agent_site(tmp_path)
     await ctl.start()
