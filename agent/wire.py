@@ -106,6 +106,11 @@ Dropped = Annotated[int, Limit(ge=0, le=2**53)]
 WireVersion = Annotated[int, Limit(ge=1, le=1000)]
 # A duration in seconds (a timeout, a period, a latency).
 Seconds = Annotated[float, Limit(ge=0, le=SQLITE_INT_MAX)]
+# Items of one result batch (an agent sends at most its batch size, 1,000 by default, of
+# results and of peers, and its whole listener picture). The controller answers 413 beyond.
+MAX_BATCH_RESULTS = 10_000
+MAX_BATCH_LISTENERS = 10_000
+MAX_BATCH_PEERS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,9 +253,9 @@ class ResultBatch:
 
     role: str
     host: str
-    results: tuple[ProbeResult, ...] = ()
-    listeners: tuple[ListenerStatus, ...] = ()
-    peers: tuple[PeerSeen, ...] = ()
+    results: Annotated[tuple[ProbeResult, ...], Limit(max_length=MAX_BATCH_RESULTS)] = ()
+    listeners: Annotated[tuple[ListenerStatus, ...], Limit(max_length=MAX_BATCH_LISTENERS)] = ()
+    peers: Annotated[tuple[PeerSeen, ...], Limit(max_length=MAX_BATCH_PEERS)] = ()
     sent_at: float = 0.0
     # Results the agent had to drop because its buffer was full while the controller was away.
     dropped: Dropped = 0

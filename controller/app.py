@@ -76,7 +76,8 @@ def _store_ctx(db: str | Path) -> Context:
 
 async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     """The store's single writer (group commit); closing it writes what is queued."""
-    writer = GroupWriter(app[STORE], app[CLOCK])
+    ids = (c.spec.check_id for c in app[EXPECTED].checks)
+    writer = GroupWriter(app[STORE], app[CLOCK], expected_ids=ids)
     writer.start()
     app[WRITER] = writer
     try:

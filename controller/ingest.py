@@ -8,7 +8,9 @@ what a schema cannot say: the sender's role and host, its own results, consisten
 Shared by the HTTP API and ``netcheck-controller import``: a body either passes every
 check and is written whole, or is refused with a reason and nothing is written.
 :class:`Refused` carries the HTTP status and the ``netcheck_batches_rejected_total``
-reason (auth | schema | role | size).
+reason (auth | schema | role | size | skew). The bounds themselves are in
+:mod:`controller.limits` (and the wire format's Limits): a batch over a count limit is 413
+naming the field and its limit, a time outside the clock window is 400 ``skew``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pydantic import TypeAdapter, ValidationError
 from netcheck.agent.wire import WIRE_VERSION, ProbeResult, Registration, ResultBatch, check_id
 from netcheck.controller.errors import NetcheckError
 from netcheck.controller.inventory import Inventory
+from netcheck.controller.limits import skew_message, skew_problem
 from netcheck.controller.spec import Spec
 
-Reason = Literal["auth", "schema", "role", "size"]
+Reason = Literal["auth", "schema", "role", "size", "skew"]
 T = TypeVar("T")
 
 _REGISTRATION = TypeAdapter(Registration)
@@ -50,7 +53,10 @@ def _schema(adapter: TypeAdapter[T], body: bytes | str, what: str) -> T:
         first = errs[0]
         loc = ".".join(str(p) for p in first["loc"]) or what
         more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-        raise Refused(400, "schema", f"{what}: {loc}: {first['msg']}{more}") from None
+        message = f"{what}: {loc}: {first['msg']}{more}"
+        if first["type"] == "too_long" and len(first["loc"]) == 1:  # a count limit
+            raise Refused(413, "size", message) from None
+        raise Refused(400, "schema", message) from None
 
 
 def _role_host(spec: Spec, inventory: Inventory, role: str, host: str) -> None:
@@ -96,6 +102,14 @@ def check_batch(batch: ResultBatch, spec: Spec, inventory: Inventory) -> None:
         problem = _result_problem(r, batch.host)
         if problem:
             raise Refused(400, "schema", f"results[{i}] ({r.check_id}): {problem}")
+
+
+def check_clock(batch: ResultBatch, now: float) -> None:
+    """Every time of the batch within the window around ``now`` (400 ``skew`` otherwise)."""
+    found = skew_problem(batch, now)
+    if found is not None:
+        where, skew = found
+        raise Refused(400, "skew", f"{batch.host}: {skew_message(where, skew)}")
 
 
 def authorize_batch(batch: ResultBatch, registered_role: str | None) -> None:

@@ -22,7 +22,7 @@ from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 
 VERDICTS = ("pass", "fail", "unknown")
-REJECT_REASONS = ("auth", "schema", "role", "size")
+REJECT_REASONS = ("auth", "schema", "role", "size", "skew")
 
 
 def check_families(spec: Spec, inventory: Inventory, ev: Evaluation) -> Iterator[Metric]:
@@ -107,7 +107,9 @@ def agent_families(ev: Evaluation, now: float) -> Iterator[Metric]:
 
 def counter_families(counters: dict[str, float]) -> Iterator[Metric]:
     results = CounterMetricFamily(
-        "netcheck_results_ingested", "Probe results accepted (persisted across restarts)."
+        "netcheck_results_ingested",
+        "Probe results stored, each once (a re-sent or older result is acknowledged, not "
+        "counted again; persisted across restarts).",
     )
     results.add_metric([], counters.get("results_ingested", 0.0))
     batches = CounterMetricFamily(
@@ -128,7 +130,12 @@ def counter_families(counters: dict[str, float]) -> Iterator[Metric]:
         if name.startswith("dropped:"):
             _, role, host = name.split(":", 2)
             dropped.add_metric([role, host], value)
-    yield from (results, batches, rejected, dropped)
+    unexpected = CounterMetricFamily(
+        "netcheck_unexpected_results_dropped",
+        "Stored results of no expected check removed (row bound or retention).",
+    )
+    unexpected.add_metric([], counters.get("unexpected_dropped", 0.0))
+    yield from (results, batches, rejected, dropped, unexpected)
 
 
 class StoreCollector(Collector):

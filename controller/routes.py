@@ -1,11 +1,19 @@
-"""HTTP handlers: parse, call, serialise. The logic lives in ingest, evaluate, gate, render."""
+"""HTTP handlers: parse, call, serialise. The logic lives in ingest, evaluate, gate, render.
+
+Nothing slow runs on the event loop: evaluation, gates and rendering run in a worker thread
+(over the store's read-only connection), so readers never hold up ingest. ``/healthz`` is
+liveness (the process answers, with the store's counts when they come quickly);
+``/readyz`` is readiness (the store answers and the writer runs; 503 otherwise).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -31,12 +39,17 @@ from netcheck.controller.ingest import (
     Refused,
     authorize_batch,
     check_batch,
+    check_clock,
     parse_batch,
     parse_registration,
 )
+from netcheck.controller.limits import MAX_BODY
 from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.writer import Unstorable
 
-MAX_BODY = 8 * 1024 * 1024  # the app's client_max_size
+__all__ = ["MAX_BODY", "routes"]
+# /healthz waits at most this long for the store's counts (then answers without them).
+HEALTH_STATS_SECONDS = 1.0
 log = logging.getLogger("netcheck.controller")
 # generate_latest() writes the classic text format (0.0.4); say so, whatever the client
 # library's newest default is, so every Prometheus version parses it the same way.
@@ -63,12 +76,15 @@ async def _refuse(request: web.Request, exc: Refused) -> web.Response:
 
 
 def _authorized(request: web.Request) -> bool:
+    """A good bearer token; Refused(400) for a header that is not UTF-8."""
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     expected = request.app[TOKEN]
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), expected.encode()
-    )
+    try:
+        token = given.strip().encode()
+    except UnicodeEncodeError:  # aiohttp keeps undecodable bytes as surrogates
+        raise Refused(400, "auth", "the Authorization header is not UTF-8") from None
+    return scheme.lower() == "bearer" and hmac.compare_digest(token, expected.encode())
 
 
 async def _body(request: web.Request) -> bytes:
@@ -110,12 +126,16 @@ async def results(request: web.Request) -> web.Response:
         batch = parse_batch(body)
         authorize_batch(batch, app[AGENTS].get(batch.host))
         check_batch(batch, app[SPEC], app[INVENTORY])
+        check_clock(batch, app[CLOCK]())
     except Refused as exc:
         return await _refuse(request, exc)
     # Answered once the group transaction holding this batch committed: acknowledged =
-    # committed. A failed group keeps nothing; the agent keeps the batch and sends it again.
+    # committed. A batch that cannot be stored fails alone (the writer retries its group
+    # without it): 400 when its data is the cause (do not send it again), else 500.
     try:
         accepted = await app[WRITER].ingest(batch)
+    except Unstorable as exc:
+        return await _refuse(request, Refused(400, "schema", f"the batch cannot be stored: {exc}"))
     except Exception:
         return _error(500, "the batch was not stored (database error); send it again")
     # The answer is a fixed shape: no JSON encoder per request.
@@ -125,8 +145,11 @@ async def results(request: web.Request) -> web.Response:
 @routes.get("/api/v1/plan")
 async def plan(request: web.Request) -> web.Response:
     app = request.app
-    if not _authorized(request):
-        return await _refuse(request, Refused(401, "auth", "missing or wrong bearer token"))
+    try:
+        if not _authorized(request):
+            raise Refused(401, "auth", "missing or wrong bearer token")
+    except Refused as exc:
+        return await _refuse(request, exc)
     role, host = request.query.get("role", ""), request.query.get("host", "")
     found = [h for h in app[INVENTORY].of_role(role) if h.name == host]
     if not found:
@@ -134,9 +157,10 @@ async def plan(request: web.Request) -> web.Response:
     return web.json_response(encode(_plan(app, role, host, found[0].address)))
 
 
-def _all_gates(request: web.Request, ev: Evaluation) -> list[GateDecision]:
-    spec, inv = request.app[SPEC], request.app[INVENTORY]
-    return [gate(spec, inv, ev, mode) for mode in spec.modes]
+def _with_gates(app: web.Application) -> tuple[Evaluation, list[GateDecision]]:
+    """The cached evaluation and every mode's gate (blocking: call it in a worker thread)."""
+    ev, gates = app[EVALUATION].with_gates(app[INVENTORY])
+    return ev, list(gates)
 
 
 @routes.get("/api/v1/report")
@@ -146,8 +170,13 @@ async def report(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in MEDIA_TYPES:
         return _error(400, f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
-    ev = await current_evaluation(request.app)
-    text = render_report(request.app[SPEC], ev, _all_gates(request, ev), fmt)
+    app = request.app
+
+    def work() -> str:
+        ev, gates = _with_gates(app)
+        return render_report(app[SPEC], ev, gates, fmt)
+
+    text = await asyncio.to_thread(work)
     return web.Response(text=text, content_type=MEDIA_TYPES[fmt], charset="utf-8")
 
 
@@ -155,9 +184,16 @@ async def report(request: web.Request) -> web.Response:
 async def gate_endpoint(request: web.Request) -> web.Response:
     mode = request.query.get("mode", "")
     vm = request.query.get("vm") or None
-    ev = await current_evaluation(request.app)
+    app = request.app
+
+    def work() -> GateDecision:
+        if vm is None and mode in app[SPEC].modes:  # cached with the evaluation
+            _, gates = app[EVALUATION].with_gates(app[INVENTORY])
+            return gates[list(app[SPEC].modes).index(mode)]
+        return gate(app[SPEC], app[INVENTORY], app[EVALUATION].get(), mode, vm)
+
     try:
-        d = gate(request.app[SPEC], request.app[INVENTORY], ev, mode, vm)
+        d = await asyncio.to_thread(work)
     except GateError as exc:
         return _error(400, str(exc))
     return web.json_response(decision_to_dict(d))
@@ -167,9 +203,14 @@ async def gate_endpoint(request: web.Request) -> web.Response:
 async def page(request: web.Request) -> web.Response:
     from netcheck.controller.render import render_page
 
-    ev = await current_evaluation(request.app)
-    refresh = request.app[REFRESH] or None
-    html = render_page(request.app[SPEC], ev, _all_gates(request, ev), refresh_seconds=refresh)
+    app = request.app
+    refresh = app[REFRESH] or None
+
+    def work() -> str:
+        ev, gates = _with_gates(app)
+        return render_page(app[SPEC], ev, gates, refresh_seconds=refresh)
+
+    html = await asyncio.to_thread(work)
     return web.Response(text=html, content_type="text/html", charset="utf-8")
 
 
@@ -183,5 +224,27 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    stats: dict[str, Any] = await asyncio.to_thread(request.app[STORE].stats)
+    """Liveness: answered by the event loop, with the store's counts if they come quickly."""
+    stats: dict[str, Any] = {}
+    with contextlib.suppress(TimeoutError, sqlite3.Error):
+        stats = await asyncio.wait_for(
+            asyncio.to_thread(request.app[STORE].stats), HEALTH_STATS_SECONDS
+        )
     return web.Response(text=json.dumps({"status": "ok", **stats}), content_type="application/json")
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the store answers a read and the writer runs (503 with the reason if not)."""
+    app = request.app
+    problem = ""
+    if STORE not in app or WRITER not in app or not app[WRITER].running:
+        problem = "the store writer is not running"
+    else:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(app[STORE].ping), HEALTH_STATS_SECONDS * 5)
+        except (TimeoutError, sqlite3.Error) as exc:
+            problem = f"the store does not answer: {exc or 'timeout'}"
+    if problem:
+        return web.json_response({"status": "not ready", "reason": problem}, status=503)
+    return web.json_response({"status": "ready"})

@@ -6,40 +6,56 @@ counts) in ONE transaction; the HTTP API answers each agent only after the trans
 holds its batch committed (acknowledged = committed, and on disk). One fsync per group, not
 per batch nor per result: see :mod:`controller.writer`.
 
-Results: one row per check id, the newest by ``started_at`` (an older result arriving late
-never overwrites a newer one), one column per :class:`~agent.wire.ProbeResult` field (the
-nested ``service_check`` as JSON) and ``sent_by``, the identity that sent it (a
-:class:`SentBatch`; see :mod:`controller.schema` version 3), written as tuples in multi-row
-statements: no JSON is re-serialised per result. The tables are written out in
-:mod:`controller.schema`, with ``PRAGMA user_version`` and numbered migrations (a wire field
-added later needs one). There is no history table: the newest result is what evaluation
-reads, and history is Prometheus' job (``/metrics`` scraped over time). Results whose check
-id matches no expected check are kept like any other (evaluation lists them as unexpected).
+Results: one row per check id, the newest by ``started_at`` (an older result arriving late, or
+the same result sent again, never overwrites what is stored), one column per
+:class:`~agent.wire.ProbeResult` field (the nested ``service_check`` as JSON) and ``sent_by``,
+the identity that sent it (a :class:`SentBatch`; see :mod:`controller.schema` version 3),
+written as tuples in multi-row statements: no JSON is re-serialised per result. The tables are
+written out in :mod:`controller.schema`, with ``PRAGMA user_version`` and numbered migrations
+(a wire field added later needs one). There is no history table: the newest result is what
+evaluation reads, and history is Prometheus' job (``/metrics`` scraped over time). Results
+whose check id matches no expected check (:meth:`Store.set_expected`) are kept like any other
+(evaluation lists them as unexpected), but bounded: at most ``limits.UNEXPECTED_ROWS`` rows
+(the oldest received dropped first) and none older than
+``limits.UNEXPECTED_RETENTION_SECONDS``, each drop counted.
+
+Acknowledged means committed: the transaction holding the batch is on disk, and in it every
+result of the batch was compared with the stored result of its check; the newer by
+``started_at`` is what the store holds. A result older than the stored one (or a re-send of
+it) is acknowledged as superseded, not lost: the store already holds newer news of that
+check. The controller refuses times more than ``limits.FUTURE_SECONDS`` ahead of its clock,
+so no result stays "the newest" by a skewed clock for longer than that.
 
 Listeners: each batch carries the agent's whole listener picture. The store keeps the newest
 status per (host, port), ``closed`` ones included with their ``since``, ordered by the
 batch's ``sent_at`` (a late, older batch never overwrites a newer status); ports a newer
-picture no longer mentions are removed. Peers seen are bounded to :data:`PEERS_PER_PORT`
-addresses per host and port (the most recent ones).
+picture no longer mentions are removed (one pass over the host's rows: after the upsert,
+the ports of the newest picture carry its time, the others an older one). Peers seen are bounded to
+:data:`PEERS_PER_PORT` addresses per host and port (the most recent ones).
 
-Counters (``results_ingested``, ``batches_ingested``, ``rejected:<reason>``,
-``dropped:<role>:<host>``) are persisted in the same transactions, so the ``_total``
-metrics survive a restart.
+Counters (``results_ingested``: results stored, a re-send counted once; ``batches_ingested``,
+``rejected:<reason>``, ``dropped:<role>:<host>``, ``unexpected_dropped``) are
+persisted in the same transactions, so the ``_total`` metrics survive a restart.
 
 :attr:`Store.version` grows by one at every commit, so readers can cache what they derive
 (not the schema's ``user_version``). :meth:`Store.snapshot` reads what evaluation needs in
-one read transaction. The connection is shared by threads behind a lock; each call is short.
+one read transaction. Writes go through one connection behind a lock; reads (snapshot,
+counters, stats, ...) through a second, read-only one (``mode=ro``) behind its own lock, so
+a reader never waits for a commit (WAL: it sees the last committed state) and a long write
+never holds up ``/healthz``, the page or ``/metrics``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import operator
 import sqlite3
 import threading
+import urllib.parse
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +69,11 @@ from netcheck.agent.wire import (
     Registration,
     ResultBatch,
     ServiceCheck,
+)
+from netcheck.controller.limits import (
+    PRUNE_EVERY_SECONDS,
+    UNEXPECTED_RETENTION_SECONDS,
+    UNEXPECTED_ROWS,
 )
 from netcheck.controller.model import AgentSeen, Observed
 from netcheck.controller.schema import RESULT_COLUMNS, prepare, refuse_newer
@@ -97,7 +118,7 @@ _RESULTS_UPSERT = _Upsert(
     len(_FIELDS) + 2,
     "ON CONFLICT (check_id) DO UPDATE SET "
     + ", ".join(f"{n} = excluded.{n}" for n in (*_FIELDS[1:], "received_at", "sent_by"))
-    + " WHERE excluded.started_at >= results.started_at",
+    + " WHERE excluded.started_at > results.started_at",
 )
 _LISTENERS_UPSERT = _Upsert(
     "INSERT INTO listeners (host, port, state, since, owner, error, reported_at)",
@@ -106,12 +127,14 @@ _LISTENERS_UPSERT = _Upsert(
     owner = excluded.owner, error = excluded.error, reported_at = excluded.reported_at
     WHERE excluded.reported_at >= listeners.reported_at""",
 )
-# Ports a newer picture of the host no longer mentions. Parameter: JSON [[host, at, [ports]]].
+# Ports a newer picture of the host no longer mentions: after the upsert, every port of the
+# host's newest picture carries that picture's time, so the others are exactly the older
+# rows (a range scan of the host's rows, not a list search per row: a 60,000-port picture
+# took 83 s with ``port NOT IN (json_each(...))``). Parameter: JSON [[host, at], ...].
 _DROP_LISTENERS = """
 DELETE FROM listeners WHERE rowid IN (
     SELECT l.rowid FROM json_each(?) AS p JOIN listeners AS l ON l.host = p.value ->> 0
-    WHERE l.reported_at < p.value ->> 1
-      AND l.port NOT IN (SELECT value FROM json_each(p.value -> 2)))
+    WHERE l.reported_at < p.value ->> 1)
 """
 _PEERS_UPSERT = _Upsert(
     "INSERT INTO peers (host, port, src_address, at)",
@@ -130,6 +153,15 @@ _BUMPS = _Upsert(
 _LAST_REPORT = "UPDATE agents SET last_report = ? WHERE host IN (SELECT value FROM json_each(?))"
 
 _SERVICE_CHECK = TypeAdapter(ServiceCheck)
+
+# Unexpected results: a temporary table (this connection only) of the expected check ids.
+_EXPECTED_TABLE = "CREATE TEMP TABLE IF NOT EXISTS expected_ids (check_id TEXT PRIMARY KEY)"
+_UNEXPECTED = "SELECT check_id FROM results WHERE check_id NOT IN temp.expected_ids"
+_TRIM_UNEXPECTED = f"""
+DELETE FROM results WHERE check_id IN (
+    {_UNEXPECTED} ORDER BY received_at DESC, started_at DESC LIMIT -1 OFFSET ?)
+"""
+_EXPIRE_UNEXPECTED = f"DELETE FROM results WHERE received_at < ? AND check_id IN ({_UNEXPECTED})"
 
 
 def result_row(r: ProbeResult, received_at: float) -> tuple[Any, ...]:
@@ -174,10 +206,14 @@ def _result(row: Sequence[Any]) -> ProbeResult:
 
 def _write_group(
     c: sqlite3.Connection, batches: Sequence[ResultBatch], now: float, rejected: Sequence[str]
-) -> None:
-    """Every batch of a group, a few statements per group (not per batch, not per row)."""
+) -> int:
+    """Every batch of a group, a few statements per group (not per batch, not per row).
+
+    Returns the number of results stored (new, or newer than the stored one)."""
+    before = c.total_changes
     _RESULTS_UPSERT.run(c, [(*result_row(r, now), _sent_by(b)) for b in batches for r in b.results])
-    pictures: dict[str, tuple[float, list[int]]] = {}  # host -> its newest listener picture
+    stored = c.total_changes - before
+    pictures: dict[str, float] = {}  # host -> the time of its newest listener picture
     rows: list[tuple[Any, ...]] = []
     for b in batches:
         if b.listeners:
@@ -185,11 +221,10 @@ def _write_group(
             rows.extend(
                 (b.host, s.port, s.state, s.since, s.owner, s.error, at) for s in b.listeners
             )
-            if b.host not in pictures or pictures[b.host][0] <= at:
-                pictures[b.host] = (at, [s.port for s in b.listeners])
+            pictures[b.host] = max(at, pictures.get(b.host, at))
     _LISTENERS_UPSERT.run(c, rows)
     if pictures:
-        c.execute(_DROP_LISTENERS, (json.dumps([[h, at, ps] for h, (at, ps) in pictures.items()]),))
+        c.execute(_DROP_LISTENERS, (json.dumps(list(pictures.items())),))
     peers = [(b.host, p.port, p.src_address, p.at) for b in batches for p in b.peers]
     _PEERS_UPSERT.run(c, peers)
     for host, port in sorted({(h, port) for h, port, _, _ in peers}):
@@ -198,7 +233,7 @@ def _write_group(
         c.execute(_LAST_REPORT, (now, json.dumps(sorted({b.host for b in batches}))))
     bumps: dict[str, float] = defaultdict(float)
     if batches:
-        bumps["results_ingested"] = sum(len(b.results) for b in batches)
+        bumps["results_ingested"] = stored
         bumps["batches_ingested"] = len(batches)
     for b in batches:
         if b.dropped:
@@ -206,6 +241,20 @@ def _write_group(
     for reason in rejected:
         bumps[f"rejected:{reason}"] += 1
     _BUMPS.run(c, list(bumps.items()))
+    return stored
+
+
+def _bound_unexpected(c: sqlite3.Connection, rows: int, expire_before: float | None) -> int:
+    """Drop unexpected results beyond ``rows`` (the oldest received first) and, when
+    ``expire_before`` is given, those received before it; counted. The number dropped."""
+    before = c.total_changes
+    c.execute(_TRIM_UNEXPECTED, (rows,))
+    if expire_before is not None:
+        c.execute(_EXPIRE_UNEXPECTED, (expire_before,))
+    dropped = c.total_changes - before
+    if dropped:
+        _BUMPS.run(c, [("unexpected_dropped", dropped)])
+    return dropped
 
 
 _AGENT_COLS = "role, host, address, mode, version, last_report"
@@ -252,6 +301,10 @@ class Store:
         self.version = 0  # bumped after every commit
         self._ckpt: sqlite3.Connection | None = None
         self._ckpt_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._rlock = threading.Lock()
+        self._expected: frozenset[str] | None = None
+        self._expired_at = 0.0  # when unexpected results were last expired
 
     @classmethod
     def open(cls, path: str | Path, *, background_checkpoints: bool = False) -> Store:
@@ -290,11 +343,33 @@ class Store:
                 self._ckpt.execute("PRAGMA busy_timeout=5000")
             self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The read-only connection (opened at first use), for one read at a time.
+
+        A database in memory has no second connection: reads share the writer's."""
+        if self.path == ":memory:":
+            with self._lock:
+                yield self._conn
+            return
+        with self._rlock:
+            if self._reader is None:
+                uri = "file:" + urllib.parse.quote(str(Path(self.path).resolve())) + "?mode=ro"
+                self._reader = sqlite3.connect(
+                    uri, uri=True, check_same_thread=False, isolation_level=None
+                )
+                self._reader.execute("PRAGMA busy_timeout=5000")
+            yield self._reader
+
     def close(self) -> None:
         with self._ckpt_lock:
             if self._ckpt is not None:
                 self._ckpt.close()
                 self._ckpt = None
+        with self._rlock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             self._conn.close()
 
@@ -317,18 +392,43 @@ class Store:
         """Write one batch in one transaction; returns the number of results accepted."""
         return self.ingest_group([batch], now)[0]
 
+    def set_expected(self, check_ids: Iterable[str]) -> None:
+        """The expected check ids: results of other ids are bounded (see the module doc)."""
+        ids = frozenset(check_ids)
+        with self._lock:
+            c = self._conn
+            c.execute(_EXPECTED_TABLE)
+            c.execute("BEGIN")
+            try:
+                c.execute("DELETE FROM temp.expected_ids")
+                c.executemany("INSERT INTO temp.expected_ids VALUES (?)", ((i,) for i in ids))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            self._expected = ids
+
     def ingest_group(
         self, batches: Sequence[ResultBatch], now: float, rejected: Sequence[str] = ()
     ) -> list[int]:
         """Write every batch (and count every rejection reason) in ONE transaction.
 
-        Returns the number of results accepted per batch. Any error rolls the whole group
-        back: nothing of it is kept.
+        Returns the number of results accepted (acknowledged) per batch. Any error rolls the
+        whole group back: nothing of it is kept.
         """
         with self._lock, self._conn:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             _write_group(c, batches, now, rejected)
+            if self._expected is not None and batches:
+                expire = now - self._expired_at >= PRUNE_EVERY_SECONDS
+                if expire or any(
+                    r.check_id not in self._expected for b in batches for r in b.results
+                ):
+                    horizon = now - UNEXPECTED_RETENTION_SECONDS if expire else None
+                    _bound_unexpected(c, UNEXPECTED_ROWS, horizon)
+                    if expire:
+                        self._expired_at = now
         self.version += 1
         return [len(b.results) for b in batches]
 
@@ -338,38 +438,37 @@ class Store:
     # -- reads ----------------------------------------------------------------------------
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        with self._reading() as c:
+            return c.execute(sql, args).fetchall()
 
     def agents(self) -> list[AgentSeen]:
-        with self._lock:
-            return _agents(self._conn)
+        with self._reading() as c:
+            return _agents(c)
 
     def agent(self, host: str) -> AgentSeen | None:
         rows = self._all(f"SELECT {_AGENT_COLS} FROM agents WHERE host = ?", (host,))
         return AgentSeen(*rows[0]) if rows else None
 
     def results(self) -> list[ProbeResult]:
-        with self._lock:
-            return _results(self._conn)
+        with self._reading() as c:
+            return _results(c)
 
     def sent_by(self) -> dict[str, str]:
         """check id -> the identity that sent its stored result (results stored since v3)."""
-        with self._lock:
-            return _sent_by_check(self._conn)
+        with self._reading() as c:
+            return _sent_by_check(c)
 
     def listeners(self) -> dict[str, tuple[ListenerStatus, ...]]:
-        with self._lock:
-            return _listeners(self._conn)
+        with self._reading() as c:
+            return _listeners(c)
 
     def peers(self) -> dict[str, tuple[PeerSeen, ...]]:
-        with self._lock:
-            return _peers(self._conn)
+        with self._reading() as c:
+            return _peers(c)
 
     def snapshot(self) -> Observed:
         """Everything evaluation reads, in one read transaction: one consistent moment."""
-        with self._lock:
-            c = self._conn
+        with self._reading() as c:
             c.execute("BEGIN")
             try:
                 return Observed(
@@ -384,6 +483,10 @@ class Store:
 
     def counters(self) -> dict[str, float]:
         return dict(self._all("SELECT name, value FROM counters"))
+
+    def ping(self) -> None:
+        """One read through the read-only connection (readiness); sqlite3.Error if it fails."""
+        self._all("SELECT 1 FROM counters LIMIT 1")
 
     def stats(self) -> dict[str, Any]:
         """Small facts for /healthz."""

@@ -6,8 +6,11 @@ takes everything queued, writes it with :meth:`Store.ingest_group` in a worker t
 only thread hop, shared by the whole group), and answers each waiter once that transaction
 committed: acknowledged = committed. While a commit is in flight, new batches queue up and
 go together in the next one, so the fsync is paid once per group, not once per batch.
-If the transaction fails, every waiter of the group gets the exception and nothing of the
-group is kept (SQLite rolled it back). Rejection counts ride along in the same groups.
+If a group's transaction fails (SQLite rolled it back), each of its batches is written again
+alone, so one batch that cannot be stored never fails the others: only its own waiter gets
+the error, :class:`Unstorable` when the data itself could not be written (the handler
+answers 400: the agent must not send it again), the database's exception otherwise (500:
+send it again). Rejection counts ride along in the same groups.
 """
 
 from __future__ import annotations
@@ -15,16 +18,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from netcheck.agent.wire import ResultBatch
+from netcheck.controller.errors import NetcheckError
 from netcheck.controller.store import Store
 
 log = logging.getLogger("netcheck.controller")
 
 # At most this many results per transaction; the rest waits for the next one.
 GROUP_RESULTS = 20_000
+
+
+# Errors of the data, not of the database: raised while binding a value (an integer beyond
+# 64 bits, a string that is not UTF-8, an unsupported type) or by SQLite's type checks.
+_DATA_ERRORS = (OverflowError, ValueError, TypeError, sqlite3.DataError, sqlite3.ProgrammingError)
+
+
+class Unstorable(NetcheckError):
+    """A batch that failed alone for what it holds: sending it again cannot help."""
 
 
 @dataclass
@@ -37,8 +51,15 @@ class _Waiting:
 class GroupWriter:
     """The store's single writer for results and rejections (start, then close)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        expected_ids: Iterable[str] | None = None,
+    ) -> None:
         self._store = store
+        # The expected check ids: results of others are bounded (Store.set_expected).
+        self._expected = None if expected_ids is None else frozenset(expected_ids)
         self._clock = clock
         self._queue: list[_Waiting] = []
         self._wake = asyncio.Event()
@@ -48,6 +69,11 @@ class GroupWriter:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-writer")
+
+    @property
+    def running(self) -> bool:
+        """Started, not closing, and its task alive (readiness)."""
+        return self._task is not None and not self._task.done() and not self._closing
 
     async def close(self) -> None:
         """Write what is queued, then stop."""
@@ -87,6 +113,8 @@ class GroupWriter:
         return group
 
     async def _run(self) -> None:
+        if self._expected is not None:
+            await asyncio.to_thread(self._store.set_expected, self._expected)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -103,10 +131,16 @@ class GroupWriter:
                 self._store.ingest_group, batches, self._clock(), reasons
             )
         except Exception as exc:
-            log.error("a group of %d batches was not stored: %s", len(batches), exc)
-            for w in group:
-                with contextlib.suppress(asyncio.InvalidStateError):
-                    w.done.set_exception(exc)
+            if len(group) > 1:
+                log.warning("a group of %d batches failed (%s): each again alone", len(group), exc)
+                for w in group:
+                    await self._commit([w])
+                return
+            failure: Exception = Unstorable(str(exc)) if isinstance(exc, _DATA_ERRORS) else exc
+            what = f"{group[0].batch.host}'s batch" if group[0].batch else "a rejection count"
+            log.error("%s was not stored: %s", what, exc)
+            with contextlib.suppress(asyncio.InvalidStateError):
+                group[0].done.set_exception(failure)
             return
         self.groups += 1
         it = iter(counts)
