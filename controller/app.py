@@ -1,9 +1,19 @@
 """The controller's aiohttp application: a factory, and one cleanup context per resource.
 
-Agent endpoints (register, results, plan) need ``Authorization: Bearer <token>``; the
-reading endpoints (``/``, report, gate, metrics, healthz) need none: they are read-only
-and show what the topology page shows. Put the controller behind a proxy with access
-control if that is too open for a site.
+Two ways to know the agents (one of them is required):
+
+- ``pki`` (a CA directory, ``netcheck-controller ca init``): serve it over HTTPS with
+  :func:`~netcheck.controller.pki.server_context_for` (client certificates optional at the
+  TLS layer, so enrolment and mutual TLS share one port). Agents enrol with a join token
+  (``POST /api/v1/enrol``), then every agent request is identified by its verified client
+  certificate and authorised per host (:mod:`~netcheck.controller.authz`).
+- ``token`` (``--insecure-http``, labs and tests): the shared bearer token, as before; every
+  holder is trusted as any host.
+
+Reads (``/``, report, gate, metrics) need ``read_token`` (bearer, or basic auth with the
+token as password) unless it is None (``--open-reads``); ``/healthz`` stays open
+(:mod:`~netcheck.controller.auth`). Refusals are counted in memory and limited per source
+(:mod:`~netcheck.controller.refusals`): they write nothing.
 
 Start-up runs the contexts in order (expected checks, store, writer, evaluation and
 metrics, WAL checkpoints); cleanup runs them backwards, and only those that started.
@@ -32,19 +42,26 @@ from netcheck.controller.appkeys import (
     EXPECTED,
     INVENTORY,
     REFRESH,
+    REFUSALS,
     REGISTRY,
+    SCOPES,
     SPEC,
     STORE,
     TOKEN,
+    TRUST,
     WRITER,
 )
+from netcheck.controller.auth import guard
+from netcheck.controller.authz import scopes
 from netcheck.controller.evalcache import EvaluationCache
-from netcheck.controller.expand import by_source, expected
+from netcheck.controller.expand import ExpectedCheck, by_source, expected
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.metrics import StoreCollector
+from netcheck.controller.metrics import RefusalCollector, StoreCollector
+from netcheck.controller.refusals import Refusals
 from netcheck.controller.routes import MAX_BODY, routes
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
+from netcheck.controller.trust import Trust
 from netcheck.controller.writer import GroupWriter
 
 CHECKPOINT_SECONDS = 1.0
@@ -58,6 +75,8 @@ async def _expected_ctx(app: web.Application) -> AsyncIterator[None]:
     exp = await asyncio.to_thread(expected, app[SPEC], app[INVENTORY])
     app[EXPECTED] = exp
     app[BY_SOURCE] = by_source(exp.checks)
+    index: dict[tuple[str, str], tuple[ExpectedCheck, ...]] = app[BY_SOURCE]
+    app[SCOPES] = scopes(app[SPEC], app[INVENTORY], index)
     yield
 
 
@@ -70,6 +89,20 @@ def _store_ctx(db: str | Path) -> Context:
             yield
         finally:
             await asyncio.to_thread(store.close)
+
+    return ctx
+
+
+def _trust_ctx(pki: str | Path, db: str | Path) -> Context:
+    """The CA and the enrolment ledger (after the store made or migrated the file)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        trust = await asyncio.to_thread(Trust.open, pki, db, app[CLOCK])
+        app[TRUST] = trust
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(trust.close)
 
     return ctx
 
@@ -93,9 +126,12 @@ async def _collector_ctx(app: web.Application) -> AsyncIterator[None]:
     app[EVALUATION] = cache
     collector = StoreCollector(spec, inventory, store, cache, clock)
     app[REGISTRY].register(collector)
+    refused = RefusalCollector(app[REFUSALS])
+    app[REGISTRY].register(refused)
     try:
         yield
     finally:
+        app[REGISTRY].unregister(refused)
         app[REGISTRY].unregister(collector)
 
 
@@ -126,23 +162,41 @@ def make_app(
     spec: Spec,
     inventory: Inventory,
     db: str | Path,
-    token: str,
+    token: str | None = None,
     *,
+    pki: str | Path | None = None,
+    read_token: str | None = None,
+    open_reads: bool = True,
     refresh_seconds: int = 30,
     clock: Callable[[], float] = time.time,
+    refusals: Refusals | None = None,
 ) -> web.Application:
-    """The controller app; the SQLite file ``db`` is opened at startup and closed at cleanup."""
-    if not token:
+    """The controller app; the SQLite file ``db`` is opened at startup and closed at cleanup.
+
+    Exactly one of ``token`` (the shared agent token, insecure) and ``pki`` (the CA
+    directory). Reads need ``read_token`` when one is given; without one, ``open_reads``
+    must say that they are open.
+    """
+    if (token is None) == (pki is None):
+        raise ValueError("give exactly one of token (insecure HTTP) and pki (a CA directory)")
+    if token is not None and not token:
         raise ValueError("an empty token would let anyone report results")
-    app = web.Application(client_max_size=MAX_BODY)
+    if read_token is not None and not read_token:
+        raise ValueError("an empty read token would let anyone read")
+    if read_token is None and not open_reads:
+        raise ValueError("reads need a read token, or open_reads")
+    refusals = refusals if refusals is not None else Refusals()
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard(refusals, read_token)])
     app[SPEC] = spec
     app[INVENTORY] = inventory
-    app[TOKEN] = token
+    app[TOKEN] = token or ""
+    app[REFUSALS] = refusals
     app[CLOCK] = clock
     app[REFRESH] = refresh_seconds
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
+    trust = [_trust_ctx(pki, db)] if pki is not None else []
     app.cleanup_ctx.extend(
-        [_expected_ctx, _store_ctx(db), _writer_ctx, _collector_ctx, _checkpoint_ctx]
+        [_expected_ctx, _store_ctx(db), *trust, _writer_ctx, _collector_ctx, _checkpoint_ctx]
     )
     app.add_routes(routes)
     return app

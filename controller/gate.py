@@ -163,9 +163,38 @@ def gate(
     )
 
 
-def decision_to_dict(d: GateDecision) -> dict[str, Any]:
-    """A gate decision as JSON-ready data (the API's and the JSON report's shape)."""
-    return {
+def sent_by_counts(ev: Evaluation, mode: str, vm: str | None = None) -> dict[str, int]:
+    """Identity -> how many of the gate's results it sent (its evidence, by sender).
+
+    The rows are the gate's (the mode's, narrowed to the VM's pairs as :func:`gate` does).
+    ``""``: results stored before identities were recorded.
+    """
+    vm_role = None
+    if vm is not None:
+        for r in ev.rows:
+            if vm in (r.check.src_host, r.check.spec.dst_host):
+                vm_role = r.check.src_role if r.check.src_host == vm else r.check.spec.dst_role
+                break
+    counts: dict[str, int] = defaultdict(int)
+    for row in ev.rows:
+        c = row.check
+        if row.result is None or mode not in c.modes:
+            continue
+        if vm_role in (c.src_role, c.spec.dst_role) and vm not in (c.src_host, c.spec.dst_host):
+            continue
+        counts[ev.sent_by.get(c.spec.check_id, "")] += 1
+    return dict(sorted(counts.items()))
+
+
+def decision_to_dict(d: GateDecision, ev: Evaluation | None = None) -> dict[str, Any]:
+    """A gate decision as JSON-ready data (the API's and the JSON report's shape).
+
+    With the evaluation it was made from, it also says who sent the results: ``sent_by`` on
+    each blocking check (None: no result, or one stored before identities were recorded),
+    and ``sent_by`` at the top, identity -> number of the mode's results it sent.
+    """
+    sent_by = ev.sent_by if ev is not None else {}
+    out: dict[str, Any] = {
         "mode": d.mode,
         "vm": d.vm,
         "decision": d.decision,
@@ -182,6 +211,7 @@ def decision_to_dict(d: GateDecision) -> dict[str, Any]:
                 "verdict": r.verdict,
                 "cause": r.cause,
                 "diagnosis": r.diagnosis,
+                "sent_by": sent_by.get(r.check.spec.check_id) if r.result else None,
             }
             for r in d.blocking
         ],
@@ -192,3 +222,6 @@ def decision_to_dict(d: GateDecision) -> dict[str, Any]:
             for f in d.matrix
         ],
     }
+    if ev is not None:
+        out["sent_by"] = sent_by_counts(ev, d.mode, d.vm)
+    return out

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from netcheck.agent.wire import encode
+from netcheck.controller.gate import decision_to_dict
 from netcheck.controller.model import AgentSeen, CheckRow, Evaluation, GateDecision, Rollup
+from netcheck.controller.refusals import RefusedRegistration
 from netcheck.controller.render.common import VERDICTS, iso, rollup_of, summary
-from netcheck.controller.render.gates import gate_dict
 from netcheck.controller.spec import Spec
 
 SCHEMA_VERSION = 1
@@ -32,7 +34,7 @@ def _rollup(r: Rollup) -> dict[str, Any]:
     }
 
 
-def _check(row: CheckRow) -> dict[str, Any]:
+def _check(row: CheckRow, ev: Evaluation) -> dict[str, Any]:
     c, r = row.check, row.result
     sc = r.service_check if r else None
     return {
@@ -60,6 +62,7 @@ def _check(row: CheckRow) -> dict[str, Any]:
         "last_hop": r.last_hop if r else None,
         "responder": r.responder if r else None,
         "service_check": encode(sc) if sc else None,
+        "sent_by": (ev.sent_by.get(c.spec.check_id) or None) if r else None,
     }
 
 
@@ -96,7 +99,16 @@ def _roles(spec: Spec, ev: Evaluation) -> list[dict[str, Any]]:
     ]
 
 
-def report_dict(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> dict[str, Any]:
+def _refused(r: RefusedRegistration) -> dict[str, Any]:
+    return {**asdict(r), "at": iso(r.at)}
+
+
+def report_dict(
+    spec: Spec,
+    ev: Evaluation,
+    gates: Sequence[GateDecision],
+    refused_registrations: Sequence[RefusedRegistration] = (),
+) -> dict[str, Any]:
     """The whole report as JSON-ready data."""
     s = summary(ev)
     interactions = []
@@ -143,13 +155,20 @@ def report_dict(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> di
         "roles": _roles(spec, ev),
         "interactions": interactions,
         "role_pairs": [_rollup(r) for r in ev.by_role_pair],
-        "checks": [_check(row) for row in ev.rows],
+        "checks": [_check(row, ev) for row in ev.rows],
         "unexpected": [encode(r) for r in ev.unexpected],
         "listeners": {host: encode(list(ls)) for host, ls in sorted(ev.listeners.items())},
         "agents": [_agent(a) for a in ev.agents],
-        "gates": [gate_dict(g) for g in gates],
+        "gates": [decision_to_dict(g, ev) for g in gates],
+        "refused_registrations": [_refused(r) for r in refused_registrations],
     }
 
 
-def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
-    return json.dumps(report_dict(spec, ev, gates), indent=2, sort_keys=False) + "\n"
+def render(
+    spec: Spec,
+    ev: Evaluation,
+    gates: Sequence[GateDecision],
+    refused_registrations: Sequence[RefusedRegistration] = (),
+) -> str:
+    data = report_dict(spec, ev, gates, refused_registrations)
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
