@@ -18,6 +18,7 @@ from netcheck.controller.evalcache import EvaluationCache
 from netcheck.controller.gate import gate
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import Evaluation
+from netcheck.controller.refusals import REASONS, Refusals
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 
@@ -161,3 +162,25 @@ class StoreCollector(Collector):
         yield from check_families(self._spec, self._inv, ev)
         yield from agent_families(ev, now)
         yield from counter_families(self._store.counters())
+
+
+class RefusalCollector(Collector):
+    """``netcheck_refusals_total{reason}``: requests refused (401/403/429), kept in memory.
+
+    Not in the store on purpose: a refusal must cost no database write (issue 11).
+    """
+
+    def __init__(self, refusals: Refusals) -> None:
+        self._refusals = refusals
+
+    def collect(self) -> Iterator[Metric]:
+        counts, _ = self._refusals.snapshot()
+        family = CounterMetricFamily(
+            "netcheck_refusals",
+            "Requests refused before anything was stored (401, 403, 429), by reason; "
+            "in memory since the controller started.",
+            labels=["reason"],
+        )
+        for reason in REASONS:
+            family.add_metric([reason], counts.get(reason, 0))
+        yield family

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import sqlite3
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 from prometheus_client import generate_latest
 
 from netcheck.agent.wire import Plan, encode
+from netcheck.controller import authz, enrolment
 from netcheck.controller.appkeys import (
     AGENTS,
     BY_SOURCE,
@@ -27,12 +28,16 @@ from netcheck.controller.appkeys import (
     EVALUATION,
     INVENTORY,
     REFRESH,
+    REFUSALS,
     REGISTRY,
+    SCOPES,
     SPEC,
     STORE,
     TOKEN,
+    TRUST,
     WRITER,
 )
+from netcheck.controller.auth import bearer_matches, denied_response, source_of
 from netcheck.controller.expand import plan_from_checks
 from netcheck.controller.gate import GateError, decision_to_dict, gate
 from netcheck.controller.ingest import (
@@ -45,6 +50,9 @@ from netcheck.controller.ingest import (
 )
 from netcheck.controller.limits import MAX_BODY
 from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.refusals import Denied, RefusedRegistration
+from netcheck.controller.store import sent
+from netcheck.controller.trust import Trust, peer_identity
 from netcheck.controller.writer import Unstorable
 
 __all__ = ["MAX_BODY", "routes"]
@@ -75,22 +83,22 @@ async def _refuse(request: web.Request, exc: Refused) -> web.Response:
     return _error(exc.status, exc.message)
 
 
-def _authorized(request: web.Request) -> bool:
-    """A good bearer token; Refused(400) for a header that is not UTF-8."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    expected = request.app[TOKEN]
-    try:
-        token = given.strip().encode()
-    except UnicodeEncodeError:  # aiohttp keeps undecodable bytes as surrogates
-        raise Refused(400, "auth", "the Authorization header is not UTF-8") from None
-    return scheme.lower() == "bearer" and hmac.compare_digest(token, expected.encode())
+def _sender(request: web.Request) -> authz.Sender:
+    """Who sent an agent request (its client certificate, or the shared token), or Denied.
+
+    Denied is answered by the auth middleware, counted in memory: no database write.
+    """
+    app = request.app
+    trust = app.get(TRUST)
+    if trust is not None:
+        return trust.sender(request, app[INVENTORY])
+    if not bearer_matches(request, app[TOKEN]):
+        raise Denied(401, "auth", "missing or wrong bearer token")
+    return authz.SHARED_TOKEN
 
 
 async def _body(request: web.Request) -> bytes:
-    """The body, or Refused(401) without a good token, Refused(413) when too large."""
-    if not _authorized(request):
-        raise Refused(401, "auth", "missing or wrong bearer token")
+    """The body, or Refused(413) when too large (the sender is known: see _sender)."""
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -105,11 +113,22 @@ def _plan(app: web.Application, role: str, host: str, address: str) -> Plan:
 @routes.post("/api/v1/register")
 async def register(request: web.Request) -> web.Response:
     app = request.app
+    sender = _sender(request)
     try:
         body = await _body(request)
         reg = parse_registration(body, app[SPEC], app[INVENTORY])
     except Refused as exc:
         return await _refuse(request, exc)
+    scope = app[SCOPES].get((reg.role, reg.host))
+    try:
+        authz.authorize_registration(reg, sender, scope)
+    except Denied as denied:
+        if denied.reason == "address" and scope is not None:
+            refused = RefusedRegistration(
+                app[CLOCK](), reg.role, reg.host, reg.address, scope.address, sender.label
+            )
+            app[REFUSALS].registration(refused)
+        raise
     await asyncio.to_thread(app[STORE].register, reg, app[CLOCK]())
     app[AGENTS][reg.host] = reg.role
     host = next(h for h in app[INVENTORY].of_role(reg.role) if h.name == reg.host)
@@ -121,9 +140,11 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/api/v1/results")
 async def results(request: web.Request) -> web.Response:
     app = request.app
+    sender = _sender(request)
     try:
         body = await _body(request)
         batch = parse_batch(body)
+        authz.authorize_batch(batch, sender, app[SCOPES].get((batch.role, batch.host)))
         authorize_batch(batch, app[AGENTS].get(batch.host))
         check_batch(batch, app[SPEC], app[INVENTORY])
         check_clock(batch, app[CLOCK]())
@@ -133,7 +154,7 @@ async def results(request: web.Request) -> web.Response:
     # committed. A batch that cannot be stored fails alone (the writer retries its group
     # without it): 400 when its data is the cause (do not send it again), else 500.
     try:
-        accepted = await app[WRITER].ingest(batch)
+        accepted = await app[WRITER].ingest(sent(batch, sender.label))
     except Unstorable as exc:
         return await _refuse(request, Refused(400, "schema", f"the batch cannot be stored: {exc}"))
     except Exception:
@@ -145,12 +166,9 @@ async def results(request: web.Request) -> web.Response:
 @routes.get("/api/v1/plan")
 async def plan(request: web.Request) -> web.Response:
     app = request.app
-    try:
-        if not _authorized(request):
-            raise Refused(401, "auth", "missing or wrong bearer token")
-    except Refused as exc:
-        return await _refuse(request, exc)
+    sender = _sender(request)
     role, host = request.query.get("role", ""), request.query.get("host", "")
+    authz.authorize_plan(role, host, sender)
     found = [h for h in app[INVENTORY].of_role(role) if h.name == host]
     if not found:
         return _error(404, f"no {role!r} host named {host!r} in the inventory")
@@ -165,15 +183,19 @@ def _with_gates(app: web.Application) -> tuple[Evaluation, list[GateDecision]]:
 
 @routes.get("/api/v1/report")
 async def report(request: web.Request) -> web.Response:
-    from netcheck.controller.render import FORMATS, MEDIA_TYPES, render_report
+    from netcheck.controller.render import FORMATS, MEDIA_TYPES, json_report, render_report
 
     fmt = request.query.get("format", "json")
     if fmt not in MEDIA_TYPES:
         return _error(400, f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
     app = request.app
 
+    _, refused = app[REFUSALS].snapshot()
+
     def work() -> str:
         ev, gates = _with_gates(app)
+        if fmt == "json":  # with the registrations refused for their address
+            return json_report.render(app[SPEC], ev, gates, refused_registrations=refused)
         return render_report(app[SPEC], ev, gates, fmt)
 
     text = await asyncio.to_thread(work)
@@ -186,17 +208,18 @@ async def gate_endpoint(request: web.Request) -> web.Response:
     vm = request.query.get("vm") or None
     app = request.app
 
-    def work() -> GateDecision:
+    def work() -> dict[str, Any]:  # with the identity that sent each result
         if vm is None and mode in app[SPEC].modes:  # cached with the evaluation
-            _, gates = app[EVALUATION].with_gates(app[INVENTORY])
-            return gates[list(app[SPEC].modes).index(mode)]
-        return gate(app[SPEC], app[INVENTORY], app[EVALUATION].get(), mode, vm)
+            ev, gates = app[EVALUATION].with_gates(app[INVENTORY])
+            return decision_to_dict(gates[list(app[SPEC].modes).index(mode)], ev)
+        ev = app[EVALUATION].get()
+        return decision_to_dict(gate(app[SPEC], app[INVENTORY], ev, mode, vm), ev)
 
     try:
-        d = await asyncio.to_thread(work)
+        answer = await asyncio.to_thread(work)
     except GateError as exc:
         return _error(400, str(exc))
-    return web.json_response(decision_to_dict(d))
+    return web.json_response(answer)
 
 
 @routes.get("/")
@@ -248,3 +271,73 @@ async def readyz(request: web.Request) -> web.Response:
     if problem:
         return web.json_response({"status": "not ready", "reason": problem}, status=503)
     return web.json_response({"status": "ready"})
+
+
+def _enrolment_answer(trust: Trust, cert: bytes, key: bytes | None) -> web.Response:
+    x509_cert = x509.load_pem_x509_certificate(cert)
+    body: dict[str, Any] = {
+        "certificate": cert.decode(),
+        "ca": trust.ca_pem(),
+        "not_after": int(x509_cert.not_valid_after_utc.timestamp()),
+    }
+    if key is not None:
+        body["key"] = key.decode()
+    return web.json_response(body)
+
+
+def _trust(request: web.Request) -> Trust:
+    trust = request.app.get(TRUST)
+    if trust is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "enrolment needs a controller started with --pki"}),
+            content_type="application/json",
+        )
+    return trust
+
+
+async def _enrol_refused(request: web.Request, exc: enrolment.EnrolError) -> web.Response:
+    answer = request.app[REFUSALS].refuse(
+        source_of(request), Denied(exc.status, "enrol", exc.detail), "POST " + request.path
+    )
+    if answer.status == 429:
+        return denied_response(answer)
+    return web.json_response(exc.body(), status=exc.status)
+
+
+@routes.post("/api/v1/enrol")
+async def enrol(request: web.Request) -> web.Response:
+    """A join token and a CSR (no client certificate needed) -> a client certificate."""
+    trust, inv = _trust(request), request.app[INVENTORY]
+    now = request.app[CLOCK]()
+    try:
+        req = enrolment.parse_enrol_request(await request.read())
+        args = (trust.joins, trust.ca, inv.has, req.token)
+        kw: dict[str, Any] = {"host": req.host, "role": req.role, "issued": trust.issued}
+        if req.csr is None:
+            key, cert = await asyncio.to_thread(enrolment.enrol_new_key, *args, now, **kw)
+            return _enrolment_answer(trust, cert, key)
+        cert = await asyncio.to_thread(enrolment.enrol, *args, req.csr, now, **kw)
+    except enrolment.EnrolError as exc:
+        return await _enrol_refused(request, exc)
+    log.info("enrolled %s %s", req.role or "", req.host)
+    return _enrolment_answer(trust, cert, None)
+
+
+@routes.post("/api/v1/renew")
+async def renew(request: web.Request) -> web.Response:
+    """The current client certificate and a CSR -> a new certificate, same identity."""
+    trust, inv = _trust(request), request.app[INVENTORY]
+    _sender(request)  # a valid, unrevoked certificate of an inventory host, or Denied
+    now = request.app[CLOCK]()
+    try:
+        csr = enrolment.parse_renew_request(await request.read())
+        args = (trust.ca, peer_identity(request), inv.has, trust.revoked)
+        if csr is None:
+            key, cert = await asyncio.to_thread(
+                enrolment.renew_new_key, *args, now, issued=trust.issued
+            )
+            return _enrolment_answer(trust, cert, key)
+        cert = await asyncio.to_thread(enrolment.renew, *args, csr, now, issued=trust.issued)
+    except enrolment.EnrolError as exc:
+        return await _enrol_refused(request, exc)
+    return _enrolment_answer(trust, cert, None)
