@@ -43,7 +43,7 @@ from netcheck.controller.inventory import Inventory, load_inventory
 from netcheck.controller.model import Evaluation
 from netcheck.controller.sourced import InputError
 from netcheck.controller.spec import Spec, load_spec
-from netcheck.controller.store import Store
+from netcheck.controller.store import Store, sent
 
 DEFAULT_TOPOLOGY = "topology.yaml"
 EXIT_GO = 0  # go, or the command did what it was asked
@@ -144,6 +144,31 @@ def _token(args: argparse.Namespace) -> str:
         raise CliError(str(exc)) from None
 
 
+def _read_token(args: argparse.Namespace) -> str | None:
+    """The read credential (None: --open-reads); exactly one of the two is required."""
+    from netcheck.agent import inputs
+
+    if args.open_reads and args.read_token_file:
+        raise CliError("give --read-token-file FILE or --open-reads, not both")
+    if args.open_reads:
+        return None
+    if not args.read_token_file:
+        raise CliError(
+            "reads (page, reports, gate, metrics) need --read-token-file FILE, "
+            "or --open-reads to leave them open"
+        )
+    try:
+        return inputs.read_token(args.read_token_file, env="NETCHECK_READ_TOKEN")
+    except inputs.InputError as exc:
+        raise CliError(str(exc)) from None
+
+
+INSECURE_WARNING = (
+    "WARNING: --insecure-http: plain HTTP, agents share one bearer token and any holder of it "
+    "can report for every host; for labs and tests only (use --pki DIR on a real site)"
+)
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -154,17 +179,46 @@ def _listen(text: str) -> tuple[str, int]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from netcheck.controller import pki
     from netcheck.controller.app import make_app
     from netcheck.controller.gctune import tune_gc
 
+    if bool(args.pki) == bool(args.insecure_http):
+        raise CliError(
+            "give --pki DIR (HTTPS, agents with client certificates: see 'ca init' and "
+            "'enrol') or --insecure-http (plain HTTP, one shared --token-file: labs only)"
+        )
+    if args.pki and args.token_file:
+        raise CliError("--token-file is for --insecure-http (with --pki agents enrol)")
+    read_token = _read_token(args)
     spec, inv = _load(args)
-    token = _token(args)
+    token, ssl_context = None, None
+    if args.pki:
+        try:
+            pki.load_ca(args.pki)
+            ssl_context = pki.server_context_for(pki.CaFiles.in_dir(args.pki))
+        except (pki.PkiError, OSError, ValueError) as exc:
+            raise CliError(f"--pki {args.pki}: {exc}") from None
+    else:
+        token = _token(args)
     host, port = args.listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = make_app(spec, inv, args.db, token, refresh_seconds=args.refresh)
+    if args.insecure_http:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+        logging.getLogger("netcheck.controller").warning(INSECURE_WARNING)
+    app = make_app(
+        spec,
+        inv,
+        args.db,
+        token,
+        pki=args.pki,
+        read_token=read_token,
+        open_reads=args.open_reads,
+        refresh_seconds=args.refresh,
+    )
     app.on_startup.append(tune_gc)  # process-wide GC thresholds: serving only, not make_app
     try:
-        web.run_app(app, host=host, port=port, print=None, access_log=None)
+        web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None)
     except OSError as exc:
         raise CliError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     return 0
@@ -212,10 +266,99 @@ def cmd_import(args: argparse.Namespace) -> int:
             address = next(h.address for h in inv.of_role(batch.role) if h.name == batch.host)
             mode = batch.results[0].mode if batch.results else "connect"
             store.register(Registration(batch.role, batch.host, address, "import", mode), now)
-        n = store.ingest(batch, now)
+        n = store.ingest(sent(batch, "import"), now)
     finally:
         store.close()
     print(f"imported {n} results from {batch.role} {batch.host} into {args.db}")
+    return 0
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    from netcheck.controller import pki
+
+    names = args.name or ([] if args.address else ["localhost"])
+    addresses = args.address or ([] if args.name else ["127.0.0.1"])
+    try:
+        files = pki.init_ca(args.pki, names, addresses, args.days, force=args.force)
+        ca = pki.load_ca(args.pki)
+    except pki.PkiError as exc:
+        raise CliError(str(exc)) from None
+    from cryptography.hazmat.primitives import serialization
+
+    der = ca.cert.public_bytes(serialization.Encoding.DER)
+    print(f"CA certificate:     {files.ca_cert}  (give it to agents: --ca)")
+    print(f"CA key:             {files.ca_key}  (0600; keep it on the controller)")
+    print(f"server certificate: {files.server_cert}  ({', '.join([*names, *addresses])})")
+    print(f"server key:         {files.server_key}  (0600)")
+    print(f"CA SHA-256 fingerprint: {pki.fingerprint(der)}")
+    return 0
+
+
+def _ttl(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (600, 30m, 1h, 2d)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return value
+
+
+def cmd_enrol(args: argparse.Namespace) -> int:
+    from netcheck.controller.joins import JoinError, JoinTokens
+    from netcheck.controller.trust import ledger
+
+    spec, inv = _load(args)
+    if args.role not in spec.roles or not spec.roles[args.role].agent:
+        raise CliError(f"role {args.role!r} does not run an agent in {spec.file}")
+    hosts = [h.name for h in inv.of_role(args.role) if args.all or h.name == args.host]
+    if not hosts:
+        raise CliError(f"no host {args.host!r} of role {args.role!r} in {inv.file}")
+    lines = []
+    with ledger(args.db) as conn:
+        joins = JoinTokens(conn)
+        now = time.time()
+        try:
+            for name in hosts:
+                token = joins.issue(args.role, [name], args.ttl, known=inv.has, now=now)
+                lines.append(f"{name} {token}")
+        except JoinError as exc:
+            raise CliError(str(exc)) from None
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from netcheck.controller.joins import IssuedCerts
+    from netcheck.controller.trust import ledger
+
+    if not Path(args.db).is_file():
+        raise CliError(f"no database at {args.db}")
+    with ledger(args.db) as conn:
+        issued = IssuedCerts(conn)
+        now = time.time()
+        if args.serial:
+            try:
+                serial = int(args.serial.removeprefix("cert:"), 16)
+            except ValueError:
+                raise CliError(f"--serial {args.serial!r} is not a hexadecimal serial") from None
+            mine = {
+                c.serial for r in issued.roles_of(args.host) for c in issued.of_host(r, args.host)
+            }
+            if serial not in mine:
+                raise CliError(f"certificate {serial:x} was not issued to {args.host}")
+            revoked = [serial] if issued.revoke_serial(serial, now) else []
+        else:
+            roles = issued.roles_of(args.host)
+            if not roles:
+                raise CliError(f"no certificate was issued to {args.host} in {args.db}")
+            revoked = sorted(s for r in roles for s in issued.revoke_host(r, args.host, now))
+    for serial in revoked:
+        print(f"revoked {args.host} cert:{serial:x}")
+    if not revoked:
+        print(f"nothing to revoke: every certificate of {args.host} was revoked already")
     return 0
 
 
@@ -360,9 +503,59 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p, inventory_required=True)
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), help="HOST:PORT")
     p.add_argument("--db", required=True, help="SQLite file (created if missing)")
-    p.add_argument("--token-file", help="file holding the agents' token (else $NETCHECK_TOKEN)")
+    p.add_argument(
+        "--pki", metavar="DIR", help="HTTPS with this CA directory ('ca init'); agents enrol"
+    )
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="plain HTTP with one shared agent token (--token-file): labs and tests only",
+    )
+    p.add_argument(
+        "--token-file",
+        help="with --insecure-http: the agents' shared token (else $NETCHECK_TOKEN)",
+    )
+    p.add_argument(
+        "--read-token-file",
+        help="reads (page, reports, gate, metrics) need this token: Bearer, or basic auth "
+        "with it as the password",
+    )
+    p.add_argument("--open-reads", action="store_true", help="reads need no credential")
     p.add_argument("--refresh", type=int, default=30, help="page refresh seconds (0: none)")
     p.set_defaults(func=cmd_serve)
+
+    p = add("ca", "the site's private CA for HTTPS and agents' client certificates")
+    ca_sub = p.add_subparsers(dest="ca_command", required=True)
+    p = ca_sub.add_parser(
+        "init",
+        help="create the CA and the controller's server certificate",
+        description="create DIR/ca.pem, DIR/ca-key.pem (0600), DIR/server.pem, "
+        "DIR/server-key.pem (0600); without --name/--address: localhost and 127.0.0.1",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--pki", required=True, metavar="DIR")
+    p.add_argument("--name", action="append", default=[], help="a DNS name of the controller")
+    p.add_argument("--address", action="append", default=[], help="an IP of the controller")
+    p.add_argument("--days", type=int, default=397, help="server certificate lifetime")
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(func=cmd_ca_init)
+
+    p = add("enrol", "print one-time join tokens (HOST TOKEN lines) for hosts of a role")
+    p.add_argument("--db", required=True, help="the controller's SQLite file")
+    _spec_args(p, inventory_required=True)
+    p.add_argument("--role", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--host")
+    which.add_argument("--all", action="store_true", help="every host of the role")
+    p.add_argument("--ttl", type=_ttl, default=3600.0, help="lifetime: 600, 30m, 1h (default)")
+    p.set_defaults(func=cmd_enrol)
+
+    p = add("revoke", "revoke a host's client certificates (a running controller sees it)")
+    p.add_argument("--db", required=True, help="the controller's SQLite file")
+    p.add_argument("--host", required=True)
+    p.add_argument("--serial", help="only this certificate (hex, as the report's sent_by)")
+    p.set_defaults(func=cmd_revoke)
 
     p = add("plan", "write the plan of each agent of a role")
     _spec_args(p, inventory_required=True)

@@ -256,6 +256,14 @@ class IssuedCerts:
             ).fetchall()
         return {int(r[0], 16) for r in rows}
 
+    def roles_of(self, host: str) -> list[str]:
+        """The roles certificates were issued to `host` under (normally one)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT role FROM issued_certs WHERE host = ? ORDER BY role", (host,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def of_host(self, role: str, host: str) -> list[IssuedCert]:
         with self._lock:
             rows = self._conn.execute(

@@ -15,11 +15,12 @@ in the inventory.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +30,19 @@ from netcheck.controller.inventory import Inventory
 from netcheck.controller.joins import IssuedCerts, JoinTokens
 from netcheck.controller.pki import Ca, CaFiles, Identity, identity_of, load_ca
 from netcheck.controller.refusals import Denied
+from netcheck.controller.store import Store
+
+
+@contextlib.contextmanager
+def ledger(db: str | Path) -> Iterator[sqlite3.Connection]:
+    """A connection to the store file `db` (created or migrated first) for the ledger."""
+    Store.open(db).close()
+    conn = sqlite3.connect(str(db), check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        yield conn
+    finally:
+        conn.close()
 
 
 @functools.lru_cache(maxsize=8192)

@@ -105,7 +105,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         [
             *(sys.executable, "-m", "netcheck.controller", "serve", *SPEC_ARGS),
             *("--db", str(tmp_path / "s.db"), "--listen", f"127.0.0.1:{port}"),
-            *("--token-file", str(token)),
+            *("--insecure-http", "--open-reads", "--token-file", str(token)),
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -152,5 +152,25 @@ def test_serve_needs_a_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("NETCHECK_TOKEN", raising=False)
-    assert main(["serve", *SPEC_ARGS, "--db", str(tmp_path / "x.db")]) == 2
+    argv = ["serve", *SPEC_ARGS, "--db", str(tmp_path / "x.db"), "--open-reads"]
+    assert main([*argv, "--insecure-http"]) == 2
     assert "no token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--open-reads"], "give --pki DIR"),
+        (["--open-reads", "--insecure-http", "--pki", "x"], "give --pki DIR"),
+        (["--insecure-http"], "need --read-token-file FILE, or --open-reads"),
+        (["--pki", "nowhere", "--open-reads"], "--pki nowhere:"),
+        (["--pki", "nowhere", "--open-reads", "--token-file", "t"], "--token-file is for"),
+    ],
+)
+def test_serve_needs_a_trust_mode_and_a_read_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], words: str
+) -> None:
+    db = tmp_path / "x.db"
+    assert main(["serve", *SPEC_ARGS, "--db", str(db), *flags]) == 2
+    assert words in capsys.readouterr().err
+    assert not db.exists()

@@ -413,7 +413,12 @@ def test_serve_startup_errors(site: Site) -> None:
             ([*site.args, *db, "--listen", "nowhere"], "'nowhere' is not HOST:PORT"),
             ([*site.args, *db, "--token-file", str(site.dir / "no-token")], "no-token"),
         ]
-        for argv, says in cases:
+        insecure = ["--insecure-http", "--open-reads"]
+        for argv, says in [(insecure + a, says) for a, says in cases] + [
+            ([*site.args, *db, "--open-reads"], "give --pki DIR"),
+            ([*site.args, *db, "--pki", str(site.dir), "--open-reads"], "ca.pem"),
+            ([*site.args, *db, "--insecure-http"], "--read-token-file"),
+        ]:
             done = _run("serve", *argv)
             assert done.returncode == 2, (argv, done.stderr)
             assert says in done.stderr, (argv, done.stderr)
