@@ -102,8 +102,10 @@ def _refuse(file: str, mark: _Mark | None, message: str) -> InputError:
     return InputError([Problem(file, _line(mark), message)])
 
 
-def check_bounds(text: str, file: str) -> None:
+def check_bounds(text: str, file: str) -> int:
     """Refuse ``text`` if it nests too deep, has a huge scalar or expands to too many nodes.
+
+    Returns the number of nodes the document expands to (every alias replaced).
 
     One pass over the parser's events, in memory proportional to the depth and the number
     of anchors: each open collection counts its nodes, an anchor's expanded size is kept
@@ -153,6 +155,7 @@ def check_bounds(text: str, file: str) -> None:
                 f"the document expands to more than {MAX_NODES:,} nodes"
                 + (f" (at alias *{event.anchor})" if isinstance(event, AliasEvent) else ""),
             )
+    return total
 
 
 def _walk(

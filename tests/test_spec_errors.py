@@ -128,6 +128,64 @@ TOPOLOGY_CASES = [
         "5: roles.b.site: Input should be 'user', 'on_prem' or 'cloud'",
     ),
     ("empty file", "", "1: the file is empty"),
+    # bounds (tests/test_input_bounds.py has the bombs, with time and memory limits)
+    (
+        "alias bomb",
+        TOPOLOGY_OK
+        + "x: &x [a, a, a, a, a, a, a, a, a, a]\n"
+        + "".join(
+            f"x{i}: &x{i} [{', '.join(['*x' + (str(i - 1) if i else '')] * 10)}]\n"
+            for i in range(6)
+        ),
+        "23: the document expands to more than 200,000 nodes (at alias *x3)",
+    ),
+    (
+        "recursive alias",
+        TOPOLOGY_OK + "x: &x [*x]\n",
+        "18: alias *x refers to a node that contains it",
+    ),
+    ("undefined alias", TOPOLOGY_OK + "x: *y\n", "18: alias *y names no anchor"),
+    (
+        "nested too deep",
+        TOPOLOGY_OK + "x: " + "{a: " * 40 + "1" + "}" * 40 + "\n",
+        "18: nested deeper than 32 levels",
+    ),
+    (
+        "a value too long",
+        TOPOLOGY_OK.replace("title: A to B", "title: " + "A" * 5000),
+        "8: a value of 5,000 characters; the limit is 4,096",
+    ),
+    (
+        "a title too long",
+        TOPOLOGY_OK.replace("title: A to B", "title: " + "A" * 300),
+        "8: interactions.0.title: String should have at most 200 characters",
+    ),
+    (
+        "a bad date",
+        TOPOLOGY_OK.replace("title: A to B", "title: 2024-13-01"),
+        "8: '2024-13-01': month must be in 1..12",
+    ),
+    (
+        "interaction id too large",
+        TOPOLOGY_OK.replace("id: 1", "id: 9999999999"),
+        "7: interactions.0.id: Input should be less than or equal to 1000000",
+    ),
+    (
+        "too many ports over all flows",
+        TOPOLOGY_OK.replace(
+            '      - ports: "443"\n        service: https\n',
+            "".join(
+                f'      - ports: "1-65535"\n        direction: {d}\n'
+                for d in ("forward", "reverse", "forward", "reverse", "forward")
+            ),
+        ),
+        "20: interaction 1: ports 1-65535 bring the flows to more than 262,144 ports in all",
+    ),
+    (
+        "plan cap out of range",
+        TOPOLOGY_OK.replace("roles:", "policy:\n  max_checks_per_plan: 1000000\nroles:"),
+        "4: policy.max_checks_per_plan: Input should be less than or equal to 100000",
+    ),
 ]
 
 
@@ -229,6 +287,16 @@ INVENTORY_CASES = [
         "unknown key",
         INVENTORY_OK.replace("site: lab", "site: lab\nowner: me"),
         "3: unknown key 'owner' in the document",
+    ),
+    (
+        "site name too long",
+        INVENTORY_OK.replace("site: lab", "site: " + "l" * 201),
+        "2: site: String should have at most 200 characters",
+    ),
+    (
+        "address too long",
+        INVENTORY_OK.replace("198.18.1.1", "f" * 65),
+        "5: hosts.a.0.address: String should have at most 64 characters",
     ),
 ]
 
