@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http.client
-import select
+import selectors
 import ssl
 import threading
 from urllib.parse import urlsplit
@@ -102,7 +102,10 @@ class Connection:
         if conn is not None and conn.sock is not None:
             # An idle kept-alive socket that is readable was closed (or spoken to) by the
             # server: never send on it.
-            readable, _, _ = select.select([conn.sock], [], [], 0)
+            # (A selector, not select(): descriptor numbers past 1,024 are normal here.)
+            with selectors.DefaultSelector() as sel:
+                sel.register(conn.sock, selectors.EVENT_READ)
+                readable = sel.select(0)
             if readable:
                 self.close()
         return self._conn

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import select
+import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -83,8 +83,14 @@ class _Scanner:
         bpf.attach(self.icmp_in, bpf.icmp_errors())
         for s in (self.tcp_in, self.icmp_in):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # epoll, not select(): descriptor numbers past 1,024 are normal in a busy agent
+        # (its stand-in listeners may hold hundreds of connections when the scan starts).
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.tcp_in, selectors.EVENT_READ)
+        self.selector.register(self.icmp_in, selectors.EVENT_READ)
 
     def close(self) -> None:
+        self.selector.close()
         for s in (self.reserve, self.out, self.tcp_in, self.icmp_in):
             s.close()
 
@@ -123,8 +129,8 @@ class _Scanner:
             left = deadline - time.monotonic()
             if left <= 0 or self.done() or self.rtts.version != version:
                 return
-            ready, _, _ = select.select([self.tcp_in, self.icmp_in], [], [], min(left, 0.05))
-            for sock in ready:
+            for ready, _ in self.selector.select(min(left, 0.05)):
+                sock = self.tcp_in if ready.fileobj is self.tcp_in else self.icmp_in
                 for _ in range(512):
                     try:
                         data = sock.recv(65535, socket.MSG_DONTWAIT)
