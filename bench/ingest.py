@@ -7,7 +7,9 @@ Each agent registers (a real Registration, the controller answers its Plan), the
 ResultBatches of ``RESULTS_PER_BATCH`` results (the busiest role's outbound check count,
 PIO's 60) with listener states. The SQLite file is in a temp dir (WAL, synchronous=FULL, as
 the store opens it). Two loads: a burst (every agent posts at the same moment, every round)
-and a paced round (the agents' posts spread evenly over ``paced_window_s``).
+and a paced round (the agents' posts spread evenly over ``paced_window_s``). While the bursts
+run, one reader fetches the page, the JSON report and ``/metrics`` in turn, without pause:
+their latencies are the "readers never block writers" figures (issue 12).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from deploy.lab.argv import controller_argv
 ROLE = "cloud_vm"
 RESULTS_PER_BATCH = 60
 TOPOLOGY = REPO / "topology.yaml"
+# What a reader fetches in turn while the bursts run.
+READ_PATHS = ("/", "/api/v1/report", "/metrics")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +131,23 @@ class Measured:
     accepted: int = 0
     server_cpu_s: float = 0.0
     burst_wall_s: list[float] = dataclasses.field(default_factory=list)
+    # path -> latencies of the reader's GETs while the bursts ran
+    reader_rtt: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+
+async def _read_while(
+    session: aiohttp.ClientSession, base: str, stop: asyncio.Event, out: dict[str, list[float]]
+) -> None:
+    """GET each of READ_PATHS in turn until `stop`, recording each latency."""
+    while not stop.is_set():
+        for path in READ_PATHS:
+            t0 = time.perf_counter()
+            async with session.get(base + path) as r:
+                await r.read()
+                status = r.status
+            if status != 200:
+                raise BenchError(f"GET {path} while ingesting: HTTP {status}")
+            out.setdefault(path, []).append(time.perf_counter() - t0)
 
 
 async def _post(
@@ -174,6 +195,10 @@ async def drive(n: int, repeats: int, window_s: float, log: Callable[[str], None
             await asyncio.gather(*(register(i) for i in range(n)))
             log(f"ingest {n}: registered, register p50 {median(m.register_rtt) * 1e3:.1f} ms")
             cpu0 = _cpu_s(pid())
+            stop_reading = asyncio.Event()
+            reader = asyncio.ensure_future(
+                _read_while(sessions[0], base, stop_reading, m.reader_rtt)
+            )
             for r in range(repeats):
                 bodies = [batch_body(i, r) for i in range(n)]
                 t0 = time.perf_counter()
@@ -187,6 +212,10 @@ async def drive(n: int, repeats: int, window_s: float, log: Callable[[str], None
                 m.burst_rate.append(got / wall)
                 log(f"ingest {n} burst {r + 1}/{repeats}: {got} results in {wall:.2f} s")
             m.server_cpu_s = _cpu_s(pid()) - cpu0
+            stop_reading.set()
+            await reader
+            for path, rtts in m.reader_rtt.items():
+                log(f"ingest {n}: GET {path} during bursts p50/p99 {_p50_p99(rtts)} ms")
             bodies = [batch_body(i, repeats) for i in range(n)]
             start = time.perf_counter()
 
@@ -244,6 +273,21 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
                     gap="" if p99 < 50 else f"{p99 / 50:.1f} x over (paced)",
                 )
             )
+            if m.reader_rtt:
+                worst = max(percentile(v, 99) for v in m.reader_rtt.values()) * 1e3
+                each = "; ".join(
+                    f"{p} {percentile(v, 99) * 1e3:.0f} ms ({len(v)} GETs)"
+                    for p, v in m.reader_rtt.items()
+                )
+                targets.append(
+                    Target(
+                        name=f"reader p99 while {n}-agent bursts run",
+                        goal="< 250 ms (page, report, /metrics)",
+                        measured=each,
+                        met=worst < 250,
+                        gap="" if worst < 250 else f"{worst / 250:.1f} x over",
+                    )
+                )
     method = (
         "The real controller, `netcheck-controller serve` (as the lab starts it), in its own "
         "process on 127.0.0.1, SQLite "
@@ -252,7 +296,9 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
         f"Burst: all N post at once, {cfg.repeats} round(s), rate = results accepted / wall of "
         f"the round (median over rounds). Paced: one post per agent, spread evenly over "
         f"{cfg.paced_window_s:g} s. Round trips are client-side, request sent to JSON answer "
-        "read. Server CPU is the controller process's user+system time over the burst rounds."
+        "read. Server CPU is the controller process's user+system time over the burst rounds. "
+        f"During the bursts one more client GETs {', '.join(READ_PATHS)} in turn without pause "
+        "(reader p99: request sent to body read)."
     )
     return Section(
         title="Controller ingest",
