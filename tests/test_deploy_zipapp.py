@@ -237,6 +237,20 @@ def test_bad_plan_exits_2(pyz: Path, workdir: Path) -> None:
     assert "cannot read plan" in proc.stderr
 
 
+def _answer(handler: http.server.BaseHTTPRequestHandler, status: int, payload: object) -> None:
+    """A JSON answer (a method of the handlers below)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _quiet(handler: http.server.BaseHTTPRequestHandler, *args: Any) -> None:
+    """No access log on stderr (a method of the handlers below)."""
+
+
 class Controller:
     """A real HTTP controller in a thread: hands out `plan`, keeps what the agent sends."""
 
@@ -260,16 +274,8 @@ class Controller:
                 else:
                     self.answer(404, {"error": "no such path"})
 
-            def answer(self, status: int, payload: object) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+            answer = _answer
+            log_message = _quiet
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -329,3 +335,128 @@ def test_isolated_serve_registers_probes_and_reports(pyz: Path, workdir: Path) -
     listeners = {ls["port"]: ls["state"] for ls in ctl.batches[-1]["listeners"]}
     # Held through the round, released at exit: the final batch says "closed".
     assert listeners == {ports[0]: "closed", ports[1]: "closed"}
+
+
+class TlsController(Controller):
+    """The same controller over HTTPS with certificates from controller/pki.py: enrolment
+    with a one-time join token (controller/enrolment.py over a real SQLite file), then
+    register/results only with a client certificate naming the host (its serial recorded)."""
+
+    def __init__(self, plan: dict[str, Any], pki_dir: Path) -> None:
+        import sqlite3
+
+        from netcheck.controller import enrolment, pki
+        from netcheck.controller.joins import IssuedCerts, JoinTokens
+
+        super().__init__(plan, "")
+        self.server.server_close()  # the plain HTTP one: replaced below
+        self.files = pki.init_ca(pki_dir, ["localhost"], ["127.0.0.1"])
+        self.files.ca_cert.chmod(0o644)
+        ca = pki.load_ca(pki_dir)
+        self.db = sqlite3.connect(str(pki_dir / "joins.db"), check_same_thread=False)
+        self.joins = JoinTokens(self.db)
+        self.serials: list[int] = []
+        hosts = {(plan["role"], plan["host"])}
+        ctl = self
+
+        def has(role: str, host: str) -> bool:
+            return (role, host) in hosts
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/api/v1/enrol":
+                    try:
+                        req = enrolment.parse_enrol_request(raw)
+                        assert req.csr is not None, "this test's agent has openssl"
+                        cert = enrolment.enrol(
+                            ctl.joins, ca, has, req.token, req.csr, time.time(),
+                            host=req.host, role=req.role, issued=IssuedCerts(ctl.db),
+                        )  # fmt: skip
+                    except enrolment.EnrolError as exc:
+                        return self.answer(exc.status, exc.body())
+                    return self.answer(
+                        200, {"certificate": cert.decode(), "ca": ca.cert_pem.decode()}
+                    )
+                ident = pki.identity_of(self.connection.getpeercert(binary_form=True))
+                body = json.loads(raw)
+                if ident is None or (ident.role, ident.host) != (body["role"], body["host"]):
+                    return self.answer(401, {"error": "no client certificate for this host"})
+                ctl.serials.append(ident.serial)
+                if self.path == "/api/v1/register":
+                    ctl.registrations.append(body)
+                    return self.answer(200, ctl.plan)
+                ctl.batches.append(body)
+                return self.answer(200, {"accepted": len(body["results"])})
+
+            answer = _answer
+            log_message = _quiet
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        ctx = pki.server_context_for(self.files)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.server.server_address[1]}"
+
+    def join_token(self) -> str:
+        role, host = self.plan["role"], self.plan["host"]
+        return self.joins.issue(role, [host], 600, known=lambda r, h: True, now=time.time())
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.db.close()
+
+
+def test_isolated_enrol_then_serve_once_over_mutual_tls(pyz: Path, workdir: Path) -> None:
+    """The single-file agent enrols like the package (openssl key and CSR, the join token,
+    the controller verified with --ca), then serves once over mutual TLS; unprivileged."""
+    port = free_port()
+    plan = {
+        "role": "pio",
+        "host": "pio-1",
+        "address": "127.0.0.1",
+        "listen": [{"port": port, "service": "tls"}],
+        "checks": [{**check(port), "service": "tls"}],
+        "timeout_s": 2.0,
+    }
+    state = workdir / "state"
+    run = {
+        "capture_output": True,
+        "text": True,
+        "timeout": 60,
+        "cwd": workdir,
+        "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+        "check": False,
+        **as_unprivileged_user(),
+    }
+    with TlsController(plan, workdir / "pki") as ctl:
+        token = ctl.join_token()
+        token_file = workdir / "join-token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o644)  # for nobody; a real site keeps it 0600 for the agent's user
+        enrol = subprocess.run(
+            [*ISOLATED, str(pyz), "enrol", "--controller", ctl.url, "--ca", str(ctl.files.ca_cert),
+             "--join-token-file", str(token_file), "--state-dir", str(state),
+             "--role", "pio", "--host", "pio-1"],
+            **run,
+        )  # fmt: skip
+        assert enrol.returncode == 0, enrol.stderr
+        assert token not in enrol.stdout + enrol.stderr and "enrolled pio/pio-1" in enrol.stdout
+        serve = subprocess.run(
+            [*ISOLATED, str(pyz), "serve", "--controller", ctl.url, "--state-dir", str(state),
+             "--role", "pio", "--host", "pio-1", "--address", "127.0.0.1", "--once",
+             "--splay", "0"],
+            **run,
+        )  # fmt: skip
+    assert serve.returncode == 0, serve.stderr
+    identity = state / "agent.pem"
+    assert identity.stat().st_mode & 0o777 == 0o600
+    if run.get("user") is not None:
+        assert identity.stat().st_uid == NOBODY
+    assert [r["host"] for r in ctl.registrations] == ["pio-1"]
+    assert len(set(ctl.serials)) == 1 and len(ctl.serials) >= 2  # one identity throughout
+    [result] = [r for b in ctl.batches for r in b["results"]]
+    assert result["state"] == "open" and result["service_check"]["outcome"] == "ok"

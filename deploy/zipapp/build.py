@@ -4,8 +4,10 @@
 
 The archive holds the ``netcheck.agent`` package and a ``__main__`` that calls
 ``netcheck.agent.cli.main``. It
-needs nothing but Python 3.11+: ``run`` (probe a plan offline) and ``serve`` (follow a
-controller, with ``/healthz`` and ``/metrics``) import only the standard library. Two optional
+needs nothing but Python 3.11+: ``run`` (probe a plan offline), ``enrol`` (a join token for a
+client certificate: the key made by the system's ``openssl``, or by the controller where there
+is none) and ``serve`` (follow a controller over mutual TLS, renewing the certificate, with
+``/healthz`` and ``/metrics``) import only the standard library. Two optional
 extras are used when the host has them: scapy for SYN probes (raw mode, CAP_NET_RAW), and the
 cryptography package to make the stand-in certificate where there is no ``openssl`` command.
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None, package: Path = REPO / "agent") -> int:
     for module, names in sorted(third_party_imports(package).items()):
         print(f"build: {module} imports {', '.join(sorted(names))} lazily (optional extra)")
     path = build(args.out)
-    print(f"build: wrote {path} ({path.stat().st_size} bytes, run + serve, stdlib only)")
+    print(f"build: wrote {path} ({path.stat().st_size} bytes, run + enrol + serve, stdlib only)")
     return 0
 
 
