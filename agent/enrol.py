@@ -255,9 +255,10 @@ async def _post(
         why = data.get("detail") or data.get("error") if isinstance(data, dict) else None
         text = why or resp.body[:200].decode("utf-8", "replace")
         raise EnrolError(f"{url}: {resp.status} {text}")
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+    if not isinstance(data, dict):
         raise EnrolError(f"{url}: not an enrolment answer")
-    return data
+    # The PEM fields; "not_after" is a number (the certificate itself is read for it).
+    return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
 def _base(controller: str) -> str:
