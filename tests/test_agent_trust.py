@@ -510,3 +510,87 @@ def test_the_config_never_shows_a_token() -> None:
         bind=ADDR, join_token="join-secret",
     )  # fmt: skip
     assert "secret" not in repr(cfg) and "secret" not in str(cfg)
+
+
+# -- end to end: the real controller (netcheck-controller ca init / enrol / serve --pki) -------
+
+
+async def run_controller(*argv: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "netcheck.controller", *argv),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+@needs_openssl
+async def test_end_to_end_with_the_real_controller(tmp_path: Path) -> None:
+    """``netcheck-controller ca init``, ``enrol`` and ``serve --pki``, as processes; the
+    agent enrols with the printed token, registers and posts its results over mutual TLS;
+    the controller stores them under the certificate's identity."""
+    from test_agent_link import AGENT_ADDR, PEER_ADDR, write_site
+
+    from netcheck.controller.store import Store
+
+    port = free_ports(1, PEER_ADDR)[0]
+    topology, inventory = write_site(
+        tmp_path, [(port, "tcp")], pio_hosts={"pio-1": AGENT_ADDR, "pio-2": PEER_ADDR}
+    )
+    pki_dir, db, state = tmp_path / "pki", tmp_path / "netcheck.sqlite", tmp_path / "state"
+    site = ("--topology", str(topology), "--inventory", str(inventory))
+    await run_controller("ca", "init", "--pki", str(pki_dir), "--address", "127.0.0.1")
+    out = await run_controller("enrol", "--db", str(db), *site, "--role", "pio", "--host", "pio-1")
+    [(host, token)] = [line.split() for line in out.splitlines()]
+    assert host == "pio-1"
+    listen = free_ports(1)[0]
+    controller = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "netcheck.controller", "serve", *site, "--db", str(db)),
+        *("--listen", f"127.0.0.1:{listen}", "--pki", str(pki_dir), "--open-reads"),
+        cwd=REPO,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"https://127.0.0.1:{listen}"
+    try:
+        ctx = agent_enrol.server_verifying_context(pki_dir / "ca.pem")
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", listen, ssl=ctx), 2
+                )
+                writer.close()
+                await writer.wait_closed()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        code, _, err = await agent(
+            *("serve", "--controller", url, "--ca", str(pki_dir / "ca.pem")),
+            *(
+                "--state-dir",
+                str(state),
+                "--join-token-file",
+                str(write_token(tmp_path / "j", token)),
+            ),
+            *("--role", "pio", "--host", "pio-1", "--address", AGENT_ADDR),
+            *("--mode", "connect", "--once", "--splay", "0"),
+        )
+        assert code == 0, err
+        assert token not in err
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        _, cerr = await asyncio.wait_for(controller.communicate(), 30)
+    assert token not in cerr.decode()
+    serial = serial_of(state / agent_enrol.IDENTITY)
+    store = Store.open(db)
+    try:
+        results, by = store.results(), store.sent_by()
+    finally:
+        store.close()
+    assert sorted((r.src_host, r.dst_host, r.port, r.state) for r in results) == [
+        ("pio-1", "pio-1", port, "open"),  # its own stand-in listener
+        ("pio-1", "pio-2", port, "refused"),  # no agent on pio-2
+    ]
+    assert by == {r.check_id: f"cert:{serial:x}" for r in results}
