@@ -204,6 +204,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join_token(path: Path) -> str:
+    """The join token in `path` (never from the environment); InputError when unreadable or
+    empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"cannot read the join token file {path}: {why}") from None
+    if not token:
+        raise InputError(f"no join token in {path} (the file is empty)")
+    return token
+
+
 def _https(controller: str) -> bool:
     from netcheck.agent.httpc import parse_url
 
@@ -220,7 +233,7 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
         raise InputError(f"{state / enrol.IDENTITY} exists: --force to replace it")
     if not args.ca.is_file():
         raise InputError(f"no CA file {args.ca}")
-    token = read_token(args.join_token_file)
+    token = _join_token(args.join_token_file)
     path = asyncio.run(
         enrol.enrol(args.controller.rstrip("/"), token, args.ca, state, args.role, args.host)
     )
@@ -239,12 +252,13 @@ def _trust_args(args: argparse.Namespace) -> tuple[str | None, str | None, str |
     if not _https(args.controller):
         if args.state_dir or args.join_token_file or args.ca:
             raise InputError("--state-dir, --ca and --join-token-file need an https:// controller")
+        token = read_token(args.token_file)
         log.warning(
             "plain HTTP to %s: the bearer token and results travel in clear "
             "(insecure labs and tests only)",
             args.controller,
         )
-        return read_token(args.token_file), None, None
+        return token, None, None
     if args.state_dir is None:
         raise InputError(
             "an https:// controller identifies agents by certificate: give --state-dir "
@@ -252,7 +266,7 @@ def _trust_args(args: argparse.Namespace) -> tuple[str | None, str | None, str |
         )
     if args.token_file:
         raise InputError("--token-file is for http:// only; with https the certificate is used")
-    join = read_token(args.join_token_file) if args.join_token_file else None
+    join = _join_token(args.join_token_file) if args.join_token_file else None
     state = str(args.state_dir)
     problem = identity_problem(state, join, time.time())
     if problem is not None:

@@ -192,6 +192,9 @@ def agent(*argv: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 
 SERVE = ("serve", "--controller", "http://127.0.0.1:9", "--role", "pio", "--host", "pio-1")
+HTTPS = ("serve", "--controller", "https://127.0.0.1:9", "--role", "pio", "--host", "pio-1")
+ENROL = ("enrol", "--controller", "https://127.0.0.1:9", "--role", "pio", "--host", "pio-1")
+ENROL_FILES = ("--state-dir", "/nonexistent/state", "--join-token-file", "/dev/null")
 
 
 @pytest.mark.parametrize(
@@ -210,6 +213,17 @@ SERVE = ("serve", "--controller", "http://127.0.0.1:9", "--role", "pio", "--host
             "not an http(s) URL",
         ),
         (("bogus",), {}, "invalid choice"),
+        ((*HTTPS, "--address", ADDR), {}, "give --state-dir"),
+        ((*HTTPS, "--address", ADDR, "--state-dir", "/nonexistent"), {}, "no certificate in"),
+        ((*SERVE, "--address", ADDR, "--ca", "/x"), {"NETCHECK_TOKEN": "t"}, "need an https"),
+        ((*ENROL, *ENROL_FILES), {}, "required: --ca"),
+        ((*ENROL, *ENROL_FILES, "--ca", "/nonexistent/ca.pem"), {}, "no CA file"),
+        ((*ENROL, *ENROL_FILES, "--ca", __file__), {}, "no join token in /dev/null"),
+        (
+            ("enrol", "--controller", "http://127.0.0.1:9", *ENROL[3:], *ENROL_FILES, "--ca", "x"),
+            {},
+            "enrolment needs an https:// controller",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -223,7 +237,9 @@ def test_bad_input_exits_2_with_one_line(
 def test_the_map_and_the_help_agree() -> None:
     from netcheck.agent.cli import EPILOG
     from netcheck.agent.errors import (
+        AuthError,
         CertError,
+        EnrolError,
         InputError,
         LinkError,
         NetcheckAgentError,
@@ -232,18 +248,18 @@ def test_the_map_and_the_help_agree() -> None:
         exit_code,
     )
 
-    codes = {
-        kind.__name__: exit_code(kind("x"))
-        for kind in (InputError, WireError, LinkError, TransportError, CertError)
-    }
+    kinds = (InputError, WireError, LinkError, TransportError, AuthError, EnrolError, CertError)
+    codes = {kind.__name__: exit_code(kind("x")) for kind in kinds}
     assert codes == {
         "InputError": 2,
         "WireError": 2,
         "LinkError": 1,
         "TransportError": 1,
+        "AuthError": 1,
+        "EnrolError": 1,
         "CertError": 1,
     }
-    assert all(issubclass(k, NetcheckAgentError) for k in (WireError, TransportError, CertError))
+    assert all(issubclass(k, NetcheckAgentError) for k in kinds)
     help_text = agent("--help").stdout
     assert EPILOG in help_text
     for code in ("0  done", "1  failed", "2  bad input"):
@@ -257,6 +273,7 @@ def test_the_map_and_the_help_agree() -> None:
         (("--version",), 0),
         (("run", "--help"), 0),
         (("serve", "--help"), 0),
+        (("enrol", "--help"), 0),
         (("run", "--plan", "/nonexistent", "--out", "/dev/null"), 2),
         (SERVE, 2),  # a usage error: --address is missing
         ((*SERVE, "--address", ADDR), 2),  # no token
