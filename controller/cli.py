@@ -369,9 +369,29 @@ def _url(text: str) -> str:
     return text
 
 
-def _fetch(url: str) -> tuple[int, bytes]:
+def _fetch(url: str, args: argparse.Namespace) -> tuple[int, bytes]:
+    """GET ``url``: HTTPS verified with ``--ca`` (else the system's CAs), the read token of
+    ``--read-token-file`` (else $NETCHECK_READ_TOKEN, else none) as a bearer token."""
+    import ssl
+
+    from netcheck.agent import inputs
+
+    headers: dict[str, str] = {}
+    if args.read_token_file or os.environ.get("NETCHECK_READ_TOKEN"):
+        try:
+            secret = inputs.read_token(args.read_token_file, env="NETCHECK_READ_TOKEN")
+        except inputs.InputError as exc:
+            raise CliError(str(exc)) from None
+        headers["Authorization"] = f"Bearer {secret}"
+    context = None
+    if args.ca:
+        try:
+            context = ssl.create_default_context(cafile=args.ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"cannot use the CA file {args.ca}: {exc}") from None
+    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=30, context=context) as resp:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -401,7 +421,7 @@ def _local(args: argparse.Namespace) -> tuple[Spec, Inventory, Evaluation]:
 def cmd_report(args: argparse.Namespace) -> int:
     if args.controller:
         q = urllib.parse.urlencode({"format": args.format})
-        status, body = _fetch(f"{args.controller.rstrip('/')}/api/v1/report?{q}")
+        status, body = _fetch(f"{args.controller.rstrip('/')}/api/v1/report?{q}", args)
         if status != 200:
             raise Unreachable(f"controller answered {status}: {body.decode(errors='replace')}")
         text = body.decode(errors="replace")
@@ -436,7 +456,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.controller:
         q = {"mode": args.mode, **({"vm": args.vm} if args.vm else {})}
         url = f"{args.controller.rstrip('/')}/api/v1/gate?{urllib.parse.urlencode(q)}"
-        status, body = _fetch(url)
+        status, body = _fetch(url, args)
         try:
             data: dict[str, Any] = json.loads(body)
         except ValueError:
@@ -464,6 +484,11 @@ def _source_args(p: argparse.ArgumentParser) -> None:
         help="a running controller's base URL, e.g. http://127.0.0.1:8080",
     )
     source.add_argument("--db", help="read this SQLite file directly instead (with --inventory)")
+    p.add_argument("--ca", help="with an https --controller: the site's CA certificate (PEM)")
+    p.add_argument(
+        "--read-token-file",
+        help="with --controller: the file holding the read token (else $NETCHECK_READ_TOKEN)",
+    )
     _spec_args(p, inventory_required=False)
 
 
