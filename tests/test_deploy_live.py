@@ -117,6 +117,7 @@ def site() -> Iterator[Site]:
     cmd = [sys.executable, "-m", "netcheck.controller", "serve", "--topology", "topology.yaml"]
     cmd += ["--inventory", str(inventory), "--listen", f"127.0.0.1:{port}"]
     cmd += ["--db", str(workdir / "netcheck.db"), "--token-file", str(token_file)]
+    cmd += ["--insecure-http", "--open-reads"]  # the lab path: one shared token, open reads
     log = (workdir / "controller.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:

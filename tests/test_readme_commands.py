@@ -43,8 +43,12 @@ def readme_commands() -> list[str]:
     return out
 
 
+# Lines that set up or serve the site (they name /etc and /var paths): run by the online test.
+SITE_SETUP = ("serve", "ca", "enrol", "revoke")
+
+
 def _online(words: list[str]) -> bool:
-    return words[0] == "netcheck-agent" or words[1] == "serve" or "--controller" in words
+    return words[0] == "netcheck-agent" or words[1] in SITE_SETUP or "--controller" in words
 
 
 def _controller(words: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -123,27 +127,45 @@ def _free_port() -> int:
 
 
 def test_controller_commands_run_against_a_real_controller(site: Path) -> None:
-    """serve, report --controller and gate --controller, moved to 127.0.0.1 and tmp_path."""
-    url = f"http://127.0.0.1:{_free_port()}"
-    listen = url.removeprefix("http://")
+    """ca init, serve --pki, enrol, report/gate --controller: on 127.0.0.1, paths in tmp_path.
+
+    Absolute paths move under the test's directory (``/etc/netcheck/pki`` becomes
+    ``<tmp>/etc/netcheck/pki``), the controller's URL and listen address to a free port.
+    """
+    import ssl
+
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
 
     def local(word: str) -> str:
-        if word.startswith("http://"):
+        if word.startswith("https://"):
             return url
-        if word == "0.0.0.0:8080":
-            return listen
-        return str(site / Path(word).name) if word.startswith("/") else word
+        if word == "0.0.0.0:8443":
+            return f"127.0.0.1:{port}"
+        if word == "controller":  # ca init --name: the test reaches it as 127.0.0.1
+            return "localhost"
+        if word == "198.18.0.10":
+            return "127.0.0.1"
+        if word.startswith("/"):
+            path = site / word.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return str(path)
+        return word
 
-    lines = [shlex.split(c) for c in readme_commands()]
-    serve = [[local(w) for w in words] for words in lines if words[1:2] == ["serve"]]
-    clients = [
-        [local(w) for w in words]
-        for words in lines
-        if words[0] == "netcheck-controller" and "--controller" in words
-    ]
-    assert serve and clients and serve[0][0] == "netcheck-controller"
-    (site / "token").write_text("readme-token-0123456789\n")
-    os.chmod(site / "token", 0o600)
+    lines = [[local(w) for w in shlex.split(c)] for c in readme_commands()]
+    controller = [w for w in lines if w[0] == "netcheck-controller"]
+    ca_init = [w for w in controller if w[1:3] == ["ca", "init"]]
+    serve = [w for w in controller if w[1] == "serve"]
+    enrol = [w for w in controller if w[1] == "enrol"]
+    clients = [w for w in controller if "--controller" in w]
+    assert ca_init and serve and enrol and clients
+    done = _controller(ca_init[0], site)
+    assert done.returncode == 0 and "SHA-256 fingerprint" in done.stdout, done.stderr
+    pki = Path(serve[0][serve[0].index("--pki") + 1])
+    read_token = Path(serve[0][serve[0].index("--read-token-file") + 1])
+    read_token.write_text("readme-read-token-0123456789\n")
+    os.chmod(read_token, 0o600)
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     with subprocess.Popen(
         [sys.executable, "-m", "netcheck.controller", *serve[0][1:]],
         cwd=site,
@@ -154,11 +176,16 @@ def test_controller_commands_run_against_a_real_controller(site: Path) -> None:
         try:
             for _ in range(100):
                 try:
-                    with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=1, context=context):
                         break
                 except OSError:
                     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                     time.sleep(0.1)
+            for words in enrol:
+                done = _controller(words, site)
+                assert done.returncode == 0, (words, done.stderr)
+                (line,) = done.stdout.splitlines()
+                assert line.split()[0] == words[words.index("--host") + 1]
             for words in clients:
                 done = _controller(words, site)
                 allowed = (0, 1) if words[1] == "gate" else (0,)
