@@ -33,7 +33,7 @@ import yaml
 from bench.cmd import REPO, BenchError, kill, spawn
 from bench.report import Section, Target, secs
 from bench.stats import median, percentile
-from deploy.lab.argv import controller_argv
+from deploy.lab.argv import Insecure, controller_argv
 
 ROLE = "cloud_vm"
 RESULTS_PER_BATCH = 60
@@ -102,7 +102,7 @@ def controller(n: int) -> Iterator[tuple[str, str, Callable[[], int]]]:
         token_file.write_text(token)
         port = _free_port()
         db = Path(tmp) / "netcheck.db"
-        argv = controller_argv(TOPOLOGY, inv, f"127.0.0.1:{port}", db, token_file)
+        argv = controller_argv(TOPOLOGY, inv, f"127.0.0.1:{port}", db, Insecure(token_file))
         with open(Path(tmp) / "controller.log", "wb") as log:
             proc = spawn(argv, stderr=log)
         try:

@@ -68,7 +68,18 @@ def test_up_then_down_from_another_process_leaves_nothing(tmp_path: Path) -> Non
         status = _lab(state, "status")
         assert status.returncode == 0 and "processes alive: 18 of 18" in status.stdout
         assert "scenario 'clean': nftables table present on routers: prem, cloud" in status.stdout
-        assert "page: forwarded to http://127.0.0.1:" in status.stdout
+        assert "page: forwarded to https://127.0.0.1:" in status.stdout
+        # the lab's secrets: 0600 files, none of them in what `up` printed
+        secrets = [
+            state / "read-token",
+            state / "pki" / "ca-key.pem",
+            state / "pki" / "server-key.pem",
+        ]
+        secrets += sorted((state / "agents").glob("*/join-token"))
+        assert len(secrets) == 3 + 10
+        for f in secrets:
+            assert f.stat().st_mode & 0o777 == 0o600, f
+        assert (state / "read-token").read_text().strip() not in up.stdout + up.stderr
         os.kill(pids["forward"], signal.SIGTERM)  # the lab's own forwarder, by its pid
         for _ in range(50):
             if not procs.alive_recorded(state).get("forward"):
@@ -154,6 +165,9 @@ def test_loopback_demo_runs_everything_and_its_printed_commands_work(tmp_path: P
                 break
         text = "\n".join(lines)
         assert "NO FIREWALL" in text, text[-3000:]
+        assert "mutual TLS" in text
+        assert "Probe mode per agent:" in text
+        assert (state / "read-token").read_text().strip() not in text
         for mode in ("deployment", "cold_vcd", "cold_vcs", "warm_vcd", "warm_vcs"):
             assert f"{mode}: GO" in text
         assert f"Database: {state / 'netcheck.db'}" in lines
@@ -163,6 +177,8 @@ def test_loopback_demo_runs_everything_and_its_printed_commands_work(tmp_path: P
         live = _commands(lines, "serving the topology page at ")
         assert [_sub(c) for c in live] == ["report", "gate"]
         assert all("--controller" in c for c in live)
+        assert all(c[c.index("--controller") + 1].startswith("https://") for c in live)
+        assert all(c[c.index("--read-token-file") + 1] == str(state / "read-token") for c in live)
         report_live, gate_live = (_run(c, cwd) for c in live)
         assert report_live.returncode == 0, report_live.stderr
         assert "pass" in report_live.stdout

@@ -67,3 +67,6 @@ def test_printed_commands_name_every_file_they_need(lab: labmod.Lab, spec: Spec)
     assert " report " in report and " gate --mode deployment " in gate
     live = cli.live_commands(lab, spec)
     assert all("--controller http://127.0.0.1:8481" in line for line in live)
+    # the read token by file, verified with the lab's CA: no secret on the command line
+    assert all(f"--read-token-file {lab.read_token_file}" in line for line in live)
+    assert all(f"--ca {lab.ca_file}" in line for line in live)

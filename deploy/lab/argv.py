@@ -1,13 +1,20 @@
-"""The command lines of the lab's processes: controller, agents, stand-ins, page forwarder.
+"""The command lines of the lab's processes: CA, enrolment, controller, agents, stand-ins,
+page forwarder.
 
 Pure functions; every vector starts with this interpreter (``sys.executable``) and runs a
 module with ``-m``, so the demo, the tests and the benchmarks start exactly the same
-programs (:func:`deploy.lab.procs.start` runs them, inside a namespace or not).
+programs (:func:`deploy.lab.procs.start` runs them, inside a namespace or not). The lab runs
+as a site does: ``ca init``, ``serve --pki`` over HTTPS with a read token, one join token
+per agent host (``enrol``), each agent enrolling and then serving over mutual TLS
+(:class:`AgentTrust`). :class:`Insecure` is the plain-HTTP form (``--insecure-http`` and the
+shared ``--token-file``), kept only for the benchmark that compares the two.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.lab.layout import LabHost
@@ -16,23 +23,92 @@ from netcheck.controller.spec import Spec
 
 # The stand-in answers these services itself; every other listening port is plain TCP.
 STANDIN_SERVICES = frozenset({"vsphere", "https", "tls", "authd"})
+CONTROLLER = [sys.executable, "-m", "netcheck.controller"]
+
+
+def _reads(read_token_file: Path | None) -> list[str]:
+    if read_token_file is None:
+        return ["--open-reads"]
+    return ["--read-token-file", str(read_token_file)]
+
+
+@dataclass(frozen=True)
+class ControllerTrust:
+    """``serve --pki DIR`` (HTTPS) and the read credential (a token file, or open reads)."""
+
+    pki: Path
+    read_token_file: Path | None  # None: --open-reads
+
+    def controller_argv(self) -> list[str]:
+        return ["--pki", str(self.pki), *_reads(self.read_token_file)]
+
+
+@dataclass(frozen=True)
+class AgentTrust:
+    """``serve --ca CA --state-dir D --join-token-file F``: enrol once, then mutual TLS."""
+
+    ca: Path
+    state_dir: Path
+    join_token_file: Path
+
+    def argv(self) -> list[str]:
+        return [
+            "--ca", str(self.ca), "--state-dir", str(self.state_dir),
+            "--join-token-file", str(self.join_token_file),
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Insecure:
+    """Plain HTTP, agents known by one shared bearer token (benchmarks and tests only); for
+    the controller also its read credential (None: ``--open-reads``)."""
+
+    token_file: Path
+    read_token_file: Path | None = None
+
+    def argv(self) -> list[str]:
+        return ["--token-file", str(self.token_file)]
+
+    def controller_argv(self) -> list[str]:
+        return ["--insecure-http", *self.argv(), *_reads(self.read_token_file)]
+
+
+def ca_init_argv(pki: Path, names: Sequence[str], addresses: Sequence[str]) -> list[str]:
+    """``netcheck-controller ca init``: the site's CA and the controller's certificate."""
+    argv = [*CONTROLLER, "ca", "init", "--pki", str(pki)]
+    for name in names:
+        argv += ["--name", name]
+    for address in addresses:
+        argv += ["--address", address]
+    return argv
+
+
+def enrol_argv(topology: Path, inventory: Path, db: Path, role: str) -> list[str]:
+    """``netcheck-controller enrol --all``: one join token per host of ``role``."""
+    return [
+        *CONTROLLER, "enrol", "--db", str(db), "--topology", str(topology),
+        "--inventory", str(inventory), "--role", role, "--all",
+    ]  # fmt: skip
 
 
 def controller_argv(
-    topology: Path, inventory: Path, listen: str, db: Path, token_file: Path
+    topology: Path,
+    inventory: Path,
+    listen: str,
+    db: Path,
+    trust: ControllerTrust | Insecure,
 ) -> list[str]:
     """``netcheck-controller serve`` on ``listen`` (HOST:PORT)."""
     return [
-        sys.executable, "-m", "netcheck.controller", "serve", "--topology", str(topology),
-        "--inventory", str(inventory), "--listen", listen, "--db", str(db),
-        "--token-file", str(token_file),
+        *CONTROLLER, "serve", "--topology", str(topology), "--inventory", str(inventory),
+        "--listen", listen, "--db", str(db), *trust.controller_argv(),
     ]  # fmt: skip
 
 
 def agent_argv(
     host: LabHost,
     controller_url: str,
-    token_file: Path,
+    trust: AgentTrust | Insecure,
     mode: str = "auto",
     once: bool = False,
     settle_s: float = 0.0,
@@ -42,7 +118,7 @@ def agent_argv(
     ``--linger`` when given, so that agents started together find each other listening)."""
     argv = [
         sys.executable, "-m", "netcheck.agent", "serve", "--controller", controller_url,
-        "--token-file", str(token_file), "--role", host.role, "--host", host.name,
+        *trust.argv(), "--role", host.role, "--host", host.name,
         "--address", host.address, "--mode", mode,
     ]  # fmt: skip
     if once:

@@ -26,9 +26,18 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def reader_flags(lab: labmod.Lab) -> list[str]:
+    """How a reading command verifies the controller and presents the read token: by file,
+    so the secret never appears on a command line or in the demo's output."""
+    return ["--ca", str(lab.ca_file), "--read-token-file", str(lab.read_token_file)]
+
+
 def controller_cli(lab: labmod.Lab, *args: str) -> subprocess.CompletedProcess[str]:
     """``netcheck-controller ARGS --controller URL``, run where the controller is reachable."""
-    cmd = [sys.executable, "-m", "netcheck.controller", *args, "--controller", lab.controller_url]
+    cmd = [
+        sys.executable, "-m", "netcheck.controller", *args, "--controller", lab.controller_url,
+        *reader_flags(lab),
+    ]  # fmt: skip
     if lab.ctl_netns is not None:
         cmd = ["ip", "netns", "exec", lab.ctl_netns, *cmd]
     return subprocess.run(
@@ -67,6 +76,22 @@ def audit(lab: labmod.Lab, out_dir: Path) -> tuple[int, Path | None]:
         return worst, report
     _say(f"\nHTML report not written: the controller answered HTTP {status}")
     return worst, None
+
+
+def agent_modes(lab: labmod.Lab) -> dict[str, list[str]]:
+    """How each agent probes ("SYN probes", "connect probes", ...), from the line its log
+    starts with: probe kind -> the hosts that use it (an agent that logged nothing: "?")."""
+    out: dict[str, list[str]] = {}
+    for h in lab.layout.hosts:
+        if not h.agent:
+            continue
+        log = lab.state / "logs" / f"{h.name}.log"
+        marker = f" for {h.role}/{h.name}: "
+        text = log.read_text(errors="replace") if log.exists() else ""
+        line = next((ln for ln in text.splitlines() if marker in ln), "")
+        kind = line.rpartition(": ")[2].strip() if line else "?"
+        out.setdefault(kind, []).append(h.name)
+    return out
 
 
 def _shown(path: Path) -> str:
@@ -110,9 +135,10 @@ def live_commands(lab: labmod.Lab, spec: Spec) -> list[str]:
     """Report and gate against the running controller (only while the lab serves)."""
     cmd, url = controller_command(), base_url(lab)
     mode = next(iter(spec.modes))
+    reads = reader_flags(lab)
     return [
-        shlex.join([*cmd, "report", "--controller", url, "--format", "table"]),
-        shlex.join([*cmd, "gate", "--mode", mode, "--controller", url]),
+        shlex.join([*cmd, "report", "--controller", url, *reads, "--format", "table"]),
+        shlex.join([*cmd, "gate", "--mode", mode, "--controller", url, *reads]),
     ]
 
 
@@ -131,9 +157,18 @@ def _say_next(lab: labmod.Lab, spec: Spec, report: Path | None) -> None:
         _say(f"  {line}")
 
 
+def _trust_line(lab: labmod.Lab) -> str:
+    return (
+        f"HTTPS with the lab's own CA ({lab.ca_file}), every agent enrolled with a one-time "
+        "join token and reporting over mutual TLS; the page, reports, gate and metrics need "
+        f"the read token in {lab.read_token_file} (a browser asks: any user name, the token "
+        "as password).\n"
+    )
+
+
 def _describe(lab: labmod.Lab) -> str:
     if lab.kind == "netns":
-        return (
+        return _trust_line(lab) + (
             f"network namespaces ({lab.layout.prefix}*), scenario {lab.scenario!r} applied with "
             f"nftables on the prem and cloud routers; controller {lab.controller_url} inside "
             f"{lab.ctl_netns}, page forwarded to {lab.page_url}"
@@ -144,7 +179,7 @@ def _describe(lab: labmod.Lab) -> str:
         else "ports below 1024 (22, 443, 902) cannot be bound without root or "
         "CAP_NET_BIND_SERVICE: the listeners report them 'denied' and their checks fail"
     )
-    return (
+    return _trust_line(lab) + (
         "LOOPBACK lab (not root, or --loopback): no network namespaces, every host on its own "
         f"127.0.1.N address, and NO FIREWALL: scenario {lab.scenario!r} is NOT applied, so "
         f"only what is not listening can fail; {low}. Controller and page: {lab.page_url}"
@@ -156,7 +191,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = labmod.up(args.scenario, kind, probe_mode=args.probe_mode)
     spec = load_spec(labmod.TOPOLOGY)
     _say(_describe(lab))
-    _say(f"state, logs, inventory and token: {lab.state}")
+    _say(f"state, logs, inventory, CA and tokens: {lab.state}")
     _say("While it runs (`python -m deploy.lab down` ends it):")
     for line in live_commands(lab, spec):
         _say(f"  {line}")
@@ -242,6 +277,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         _say(_describe(lab))
         worst, report = audit(lab, Path(args.out))
+        _say("\nProbe mode per agent:")
+        for probes, hosts in agent_modes(lab).items():
+            _say(f"  {probes}: {', '.join(hosts)}")
         _say(f"\ndemo took {time.monotonic() - started:.1f} s")
         _say_next(lab, spec, report)
         keep = sys.stdin.isatty() if args.keep is None else args.keep

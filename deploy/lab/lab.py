@@ -8,14 +8,20 @@ methods (the command lines come from :mod:`deploy.lab.argv`), its waits
 (:mod:`deploy.lab.waits`), :func:`down`, and :func:`observe` (what really exists now).
 
 ``up`` always starts with ``down`` (idempotent), so a crashed run never blocks the next one.
-Two kinds of lab:
+The lab's trust is a site's (:mod:`deploy.lab.trust`): ``netcheck-controller ca init`` in
+the state dir's ``pki/`` (the controller's lab address, 127.0.0.1 and ``localhost`` as
+SANs, so the forwarded page verifies too), the controller on HTTPS with ``--pki`` and a read
+token (``read-token``, 0600), one join token per agent host from ``netcheck-controller
+enrol`` in ``agents/HOST/join-token`` (0600), and every agent enrolling into
+``agents/HOST/`` and serving over mutual TLS. Two kinds of lab:
 
 * ``netns`` (root): the namespaced site of :mod:`deploy.lab.layout`, the scenario's nftables
-  rules on the routers, the controller in ``nclab-ctl`` at 198.19.0.1:8400, and its page on
-  the host's loopback through :mod:`deploy.lab.forward`.
+  rules on the routers, the controller in ``nclab-ctl`` at https://198.19.0.1:8400, and its
+  page on the host's loopback through :mod:`deploy.lab.forward` (HTTPS end to end: the
+  forwarder relays bytes).
 * ``loopback`` (no root, or ``--loopback``): every host on its own 127.0.1.N address, the
-  controller on 127.0.0.1:8400 (``--port``), no firewall at all (the scenario is not applied);
-  ports below 1024 cannot be bound by a normal user, so those listeners report ``denied``.
+  controller on https://127.0.0.1:8400 (``--port``), no firewall at all (the scenario is not
+  applied); ports below 1024 cannot be bound by a normal user, so those listeners report ``denied``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import dataclasses
 import ipaddress
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -37,7 +42,7 @@ from typing import Literal
 
 import yaml
 
-from deploy.lab import argv, netns, procs, scenario, waits
+from deploy.lab import argv, netns, procs, scenario, trust, waits
 from deploy.lab.layout import (
     CONTROLLER_ADDRESS,
     CONTROLLER_PORT,
@@ -88,8 +93,30 @@ class Lab:
     # -- the files of the state dir -------------------------------------------------------
 
     @property
-    def token_file(self) -> Path:
-        return self.state / "token"
+    def pki(self) -> Path:
+        """The site's CA and the controller's certificate (``ca init``)."""
+        return self.state / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki / "ca.pem"
+
+    @property
+    def read_token_file(self) -> Path:
+        """The read credential of the page, report, gate and metrics (mode 0600)."""
+        return self.state / "read-token"
+
+    def agent_dir(self, host: LabHost) -> Path:
+        """``host``'s agent state dir: its key and certificate once enrolled."""
+        return self.state / "agents" / host.name
+
+    def join_token_file(self, host: LabHost) -> Path:
+        return self.agent_dir(host) / "join-token"
+
+    @property
+    def reader(self) -> waits.Reader:
+        """How the lab itself reads from the controller: the CA and the read token."""
+        return waits.Reader(self.ca_file, self.read_token_file)
 
     @property
     def inventory(self) -> Path:
@@ -124,15 +151,15 @@ class Lab:
         self, topology: Path | None = None, db: Path | None = None, name: str = "controller"
     ) -> subprocess.Popen[bytes]:
         """``netcheck-controller serve`` at :attr:`controller_url`; returns once healthy."""
-        listen = self.controller_url.removeprefix("http://")
+        listen = self.controller_url.removeprefix("https://")
         cmd = argv.controller_argv(
-            topology or self.topology, self.inventory, listen, db or self.db, self.token_file
-        )
+            topology or self.topology, self.inventory, listen, db or self.db,
+            argv.ControllerTrust(self.pki, self.read_token_file),
+        )  # fmt: skip
         proc = procs.start(name, cmd, self.ctl_netns, self.state)
         try:
-            waits.wait_healthy(
-                self.controller_url, self.ctl_netns, 30.0, self.state / "logs" / f"{name}.log"
-            )
+            log = self.state / "logs" / f"{name}.log"
+            waits.wait_healthy(self.controller_url, self.ctl_netns, 30.0, log, self.reader)
         except BaseException:
             procs.stop(proc)
             raise
@@ -167,17 +194,18 @@ class Lab:
         linger_s: float = 0.0,
         nofile: int | None = None,
     ) -> subprocess.Popen[bytes]:
-        """``netcheck-agent serve`` on ``host`` against this lab's controller."""
-        cmd = argv.agent_argv(
-            host, self.controller_url, self.token_file, mode, once, settle_s, linger_s
-        )
+        """``netcheck-agent serve`` on ``host`` against this lab's controller: it enrols with
+        its join token first (when its state dir holds no certificate yet), then speaks
+        mutual TLS."""
+        creds = argv.AgentTrust(self.ca_file, self.agent_dir(host), self.join_token_file(host))
+        cmd = argv.agent_argv(host, self.controller_url, creds, mode, once, settle_s, linger_s)
         return procs.start(host.name, cmd, self.netns_of(host), self.state, nofile)
 
     # -- asking the controller, waiting ---------------------------------------------------
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET ``path`` from the controller (from inside the ctl namespace when there is one)."""
-        return waits.http_get(self.controller_url + path, self.ctl_netns, timeout)
+        return waits.http_get(self.controller_url + path, self.ctl_netns, timeout, self.reader)
 
     def wait_listening(
         self, spec: Spec, limit_s: float, hosts: Iterable[LabHost] | None = None
@@ -201,7 +229,7 @@ class Lab:
         """Wait until every agent reported a round that started after ``since``; the late."""
         agents = [h.name for h in self.layout.hosts if h.agent]
         return waits.wait_round(
-            self.controller_url, self.ctl_netns, agents, since, round_max_s, limit_s
+            self.controller_url, self.ctl_netns, agents, since, round_max_s, limit_s, self.reader
         )
 
 
@@ -283,8 +311,8 @@ def up(
     ``prefix`` names the namespaces (``nclab-`` by default; tests and benchmarks use their
     own, so a test run and a demo never tear each other down). ``start=False``: only the
     network (namespaces, routes, the scenario's firewall) and the state dir's files
-    (inventory, token, topology copy); the caller starts what it needs with the
-    :class:`Lab`'s ``start_*`` methods."""
+    (inventory, topology copy, CA, read token, join tokens); the caller starts what it needs
+    with the :class:`Lab`'s ``start_*`` methods."""
     state = state or procs.state_dir()
     prefix = prefix or lab_prefix()
     if kind is None:
@@ -344,13 +372,18 @@ def _build(
         netns.create(layout)
         for r in ROUTERS:
             netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r), layout.prefix)
-    controller_url = f"http://{ctl_addr}:{controller_port}"
-    page_url = f"http://127.0.0.1:{_free_port(page_port)}/" if ctl_ns else f"{controller_url}/"
+    controller_url = f"https://{ctl_addr}:{controller_port}"
+    page_url = f"https://127.0.0.1:{_free_port(page_port)}/" if ctl_ns else f"{controller_url}/"
     lab = Lab(kind, state, layout, scen.name, controller_url, page_url, ctl_ns)
     lab.inventory.write_text(inventory_yaml(layout))
-    lab.token_file.touch(mode=0o600)
-    lab.token_file.write_text(secrets.token_urlsafe(32) + "\n")
     write_lab_topology(state, period_s)
+    trust.init_ca(lab.pki, ctl_addr, state)
+    trust.write_secret(lab.read_token_file, trust.new_token())
+    agents = [h for h in layout.hosts if h.agent]
+    tokens = trust.join_tokens(lab.topology, lab.inventory, lab.db, agents)
+    for h in agents:
+        lab.agent_dir(h).mkdir(parents=True, mode=0o700)
+        trust.write_secret(lab.join_token_file(h), tokens[h.name])
     lab.save()
     return lab
 
@@ -358,8 +391,8 @@ def _build(
 def _start(lab: Lab, spec: Spec, probe_mode: str) -> None:
     lab.start_controller()
     if lab.ctl_netns is not None:
-        listen = lab.page_url.removeprefix("http://").rstrip("/")
-        to = lab.controller_url.removeprefix("http://")
+        listen = lab.page_url.removeprefix("https://").rstrip("/")
+        to = lab.controller_url.removeprefix("https://")
         procs.start("forward", argv.forward_argv(listen, lab.ctl_netns, to), None, lab.state)
     for h in lab.layout.hosts:
         if h.agent:
