@@ -59,8 +59,49 @@ def test_hardening(unit: Path) -> None:
         assert d.get(key) == [value], f"{unit.name}: {key}"
     assert "AF_INET" in one(unit, "RestrictAddressFamilies").split()
     assert d["SystemCallFilter"][0] == "@system-service"
-    assert "--token-file %d/token" in one(unit, "ExecStart")
-    assert one(unit, "LoadCredential").startswith("token:/etc/netcheck/")
+    assert "--token-file" not in one(unit, "ExecStart")  # the shared token is for labs only
+    assert all(c.split(":", 1)[1].startswith("/etc/netcheck/") for c in d["LoadCredential"])
+
+
+def credentials(unit: Path) -> dict[str, str]:
+    return dict(c.split(":", 1) for c in directives(unit)["LoadCredential"])
+
+
+def test_controller_gets_its_pki_and_read_token_as_credentials() -> None:
+    """`ca init`'s four files and the read token, as credentials named like the files, so
+    the credentials directory is the --pki directory; nothing secret in the environment."""
+    creds = credentials(CONTROLLER)
+    assert creds == {
+        "ca.pem": "/etc/netcheck/pki/ca.pem",
+        "ca-key.pem": "/etc/netcheck/pki/ca-key.pem",
+        "server.pem": "/etc/netcheck/pki/server.pem",
+        "server-key.pem": "/etc/netcheck/pki/server-key.pem",
+        "read-token": "/etc/netcheck/read-token",
+    }
+    from netcheck.controller import pki
+
+    assert {pki.CA_CERT, pki.CA_KEY, pki.SERVER_CERT, pki.SERVER_KEY} <= set(creds)
+    start = one(CONTROLLER, "ExecStart")
+    assert "--pki %d " in start and start.endswith("--read-token-file %d/read-token")
+    assert "--insecure-http" not in start and "--open-reads" not in start
+
+
+def test_agent_gets_the_ca_and_its_join_token_as_credentials_and_keeps_its_key() -> None:
+    assert credentials(AGENT) == {
+        "ca.pem": "/etc/netcheck/ca.pem",
+        "join-token": "/etc/netcheck/agent-%i.join-token",
+    }
+    start = one(AGENT, "ExecStart")
+    for flag in (
+        "--ca %d/ca.pem",
+        "--state-dir %S/netcheck-agent/%i",
+        "--join-token-file %d/join-token",
+    ):
+        assert flag in start
+    assert one(AGENT, "StateDirectory") == "netcheck-agent/%i"
+    assert one(AGENT, "StateDirectoryMode") == "0700"
+    env = (UNITS / "agent.env.example").read_text()
+    assert "NETCHECK_CONTROLLER=https://" in env and "TOKEN" not in env
 
 
 def test_controller_has_no_capability_and_a_state_directory() -> None:
