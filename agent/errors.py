@@ -7,8 +7,9 @@
     │   └── WireError             data that does not fit the wire format (agent.wire)
     ├── LinkError                 the controller refused us, or sent nonsense (agent.link)
     │   ├── TransportError        no HTTP answer at all: refused, reset, timeout, TLS
-    │   └── AuthError             a credential refused: 401/403, or the controller's
-    │                             certificate fails our CA (retrying changes nothing)
+    │   ├── AuthError             a credential refused: 401/403 (retrying changes nothing)
+    │   └── TlsRefused            (both) the TLS handshake failed on a certificate: the
+    │                             controller's fails our CA, or it refused ours
     ├── EnrolError                enrolment or renewal failed (agent.enrol)
     └── CertError                 no way to make the stand-in certificate (agent.certs)
 
@@ -51,6 +52,12 @@ class AuthError(LinkError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TlsRefused(TransportError, AuthError):
+    """The TLS handshake failed on a certificate: the controller's does not chain to our CA,
+    or the controller refused ours (unknown CA, expired, revoked). No HTTP answer, and a
+    credential problem all the same."""
 
 
 class EnrolError(NetcheckAgentError):

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from netcheck.agent import httpc
-from netcheck.agent.errors import AuthError, InputError, LinkError, TransportError
+from netcheck.agent.errors import AuthError, InputError, LinkError, TlsRefused, TransportError
 from netcheck.agent.wire import (
     ListenerStatus,
     PeerSeen,
@@ -93,10 +93,10 @@ class HttpTransport:
         except TimeoutError as exc:
             raise TransportError(f"{url}: no answer within {self._timeout_s:g} s") from exc
         except ssl.SSLCertVerificationError as exc:
-            raise AuthError(f"{url}: the controller's certificate: {exc.verify_message}") from exc
+            raise TlsRefused(f"{url}: the controller's certificate is not trusted: {exc}") from exc
         except ssl.SSLError as exc:
             if _refused_certificate(exc):
-                raise AuthError(f"{url}: our certificate refused: {exc.reason}") from exc
+                raise TlsRefused(f"{url}: the controller refused our certificate: {exc}") from exc
             raise TransportError(f"{url}: {type(exc).__name__} {exc}") from exc
         except (OSError, httpc.HttpError) as exc:
             raise TransportError(f"{url}: {type(exc).__name__} {exc}") from exc
