@@ -17,7 +17,10 @@ State, in one directory: ``agent.pem`` (mode 0600) holds the private key and the
 together, so one rename swaps both and no reader ever sees a key with the wrong certificate;
 ``ca.pem`` is the site's CA, which the controller's certificate must chain to.
 ``needs_renewal`` reads the certificate's validity from its DER bytes with the agent's own
-reader (:mod:`netcheck.agent.probes.tlsinfo`), not with a subprocess.
+reader (:mod:`netcheck.agent.probes.tlsinfo`), not with a subprocess. :func:`keep_renewed`
+is the serving agent's background renewal: once 2/3 of the lifetime has passed, renew, hand
+the new mutual-TLS context to the link; a failure is logged and retried with backoff while
+the current certificate keeps working.
 """
 
 from __future__ import annotations
