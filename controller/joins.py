@@ -68,10 +68,24 @@ def _split(token: str) -> tuple[str, bytes]:
     return token_id, hashlib.sha256(secret.encode()).digest()
 
 
+# One lock per connection (by id: sqlite3.Connection takes no weak reference; a reused id
+# only shares a lock with a later connection, which is harmless).
+_LOCKS: dict[int, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def connection_lock(conn: sqlite3.Connection) -> threading.RLock:
+    """The one lock of ``conn``: :class:`JoinTokens` and :class:`IssuedCerts` share a
+    connection, and two transactions begun on it from two threads at once fail ("cannot
+    start a transaction within a transaction": agents enrolling together)."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(id(conn), threading.RLock())
+
+
 class JoinTokens:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._lock = threading.Lock()
+        self._lock = connection_lock(conn)
         with self._lock:
             conn.executescript(SCHEMA)
 
@@ -205,7 +219,7 @@ class IssuedCert:
 class IssuedCerts:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._lock = threading.Lock()
+        self._lock = connection_lock(conn)
         with self._lock:
             conn.executescript(SCHEMA)
 
