@@ -57,11 +57,28 @@ def test_controller_wiring() -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
     assert f"PersistentVolumeClaim/{claim}" in all_docs
-    assert volumes["token"]["secret"]["secretName"] == "netcheck-token"
     (container,) = spec["containers"]
     args = container["args"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert args[args.index("--token-file") + 1].startswith(mounts["token"] + "/")
+    # the CA, the server's certificate and keys, and the read token: Secrets mounted as files
+    pki = volumes["pki"]["secret"]
+    assert pki["secretName"] == "netcheck-pki"
+    assert {i["path"] for i in pki["items"]} == {
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+    }
+    assert args[args.index("--pki") + 1] == mounts["pki"]
+    assert volumes["read-token"]["secret"]["secretName"] == "netcheck-read-token"
+    assert args[args.index("--read-token-file") + 1] == mounts["read-token"] + "/read-token"
+    assert "--token-file" not in args and "--insecure-http" not in args
+    assert all(v["secret"]["defaultMode"] & 0o007 == 0 for v in spec["volumes"] if "secret" in v)
+    assert not any(
+        "valueFrom" in e and "secretKeyRef" in e["valueFrom"] for e in container.get("env", [])
+    )
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
     assert args[args.index("--db") + 1].startswith(mounts["data"] + "/")
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
@@ -90,4 +107,16 @@ def test_agent_daemonset() -> None:
     for flag in ("--controller", "--role", "--host", "--address"):
         value = args[args.index(flag) + 1]
         assert value.startswith("$(") and value[2:-1] in env, flag
-    assert {v["name"] for v in spec["volumes"]} >= {"token", "tmp"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["ca"]["secret"]["secretName"] == "netcheck-ca"
+    assert volumes["join"]["secret"]["secretName"] == "netcheck-join-pio"
+    assert volumes["join"]["secret"]["defaultMode"] == 0o400
+    assert volumes["state"]["hostPath"]["path"] == "/var/lib/netcheck-agent/pio"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert args[args.index("--ca") + 1] == mounts["ca"] + "/ca.pem"
+    assert args[args.index("--state-dir") + 1] == mounts["state"]
+    # each pod its own node's join token (one key per node name in the role's Secret)
+    assert args[args.index("--join-token-file") + 1] == mounts["join"] + "/$(NETCHECK_HOST)"
+    assert args[args.index("--controller") + 1] == "$(NETCHECK_CONTROLLER)"
+    url = next(e["value"] for e in container["env"] if e["name"] == "NETCHECK_CONTROLLER")
+    assert url.startswith("https://") and "--token-file" not in args
