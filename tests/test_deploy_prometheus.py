@@ -38,10 +38,44 @@ def alert_rules() -> list[dict[str, Any]]:
     return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
 
 
+def _installed(tmp_path: Path, with_credentials: bool) -> Path:
+    """The shipped configuration copied as an operator installs it, with the CA made by the
+    project's own `ca init` and a read token next to it (promtool opens both files)."""
+    import shutil
+
+    from netcheck.controller import pki
+
+    etc = tmp_path / "prometheus"
+    shutil.copytree(PROM, etc)
+    if with_credentials:
+        files = pki.init_ca(tmp_path / "pki", ["localhost"], ["127.0.0.1"])
+        (etc / "netcheck").mkdir()
+        shutil.copy(files.ca_cert, etc / "netcheck" / "ca.pem")
+        token = etc / "netcheck" / "read-token"
+        token.write_text("a-read-token\n")
+        token.chmod(0o600)
+    return etc
+
+
+def test_controller_is_scraped_over_https_with_the_ca_and_the_read_token() -> None:
+    doc = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    (job,) = [j for j in doc["scrape_configs"] if j["job_name"] == "netcheck-controller"]
+    assert job["scheme"] == "https"
+    assert job["tls_config"] == {"ca_file": "netcheck/ca.pem"}
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "netcheck/read-token"}
+
+
 @needs_promtool
-def test_config_is_valid() -> None:
-    out = promtool("check", "config", "prometheus.yml")
+def test_config_is_valid(tmp_path: Path) -> None:
+    out = promtool("check", "config", "prometheus.yml", cwd=_installed(tmp_path, True))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@needs_promtool
+def test_config_check_opens_the_credential_files(tmp_path: Path) -> None:
+    out = promtool("check", "config", "prometheus.yml", cwd=_installed(tmp_path, False))
+    assert out.returncode != 0
+    assert "netcheck/read-token" in out.stdout + out.stderr
 
 
 @needs_promtool
