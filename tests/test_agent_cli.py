@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, ResultBatch, decode, encode
+from netcheck.agent.wire import (
+    CheckSpec,
+    ListenSpec,
+    Plan,
+    ResultBatch,
+    Service,
+    decode,
+    encode,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.9"
@@ -32,6 +40,11 @@ def free_ports(n: int) -> list[int]:
 
 def test_offline_run_probes_its_own_listeners(tmp_path: Path) -> None:
     ssh_port, tls_port, closed_port = free_ports(3)
+    services: tuple[tuple[int, Service], ...] = (
+        (ssh_port, "ssh"),
+        (tls_port, "tls"),
+        (closed_port, "tcp"),
+    )
     plan = Plan(
         role="pio",
         host="pio-1",
@@ -47,7 +60,7 @@ def test_offline_run_probes_its_own_listeners(tmp_path: Path) -> None:
                 port=port,
                 service=svc,
             )
-            for port, svc in ((ssh_port, "ssh"), (tls_port, "tls"), (closed_port, "tcp"))
+            for port, svc in services
         ),
         timeout_s=1.0,
     )

@@ -209,8 +209,8 @@ def test_bad_urls_and_tokens_are_input_errors() -> None:
             HttpTransport(url, "t")
     with pytest.raises(InputError, match="line break"):
         HttpTransport("http://h", "tok\r\nEvil: 1")
-    url = httpc.parse_url("https://[::1]:8443/p?q=1")
-    assert (url.host, url.port, url.path) == ("::1", 8443, "/p?q=1")
+    parsed = httpc.parse_url("https://[::1]:8443/p?q=1")
+    assert (parsed.host, parsed.port, parsed.path) == ("::1", 8443, "/p?q=1")
 
 
 # -- the health server ----------------------------------------------------------------

@@ -6,7 +6,6 @@ Network safety: the site is inventory.example.yaml moved from 198.18.0.0/15 onto
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -182,7 +181,7 @@ def test_agent_metrics_are_live_and_valid(site: Site) -> None:
 @pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="no /usr/bin/python3")
 def test_single_file_agent_serves_without_site_packages(site: Site) -> None:
     """The single-file agent registers and reports under `python3 -I -S`, unprivileged."""
-    from tests.test_deploy_zipapp import _load_build_script
+    from test_deploy_zipapp import _load_build_script
 
     zipapp_build = _load_build_script()
 

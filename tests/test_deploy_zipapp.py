@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -247,7 +247,7 @@ def _answer(handler: http.server.BaseHTTPRequestHandler, status: int, payload: o
     handler.wfile.write(data)
 
 
-def _quiet(handler: http.server.BaseHTTPRequestHandler, *args: Any) -> None:
+def _quiet(handler: http.server.BaseHTTPRequestHandler, format: str, *args: Any) -> None:
     """No access log on stderr (a method of the handlers below)."""
 
 
@@ -277,14 +277,16 @@ class Controller:
             answer = _answer
             log_message = _quiet
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server: http.server.HTTPServer = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), Handler
+        )
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> Controller:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

@@ -63,9 +63,9 @@ def _check(spec: Spec, lay: Layout) -> None:
                 continue
             box = lay.boxes[role]
             assert not any(_inside(box, x, y, 2) for x, y in _points(e)), (e.interaction, role)
-    for i, a in enumerate(lay.edges):
-        for b in lay.edges[i + 1 :]:
-            assert not _overlap(_label(a), _label(b)), (a.interaction, b.interaction)
+    for i, ea in enumerate(lay.edges):
+        for eb in lay.edges[i + 1 :]:
+            assert not _overlap(_label(ea), _label(eb)), (ea.interaction, eb.interaction)
 
 
 def test_the_hdm_picture_has_no_overlaps() -> None:

@@ -194,7 +194,7 @@ async def test_non_utf8_authorization_is_400_not_500(spec: Spec, tmp_path: Path)
 
 
 def test_unexpected_results_are_bounded_oldest_first_and_counted(tmp_path: Path) -> None:
-    from netcheck.controller import store as store_mod
+    from netcheck.controller import limits as store_mod
 
     s = Store.open(tmp_path / "db")
     s.set_expected([check_id(15, "vm-0", "cloud-cache", 9000)])
