@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,59 +72,120 @@ def test_env_template_writes_what_the_unit_reads() -> None:
     assert written == set(re.findall(r"\$\{(NETCHECK_\w+)\}", unit))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def controller(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+    """A real controller on HTTPS (a CA from the project's own `ca init`): (URL, its CA file,
+    one join token for pio-1 from `netcheck-controller enrol`)."""
+    import time
+    import urllib.request
+
+    site = tmp_path / "site"
+    site.mkdir()
+    inv = site / "inventory.yaml"
+    inv.write_text(
+        "version: 1\nsite: t\nhosts:\n  pio:\n    - {name: pio-1, address: 127.18.1.10}\n"
+    )
+    ctl = [sys.executable, "-m", "netcheck.controller"]
+    files = ["--topology", str(REPO / "topology.yaml"), "--inventory", str(inv)]
+    db = str(site / "netcheck.db")
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=60, check=True)
+    run([*ctl, "ca", "init", "--pki", str(site / "pki"), "--address", "127.0.0.1"])
+    out = run([*ctl, "enrol", "--db", db, *files, "--role", "pio", "--host", "pio-1"]).stdout
+    host, token = out.split()
+    assert host == "pio-1"
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
+    serve = [*ctl, "serve", *files, "--db", db, "--listen", f"127.0.0.1:{port}"]
+    serve += ["--pki", str(site / "pki"), "--open-reads"]
+    proc = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ca = site / "pki" / "ca.pem"
+        context = ssl.create_default_context(cafile=str(ca))
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1, context=context).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url, ca, token
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.mark.slow
 @needs_playbook
 def test_role_lays_down_the_agent_and_is_idempotent(tmp_path: Path) -> None:
-    """Apply the real playbook to this machine, into a scratch tree, twice."""
+    """Apply the real playbook to this machine, into a scratch tree, twice: the first run
+    installs the CA, writes the join token (0600) and enrols against a real controller (the
+    agent makes its key); the second changes nothing (the certificate is there)."""
     assert PLAYBOOK is not None
+    # the "single-file agent" the role copies: the real agent of this checkout
     pyz = tmp_path / "netcheck-agent.pyz"
-    pyz.write_bytes(b"#!/usr/bin/env python3\n")  # the role copies it; its content is not used
+    pyz.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m netcheck.agent "$@"\n')
     root = tmp_path / "root"
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "ansible_become": False,
-        "netcheck_agent_role": "pio",
-        "netcheck_agent_controller_url": "http://127.0.0.1:8080",
-        "netcheck_agent_address": "127.18.1.10",
-        "netcheck_agent_pyz": str(pyz),
-        "netcheck_agent_bin": str(root / "bin" / "netcheck-agent"),
-        "netcheck_agent_config_dir": str(root / "etc"),
-        "netcheck_agent_unit_dir": str(root / "units"),
-        "netcheck_agent_manage_service": False,
-        "netcheck_agent_token": "test-token-not-a-secret",
-    }
-    (root / "bin").mkdir(parents=True)
-    (root / "units").mkdir()
-    inventory = tmp_path / "inventory.json"
-    inventory.write_text(json.dumps({"netcheck_agents": {"hosts": {"pio-1": host}}}))
+    with controller(tmp_path) as (url, ca, token):
+        host = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "ansible_become": False,
+            "netcheck_agent_role": "pio",
+            "netcheck_agent_controller_url": url,
+            "netcheck_agent_ca_file": str(ca),
+            "netcheck_agent_address": "127.18.1.10",
+            "netcheck_agent_pyz": str(pyz),
+            "netcheck_agent_bin": str(root / "bin" / "netcheck-agent"),
+            "netcheck_agent_config_dir": str(root / "etc"),
+            "netcheck_agent_state_dir": str(root / "state" / "pio"),
+            "netcheck_agent_unit_dir": str(root / "units"),
+            "netcheck_agent_manage_service": False,
+            "netcheck_agent_join_token": token,
+        }
+        (root / "bin").mkdir(parents=True)
+        (root / "units").mkdir()
+        inventory = tmp_path / "inventory.json"
+        inventory.write_text(json.dumps({"netcheck_agents": {"hosts": {"pio-1": host}}}))
 
-    def play() -> str:
-        out = subprocess.run(
-            [PLAYBOOK, "-i", str(inventory), str(ANSIBLE / "playbook.yml")],
-            cwd=ANSIBLE,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env(),
-            check=False,
-        )
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "test-token-not-a-secret" not in out.stdout + out.stderr
-        return out.stdout
+        def play() -> str:
+            out = subprocess.run(
+                [PLAYBOOK, "-i", str(inventory), str(ANSIBLE / "playbook.yml")],
+                cwd=ANSIBLE,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=env(),
+                check=False,
+            )
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            assert token not in out.stdout + out.stderr
+            return out.stdout
 
-    first = play()
-    assert re.search(r"pio-1\s+: ok=\d+\s+changed=[1-9]", first), first[-1500:]
-    envfile = (root / "etc" / "agent-pio.env").read_text()
-    assert "NETCHECK_ROLE=pio\n" in envfile
-    assert "NETCHECK_HOST=pio-1\n" in envfile
-    assert "NETCHECK_CONTROLLER=http://127.0.0.1:8080\n" in envfile
-    token = root / "etc" / "agent-token"
-    assert token.read_text() == "test-token-not-a-secret\n"
-    assert token.stat().st_mode & 0o777 == 0o600
-    assert (root / "bin" / "netcheck-agent").stat().st_mode & 0o111
-    unit = REPO / "deploy" / "systemd" / "netcheck-agent@.service"
-    assert (root / "units" / "netcheck-agent@.service").read_text() == unit.read_text()
+        first = play()
+        assert re.search(r"pio-1\s+: ok=\d+\s+changed=[1-9]", first), first[-1500:]
+        envfile = (root / "etc" / "agent-pio.env").read_text()
+        assert "NETCHECK_ROLE=pio\n" in envfile
+        assert "NETCHECK_HOST=pio-1\n" in envfile
+        assert f"NETCHECK_CONTROLLER={url}\n" in envfile
+        join = root / "etc" / "agent-pio.join-token"
+        assert join.read_text() == token + "\n"
+        assert join.stat().st_mode & 0o777 == 0o600
+        assert (root / "etc" / "ca.pem").read_bytes() == ca.read_bytes()
+        state = root / "state" / "pio"
+        assert state.stat().st_mode & 0o777 == 0o700
+        identity = state / "agent.pem"
+        assert identity.stat().st_mode & 0o777 == 0o600
+        assert b"BEGIN CERTIFICATE" in identity.read_bytes()
+        assert (root / "bin" / "netcheck-agent").stat().st_mode & 0o111
+        unit = REPO / "deploy" / "systemd" / "netcheck-agent@.service"
+        assert (root / "units" / "netcheck-agent@.service").read_text() == unit.read_text()
 
-    second = play()
-    assert re.search(r"pio-1\s+: ok=\d+\s+changed=0\s", second), second[-1500:]
+        second = play()  # the token is spent: a second enrolment would fail the play
+        assert re.search(r"pio-1\s+: ok=\d+\s+changed=0\s", second), second[-1500:]
