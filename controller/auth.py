@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from netcheck.controller.refusals import Denied, Refusals
+from netcheck.controller.trust import peer_identity
 
 AGENT_PATHS = frozenset(
     {"/api/v1/register", "/api/v1/results", "/api/v1/plan", "/api/v1/enrol", "/api/v1/renew"}
@@ -105,7 +106,9 @@ def guard(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        limited = refusals.limited(source_of(request))
+        # A client whose certificate the TLS handshake verified is never rate-limited by its
+        # source address: agents behind one NAT must not be throttled by another's refusals.
+        limited = None if peer_identity(request) else refusals.limited(source_of(request))
         if limited is not None:
             return denied_response(limited)
         try:

@@ -449,3 +449,15 @@ def test_open_reads_and_the_insecure_warning(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=10)
     assert b"WARNING: --insecure-http" in err
     assert b"agent-token-0123456789" not in err
+
+
+def test_an_agent_is_not_throttled_by_refusals_from_its_source(site: Site) -> None:
+    """Past the per-source limit, anonymous requests get 429; a verified agent at the same
+    address (agents behind one NAT) still gets its answer."""
+    ctx = site.agent("cloud_cache", "cloud-cache")
+    reg = registration("cloud_cache", "cloud-cache", site.address("cloud-cache"))
+    statuses = [site._once("GET", "/metrics", None, None, None)[0] for _ in range(40)]
+    assert 429 in statuses, statuses
+    status, _, _ = site._once("POST", "/api/v1/register", reg, ctx, None)
+    assert status == 200
+    assert site._once("GET", "/metrics", None, None, None)[0] == 429
