@@ -1,15 +1,25 @@
-"""Controller ingest: N simulated agents (aiohttp clients) against the real controller.
+"""Controller ingest: N simulated agents (aiohttp clients) against the real controller,
+over plain HTTP and over mutual TLS in the same run.
 
 The controller is ``netcheck-controller serve`` as the lab starts it
-(:func:`deploy.lab.argv.controller_argv`), on the loopback, in its own process.
+(:func:`deploy.lab.argv.controller_argv`), on the loopback, in its own process: once with
+``--insecure-http`` and the shared token (:class:`~deploy.lab.argv.Insecure`), once with
+``--pki DIR`` (:class:`~deploy.lab.argv.ControllerTrust`), a CA made by
+:func:`netcheck.controller.pki.init_ca` and one client certificate per simulated agent
+(:func:`~netcheck.controller.pki.new_client_key_and_cert`). Reads are open on both
+(``--open-reads``). Each agent is one aiohttp session with its own connection (and, over TLS,
+its own SSL context and certificate): the handshake is paid once per agent, at registration.
 
-Each agent registers (a real Registration, the controller answers its Plan), then posts
-ResultBatches of ``RESULTS_PER_BATCH`` results (the busiest role's outbound check count,
-PIO's 60) with listener states. The SQLite file is in a temp dir (WAL, synchronous=FULL, as
-the store opens it). Two loads: a burst (every agent posts at the same moment, every round)
-and a paced round (the agents' posts spread evenly over ``paced_window_s``). While the bursts
-run, one reader fetches the page, the JSON report and ``/metrics`` in turn, without pause:
-their latencies are the "readers never block writers" figures (issue 12).
+The agents are ``ROLE`` hosts (PIO: 60 outbound checks each, the busiest role), the
+inventory the example's with ``ROLE``'s hosts replaced by N. Each agent registers (a real
+Registration with the inventory's address; the controller answers its Plan), then posts
+ResultBatches of one result per check of that plan (over mutual TLS the controller refuses
+anything else) with one listener state of the plan. The SQLite file is in a temp dir (WAL,
+synchronous=FULL, as the store opens it). Two loads: a burst (every agent posts at the same
+moment, every round) and a paced round (the agents' posts spread evenly over
+``paced_window_s``). While the bursts run, one reader fetches the page, the JSON report and
+``/metrics`` in turn, without pause: their latencies are the "readers never block writers"
+figures (issue 12).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,13 +44,16 @@ import yaml
 from bench.cmd import REPO, BenchError, kill, spawn
 from bench.report import Section, Target, secs
 from bench.stats import median, percentile
-from deploy.lab.argv import Insecure, controller_argv
+from deploy.lab.argv import ControllerTrust, Insecure, controller_argv
+from netcheck.controller import pki
 
-ROLE = "cloud_vm"
-RESULTS_PER_BATCH = 60
+ROLE = "pio"
+RESULTS_PER_BATCH = 60  # the checks of one PIO plan in the example topology
 TOPOLOGY = REPO / "topology.yaml"
 # What a reader fetches in turn while the bursts run.
 READ_PATHS = ("/", "/api/v1/report", "/metrics")
+TRANSPORTS = ("http", "mtls")
+LABEL = {"http": "plain HTTP", "mtls": "mutual TLS"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +64,7 @@ class IngestConfig:
 
 
 def _host(i: int) -> tuple[str, str]:
-    return f"bench-vm-{i}", f"198.18.{20 + i // 250}.{i % 250 + 1}"
+    return f"bench-pio-{i}", f"198.18.{20 + i // 250}.{i % 250 + 1}"
 
 
 def inventory_with_agents(n: int) -> dict[str, Any]:
@@ -59,28 +73,37 @@ def inventory_with_agents(n: int) -> dict[str, Any]:
     return doc
 
 
-def batch_body(i: int, round_no: int) -> bytes:
-    host, address = _host(i)
-    now = time.time()
+def batch_body(plan: dict[str, Any], round_no: int, now: float) -> bytes:
+    """A ResultBatch answering every check of `plan` (the controller's Plan, as JSON)."""
+    host, address = plan["host"], plan["address"]
+    started = now - 1.0  # inside the controller's clock window
     results = [
         {
-            "check_id": f"15:{host}>cloud-mgr:{9000 + k}",
-            "interaction": 15,
+            "check_id": c["check_id"],
+            "interaction": c["interaction"],
             "src_host": host,
             "src_address": address,
-            "dst_host": "cloud-mgr",
-            "dst_address": "198.18.2.30",
-            "port": 9000 + k,
+            "dst_host": c["dst_host"],
+            "dst_address": c["dst_address"],
+            "port": c["port"],
             "state": "open" if (k + round_no) % 4 else "filtered",
             "mode": "connect",
             "attempts": 1,
-            "started_at": now,
+            "started_at": started,
             "latency_s": 0.0004,
         }
-        for k in range(RESULTS_PER_BATCH)
+        for k, c in enumerate(plan["checks"])
     ]
-    listeners = [{"port": 22, "state": "listening", "since": now}]
-    body = {"role": ROLE, "host": host, "results": results, "listeners": listeners, "sent_at": now}
+    listeners = [
+        {"port": ls["port"], "state": "listening", "since": started} for ls in plan["listen"][:1]
+    ]
+    body = {
+        "role": plan["role"],
+        "host": host,
+        "results": results,
+        "listeners": listeners,
+        "sent_at": now,
+    }
     return json.dumps(body).encode()
 
 
@@ -90,23 +113,66 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """A controller under test: its URL, pid, and how an agent (or the reader) connects."""
+
+    base: str
+    pid: int
+    agent_headers: dict[str, str]
+    agent_ssl: Callable[[int], ssl.SSLContext | None]  # agent i's context (None: plain HTTP)
+    reader_ssl: ssl.SSLContext | None
+
+
+def _client_contexts(ca_dir: Path, certs_dir: Path, n: int) -> list[ssl.SSLContext]:
+    """One client context per agent, each with its own key and certificate (files 0600)."""
+    ca = pki.load_ca(ca_dir)
+    certs_dir.mkdir(mode=0o700)
+    out = []
+    for i in range(n):
+        key_pem, cert_pem = pki.new_client_key_and_cert(ca, pki.AgentName(ROLE, _host(i)[0]), 2)
+        path = certs_dir / f"{i}.pem"
+        pki.write_atomic(path, cert_pem + key_pem, 0o600)
+        ctx = ssl.create_default_context(cafile=str(ca_dir / pki.CA_CERT))
+        ctx.load_cert_chain(str(path))
+        out.append(ctx)
+    return out
+
+
 @contextlib.contextmanager
-def controller(n: int) -> Iterator[tuple[str, str, Callable[[], int]]]:
-    """(base URL, token, pid) of a controller process with an inventory of `n` agents."""
+def controller(n: int, transport: str) -> Iterator[Running]:
+    """A controller process with an inventory of `n` agents, over `transport`."""
     with tempfile.TemporaryDirectory(prefix="ncbench-ingest-") as tmp:
-        inv = Path(tmp) / "inventory.yaml"
+        d = Path(tmp)
+        inv = d / "inventory.yaml"
         inv.write_text(yaml.safe_dump(inventory_with_agents(n), sort_keys=False))
-        token = secrets.token_urlsafe(24)
-        token_file = Path(tmp) / "token"
-        token_file.touch(mode=0o600)
-        token_file.write_text(token)
         port = _free_port()
-        db = Path(tmp) / "netcheck.db"
-        argv = controller_argv(TOPOLOGY, inv, f"127.0.0.1:{port}", db, Insecure(token_file))
-        with open(Path(tmp) / "controller.log", "wb") as log:
+        trust: ControllerTrust | Insecure
+        if transport == "mtls":
+            pki.init_ca(d / "pki", ["localhost"], ["127.0.0.1"])
+            contexts = _client_contexts(d / "pki", d / "agents", n)
+            reader = ssl.create_default_context(cafile=str(d / "pki" / pki.CA_CERT))
+            trust = ControllerTrust(d / "pki", None)
+            scheme, headers = "https", {}
+        else:
+            token = secrets.token_urlsafe(24)
+            token_file = d / "token"
+            token_file.touch(mode=0o600)
+            token_file.write_text(token)
+            contexts, reader = [], None
+            trust = Insecure(token_file)
+            scheme, headers = "http", {"Authorization": f"Bearer {token}"}
+        argv = controller_argv(TOPOLOGY, inv, f"127.0.0.1:{port}", d / "netcheck.db", trust)
+        with open(d / "controller.log", "wb") as log:
             proc = spawn(argv, stderr=log)
         try:
-            yield f"http://127.0.0.1:{port}", token, lambda: proc.pid
+            yield Running(
+                f"{scheme}://127.0.0.1:{port}",
+                proc.pid,
+                headers,
+                (lambda i: contexts[i]) if contexts else (lambda i: None),
+                reader,
+            )
         finally:
             kill(proc)
 
@@ -168,39 +234,54 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(n: int, repeats: int, window_s: float, log: Callable[[str], None]) -> Measured:
+def _session(headers: dict[str, str], ctx: ssl.SSLContext | None) -> aiohttp.ClientSession:
+    # One connection per session, kept alive: one handshake per agent.
+    connector = aiohttp.TCPConnector(ssl=ctx if ctx is not None else True, limit=1)
+    return aiohttp.ClientSession(
+        headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    )
+
+
+async def drive(
+    n: int, transport: str, repeats: int, window_s: float, log: Callable[[str], None]
+) -> Measured:
     m = Measured()
-    with controller(n) as (base, token, pid):
-        headers = {"Authorization": f"Bearer {token}"}
+    tag = f"ingest {n} {LABEL[transport]}"
+    with controller(n, transport) as c:
+        reader_session = _session({}, c.reader_ssl)
         # One session per simulated agent: each agent is its own client with its connection.
-        sessions = [
-            aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=120))
-            for _ in range(n)
-        ]
+        sessions = [_session(c.agent_headers, c.agent_ssl(i)) for i in range(n)]
         try:
-            await _wait_ready(sessions[0], base)
-            reg_url, res_url = base + "/api/v1/register", base + "/api/v1/results"
+            await _wait_ready(reader_session, c.base)
+            reg_url, res_url = c.base + "/api/v1/register", c.base + "/api/v1/results"
             regs = [
                 json.dumps(
                     {"role": ROLE, "host": h, "address": a, "version": "bench", "mode": "connect"}
                 ).encode()
                 for h, a in map(_host, range(n))
             ]
+            plans: list[dict[str, Any]] = [{} for _ in range(n)]
             sem = asyncio.Semaphore(64)
 
             async def register(i: int) -> None:
                 async with sem:
-                    await _post(sessions[i], reg_url, regs[i], m.register_rtt)
+                    plans[i] = await _post(sessions[i], reg_url, regs[i], m.register_rtt)
 
             await asyncio.gather(*(register(i) for i in range(n)))
-            log(f"ingest {n}: registered, register p50 {median(m.register_rtt) * 1e3:.1f} ms")
-            cpu0 = _cpu_s(pid())
+            per_batch = {len(p["checks"]) for p in plans}
+            if per_batch != {RESULTS_PER_BATCH}:
+                raise BenchError(
+                    f"{tag}: plans of {sorted(per_batch)} checks, not {RESULTS_PER_BATCH}"
+                )
+            log(f"{tag}: registered, register p50 {median(m.register_rtt) * 1e3:.1f} ms")
+            cpu0 = _cpu_s(c.pid)
             stop_reading = asyncio.Event()
             reader = asyncio.ensure_future(
-                _read_while(sessions[0], base, stop_reading, m.reader_rtt)
+                _read_while(reader_session, c.base, stop_reading, m.reader_rtt)
             )
             for r in range(repeats):
-                bodies = [batch_body(i, r) for i in range(n)]
+                now = time.time()
+                bodies = [batch_body(plans[i], r, now) for i in range(n)]
                 t0 = time.perf_counter()
                 answers = await asyncio.gather(
                     *(_post(sessions[i], res_url, bodies[i], m.burst_rtt) for i in range(n))
@@ -210,13 +291,14 @@ async def drive(n: int, repeats: int, window_s: float, log: Callable[[str], None
                 m.accepted += got
                 m.burst_wall_s.append(wall)
                 m.burst_rate.append(got / wall)
-                log(f"ingest {n} burst {r + 1}/{repeats}: {got} results in {wall:.2f} s")
-            m.server_cpu_s = _cpu_s(pid()) - cpu0
+                log(f"{tag} burst {r + 1}/{repeats}: {got} results in {wall:.2f} s")
+            m.server_cpu_s = _cpu_s(c.pid) - cpu0
             stop_reading.set()
             await reader
             for path, rtts in m.reader_rtt.items():
-                log(f"ingest {n}: GET {path} during bursts p50/p99 {_p50_p99(rtts)} ms")
-            bodies = [batch_body(i, repeats) for i in range(n)]
+                log(f"{tag}: GET {path} during bursts p50/p99 {_p50_p99(rtts)} ms")
+            now = time.time()
+            bodies = [batch_body(plans[i], repeats, now) for i in range(n)]
             start = time.perf_counter()
 
             async def paced(i: int) -> None:
@@ -227,6 +309,7 @@ async def drive(n: int, repeats: int, window_s: float, log: Callable[[str], None
         finally:
             for s in sessions:
                 await s.close()
+            await reader_session.close()
     return m
 
 
@@ -234,78 +317,103 @@ def _p50_p99(xs: list[float]) -> str:
     return f"{percentile(xs, 50) * 1e3:.1f} / {percentile(xs, 99) * 1e3:.1f}"
 
 
+def _targets(n: int, label: str, m: Measured) -> list[Target]:
+    rate = median(m.burst_rate)
+    p99 = percentile(m.paced_rtt, 99) * 1e3
+    burst99 = percentile(m.burst_rtt, 99) * 1e3
+    out = [
+        Target(
+            name=f"controller ingest rate ({n} agents, burst, {label})",
+            goal=">= 50,000 results/s",
+            measured=f"{rate:,.0f} results/s",
+            met=rate >= 50_000,
+            gap="" if rate >= 50_000 else f"{50_000 / rate:.1f} x short",
+        ),
+        Target(
+            name=f"controller p99 round trip ({n} agents, {label})",
+            goal="< 50 ms",
+            measured=f"paced {p99:.1f} ms; burst (all at once) {burst99:.0f} ms",
+            met=p99 < 50,
+            gap="" if p99 < 50 else f"{p99 / 50:.1f} x over (paced)",
+        ),
+    ]
+    if m.reader_rtt:
+        worst = max(percentile(v, 99) for v in m.reader_rtt.values()) * 1e3
+        each = "; ".join(
+            f"{p} {percentile(v, 99) * 1e3:.0f} ms ({len(v)} GETs)" for p, v in m.reader_rtt.items()
+        )
+        out.append(
+            Target(
+                name=f"reader p99 while {n}-agent bursts run ({label})",
+                goal="< 250 ms (page, report, /metrics)",
+                measured=each,
+                met=worst < 250,
+                gap="" if worst < 250 else f"{worst / 250:.1f} x over",
+            )
+        )
+    return out
+
+
 def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
     rows: list[tuple[str, ...]] = []
     targets: list[Target] = []
     for n in cfg.agents:
-        m = asyncio.run(drive(n, cfg.repeats, cfg.paced_window_s, log))
-        rate = median(m.burst_rate)
+        ms = {t: asyncio.run(drive(n, t, cfg.repeats, cfg.paced_window_s, log)) for t in TRANSPORTS}
+        rates = {t: median(m.burst_rate) for t, m in ms.items()}
         results_total = n * RESULTS_PER_BATCH * cfg.repeats
-        rows.append(
-            (
-                str(n),
-                f"{rate:,.0f}",
-                secs(median(m.burst_wall_s)),
-                _p50_p99(m.burst_rtt),
-                _p50_p99(m.paced_rtt),
-                _p50_p99(m.register_rtt),
-                f"{m.server_cpu_s / max(1, results_total) * 1e6:.1f} µs",
+        for t, m in ms.items():
+            rows.append(
+                (
+                    str(n),
+                    LABEL[t],
+                    f"{rates[t]:,.0f}",
+                    f"{rates[t] / rates['http']:.2f}",
+                    secs(median(m.burst_wall_s)),
+                    _p50_p99(m.burst_rtt),
+                    _p50_p99(m.paced_rtt),
+                    _p50_p99(m.register_rtt),
+                    f"{m.server_cpu_s / max(1, results_total) * 1e6:.1f} µs",
+                )
             )
-        )
         if n == max(cfg.agents):
+            ratio = rates["mtls"] / rates["http"]
             targets.append(
                 Target(
-                    name=f"controller ingest rate ({n} agents, burst)",
-                    goal=">= 50,000 results/s",
-                    measured=f"{rate:,.0f} results/s",
-                    met=rate >= 50_000,
-                    gap="" if rate >= 50_000 else f"{50_000 / rate:.1f} x short",
+                    name=f"ingest over mutual TLS / plain HTTP ({n} agents, burst)",
+                    goal="measured in one run (issue 11)",
+                    measured=f"{ratio:.2f} ({rates['mtls']:,.0f} / {rates['http']:,.0f} results/s)",
+                    met=True,
                 )
             )
-            p99 = percentile(m.paced_rtt, 99) * 1e3
-            burst99 = percentile(m.burst_rtt, 99) * 1e3
-            targets.append(
-                Target(
-                    name=f"controller p99 round trip ({n} agents)",
-                    goal="< 50 ms",
-                    measured=f"paced {p99:.1f} ms; burst (all at once) {burst99:.0f} ms",
-                    met=p99 < 50,
-                    gap="" if p99 < 50 else f"{p99 / 50:.1f} x over (paced)",
-                )
-            )
-            if m.reader_rtt:
-                worst = max(percentile(v, 99) for v in m.reader_rtt.values()) * 1e3
-                each = "; ".join(
-                    f"{p} {percentile(v, 99) * 1e3:.0f} ms ({len(v)} GETs)"
-                    for p, v in m.reader_rtt.items()
-                )
-                targets.append(
-                    Target(
-                        name=f"reader p99 while {n}-agent bursts run",
-                        goal="< 250 ms (page, report, /metrics)",
-                        measured=each,
-                        met=worst < 250,
-                        gap="" if worst < 250 else f"{worst / 250:.1f} x over",
-                    )
-                )
+            for t in ("mtls", "http"):
+                targets += _targets(n, LABEL[t], ms[t])
     method = (
         "The real controller, `netcheck-controller serve` (as the lab starts it), in its own "
-        "process on 127.0.0.1, SQLite "
-        f"file in a temp dir; N agents of role `{ROLE}` (one aiohttp ClientSession each) "
-        f"register, then post batches of {RESULTS_PER_BATCH} results plus 1 listener state. "
+        "process on 127.0.0.1, SQLite file in a temp dir, once per transport in the same run: "
+        "plain HTTP (`--insecure-http`, the shared bearer token) and mutual TLS (`--pki`, a CA "
+        "from `pki.init_ca`, one EC P-256 client certificate per agent for its own role and "
+        "host); reads open (`--open-reads`) on both. "
+        f"N agents of role `{ROLE}` (one aiohttp ClientSession each, one kept-alive connection: "
+        "over TLS its own SSL context, so one handshake per agent, at registration) register "
+        "with the inventory's address, then post batches answering every check of the plan "
+        f"the controller returned ({RESULTS_PER_BATCH} results) plus 1 listener state. "
         f"Burst: all N post at once, {cfg.repeats} round(s), rate = results accepted / wall of "
-        f"the round (median over rounds). Paced: one post per agent, spread evenly over "
+        f'the round (median over rounds); "vs plain HTTP" is that rate over the plain-HTTP '
+        f"one for the same N. Paced: one post per agent, spread evenly over "
         f"{cfg.paced_window_s:g} s. Round trips are client-side, request sent to JSON answer "
         "read. Server CPU is the controller process's user+system time over the burst rounds. "
         f"During the bursts one more client GETs {', '.join(READ_PATHS)} in turn without pause "
-        "(reader p99: request sent to body read)."
+        "(reader p99: request sent to body read). The clients (and their TLS) share the 2 cores "
+        "with the controller."
     )
     return Section(
         title="Controller ingest",
         method=method,
         headers=(
             "agents",
+            "transport",
             "results/s (burst, median)",
+            "vs plain HTTP",
             "burst round wall",
             "burst rtt p50 / p99 (ms)",
             "paced rtt p50 / p99 (ms)",
