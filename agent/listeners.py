@@ -1,23 +1,34 @@
 """Stand-in listeners: hold every inbound port of the role, log who connected, then hang up.
 
-Each listener accepts, records the peer address it saw (:class:`PeerSeen`), sends at most a
-short protocol-appropriate greeting (SSH banner, TLS handshake, authd line, iSCSI Login
-Response), reads a few bytes and closes within an idle timeout. A port held by a real
-service is ``occupied`` (with its owner where /proc tells), a privileged port without the
-capability is ``denied``; neither stops the other listeners.
+Each listener accepts, records the peer address it saw (:class:`PeerSeen`, one record per
+port and source address between two reports, with the latest time), sends at most a short
+protocol-appropriate greeting (SSH banner, TLS handshake, authd line, iSCSI Login Response),
+reads a few bytes and closes within an idle timeout. A port held by a real service is
+``occupied`` (with its owner where /proc tells), a privileged port without the capability is
+``denied``; neither stops the other listeners.
+
+Nothing that connects can knock the agent over: connections are accepted by a small loop of
+our own on the event loop (no ``select()``), and past a cap (:class:`ConnectionCaps`: in
+all, per port, per source address) a connection is accepted, recorded and closed at once, so
+a flood costs neither descriptors nor memory beyond the cap. When the process is out of
+descriptors, accepting pauses briefly. Each conversation is one small
+:class:`asyncio.Protocol` (no stream, no task once it runs); TLS stand-ins hand the accepted
+socket to :meth:`~asyncio.loop.connect_accepted_socket` with the stand-in context, at most
+:data:`MAX_TLS_SESSIONS` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import errno
 import logging
 import socket
 import ssl
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from netcheck.agent.caps import can_bind_low_ports
 from netcheck.agent.procnet import port_owner
@@ -29,16 +40,94 @@ from netcheck.agent.protocols import (
     TLS_SERVICES,
     iscsi_login_response,
 )
-from netcheck.agent.wire import ListenerStatus, ListenSpec, PeerSeen
+from netcheck.agent.wire import ListenerStatus, ListenSpec, PeerSeen, Service
 
 log = logging.getLogger(__name__)
 
 READ_LIMIT = 512
 MAX_PEERS = 10_000
-MAX_CONNECTIONS = 512
-# TLS conversations at once: asyncio gives each a 256 KiB read buffer. Others wait for a
-# slot within their idle timeout (a stand-in handshake takes milliseconds).
+BACKLOG = 1024
+# Connections accepted per wake-up of one listener, so that a flood on one port leaves the
+# event loop to everything else between bursts.
+ACCEPT_BURST = 64
+# Out of descriptors (EMFILE/ENFILE): stop accepting on that port this long.
+ACCEPT_PAUSE_S = 0.1
+# TLS conversations at once: asyncio gives each a read buffer (32 KiB with
+# agent.tlsbuffers). Others wait for a slot within their idle timeout (a stand-in handshake
+# takes milliseconds).
 MAX_TLS_SESSIONS = 32
+K = TypeVar("K", int, str)
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionCaps:
+    """Conversations held at once: in all, per listening port, per source address. A peer's
+    probe needs one per port and attempt, so the source cap is well above any plan's."""
+
+    total: int = 512
+    per_port: int = 128
+    per_source: int = 256
+
+
+class _Standin(asyncio.Protocol):
+    """One conversation: greet, read up to :data:`READ_LIMIT` bytes (or an iSCSI header),
+    answer where the protocol wants one, close; aborted after the idle timeout."""
+
+    def __init__(
+        self,
+        service: Service,
+        idle_timeout: float,
+        live: set[asyncio.Transport],
+        done: Callable[[], None],
+    ) -> None:
+        self.service = service
+        self.idle_timeout = idle_timeout
+        self.live = live
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.head = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.live.add(transport)
+        self.timer = asyncio.get_running_loop().call_later(self.idle_timeout, transport.abort)
+        if self.service == "ssh":
+            transport.write(SSH_BANNER)
+        elif self.service == "authd":
+            transport.write(AUTHD_BANNER)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.service == "iscsi":
+            self.head += data[: ISCSI_BHS - len(self.head)]
+            if len(self.head) < ISCSI_BHS:
+                return
+            if self.head[0] & 0x3F == ISCSI_LOGIN_REQUEST:
+                # Target error / service unavailable: a stand-in is not an iSCSI target.
+                self.transport.write(iscsi_login_response(self.head, 0x03, 0x01))
+        self.transport.close()  # after what was written is sent
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself (and TLS has nothing to warn about)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.transport is not None:
+            self.live.discard(self.transport)
+        self.done()
+
+
+@dataclasses.dataclass
+class _Held:
+    """One port being held: its listening socket and spec."""
+
+    spec: ListenSpec
+    sock: socket.socket
+    paused: asyncio.TimerHandle | None = None
 
 
 class ListenerSet:
@@ -50,18 +139,27 @@ class ListenerSet:
         tls_context: ssl.SSLContext | None,
         idle_timeout: float = 3.0,
         max_peers: int = MAX_PEERS,
+        caps: ConnectionCaps = ConnectionCaps(),
     ) -> None:
         self.bind = bind
         self.tls_context = tls_context
         self.idle_timeout = idle_timeout
-        self.peers: deque[PeerSeen] = deque(maxlen=max_peers)
+        self.caps = caps
+        self.max_peers = max(1, max_peers)
+        # (port, source address) -> when last seen, since the last take_peers().
+        self._peers: dict[tuple[int, str], float] = {}
         self.peers_dropped = 0
-        self._servers: dict[int, asyncio.Server] = {}
+        self._held: dict[int, _Held] = {}
         self._status: dict[int, ListenerStatus] = {}
-        self._specs: dict[int, ListenSpec] = {}
         # Ports held earlier and released (plan change, shutdown): reported as "closed".
         self._closed: dict[int, ListenerStatus] = {}
-        self._conns: set[asyncio.StreamWriter] = set()
+        self.open_connections = 0
+        self._per_port: Counter[int] = Counter()
+        self._per_source: Counter[str] = Counter()
+        # Connections accepted and closed at once, by the cap they met: total|port|source.
+        self.capped: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._live: set[asyncio.Transport] = set()
         self._tls_slots: asyncio.Semaphore | None = None
 
     def statuses(self) -> tuple[ListenerStatus, ...]:
@@ -70,60 +168,67 @@ class ListenerSet:
         return tuple(merged[p] for p in sorted(merged))
 
     def take_peers(self) -> tuple[PeerSeen, ...]:
-        """The peers seen since the last call (oldest first)."""
-        out = tuple(self.peers)
-        self.peers.clear()
-        return out
+        """The peers seen since the last call, oldest first: one per (port, source address),
+        with the latest time it connected."""
+        peers = self._peers.items()
+        out = sorted((PeerSeen(port=p, src_address=a, at=at) for (p, a), at in peers), key=_at)
+        self._peers.clear()
+        return tuple(out)
 
     async def reconcile(self, specs: Iterable[ListenSpec]) -> tuple[ListenerStatus, ...]:
         """Start listeners the plan adds, stop those it removes; keep the others running."""
         wanted = {s.port: s for s in specs}
-        for port in sorted(set(self._specs) - set(wanted)):
-            await self._stop(port, released=True)
+        current = {p: h.spec for p, h in self._held.items()}
+        for port in sorted(set(self._status) - set(wanted)):
+            self._stop(port, released=True)
         for port, spec in sorted(wanted.items()):
-            if self._specs.get(port) == spec and self._status[port].state == "listening":
+            if current.get(port) == spec and self._status[port].state == "listening":
                 continue
-            await self._stop(port)
+            self._stop(port)
             self._closed.pop(port, None)
-            self._specs[port] = spec
-            self._status[port] = await self._start(spec)
+            self._status[port] = self._start(spec)
         return self.statuses()
 
     async def close(self) -> None:
-        """Stop every listener; the ports held until now are reported ``closed`` from here on."""
-        for port in list(self._specs):
-            await self._stop(port, released=True)
-        for writer in list(self._conns):
-            writer.transport.abort()
+        """Stop every listener and drop open conversations; the ports held until now are
+        reported ``closed`` from here on."""
+        for port in list(self._status):
+            self._stop(port, released=True)
+        for task in list(self._tasks):
+            task.cancel()
+        for transport in list(self._live):
+            transport.abort()
         for _ in range(50):
-            if not self._conns:
+            if not self._tasks and not self._live:
                 break
             await asyncio.sleep(0.02)
 
-    async def _stop(self, port: int, released: bool = False) -> None:
+    def _stop(self, port: int, released: bool = False) -> None:
         """Stop holding `port`; with `released`, remember it as ``closed`` (if it was held)."""
-        self._specs.pop(port, None)
         status = self._status.pop(port, None)
-        server = self._servers.pop(port, None)
-        if server is not None:
-            server.close()
-            await server.wait_closed()
+        held = self._held.pop(port, None)
+        if held is not None:
+            if held.paused is not None:
+                held.paused.cancel()
+            else:
+                asyncio.get_running_loop().remove_reader(held.sock.fileno())
+            held.sock.close()
         if released and status is not None and status.state == "listening":
             self._closed[port] = ListenerStatus(port=port, state="closed", since=time.time())
 
-    async def _start(self, spec: ListenSpec) -> ListenerStatus:
+    def _start(self, spec: ListenSpec) -> ListenerStatus:
         now = time.time()
         sock = socket.socket(socket.AF_INET6 if ":" in self.bind else socket.AF_INET)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.bind, spec.port))
-            sock.listen(128)
+            sock.listen(BACKLOG)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
             return self._bind_failure(spec.port, exc, now)
-        server = await asyncio.start_server(lambda r, w: self._on_connect(spec, r, w), sock=sock)
-        self._servers[spec.port] = server
+        held = self._held[spec.port] = _Held(spec, sock)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, held)
         return ListenerStatus(port=spec.port, state="listening", since=now)
 
     def _bind_failure(self, port: int, exc: OSError, now: float) -> ListenerStatus:
@@ -142,53 +247,113 @@ class ListenerSet:
         log.warning("cannot listen on %s:%d: %s", self.bind, port, exc)
         return ListenerStatus(port=port, state="error", since=now, error=str(exc))
 
-    async def _on_connect(
-        self, spec: ListenSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        # Before the first await nothing has been read yet: pause, for a ClientHello read now
-        # into the plain stream's buffer would never reach start_tls and the handshake would
-        # hang (it did when several peers probed one port at once).
-        tls = spec.service in TLS_SERVICES and self.tls_context is not None
-        if tls and isinstance(writer.transport, asyncio.ReadTransport):
-            writer.transport.pause_reading()
-        peer = writer.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            if len(self.peers) == self.peers.maxlen:
-                self.peers_dropped += 1
-            self.peers.append(PeerSeen(port=spec.port, src_address=str(peer[0]), at=time.time()))
-        self._conns.add(writer)
-        try:
-            if len(self._conns) <= MAX_CONNECTIONS:
-                await asyncio.wait_for(self._converse(spec, reader, writer), self.idle_timeout)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            self._conns.discard(writer)
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+    def _accept(self, held: _Held) -> None:
+        """Accept what is waiting on one port (a burst at most), each conversation under the
+        caps; past a cap, record the peer and close at once."""
+        port = held.spec.port
+        for _ in range(ACCEPT_BURST):
+            try:
+                conn, addr = held.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_FDS:
+                    self._pause(held, exc)
+                    return
+                continue  # ECONNABORTED and the like: that one is gone, the next may not be
+            src = str(addr[0])
+            self._saw(port, src)
+            over = self._over_cap(port, src)
+            if over is not None:
+                self.capped[over] += 1
+                conn.close()
+                continue
+            self._converse(held.spec, conn, src)
 
-    async def _converse(
-        self, spec: ListenSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        if spec.service in TLS_SERVICES and self.tls_context is not None:
-            if self._tls_slots is None:
-                self._tls_slots = asyncio.Semaphore(MAX_TLS_SESSIONS)
-            async with self._tls_slots:
-                await writer.start_tls(self.tls_context, ssl_handshake_timeout=self.idle_timeout)
-                await writer.drain()
-                await reader.read(READ_LIMIT)
-            return
-        if spec.service == "ssh":
-            writer.write(SSH_BANNER)
-        elif spec.service == "authd":
-            writer.write(AUTHD_BANNER)
-        elif spec.service == "iscsi":
-            bhs = await reader.readexactly(ISCSI_BHS)
-            if bhs[0] & 0x3F == ISCSI_LOGIN_REQUEST:
-                # Target error / service unavailable: a stand-in is not an iSCSI target.
-                writer.write(iscsi_login_response(bhs, 0x03, 0x01))
-                await writer.drain()
-            return
-        await writer.drain()
-        await reader.read(READ_LIMIT)
+    def _pause(self, held: _Held, exc: OSError) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(held.sock.fileno())
+        log.warning("port %d: %s; accepting again in %g s", held.spec.port, exc, ACCEPT_PAUSE_S)
+
+        def resume() -> None:
+            held.paused = None
+            if self._held.get(held.spec.port) is held:
+                loop.add_reader(held.sock.fileno(), self._accept, held)
+
+        held.paused = loop.call_later(ACCEPT_PAUSE_S, resume)
+
+    def _saw(self, port: int, src: str) -> None:
+        key = (port, src)
+        if key not in self._peers and len(self._peers) >= self.max_peers:
+            del self._peers[next(iter(self._peers))]  # the oldest first seen
+            self.peers_dropped += 1
+        self._peers[key] = time.time()
+
+    def _over_cap(self, port: int, src: str) -> str | None:
+        if self.open_connections >= self.caps.total:
+            return "total"
+        if self._per_port[port] >= self.caps.per_port:
+            return "port"
+        if self._per_source[src] >= self.caps.per_source:
+            return "source"
+        return None
+
+    def _converse(self, spec: ListenSpec, conn: socket.socket, src: str) -> None:
+        """Count the conversation against the caps and run it; the counts are given back
+        once, when the connection is gone (or its TLS handshake failed)."""
+        self.open_connections += 1
+        self._per_port[spec.port] += 1
+        self._per_source[src] += 1
+        tls = spec.service in TLS_SERVICES and self.tls_context is not None
+        state = {"released": False, "slot": False}
+
+        def release() -> None:
+            if state["released"]:
+                return
+            state["released"] = True
+            self.open_connections -= 1
+            _decrement(self._per_port, spec.port)
+            _decrement(self._per_source, src)
+            if state["slot"] and self._tls_slots is not None:
+                self._tls_slots.release()
+
+        def factory() -> _Standin:
+            return _Standin(spec.service, self.idle_timeout, self._live, release)
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                conn.setblocking(False)
+                if not tls:
+                    await loop.connect_accepted_socket(factory, conn)
+                    return
+                if self._tls_slots is None:
+                    self._tls_slots = asyncio.Semaphore(MAX_TLS_SESSIONS)
+                start = loop.time()
+                await asyncio.wait_for(self._tls_slots.acquire(), self.idle_timeout)
+                state["slot"] = True
+                left = max(0.1, self.idle_timeout - (loop.time() - start))
+                await loop.connect_accepted_socket(
+                    factory, conn, ssl=self.tls_context, ssl_handshake_timeout=left
+                )
+            except (OSError, ssl.SSLError, TimeoutError):
+                conn.close()
+                release()
+            except asyncio.CancelledError:
+                conn.close()
+                release()
+                raise
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _at(peer: PeerSeen) -> float:
+    return peer.at
+
+
+def _decrement(counter: Counter[K], key: K) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
