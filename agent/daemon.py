@@ -23,7 +23,7 @@ from pathlib import Path
 
 from netcheck.agent import __version__, enrol
 from netcheck.agent.certs import StandinCert
-from netcheck.agent.errors import AuthError, InputError
+from netcheck.agent.errors import AuthError, EnrolError, InputError
 from netcheck.agent.health import AgentState, start_health_server
 from netcheck.agent.link import Backoff, HttpTransport, Link, LinkError, Transport
 from netcheck.agent.listeners import ListenerSet
@@ -124,6 +124,25 @@ def identity_problem(state_dir: str, join_token: str | None, now: float) -> str 
     return None
 
 
+ENROL_TRIES = 6  # waits of 1, 2, 4, 8 and 16 s between them: about half a minute in all
+
+
+async def _enrol_retrying(cfg: DaemonConfig) -> None:
+    """Enrol; a controller that is away or failed (5xx) is tried again, a refusal is final."""
+    assert cfg.ca_file is not None and cfg.join_token is not None and cfg.state_dir is not None
+    for attempt in range(ENROL_TRIES):
+        try:
+            await enrol.enrol(
+                cfg.controller, cfg.join_token, cfg.ca_file, cfg.state_dir, cfg.role, cfg.host
+            )
+            return
+        except EnrolError as exc:
+            if not exc.transient or attempt == ENROL_TRIES - 1:
+                raise
+            log.warning("enrolment failed (%s); trying again in %d s", exc, 2**attempt)
+            await asyncio.sleep(2**attempt)
+
+
 async def _mutual_tls(cfg: DaemonConfig) -> ssl.SSLContext:
     """This host's mutual-TLS context, after enrolling first when there is no (valid)
     certificate and a join token was given."""
@@ -140,9 +159,7 @@ async def _mutual_tls(cfg: DaemonConfig) -> ssl.SSLContext:
         log.info(
             "no valid certificate in %s: enrolling as %s/%s", cfg.state_dir, cfg.role, cfg.host
         )
-        await enrol.enrol(
-            cfg.controller, cfg.join_token, cfg.ca_file, cfg.state_dir, cfg.role, cfg.host
-        )
+        await _enrol_retrying(cfg)
         info = enrol.certificate_info(path)
     if info is not None:
         log.info(

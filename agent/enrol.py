@@ -249,7 +249,9 @@ async def _post(
             max_body=256 * 1024,
         )
     except (OSError, TimeoutError, EOFError, httpc.HttpError) as exc:  # ssl.SSLError: OSError
-        raise EnrolError(f"{url}: {exc or type(exc).__name__}") from None
+        # A certificate that does not verify is final; no connection or a timeout is not.
+        transient = not isinstance(exc, ssl.SSLError)
+        raise EnrolError(f"{url}: {exc or type(exc).__name__}", transient=transient) from None
     try:
         data = json.loads(resp.body)
     except ValueError:
@@ -257,7 +259,7 @@ async def _post(
     if resp.status != 200:
         why = data.get("detail") or data.get("error") if isinstance(data, dict) else None
         text = why or resp.body[:200].decode("utf-8", "replace")
-        raise EnrolError(f"{url}: {resp.status} {text}")
+        raise EnrolError(f"{url}: {resp.status} {text}", transient=resp.status >= 500)
     if not isinstance(data, dict):
         raise EnrolError(f"{url}: not an enrolment answer")
     # The PEM fields; "not_after" is a number (the certificate itself is read for it).

@@ -61,7 +61,16 @@ class TlsRefused(TransportError, AuthError):
 
 
 class EnrolError(NetcheckAgentError):
-    """Enrolment or renewal failed; the text says why (the controller's reason when it gave one)."""
+    """Enrolment or renewal failed; the text says why (the controller's reason when it gave one).
+
+    ``transient``: the controller was away or failed (a 5xx, no connection): trying again
+    later may work. Anything else (a refused token, a certificate that does not verify) is
+    final.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class CertError(NetcheckAgentError, RuntimeError):

@@ -304,6 +304,13 @@ async def _enrol_refused(request: web.Request, exc: enrolment.EnrolError) -> web
     return web.json_response(exc.body(), status=exc.status)
 
 
+def _busy(why: str) -> web.Response:
+    """503 with Retry-After: the database could not take the write now; nothing was used."""
+    resp = _error(503, f"the controller's database is busy ({why}); try again")
+    resp.headers["Retry-After"] = "1"
+    return resp
+
+
 @routes.post("/api/v1/enrol")
 async def enrol(request: web.Request) -> web.Response:
     """A join token and a CSR (no client certificate needed) -> a client certificate."""
@@ -319,6 +326,9 @@ async def enrol(request: web.Request) -> web.Response:
         cert = await asyncio.to_thread(enrolment.enrol, *args, req.csr, now, **kw)
     except enrolment.EnrolError as exc:
         return await _enrol_refused(request, exc)
+    except sqlite3.OperationalError as exc:  # the ledger was busy: nothing used, try again
+        log.warning("enrolment of %s not done: %s", req.host, exc)
+        return _busy(str(exc))
     log.info("enrolled %s %s", req.role or "", req.host)
     return _enrolment_answer(trust, cert, None)
 
@@ -340,4 +350,7 @@ async def renew(request: web.Request) -> web.Response:
         cert = await asyncio.to_thread(enrolment.renew, *args, csr, now, issued=trust.issued)
     except enrolment.EnrolError as exc:
         return await _enrol_refused(request, exc)
+    except sqlite3.OperationalError as exc:  # the ledger was busy: try again
+        log.warning("renewal not done: %s", exc)
+        return _busy(str(exc))
     return _enrolment_answer(trust, cert, None)

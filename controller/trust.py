@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from aiohttp import web
 
 from netcheck.controller.authz import Sender
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.joins import IssuedCerts, JoinTokens
+from netcheck.controller.joins import IssuedCerts, JoinTokens, connection_lock
 from netcheck.controller.pki import Ca, CaFiles, Identity, identity_of, load_ca
 from netcheck.controller.refusals import Denied
 from netcheck.controller.store import Store
@@ -71,7 +70,9 @@ class Trust:
         self.files, self.ca, self._conn, self._clock = files, ca, conn, clock
         self.joins = JoinTokens(conn)
         self.issued = IssuedCerts(conn)
-        self._lock = threading.Lock()
+        # The one lock of this connection, shared with the ledger objects: the connection is
+        # used from the event loop (refresh) and from worker threads (enrolment, renewal).
+        self._lock = connection_lock(conn)
         self._seen = -1
         self.revoked: frozenset[int] = frozenset()
         self.refresh()

@@ -94,6 +94,7 @@ class Site:
     batches: list[tuple[int, ResultBatch]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     renew_failures: int = 0  # answer the next renewals 503
+    enrol_failures: int = 0  # answer the next enrolments 503
     renewals: int = 0
     first_batch: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -150,6 +151,9 @@ def add_agent_routes(app: web.Application, site: Site) -> None:
     @web.middleware
     async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
         site.paths.append(request.path)
+        if request.path == agent_enrol.ENROL_PATH and site.enrol_failures > 0:
+            site.enrol_failures -= 1
+            return web.json_response({"error": "database is busy"}, status=503)
         if request.path == agent_enrol.RENEW_PATH:
             # The first renewal waits for a batch sent with the first certificate.
             await asyncio.wait_for(site.first_batch.wait(), 30)
@@ -270,6 +274,20 @@ async def test_serve_enrols_first_with_a_join_token(site: Site, tmp_path: Path) 
     assert code == 0, err
     assert site.paths.count(agent_enrol.ENROL_PATH) == 1
     assert set(site.serials()) == {serial}
+
+
+async def test_serve_tries_enrolment_again_after_a_server_error(site: Site, tmp_path: Path) -> None:
+    """A 5xx at enrolment (the controller failed) is tried again with backoff; the token is
+    still good, so the second try enrols and the agent reports."""
+    state = tmp_path / "state"
+    token_file = write_token(tmp_path / "join", site.token())
+    site.enrol_failures = 1
+    argv = serve_args(site, state, "--once", "--ca", str(site.ca))
+    code, _, err = await agent(*argv, "--join-token-file", str(token_file))
+    assert code == 0, err
+    assert "trying again in 1 s" in err
+    assert site.paths[:2] == [agent_enrol.ENROL_PATH, agent_enrol.ENROL_PATH]
+    assert set(site.serials()) == {serial_of(state / agent_enrol.IDENTITY)}
 
 
 def backdate(site: Site, state: Path, expires_in_s: float) -> int:

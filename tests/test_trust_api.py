@@ -461,3 +461,59 @@ def test_an_agent_is_not_throttled_by_refusals_from_its_source(site: Site) -> No
     status, _, _ = site._once("POST", "/api/v1/register", reg, ctx, None)
     assert status == 200
     assert site._once("GET", "/metrics", None, None, None)[0] == 429
+
+
+def test_agents_enrolling_at_once_all_get_a_certificate(site: Site) -> None:
+    """Enrolments race each other and the revocation check of agents' requests (one ledger
+    connection, used from the event loop and from worker threads): every one succeeds."""
+    import concurrent.futures
+
+    hosts = [("user", "admin-ws"), ("prem_manager", "prem-mgr"), ("cloud_manager", "cloud-mgr")]
+    tokens = {host: site.join_token(role, host) for role, host in hosts}
+    busy = site.agent("prem_vm", "db-01")
+
+    def enrol(host: str) -> int:
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .sign(key, hashes.SHA256())
+        )
+        pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+        body = {"token": tokens[host], "host": host, "csr": pem}
+        return site.request("POST", "/api/v1/enrol", body)[0]
+
+    def poll() -> int:
+        return site.request("GET", "/api/v1/plan?role=prem_vm&host=db-01", ctx=busy)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        polls = [pool.submit(poll) for _ in range(12)]
+        enrolled = list(pool.map(enrol, tokens))
+    assert enrolled == [200, 200, 200]
+    assert {f.result() for f in polls} == {200}
+
+
+def test_a_busy_database_at_enrolment_is_503_and_the_token_stays_good(site: Site) -> None:
+    """Another writer holds the database past the busy timeout: 503 with Retry-After (the
+    agent tries again), not 500, and the join token is not used up."""
+    token = site.join_token("cloud_vm", "cloud-vm-1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloud-vm-1")]))
+        .sign(key, hashes.SHA256())
+    )
+    body = {
+        "token": token,
+        "host": "cloud-vm-1",
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+    }
+    blocker = sqlite3.connect(site.db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        status, answer, retry_after = site._once("POST", "/api/v1/enrol", body, None, None)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert (status, retry_after) == (503, 1), answer
+    assert site.request("POST", "/api/v1/enrol", body)[0] == 200
