@@ -2,7 +2,10 @@
 
 A few lines of HTTP/1.1 on :func:`asyncio.start_server`, standard library only: ``GET`` (or
 ``HEAD``) of the two paths, one request per connection, the request head bounded in size and
-time, so a stuck or hostile client costs one short-lived connection and nothing more.
+time, so a stuck or hostile client costs one short-lived connection and nothing more. At most
+:data:`MAX_CONNECTIONS` are open at once; a new one past that closes the connection that has
+waited longest without sending its request, so idle connections, however many, never keep a
+liveness probe from its answer.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 LISTEN_STATES: tuple[ListenState, ...] = ("listening", "occupied", "denied", "error")
 MAX_REQUEST_HEAD = 8 * 1024
 REQUEST_TIMEOUT_S = 5.0
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 64
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
@@ -43,6 +46,7 @@ class AgentState:
     listeners: ListenerSet | None = None
     probes: Counter[str] = dataclasses.field(default_factory=Counter)
     rounds: int = 0
+    round_failures: int = 0
     started_at: float = dataclasses.field(default_factory=time.time)
 
     def count(self, results: list[ProbeResult]) -> None:
@@ -53,6 +57,8 @@ class AgentState:
 def metric_families(s: AgentState) -> list[Family]:
     link = s.link
     held = Counter(x.state for x in s.listeners.statuses()) if s.listeners else Counter()
+    dropped = link.dropped if link else Counter()
+    peers_dropped = s.listeners.peers_dropped if s.listeners else 0
     families = [
         exposition.labelled(
             "netcheck_agent_probes",
@@ -73,10 +79,13 @@ def metric_families(s: AgentState) -> list[Family]:
             "Results waiting for the controller.",
             link.buffered if link else 0,
         ),
-        exposition.counter(
+        exposition.labelled(
             "netcheck_agent_dropped_results",
-            "Results dropped (buffer full while the controller was away, or rejected).",
-            link.dropped_total if link else 0,
+            "counter",
+            "Records dropped, by kind: results (buffer full while the controller was away, "
+            "or rejected) and peer records (more than the bound between two reports).",
+            "kind",
+            (("result", dropped["result"]), ("peer", dropped["peer"] + peers_dropped)),
         ),
         exposition.counter(
             "netcheck_agent_rejected_batches",
@@ -95,11 +104,46 @@ def metric_families(s: AgentState) -> list[Family]:
     families.append(
         exposition.counter("netcheck_agent_probe_rounds", "Probe rounds run.", s.rounds)
     )
+    families.append(
+        exposition.counter(
+            "netcheck_agent_probe_round_failures",
+            "Probe rounds that failed with an error (logged; the next round runs).",
+            s.round_failures,
+        )
+    )
+    if s.listeners is not None:
+        families += standin_families(s.listeners)
     info = exposition.Sample((("version", __version__), ("mode", s.mode)), 1)
     families.append(
         exposition.Family("netcheck_agent_info", "gauge", "Agent version and probe mode.", (info,))
     )
     return families
+
+
+def standin_families(ls: ListenerSet) -> list[Family]:
+    """The stand-in listeners' connections: open, their caps, and those closed at a cap."""
+    caps = (("total", ls.caps.total), ("port", ls.caps.per_port), ("source", ls.caps.per_source))
+    return [
+        exposition.gauge(
+            "netcheck_agent_standin_connections",
+            "Conversations the stand-in listeners hold now.",
+            ls.open_connections,
+        ),
+        exposition.labelled(
+            "netcheck_agent_standin_connection_limit",
+            "gauge",
+            "Conversations held at most: in all, per port, per source address.",
+            "scope",
+            caps,
+        ),
+        exposition.labelled(
+            "netcheck_agent_standin_connections_capped",
+            "counter",
+            "Connections accepted and closed at once because a cap was reached, by cap.",
+            "scope",
+            ((scope, ls.capped.get(scope, 0)) for scope, _ in caps),
+        ),
+    ]
 
 
 def healthz(state: AgentState) -> dict[str, Any]:
@@ -149,6 +193,9 @@ class HealthServer:
         self.request_timeout_s = request_timeout_s
         self.server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        # Connections that have not sent their request head yet, oldest first.
+        self._idle: dict[asyncio.StreamWriter, None] = {}
+        self.evicted = 0
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(
@@ -161,14 +208,22 @@ class HealthServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= MAX_CONNECTIONS and self._idle:
+            oldest = next(iter(self._idle))
+            del self._idle[oldest]
+            oldest.transport.abort()
+            self.evicted += 1
         self._conns.add(writer)
+        self._idle[writer] = None
         try:
-            if len(self._conns) > MAX_CONNECTIONS:
+            if len(self._conns) > MAX_CONNECTIONS:  # every other one is answering
                 return
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_timeout_s)
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
                 return
+            finally:
+                self._idle.pop(writer, None)
             status, headers, body = respond(self.state, head)
             writer.write(encode_response(status, headers, body, head.startswith(b"HEAD ")))
             await asyncio.wait_for(writer.drain(), self.request_timeout_s)
@@ -176,6 +231,7 @@ class HealthServer:
             log.debug("health connection: %s", exc)
         finally:
             self._conns.discard(writer)
+            self._idle.pop(writer, None)
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

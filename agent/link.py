@@ -4,9 +4,13 @@ The transport is a small protocol (:class:`Transport`); :class:`HttpTransport` s
 with a client certificate (mutual TLS, the context swapped in place at renewal by
 :meth:`HttpTransport.use_ssl_context`), or plain HTTP with the shared bearer token of
 insecure labs. A refused credential (401, 403, or a controller certificate that fails our CA)
-is an :class:`AuthError`, so the daemon can tell it from an outage. Nothing is lost
-silently: results beyond the buffer bound are dropped oldest first and counted, and the count
-travels in ``ResultBatch.dropped``.
+is an :class:`AuthError`, so the daemon can tell it from an outage.
+
+Results and peer records wait in a :class:`~netcheck.agent.spool.Spool` (on disk with a spool
+directory: they survive a restart, ``kill -9`` included); each batch is read from its oldest
+records, and only the records the controller answered for are deleted. Nothing is lost
+silently: records beyond the bound are dropped oldest first and counted by kind, and the
+count of dropped results travels in ``ResultBatch.dropped``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import json
 import logging
 import ssl
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from netcheck.agent import httpc
 from netcheck.agent.errors import AuthError, InputError, LinkError, TlsRefused, TransportError
+from netcheck.agent.spool import Kind, Spool
 from netcheck.agent.wire import (
     ListenerStatus,
     PeerSeen,
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 REGISTER_PATH = "/api/v1/register"
 RESULTS_PATH = "/api/v1/results"
 
+T = TypeVar("T")
 __all__ = ["AuthError", "HttpTransport", "Link", "LinkError", "Transport", "TransportError"]
 REFUSED = (401, 403)
 
@@ -112,7 +118,8 @@ class HttpTransport:
 
 
 class Link:
-    """Registration, the bounded result buffer and batched delivery."""
+    """Registration, the bounded result buffer (`spool`, in memory if none is given) and
+    batched delivery."""
 
     def __init__(
         self,
@@ -120,31 +127,48 @@ class Link:
         registration: Registration,
         buffer_size: int = 50_000,
         batch_size: int = 1_000,
+        spool: Spool | None = None,
     ) -> None:
         self.transport = transport
         self.registration = registration
-        self.buffer_size = max(1, buffer_size)
+        self.spool = spool if spool is not None else Spool(None, buffer_size)
+        self.buffer_size = self.spool.bound
         self.batch_size = max(1, batch_size)
         self.plan: Plan | None = None
         self.plan_version = 0
-        self._results: deque[ProbeResult] = deque()
-        self._peers: deque[PeerSeen] = deque(maxlen=self.buffer_size)
         self._listeners: tuple[ListenerStatus, ...] = ()
         self._listeners_dirty = False
         self._lock = asyncio.Lock()
-        self.dropped_unsent = 0  # dropped since the last accepted batch: sent in `dropped`
-        self.dropped_total = 0
         self.rejected_batches = 0
         self.accepted_results = 0
         self.last_report: float | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._results)
+        """Results waiting (committed to the spool)."""
+        return self.spool.count("result")
+
+    @property
+    def dropped_unsent(self) -> int:
+        """Results dropped and not yet reported to the controller (sent in ``dropped``)."""
+        return self.spool.unsent_dropped
+
+    @property
+    def dropped_total(self) -> int:
+        """Results dropped: buffer full while the controller was away, or refused (400)."""
+        return self.spool.dropped["result"]
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """Records dropped, by kind (``result``, ``peer``)."""
+        return Counter(self.spool.dropped)
 
     @property
     def pending(self) -> bool:
-        return bool(self._results or self._peers or self._listeners_dirty or self.dropped_unsent)
+        s = self.spool
+        return bool(
+            s.count("result") or s.count("peer") or self._listeners_dirty or s.unsent_dropped
+        )
 
     async def register(self) -> Plan:
         status, body = await self.transport.post(REGISTER_PATH, encode(self.registration))
@@ -174,24 +198,20 @@ class Link:
         listeners: tuple[ListenerStatus, ...] | None = None,
         peers: Iterable[PeerSeen] = (),
     ) -> None:
-        self._results.extend(results)
-        self._trim()
+        """Buffer `results` and `peers` (durably, with a spool directory: when this returns
+        they count as buffered), and the newest listener states."""
         if listeners is not None:
             self._listeners = listeners
             self._listeners_dirty = True
-        for peer in peers:
-            if len(self._peers) == self._peers.maxlen:
-                self.dropped_total += 1
-            self._peers.append(peer)
-
-    def _trim(self) -> None:
-        excess = len(self._results) - self.buffer_size
-        for _ in range(max(0, excess)):
-            self._results.popleft()
-        if excess > 0:
-            self.dropped_unsent += excess
-            self.dropped_total += excess
-            log.warning("result buffer full: dropped the %d oldest results", excess)
+        batches: tuple[tuple[Kind, Iterable[ProbeResult | PeerSeen]], ...] = (
+            ("result", results),
+            ("peer", peers),
+        )
+        for kind, records in batches:
+            bodies = [_record(r) for r in records]
+            dropped = self.spool.append(kind, bodies) if bodies else 0
+            if dropped:
+                log.warning("%s buffer full: dropped the %d oldest", kind, dropped)
 
     async def flush(self) -> None:
         """Deliver everything buffered; raises :class:`LinkError` (data kept) when it cannot."""
@@ -200,39 +220,39 @@ class Link:
                 await self._send_one()
 
     async def _send_one(self) -> None:
-        chunk = [self._results.popleft() for _ in range(min(self.batch_size, len(self._results)))]
-        peers = [self._peers.popleft() for _ in range(min(self.batch_size, len(self._peers)))]
+        rows = self.spool.oldest("result", self.batch_size)
+        peer_rows = self.spool.oldest("peer", self.batch_size)
+        results, peers = _decode_rows(ProbeResult, rows), _decode_rows(PeerSeen, peer_rows)
+        unreadable = Counter(
+            {"result": len(rows) - len(results), "peer": len(peer_rows) - len(peers)}
+        )
         batch = ResultBatch(
             role=self.registration.role,
             host=self.registration.host,
-            results=tuple(chunk),
+            results=tuple(results),
             listeners=self._listeners,
             peers=tuple(peers),
             sent_at=time.time(),
             dropped=self.dropped_unsent,
         )
-        try:
-            status, body = await self._post_batch(batch)
-        except BaseException:
-            self._requeue(chunk, peers)
-            raise
+        status, body = await self._post_batch(batch)  # an exception: nothing was removed
+        answered = [i for i, _ in rows] + [i for i, _ in peer_rows]
         if status == 200:
-            self.accepted_results += len(chunk)
-            self.dropped_unsent -= batch.dropped
+            self.spool.delete(answered, batch.dropped, unreadable)
+            self.accepted_results += len(results)
             self._listeners_dirty = False
             self.last_report = time.time()
             return
         if status == 400:
             # The controller will never take this batch: drop it, counted, and go on.
             self.rejected_batches += 1
-            self.dropped_unsent -= batch.dropped
-            self.dropped_total += len(chunk)
+            unreadable.update({"result": len(results), "peer": len(peers)})
+            self.spool.delete(answered, batch.dropped, unreadable)
             self._listeners_dirty = False
             log.error(
-                "controller rejected a batch of %d results: %s", len(chunk), _error_text(body)
+                "controller rejected a batch of %d results: %s", len(results), _error_text(body)
             )
             return
-        self._requeue(chunk, peers)
         if status in REFUSED:
             raise AuthError(f"results refused: HTTP {status} {_error_text(body)}", status)
         raise LinkError(f"results refused: HTTP {status} {_error_text(body)}")
@@ -245,10 +265,21 @@ class Link:
             status, body = await self.transport.post(RESULTS_PATH, encode(batch))
         return status, body
 
-    def _requeue(self, chunk: list[ProbeResult], peers: list[PeerSeen]) -> None:
-        self._results.extendleft(reversed(chunk))
-        self._trim()
-        self._peers.extendleft(reversed(peers))
+
+def _record(item: ProbeResult | PeerSeen) -> bytes:
+    return json.dumps(encode(item), separators=(",", ":")).encode()
+
+
+def _decode_rows(cls: type[T], rows: list[tuple[int, bytes]]) -> list[T]:
+    """The records of `rows` that still decode (a spool written by another version may hold
+    some that do not: those are dropped, counted by the caller)."""
+    out: list[T] = []
+    for _, body in rows:
+        try:
+            out.append(decode(cls, json.loads(body)))
+        except (ValueError, WireError) as exc:
+            log.error("dropping an unreadable %s record from the spool: %s", cls.__name__, exc)
+    return out
 
 
 def _error_text(body: Any) -> str:
