@@ -149,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mode", choices=("auto", "connect", "syn"), default="auto")
     serve.add_argument("--buffer", type=int, default=50_000, help="results kept while away")
     serve.add_argument(
+        "--spool-dir",
+        type=Path,
+        help="keep buffered results here, on disk, across restarts and crashes (default: "
+        "STATE_DIR/spool with --state-dir, else in memory)",
+    )
+    serve.add_argument(
         "--splay",
         type=float,
         default=60.0,
@@ -276,6 +282,12 @@ def _trust_args(args: argparse.Namespace) -> tuple[str | None, str | None, str |
     return None, state, join
 
 
+def _spool_dir(args: argparse.Namespace) -> str | None:
+    if args.spool_dir is not None:
+        return str(args.spool_dir)
+    return str(args.state_dir / "spool") if args.state_dir is not None else None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from netcheck.agent.daemon import DaemonConfig, serve
 
@@ -300,6 +312,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         health_listen=f"[{health[0]}]:{health[1]}" if health else None,
         mode_request=args.mode,
         buffer_size=args.buffer,
+        spool_dir=_spool_dir(args),
         first_run_cap_s=max(0.0, args.splay),
     )
     return asyncio.run(serve(cfg))

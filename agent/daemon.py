@@ -28,6 +28,7 @@ from netcheck.agent.health import AgentState, start_health_server
 from netcheck.agent.link import Backoff, HttpTransport, Link, LinkError, Transport
 from netcheck.agent.listeners import ListenerSet
 from netcheck.agent.runner import choose_mode, run_plan, schedule
+from netcheck.agent.spool import Spool
 from netcheck.agent.wire import ProbeMode, Registration
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,13 @@ class DaemonConfig:
     refused_backoff_s: float = 60.0
     refused_backoff_max_s: float = 900.0
     first_run_cap_s: float = 60.0
-    # How long the last flush may take at shutdown (and, with --once, the whole delivery).
+    # How long the last flush may take with --once (the whole delivery).
     final_flush_s: float = 30.0
+    # How long the last flush may take when a signal stops a serving agent: what is not
+    # delivered by then stays in the spool for the next start.
+    stop_flush_s: float = 3.0
+    # Where buffered results are kept across restarts (agent.spool); None: in memory.
+    spool_dir: str | None = None
 
 
 async def _wait(stop: asyncio.Event, delay: float) -> bool:
@@ -195,9 +201,9 @@ async def _flush_loop(
             await _wait(stop, delay)
 
 
-async def _final_flush(link: Link, cfg: DaemonConfig) -> bool:
+async def _final_flush(link: Link, cfg: DaemonConfig, budget_s: float | None = None) -> bool:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + cfg.final_flush_s
+    deadline = loop.time() + (cfg.final_flush_s if budget_s is None else budget_s)
     backoff = Backoff(cfg.backoff_initial_s, min(cfg.backoff_max_s, 5.0))
     while True:
         try:
@@ -252,8 +258,14 @@ async def _probe_loop(
         if link.plan_version != plan_version:
             await listeners.reconcile(plan.listen)
             plan_version = link.plan_version
-        results = await run_plan(plan, mode)
-        state.count(results)
+        try:
+            results = await run_plan(plan, mode)
+        except Exception:  # a bug or the host's trouble: logged, and the next round runs
+            state.round_failures += 1
+            log.exception("probe round %d failed", state.rounds + state.round_failures)
+            results = []
+        else:
+            state.count(results)
         link.add(results, listeners.statuses(), listeners.take_peers())
         wake.set()
         if cfg.once or await _wait(stop, next(delays)):
@@ -270,7 +282,10 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
     if transport is None:
         ctx = await _mutual_tls(cfg) if cfg.state_dir else None
         transport = http = HttpTransport(cfg.controller, cfg.token, ssl_context=ctx)
-    link = Link(transport, registration, cfg.buffer_size)
+    spool = Spool(cfg.spool_dir, cfg.buffer_size)
+    if cfg.spool_dir is None:
+        log.info("no --spool-dir: results wait in memory while the controller is away")
+    link = Link(transport, registration, cfg.buffer_size, spool=spool)
     state = AgentState(mode=mode, link=link)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -319,16 +334,21 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
         if flusher is not None:
-            await flusher
+            flusher.cancel()  # a delivery in flight keeps its records in the spool
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
         if listeners is not None:
             # Closed first: the final batch says since when the ports are no longer held.
             await listeners.close()
             link.add(listeners=listeners.statuses(), peers=listeners.take_peers())
         if link.plan is not None:
-            delivered = await _final_flush(link, cfg)
+            delivered = await _final_flush(link, cfg, None if cfg.once else cfg.stop_flush_s)
+            if not delivered and cfg.spool_dir is not None:
+                log.info("%d results stay in the spool for the next start", link.buffered)
         if cfg.once and not delivered:
             log.error("--once: results were not delivered")
         await link.transport.close()
+        spool.close()
         if cert is not None:
             cert.cleanup()
         if health is not None:
