@@ -211,6 +211,7 @@ class HealthServer:
         if len(self._conns) >= MAX_CONNECTIONS and self._idle:
             oldest = next(iter(self._idle))
             del self._idle[oldest]
+            self._conns.discard(oldest)  # now, not when its handler next runs
             oldest.transport.abort()
             self.evicted += 1
         self._conns.add(writer)
@@ -239,10 +240,14 @@ class HealthServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-            for writer in list(self._conns):
+            for writer in [*self._conns, *self._idle]:
                 writer.transport.abort()
             await self.server.wait_closed()
             self.server = None
+            for _ in range(50):  # let the handlers see their connection gone
+                if not self._conns and not self._idle:
+                    break
+                await asyncio.sleep(0.01)
 
 
 async def start_health_server(state: AgentState, listen: str) -> HealthServer:

@@ -270,8 +270,10 @@ async def test_healthz_and_metrics(health: tuple[HealthServer, AgentState]) -> N
     assert samples[("netcheck_agent_last_report_timestamp_seconds", ())] == 1712345678.25
     assert samples[("netcheck_agent_probe_rounds_total", ())] == 2
     assert samples[("netcheck_agent_info", (("mode", "connect"), ("version", "0.1.0")))] == 1
-    for name in ("buffered_results", "dropped_results_total", "rejected_batches_total"):
+    for name in ("buffered_results", "rejected_batches_total"):
         assert samples[(f"netcheck_agent_{name}", ())] == 0
+    for kind in ("result", "peer"):
+        assert samples[("netcheck_agent_dropped_results_total", (("kind", kind),))] == 0
     if shutil.which("promtool"):
         out = await asyncio.to_thread(promtool_check, text)
         assert out.returncode == 0, out.stdout + out.stderr
