@@ -58,7 +58,7 @@ from netcheck.controller.expand import ExpectedCheck, by_source, expected
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.metrics import RefusalCollector, StoreCollector
 from netcheck.controller.refusals import Refusals
-from netcheck.controller.routes import MAX_BODY, routes
+from netcheck.controller.routes import MAX_BODY, prime, routes
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 from netcheck.controller.trust import Trust
@@ -128,6 +128,7 @@ async def _collector_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY].register(collector)
     refused = RefusalCollector(app[REFUSALS])
     app[REGISTRY].register(refused)
+    prime(app)  # the first evaluation, in the background: the first reader need not wait
     try:
         yield
     finally:

@@ -1,21 +1,42 @@
-"""The current evaluation, computed at most once per (store version, time bucket).
+"""The current evaluation, and what is derived from it, computed at most once per generation.
 
 ``/``, ``/metrics``, ``/api/v1/report`` and ``/api/v1/gate`` all read the same evaluation.
-It is recomputed only when the store committed something since (:attr:`Store.version`) or
-the clock entered a new bucket of ``bucket_s`` seconds (so results still age to ``stale``
-without any new write). The gate decisions of every mode are cached with it
-(:meth:`EvaluationCache.with_gates`). The store is read through its read-only connection, so
-a reader never waits for a commit. While one thread computes a new evaluation, the others
-are answered at once with the previous one if it is younger than ``max_stale_s`` (stale while
-revalidate: under a burst of commits a reader waits for at most one evaluation in a row, not
-for each). :meth:`EvaluationCache.get` blocks: call it from a worker thread.
+A new one is computed only when the store committed something since (:attr:`Store.version`)
+or the clock entered a new bucket of ``bucket_s`` seconds (so results still age to ``stale``
+without any new write). The store is read through its read-only connection, so a computation
+never waits for a commit. What readers derive from an evaluation (the gates, the rendered
+page and reports, the metrics families: :meth:`EvaluationCache.derived`) is cached with it,
+so every read after the first is a lookup.
+
+Computations run in one background thread at a time, never in a reader's:
+
+- **Bounded wait.** A reader asks for a new generation and waits for it at most ``wait_s``
+  (0.1 s); a small site's evaluation is done by then (the reader sees its own writes). A big
+  site's reader is answered meanwhile with the previous generation.
+- **Bounded staleness.** The previous generation is served only while younger than
+  ``max_stale_s`` (30 s, by the evaluation's own clock: its ``generated_at`` is on the page
+  and in the report); an older one, or none, is waited for without bound.
+- **Bounded share (duty cycle).** A computation starts no sooner than ``duty`` (3) x the
+  last one's duration after the last one ended, so under continuous readers and writes the
+  evaluation takes at most 1/(1 + duty) of the time (a quarter of a core) and ingest the rest.
+  ``max_stale_s`` stays the bound: the gap is ``duty`` x a duration far below it.
+- **Pre-derived.** Before a new generation is published, the background thread derives in it
+  every slot read within the last ``recent_s`` (60 s): the page, a report, the metrics are
+  ready when a reader first sees the new generation.
+
+:meth:`EvaluationCache.get` and :meth:`~EvaluationCache.derived` block: call them from a
+worker thread. The first generation is computed at start (:meth:`EvaluationCache.prime`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from netcheck.controller.evaluate import evaluate
 from netcheck.controller.expand import Expected, expected
@@ -26,7 +47,13 @@ from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 
 BUCKET_SECONDS = 1.0
-MAX_STALE_SECONDS = 5.0
+MAX_STALE_SECONDS = 30.0
+WAIT_SECONDS = 0.1
+DUTY = 3.0
+RECENT_SECONDS = 60.0
+log = logging.getLogger("netcheck.controller")
+T = TypeVar("T")
+Key = tuple[int, int]  # (store version, time bucket)
 
 
 def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -> Evaluation:
@@ -34,8 +61,29 @@ def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -
     return evaluate(spec, expected(spec, inventory), store.snapshot(), now)
 
 
+@dataclass
+class Generation:
+    """One evaluation and what was derived from it (each slot computed once)."""
+
+    key: Key
+    ev: Evaluation
+    _derived: dict[Hashable, Any] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def derive(self, slot: Hashable, make: Callable[[Generation], T]) -> T:
+        """``make(self)``, computed once per slot (makers may derive other slots)."""
+        with self._lock:
+            if slot not in self._derived:
+                self._derived[slot] = make(self)
+            return cast(T, self._derived[slot])
+
+
+def _newer_or_same(have: Key, want: Key) -> bool:
+    return have[0] >= want[0] and have[1] >= want[1]
+
+
 class EvaluationCache:
-    """Thread-safe; one computation at a time, the others wait for its answer."""
+    """Thread-safe: one background computation at a time; readers wait boundedly."""
 
     def __init__(
         self,
@@ -45,47 +93,140 @@ class EvaluationCache:
         clock: Callable[[], float],
         bucket_s: float = BUCKET_SECONDS,
         max_stale_s: float = MAX_STALE_SECONDS,
+        wait_s: float = WAIT_SECONDS,
+        duty: float = DUTY,
+        recent_s: float = RECENT_SECONDS,
     ) -> None:
         self._spec, self._expected, self._store = spec, expected, store
         self._clock, self._bucket, self._max_stale = clock, bucket_s, max_stale_s
-        self._lock = threading.Lock()  # guards the fields below
-        self._computing = threading.Lock()  # held by the one thread computing an evaluation
-        self._key: tuple[int, int] | None = None
-        self._ev: Evaluation | None = None
-        self._ev_at = 0.0
-        self._gates: tuple[Evaluation, tuple[GateDecision, ...]] | None = None
+        self._wait, self._duty, self._recent = wait_s, duty, recent_s
+        self._cond = threading.Condition()  # guards the fields below
+        self._gen: Generation | None = None
+        self._computing = False
+        self._wanted: Key | None = None  # the newest key a reader asked for
+        self._ended = -math.inf  # monotonic time the last computation ended
+        self._took = 0.0  # how long it took (seconds)
+        self._makers: dict[Hashable, tuple[Callable[[Generation], Any], float]] = {}
+        self._failure: BaseException | None = None
         self.computed = 0  # evaluations actually run (for tests)
 
-    def _key_now(self) -> tuple[tuple[int, int], float]:
+    def _key_now(self) -> tuple[Key, float]:
         now = self._clock()
         return (self._store.version, math.floor(now / self._bucket)), now
 
-    def get(self) -> Evaluation:
-        with self._lock:
-            key, now = self._key_now()
-            ev = self._ev
-            if ev is not None and key == self._key:
-                return ev
-            if ev is not None and self._computing.locked() and now - self._ev_at < self._max_stale:
-                return ev  # another thread is computing the new one: answer with this meanwhile
-        with self._computing:
-            with self._lock:
+    # -- computation (background thread) ---------------------------------------------------
+
+    def _start(self) -> None:
+        """Start the background computation unless one runs (call with the lock held)."""
+        if not self._computing:
+            self._computing = True
+            threading.Thread(target=self._compute, name="evaluation", daemon=True).start()
+
+    def _compute(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    want = self._wanted
+                    if want is None or (
+                        self._gen is not None and _newer_or_same(self._gen.key, want)
+                    ):
+                        self._computing = False
+                        self._cond.notify_all()
+                        return
+                    gap = self._ended + self._duty * self._took - time.monotonic()
+                if gap > 0:  # the duty cycle: let ingest have the time in between
+                    time.sleep(gap)
+                t0 = time.monotonic()
                 # The version is read before the data: a write landing meanwhile only makes
-                # the next call recompute.
+                # the next generation's key newer.
                 key, now = self._key_now()
-                if self._ev is not None and key == self._key:
-                    return self._ev  # computed while this thread waited
-            ev = evaluate(self._spec, self._expected, self._store.snapshot(), now)
-            with self._lock:
-                self._key, self._ev, self._ev_at = key, ev, now
-                self.computed += 1
-            return ev
+                gen = Generation(
+                    key, evaluate(self._spec, self._expected, self._store.snapshot(), now)
+                )
+                recent = time.monotonic() - self._recent
+                with self._cond:  # slots not read lately are forgotten
+                    self._makers = {s: ma for s, ma in self._makers.items() if ma[1] >= recent}
+                    makers = [(s, m) for s, (m, _) in self._makers.items()]
+                for slot, make in makers:
+                    gen.derive(slot, make)
+                with self._cond:
+                    self._gen, self._failure = gen, None
+                    self.computed += 1
+                    self._ended, self._took = time.monotonic(), time.monotonic() - t0
+                    self._cond.notify_all()
+        except BaseException as exc:  # readers waiting get the error; the next one retries
+            log.error("evaluation failed: %s", exc)
+            with self._cond:
+                self._computing, self._failure, self._wanted = False, exc, None
+                self._ended = time.monotonic()
+                self._cond.notify_all()
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def prime(self, *slots: tuple[Hashable, Callable[[Generation], Any]]) -> None:
+        """Compute the first generation now, in the background, with these slots derived."""
+        with self._cond:
+            for slot, make in slots:
+                self._makers[slot] = (make, time.monotonic())
+            self._wanted, _ = self._key_now()
+            self._start()
+
+    def generation(self) -> Generation:
+        """The current generation, or the previous one (see the module doc for the bounds)."""
+        with self._cond:
+            key, now = self._key_now()
+            gen = self._gen
+            if gen is not None and gen.key == key:
+                return gen
+            if self._wanted is None or not _newer_or_same(self._wanted, key):
+                self._wanted = key
+            self._failure = None
+            self._start()
+            fresh_enough = gen is not None and now - gen.ev.generated_at < self._max_stale
+            deadline = time.monotonic() + self._wait
+            while True:
+                cur = self._gen
+                if cur is not None and _newer_or_same(cur.key, key):
+                    return cur
+                if self._failure is not None:
+                    if fresh_enough and gen is not None:
+                        return gen
+                    raise self._failure
+                left = deadline - time.monotonic()
+                if fresh_enough and left <= 0 and cur is not None:
+                    return cur  # the previous one (or newer), while the new one is computed
+                if not self._computing:
+                    self._start()  # the one running ended with an older key
+                self._cond.wait(left if fresh_enough else None)
+
+    def get(self) -> Evaluation:
+        return self.generation().ev
+
+    def derived(self, slot: Hashable, make: Callable[[Generation], T]) -> T:
+        """``make(generation)`` for the current generation, computed once per generation.
+
+        The slot is remembered: the next generations derive it before they are published,
+        as long as it is read (within ``recent_s``).
+        """
+        return self.derived_with(slot, make)[1]
+
+    def derived_with(self, slot: Hashable, make: Callable[[Generation], T]) -> tuple[Generation, T]:
+        """:meth:`derived`, with the generation it was derived in."""
+        with self._cond:
+            self._makers[slot] = (make, time.monotonic())
+        gen = self.generation()
+        return gen, gen.derive(slot, make)
 
     def with_gates(self, inventory: Inventory) -> tuple[Evaluation, tuple[GateDecision, ...]]:
         """The evaluation and the gate decision of every mode, computed once per evaluation."""
-        ev = self.get()
-        with self._lock:
-            if self._gates is None or self._gates[0] is not ev:
-                modes = self._spec.modes
-                self._gates = (ev, tuple(gate(self._spec, inventory, ev, m) for m in modes))
-            return self._gates
+        gen, gates = self.derived_with(("gates",), self.gates_of(inventory))
+        return gen.ev, gates
+
+    def gates_of(self, inventory: Inventory) -> Callable[[Generation], tuple[GateDecision, ...]]:
+        """A maker of every mode's gate decision (for :meth:`Generation.derive`)."""
+        spec = self._spec
+
+        def make(g: Generation) -> tuple[GateDecision, ...]:
+            return tuple(gate(spec, inventory, g.ev, m) for m in spec.modes)
+
+        return make

@@ -9,15 +9,15 @@ per-agent metrics (one series per agent).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from netcheck.controller.evalcache import EvaluationCache
+from netcheck.controller.evalcache import EvaluationCache, Generation
 from netcheck.controller.gate import gate
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.model import Evaluation
+from netcheck.controller.model import Evaluation, GateDecision
 from netcheck.controller.refusals import REASONS, Refusals
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
@@ -26,8 +26,14 @@ VERDICTS = ("pass", "fail", "unknown")
 REJECT_REASONS = ("auth", "schema", "role", "size", "skew")
 
 
-def check_families(spec: Spec, inventory: Inventory, ev: Evaluation) -> Iterator[Metric]:
-    """The families that depend only on the evaluation (pure)."""
+def check_families(
+    spec: Spec,
+    inventory: Inventory,
+    ev: Evaluation,
+    gates: Sequence[GateDecision] | None = None,
+) -> Iterator[Metric]:
+    """The families that depend only on the evaluation (pure). ``gates``: every mode's
+    decision for ``ev``, in the order of ``spec.modes`` (computed here when None)."""
     checks = GaugeMetricFamily(
         "netcheck_checks",
         "Expected checks per interaction and role pair, by verdict.",
@@ -77,8 +83,8 @@ def check_families(spec: Spec, inventory: Inventory, ev: Evaluation) -> Iterator
     blocking = GaugeMetricFamily(
         "netcheck_gate_blocking_checks", "Checks blocking the mode's gate.", labels=["mode"]
     )
-    for mode in spec.modes:
-        d = gate(spec, inventory, ev, mode)
+    decisions = gates if gates is not None else [gate(spec, inventory, ev, m) for m in spec.modes]
+    for mode, d in zip(spec.modes, decisions, strict=True):
         go.add_metric([mode], 1.0 if d.decision == "go" else 0.0)
         blocking.add_metric([mode], len(d.blocking))
     unexpected = GaugeMetricFamily(
@@ -139,10 +145,27 @@ def counter_families(counters: dict[str, float]) -> Iterator[Metric]:
     yield from (results, batches, rejected, dropped, unexpected)
 
 
+# The slot of the evaluation's families in the evaluation cache (see EvaluationCache.derived).
+METRICS_SLOT = ("metrics",)
+
+
+def evaluation_families(
+    spec: Spec, inventory: Inventory, evaluation: EvaluationCache
+) -> Callable[[Generation], tuple[Metric, ...]]:
+    """A maker of the families of one generation (built once per evaluation)."""
+    gates_of = evaluation.gates_of(inventory)
+
+    def make(g: Generation) -> tuple[Metric, ...]:
+        return tuple(check_families(spec, inventory, g.ev, g.derive(("gates",), gates_of)))
+
+    return make
+
+
 class StoreCollector(Collector):
     """Everything above, at each scrape (blocking: call from a thread).
 
-    The evaluation comes from the shared cache; the counters are read fresh every time.
+    The evaluation's families are built once per evaluation (the shared cache's
+    :data:`METRICS_SLOT`); the agents' ages and the counters are read fresh every time.
     """
 
     def __init__(
@@ -155,12 +178,13 @@ class StoreCollector(Collector):
     ) -> None:
         self._spec, self._inv, self._store = spec, inventory, store
         self._evaluation, self._clock = evaluation, clock
+        self._families = evaluation_families(spec, inventory, evaluation)
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        ev = self._evaluation.get()
-        yield from check_families(self._spec, self._inv, ev)
-        yield from agent_families(ev, now)
+        gen, families = self._evaluation.derived_with(METRICS_SLOT, self._families)
+        yield from families
+        yield from agent_families(gen.ev, now)
         yield from counter_families(self._store.counters())
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +41,7 @@ from netcheck.controller.appkeys import (
     WRITER,
 )
 from netcheck.controller.auth import bearer_matches, denied_response, source_of
+from netcheck.controller.evalcache import Generation
 from netcheck.controller.expand import plan_from_checks
 from netcheck.controller.gate import GateError, decision_to_dict, gate
 from netcheck.controller.ingest import (
@@ -49,7 +53,8 @@ from netcheck.controller.ingest import (
     parse_registration,
 )
 from netcheck.controller.limits import MAX_BODY
-from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.metrics import METRICS_SLOT, evaluation_families
+from netcheck.controller.model import Evaluation
 from netcheck.controller.refusals import Denied, RefusedRegistration
 from netcheck.controller.store import sent
 from netcheck.controller.trust import Trust, peer_identity
@@ -58,6 +63,7 @@ from netcheck.controller.writer import Unstorable
 __all__ = ["MAX_BODY", "routes"]
 # /healthz waits at most this long for the store's counts (then answers without them).
 HEALTH_STATS_SECONDS = 1.0
+GZIP_LEVEL = 1  # a 70 MB report in ~0.2 s, to ~2 MB
 log = logging.getLogger("netcheck.controller")
 # generate_latest() writes the classic text format (0.0.4); say so, whatever the client
 # library's newest default is, so every Prometheus version parses it the same way.
@@ -175,31 +181,67 @@ async def plan(request: web.Request) -> web.Response:
     return web.json_response(encode(_plan(app, role, host, found[0].address)))
 
 
-def _with_gates(app: web.Application) -> tuple[Evaluation, list[GateDecision]]:
-    """The cached evaluation and every mode's gate (blocking: call it in a worker thread)."""
-    ev, gates = app[EVALUATION].with_gates(app[INVENTORY])
-    return ev, list(gates)
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered document, as sent: UTF-8 bytes, and gzip-compressed (level 1)."""
+
+    body: bytes
+    gzipped: bytes
+
+
+def _rendered(text: str) -> Rendered:
+    body = text.encode()
+    return Rendered(body, gzip.compress(body, GZIP_LEVEL, mtime=0))
+
+
+def _send(request: web.Request, doc: Rendered, content_type: str) -> web.Response:
+    """The document, gzip-compressed when the client accepts it (a page of a big site is
+    tens of megabytes; compressed once per evaluation, not per request)."""
+    resp = web.Response(content_type=content_type, charset="utf-8")
+    resp.headers["Vary"] = "Accept-Encoding"
+    if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+        resp.body = doc.gzipped
+        resp.headers["Content-Encoding"] = "gzip"
+    else:
+        resp.body = doc.body
+    return resp
+
+
+def report_maker(
+    app: web.Application, fmt: str, refused: tuple[RefusedRegistration, ...]
+) -> Callable[[Generation], Rendered]:
+    """The rendered report in ``fmt`` of a generation (JSON: with ``refused``)."""
+    from netcheck.controller.render import json_report, render_report
+
+    spec = app[SPEC]
+    gates_of = app[EVALUATION].gates_of(app[INVENTORY])
+
+    def make(g: Generation) -> Rendered:
+        gates = g.derive(("gates",), gates_of)
+        if fmt == "json":  # with the registrations refused for their address
+            text = json_report.render(
+                spec, g.ev, gates, refused_registrations=refused, compact=True
+            )
+            return _rendered(text)
+        return _rendered(render_report(spec, g.ev, gates, fmt))
+
+    return make
 
 
 @routes.get("/api/v1/report")
 async def report(request: web.Request) -> web.Response:
-    from netcheck.controller.render import FORMATS, MEDIA_TYPES, json_report, render_report
+    from netcheck.controller.render import FORMATS, MEDIA_TYPES
 
     fmt = request.query.get("format", "json")
     if fmt not in MEDIA_TYPES:
         return _error(400, f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
     app = request.app
-
-    _, refused = app[REFUSALS].snapshot()
-
-    def work() -> str:
-        ev, gates = _with_gates(app)
-        if fmt == "json":  # with the registrations refused for their address
-            return json_report.render(app[SPEC], ev, gates, refused_registrations=refused)
-        return render_report(app[SPEC], ev, gates, fmt)
-
-    text = await asyncio.to_thread(work)
-    return web.Response(text=text, content_type=MEDIA_TYPES[fmt], charset="utf-8")
+    refused = tuple(app[REFUSALS].snapshot()[1])
+    make = report_maker(app, fmt, refused)
+    # Rendered once per evaluation (and, for JSON, per list of refused registrations).
+    slot = ("report", fmt, refused) if fmt == "json" else ("report", fmt)
+    doc = await asyncio.to_thread(app[EVALUATION].derived, slot, make)
+    return _send(request, doc, MEDIA_TYPES[fmt])
 
 
 @routes.get("/api/v1/gate")
@@ -222,19 +264,25 @@ async def gate_endpoint(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-@routes.get("/")
-async def page(request: web.Request) -> web.Response:
+def page_maker(app: web.Application) -> Callable[[Generation], Rendered]:
+    """The rendered page of a generation (with its gates)."""
     from netcheck.controller.render import render_page
 
+    spec, refresh = app[SPEC], app[REFRESH] or None
+    gates_of = app[EVALUATION].gates_of(app[INVENTORY])
+
+    def make(g: Generation) -> Rendered:
+        gates = g.derive(("gates",), gates_of)
+        return _rendered(render_page(spec, g.ev, gates, refresh_seconds=refresh))
+
+    return make
+
+
+@routes.get("/")
+async def page(request: web.Request) -> web.Response:
     app = request.app
-    refresh = app[REFRESH] or None
-
-    def work() -> str:
-        ev, gates = _with_gates(app)
-        return render_page(app[SPEC], ev, gates, refresh_seconds=refresh)
-
-    html = await asyncio.to_thread(work)
-    return web.Response(text=html, content_type="text/html", charset="utf-8")
+    doc = await asyncio.to_thread(app[EVALUATION].derived, ("page",), page_maker(app))
+    return _send(request, doc, "text/html")
 
 
 @routes.get("/metrics")
@@ -243,6 +291,16 @@ async def metrics(request: web.Request) -> web.Response:
     resp = web.Response(body=data)
     resp.headers["Content-Type"] = METRICS_TYPE
     return resp
+
+
+def prime(app: web.Application) -> None:
+    """Compute the first evaluation in the background, with the page, the JSON report (what
+    the page's script fetches) and the metrics families already derived."""
+    app[EVALUATION].prime(
+        (("page",), page_maker(app)),
+        (("report", "json", ()), report_maker(app, "json", ())),
+        (METRICS_SLOT, evaluation_families(app[SPEC], app[INVENTORY], app[EVALUATION])),
+    )
 
 
 @routes.get("/healthz")

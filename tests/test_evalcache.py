@@ -1,4 +1,7 @@
-"""The evaluation cache: once per store version and second, stale while one thread revalidates."""
+"""The evaluation cache: once per store version and second, computed in the background;
+readers wait boundedly and get the previous generation meanwhile (never one older than
+max_stale_s); a duty cycle bounds the evaluation's share; derived slots are ready when a
+new generation is published."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 from check_helpers import result_for
 
 from netcheck.agent.wire import ResultBatch
-from netcheck.controller.evalcache import EvaluationCache
+from netcheck.controller.evalcache import EvaluationCache, Generation
 from netcheck.controller.expand import expected
 from netcheck.controller.inventory import load_inventory
 from netcheck.controller.spec import load_spec
@@ -18,13 +21,18 @@ from netcheck.controller.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _site(tmp_path: Path) -> tuple[EvaluationCache, Store, list[float]]:
+def _site(
+    tmp_path: Path, *, wait_s: float = 5.0, duty: float = 0.0
+) -> tuple[EvaluationCache, Store, list[float]]:
     spec = load_spec(REPO / "topology.yaml")
     inv = load_inventory(REPO / "inventory.example.yaml", spec)
     exp = expected(spec, inv)
     store = Store.open(tmp_path / "netcheck.db")
     clock = [time.time()]
-    return EvaluationCache(spec, exp, store, lambda: clock[0], max_stale_s=5.0), store, clock
+    cache = EvaluationCache(
+        spec, exp, store, lambda: clock[0], max_stale_s=30.0, wait_s=wait_s, duty=duty
+    )
+    return cache, store, clock
 
 
 def _write(store: Store, cache: EvaluationCache, now: float) -> None:
@@ -44,21 +52,65 @@ def test_recomputed_once_per_version_and_bucket(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_reader_gets_the_previous_evaluation_while_another_computes(tmp_path: Path) -> None:
-    cache, store, clock = _site(tmp_path)
+def test_a_reader_waits_at_most_wait_s_then_gets_the_previous_one(tmp_path: Path) -> None:
+    cache, store, clock = _site(tmp_path, wait_s=0.2)
     previous = cache.get()
     _write(store, cache, clock[0])
     answers: list[object] = []
-    with cache._computing:  # another thread is computing the new evaluation
-        reader = threading.Thread(target=lambda: answers.append(cache.get()))
-        reader.start()
-        reader.join(5.0)
-        assert answers == [previous]  # answered at once, not after the computation
-        clock[0] += 10.0  # now the previous one is older than max_stale_s: a reader waits
+    with store._rlock:  # the background computation cannot read the store meanwhile
+        t0 = time.monotonic()
+        assert cache.get() is previous  # answered after the bounded wait
+        assert 0.15 <= time.monotonic() - t0 < 2.0
+        clock[0] += 40.0  # now the previous one is older than max_stale_s: a reader waits
         late = threading.Thread(target=lambda: answers.append(cache.get()))
         late.start()
-        late.join(0.3)
-        assert late.is_alive() and len(answers) == 1
+        late.join(0.5)
+        assert late.is_alive() and answers == []
     late.join(10.0)
-    assert len(answers) == 2 and answers[1] is not previous
+    assert len(answers) == 1 and answers[0] is not previous
+    assert cache.computed == 3  # the first, the blocked one, then one for the reader's key
+    store.close()
+
+
+def test_the_duty_cycle_spaces_computations(tmp_path: Path) -> None:
+    cache, store, clock = _site(tmp_path, wait_s=0.05, duty=1_000.0)
+    previous = cache.get()
+    gap, ended = 1_000.0 * cache._took, cache._ended  # the next one starts after the gap
+    assert gap > 0.1  # (the example site's evaluation takes more than 0.1 ms)
+    _write(store, cache, clock[0])
+    t0 = time.monotonic()
+    assert cache.get() is previous  # within the gap: the previous one, at once
+    while cache.computed == 1 and time.monotonic() - t0 < gap + 30:
+        time.sleep(0.01)
+    assert cache.computed == 2
+    assert cache._ended - cache._took - ended >= gap * 0.99  # it started after the gap
+    assert cache.get() is not previous
+    store.close()
+
+
+def test_a_slot_is_derived_once_per_generation_and_ready_before_publication(
+    tmp_path: Path,
+) -> None:
+    cache, store, clock = _site(tmp_path)
+    made: list[Generation] = []
+
+    def make(g: Generation) -> int:
+        made.append(g)
+        return len(g.ev.rows)
+
+    assert cache.derived(("n",), make) == len(cache.get().rows)
+    assert cache.derived(("n",), make) and len(made) == 1  # a lookup
+    _write(store, cache, clock[0])
+    gen = cache.generation()
+    assert gen is made[-1] and len(made) == 2  # derived in the background, before publication
+    assert cache.derived(("n",), make) and len(made) == 2
+    store.close()
+
+
+def test_prime_computes_the_first_generation_in_the_background(tmp_path: Path) -> None:
+    cache, store, _ = _site(tmp_path)
+    made: list[Generation] = []
+    cache.prime((("n",), made.append))
+    gen = cache.generation()
+    assert made == [gen] and cache.computed == 1
     store.close()

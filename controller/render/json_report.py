@@ -169,6 +169,12 @@ def render(
     ev: Evaluation,
     gates: Sequence[GateDecision],
     refused_registrations: Sequence[RefusedRegistration] = (),
+    *,
+    compact: bool = False,
 ) -> str:
+    """The report as JSON text: indented for people, or ``compact`` (one line, the same
+    data; what the API serves: the C encoder, several times faster on a big site)."""
     data = report_dict(spec, ev, gates, refused_registrations)
+    if compact:
+        return json.dumps(data) + "\n"
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
