@@ -27,8 +27,8 @@ def options_for(plan: Plan, bind_address: str = "", service_checks: bool = True)
 
 
 async def run_plan(plan: Plan, mode: ProbeMode, bind_address: str = "") -> list[ProbeResult]:
-    """Every check of `plan`, by the runner registered for `mode` (``syn`` needs CAP_NET_RAW
-    and scapy)."""
+    """Every check of `plan`, by the runner registered for `mode` (``syn`` needs
+    CAP_NET_RAW)."""
     opts = options_for(plan, bind_address)
     return await RUNNERS[mode](plan.checks, opts, plan.concurrency)
 
@@ -42,14 +42,10 @@ def schedule(period_s: float, rng: random.Random, first_cap_s: float = 60.0) -> 
 
 def choose_mode(requested: str) -> tuple[ProbeMode, str]:
     """The probe mode to use for `requested` (auto|connect|syn), and why."""
-    import importlib.util
-
     from netcheck.agent.caps import can_use_raw_sockets
 
     if requested == "connect":
         return "connect", "connect mode requested"
     if not can_use_raw_sockets():
         return "connect", "no CAP_NET_RAW: connect probes"
-    if importlib.util.find_spec("scapy") is None:
-        return "connect", "scapy is not installed: connect probes"
-    return "syn", "CAP_NET_RAW and scapy available: SYN probes"
+    return "syn", "CAP_NET_RAW available: SYN probes"

@@ -99,13 +99,11 @@ def test_archive_holds_only_the_agent_and_a_main(pyz: Path) -> None:
 
 
 def test_only_optional_extras_are_outside_the_stdlib() -> None:
-    """`run` and `serve` need only the stdlib; scapy (SYN probes) and cryptography (the
-    stand-in certificate where there is no openssl command) are optional, imported lazily."""
+    """`run` and `serve` need only the stdlib, SYN probes included; cryptography (the stand-in
+    certificate where there is no openssl command) is optional, imported lazily."""
     assert zipapp_build.forbidden_imports(REPO / "agent") == []
     needs = zipapp_build.third_party_imports(REPO / "agent")
-    assert set().union(*needs.values()) <= {"scapy", "cryptography"}
-    assert needs["netcheck.agent.certs"] == {"cryptography"}
-    assert all(m.startswith("netcheck.agent.probes.") for m, n in needs.items() if "scapy" in n)
+    assert needs == {"netcheck.agent.certs": {"cryptography"}}
 
 
 BAD_AGENTS = [
@@ -116,15 +114,20 @@ BAD_AGENTS = [
         "netcheck.agent.sub imports yaml: not in the standard library",
     ),
     (
-        "probes/syn.py",
-        "import os\nfrom scapy.all import IP\n",
-        "agent/probes/syn.py:2: netcheck.agent.probes.syn imports scapy: an optional extra, "
+        "certs.py",
+        "import os\nfrom cryptography import x509\n",
+        "agent/certs.py:2: netcheck.agent.certs imports cryptography: an optional extra, "
         "but imported at module level",
     ),
     (
         "link.py",
-        "def f():\n    import scapy\n",
-        "netcheck.agent.link imports scapy: not in the standard library",  # extras stay put
+        "def f():\n    import cryptography\n",
+        "netcheck.agent.link imports cryptography: not in the standard library",  # extras stay put
+    ),
+    (
+        "probes/syn.py",
+        "def f():\n    from scapy.layers import inet\n",
+        "netcheck.agent.probes.syn imports scapy: not in the standard library",
     ),
 ]
 
@@ -136,7 +139,6 @@ def test_a_third_party_import_fails_the_build(
     package = tmp_path / "agent"
     (package / "probes").mkdir(parents=True)
     (package / "__init__.py").write_text("import json\n")
-    (package / "probes" / "raw.py").write_text("def f():\n    from scapy.layers import inet\n")
     (package / "certs.py").write_text("def f():\n    import cryptography\n")
     assert zipapp_build.forbidden_imports(package) == []  # lazy extras where allowed: fine
     path = package / name

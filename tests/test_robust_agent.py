@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_agent_link import AGENT_ADDR, REPO, agent_site, free_port, spawn_agent
 
 from netcheck.agent.certs import StandinCert
 from netcheck.agent.errors import InputError
@@ -27,7 +28,6 @@ from netcheck.agent.health import AgentState, HealthServer
 from netcheck.agent.listeners import ConnectionCaps, ListenerSet
 from netcheck.agent.spool import Spool
 from netcheck.agent.wire import ListenSpec, ProbeResult, decode
-from tests.test_agent_link import AGENT_ADDR, REPO, agent_site, free_port, spawn_agent
 
 
 async def test_health_answers_under_100_idle_connections() -> None:

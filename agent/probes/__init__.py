@@ -6,7 +6,7 @@ Every probe kind has ``async def run(checks, opts, concurrency) -> list[ProbeRes
 its runner; the agent's runner looks the mode up there.
 
 - :mod:`.connect`: full TCP handshakes, no privilege needed;
-- :mod:`.syn`: half-open SYN probes over raw sockets (CAP_NET_RAW and scapy), with a TCP
+- :mod:`.syn`: half-open SYN probes over raw sockets (CAP_NET_RAW), with a TCP
   traceroute (:mod:`.traceroute`) on the ports that are not open;
 - :mod:`.service`: the protocol check on an open connection (:data:`SERVICE_CHECKS`).
 

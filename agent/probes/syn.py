@@ -12,10 +12,9 @@ A port found open gets its protocol check at once, over a connection of its own,
 scan goes on; like every check it must be done by the round's start + ``timeout_s``. IPv6
 checks are connect-probed after the scan.
 
-Outgoing SYNs and traceroute probes are built by hand (:mod:`agent.probes.packets`:
-microseconds, not scapy's millisecond per packet); scapy dissects the replies. It is
-imported here only, inside functions, and only when SYN mode runs. Blocking socket work runs
-in a thread.
+Outgoing SYNs and traceroute probes are built, and the replies read, by hand
+(:mod:`agent.probes.packets`: microseconds, not scapy's millisecond per packet, and no
+32 MiB of scapy in the agent). Blocking socket work runs in a thread.
 """
 
 from __future__ import annotations
@@ -60,9 +59,6 @@ class _Scanner:
     def __init__(
         self, roles: dict[Key, str], rtts: RoundTrips, on_open: Callable[[Key], None]
     ) -> None:
-        from scapy.layers.inet import IP, TCP
-
-        self.IP, self.TCP = IP, TCP
         self.roles = roles
         self.rtts = rtts
         self.on_open = on_open
@@ -142,23 +138,21 @@ class _Scanner:
                         self._on_icmp(data)
 
     def _on_tcp(self, data: bytes) -> None:
-        pkt = self.IP(data)
-        tcp = pkt.getlayer(self.TCP)
-        if tcp is None or tcp.dport != self.sport:
+        pkt = packets.read_tcp(data)
+        if pkt is None or pkt.dport != self.sport:
             return
-        key = (str(pkt.src), int(tcp.sport))
+        key = (pkt.src, pkt.sport)
         found = self.ports.get(key)
         if found is None:
             return
-        ack = int(tcp.ack)
-        flags = int(tcp.flags)
-        if self.tracer.on_tcp(key, ack, int(pkt.ttl)):
+        ack, flags = pkt.ack, pkt.flags
+        if self.tracer.on_tcp(key, ack, pkt.ttl):
             return
         if ack != (self.base + 1) & 0xFFFFFFFF or found.state is not None:
             return
         self._answered(key, found)
-        found.ttl = int(pkt.ttl)
-        found.responder = str(pkt.src)
+        found.ttl = pkt.ttl
+        found.responder = pkt.src
         if flags & 0x12 == 0x12:  # SYN-ACK
             found.state = "open"
             self._send(key, "R", ack)
@@ -168,28 +162,23 @@ class _Scanner:
             found.detail = f"TCP reset from {pkt.src} (TTL {pkt.ttl})"
 
     def _on_icmp(self, data: bytes) -> None:
-        from scapy.layers.inet import ICMP, IPerror, TCPerror
-
-        pkt = self.IP(data)
-        icmp = pkt.getlayer(ICMP)
-        inner = pkt.getlayer(IPerror)
-        inner_tcp = pkt.getlayer(TCPerror)
-        if icmp is None or inner is None or inner_tcp is None or inner_tcp.sport != self.sport:
+        err = packets.read_icmp_error(data)
+        if err is None or err.inner_sport != self.sport:
             return
-        key = (str(inner.dst), int(inner_tcp.dport))
+        key = (err.inner_dst, err.inner_dport)
         found = self.ports.get(key)
         if found is None:
             return
-        icmp_type, code, router = int(icmp.type), int(icmp.code), str(pkt.src)
-        seq = int(inner_tcp.seq)
-        if self.tracer.on_icmp(key, seq, icmp_type, router, int(pkt.ttl)):
+        icmp_type, code, router = err.type, err.code, err.src
+        seq = err.inner_seq
+        if self.tracer.on_icmp(key, seq, icmp_type, router, err.ttl):
             return
         if icmp_type != DEST_UNREACH or seq != self.base or found.state is not None:
             return
         found.state = state_for_icmp(icmp_type, code)
         self._answered(key, found)
         found.responder = router
-        found.ttl = int(pkt.ttl)
+        found.ttl = err.ttl
         found.detail = f"{describe(icmp_type, code)} from {router}"
 
 

@@ -7,9 +7,9 @@ The archive holds the ``netcheck.agent`` package and a ``__main__`` that calls
 needs nothing but Python 3.11+: ``run`` (probe a plan offline), ``enrol`` (a join token for a
 client certificate: the key made by the system's ``openssl``, or by the controller where there
 is none) and ``serve`` (follow a controller over mutual TLS, renewing the certificate, with
-``/healthz`` and ``/metrics``) import only the standard library. Two optional
-extras are used when the host has them: scapy for SYN probes (raw mode, CAP_NET_RAW), and the
-cryptography package to make the stand-in certificate where there is no ``openssl`` command.
+``/healthz`` and ``/metrics``) import only the standard library, SYN probes included (raw
+mode builds and reads its packets by hand). One optional extra is used when the host has it:
+the cryptography package, to make the stand-in certificate where there is no ``openssl``.
 
 The build reads every agent module's imports and FAILS (exit 1, naming the module, the line
 and the import) on any package outside the standard library, except the optional extras of
@@ -39,7 +39,6 @@ MAIN = (
 
 # Optional extras: (module or package prefix, top-level import) -> why it may be imported.
 ALLOWED_EXTRAS: dict[tuple[str, str], str] = {
-    ("netcheck.agent.probes", "scapy"): "SYN probes and traceroute (raw mode, CAP_NET_RAW)",
     ("netcheck.agent.certs", "cryptography"): "the stand-in certificate without openssl",
 }
 
