@@ -12,7 +12,8 @@ Computations run in one background thread at a time, never in a reader's:
 
 - **Bounded wait.** A reader asks for a new generation and waits for it at most ``wait_s``
   (0.1 s); a small site's evaluation is done by then (the reader sees its own writes). A big
-  site's reader is answered meanwhile with the previous generation.
+  site's reader (the last computation took longer than ``wait_s``) does not wait at all: it
+  is answered at once with the previous generation.
 - **Bounded staleness.** The previous generation is served only while younger than
   ``max_stale_s`` (30 s, by the evaluation's own clock: its ``generated_at`` is on the page
   and in the report); an older one, or none, is waited for without bound.
@@ -171,18 +172,28 @@ class EvaluationCache:
             self._wanted, _ = self._key_now()
             self._start()
 
+    def _ask(self) -> tuple[Key, Generation | None, bool]:
+        """Ask for the generation of now (lock held): (its key, the newest generation, and
+        whether that one may be answered at once instead of waiting)."""
+        key, now = self._key_now()
+        gen = self._gen
+        if gen is not None and gen.key == key:
+            return key, gen, True
+        if self._wanted is None or not _newer_or_same(self._wanted, key):
+            self._wanted = key
+        self._failure = None
+        self._start()
+        fresh_enough = gen is not None and now - gen.ev.generated_at < self._max_stale
+        # The last computation took longer than a reader would wait: do not wait at all.
+        return key, gen, fresh_enough and self._took >= self._wait
+
     def generation(self) -> Generation:
         """The current generation, or the previous one (see the module doc for the bounds)."""
         with self._cond:
-            key, now = self._key_now()
-            gen = self._gen
-            if gen is not None and gen.key == key:
+            key, gen, at_once = self._ask()
+            if at_once and gen is not None:
                 return gen
-            if self._wanted is None or not _newer_or_same(self._wanted, key):
-                self._wanted = key
-            self._failure = None
-            self._start()
-            fresh_enough = gen is not None and now - gen.ev.generated_at < self._max_stale
+            fresh_enough = gen is not None and self._clock() - gen.ev.generated_at < self._max_stale
             deadline = time.monotonic() + self._wait
             while True:
                 cur = self._gen
@@ -198,6 +209,17 @@ class EvaluationCache:
                 if not self._computing:
                     self._start()  # the one running ended with an older key
                 self._cond.wait(left if fresh_enough else None)
+
+    def ready(self, slot: Hashable, make: Callable[[Generation], T]) -> T | None:
+        """The slot's value when it can be answered without waiting (on the event loop: no
+        thread hop), else None (then call :meth:`derived` from a worker thread)."""
+        with self._cond:
+            self._makers[slot] = (make, time.monotonic())
+            _, gen, at_once = self._ask()
+            if not at_once or gen is None:
+                return None
+        # No lock: a reader thread may be deriving another slot in it; a dict read is atomic.
+        return cast("T | None", gen._derived.get(slot))
 
     def get(self) -> Evaluation:
         return self.generation().ev

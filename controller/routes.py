@@ -14,7 +14,7 @@ import gzip
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +207,16 @@ def _send(request: web.Request, doc: Rendered, content_type: str) -> web.Respons
     return resp
 
 
+async def _derived(
+    app: web.Application, slot: Hashable, make: Callable[[Generation], Rendered]
+) -> Rendered:
+    """A rendered document: a lookup on the event loop when it is ready (no thread hop, so a
+    reader is not queued behind a burst of batches), else rendered in a worker thread."""
+    cache = app[EVALUATION]
+    doc = cache.ready(slot, make)
+    return doc if doc is not None else await asyncio.to_thread(cache.derived, slot, make)
+
+
 def report_maker(
     app: web.Application, fmt: str, refused: tuple[RefusedRegistration, ...]
 ) -> Callable[[Generation], Rendered]:
@@ -240,7 +250,7 @@ async def report(request: web.Request) -> web.Response:
     make = report_maker(app, fmt, refused)
     # Rendered once per evaluation (and, for JSON, per list of refused registrations).
     slot = ("report", fmt, refused) if fmt == "json" else ("report", fmt)
-    doc = await asyncio.to_thread(app[EVALUATION].derived, slot, make)
+    doc = await _derived(app, slot, make)
     return _send(request, doc, MEDIA_TYPES[fmt])
 
 
@@ -281,7 +291,7 @@ def page_maker(app: web.Application) -> Callable[[Generation], Rendered]:
 @routes.get("/")
 async def page(request: web.Request) -> web.Response:
     app = request.app
-    doc = await asyncio.to_thread(app[EVALUATION].derived, ("page",), page_maker(app))
+    doc = await _derived(app, ("page",), page_maker(app))
     return _send(request, doc, "text/html")
 
 

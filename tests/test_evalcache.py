@@ -114,3 +114,19 @@ def test_prime_computes_the_first_generation_in_the_background(tmp_path: Path) -
     gen = cache.generation()
     assert made == [gen] and cache.computed == 1
     store.close()
+
+
+def test_a_slow_sites_reader_does_not_wait_at_all(tmp_path: Path) -> None:
+    """When the last computation took longer than wait_s, the previous one comes at once,
+    also as a ready slot (the event loop's lookup, no thread hop)."""
+    cache, store, clock = _site(tmp_path, wait_s=1e-9)
+    assert cache.derived(("n",), lambda g: len(g.ev.rows)) > 0
+    previous = cache.get()
+    _write(store, cache, clock[0])
+    with store._rlock:  # the new computation is held up
+        t0 = time.monotonic()
+        assert cache.get() is previous
+        assert cache.ready(("n",), lambda g: -1) == len(previous.rows)
+        assert cache.ready(("other",), lambda g: -1) is None  # never derived: not ready
+        assert time.monotonic() - t0 < 1.0
+    store.close()
