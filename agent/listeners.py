@@ -1,7 +1,9 @@
 """Stand-in listeners: hold every inbound port of the role, log who connected, then hang up.
 
 Each listener accepts, records the peer address it saw (:class:`PeerSeen`, one record per
-port and source address between two reports, with the latest time), sends at most a short
+port, source address and how it was seen between two reports, with the latest time; the
+interface watcher, :mod:`agent.watch`, adds the SYNs it saw through :meth:`ListenerSet.saw_syn`
+into the same log), sends at most a short
 protocol-appropriate greeting (SSH banner, TLS handshake, authd line, iSCSI Login Response),
 reads a few bytes and closes within an idle timeout. A port held by a real service is
 ``occupied`` (with its owner where /proc tells), a privileged port without the capability is
@@ -40,7 +42,7 @@ from netcheck.agent.protocols import (
     TLS_SERVICES,
     iscsi_login_response,
 )
-from netcheck.agent.wire import ListenerStatus, ListenSpec, PeerSeen, Service
+from netcheck.agent.wire import ListenerStatus, ListenSpec, PeerHow, PeerSeen, Service
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +148,8 @@ class ListenerSet:
         self.idle_timeout = idle_timeout
         self.caps = caps
         self.max_peers = max(1, max_peers)
-        # (port, source address) -> when last seen, since the last take_peers().
-        self._peers: dict[tuple[int, str], float] = {}
+        # (port, source address, how) -> (when last seen, TTL), since the last take_peers().
+        self._peers: dict[tuple[int, str, PeerHow], tuple[float, int | None]] = {}
         self.peers_dropped = 0
         self._held: dict[int, _Held] = {}
         self._status: dict[int, ListenerStatus] = {}
@@ -168,10 +170,15 @@ class ListenerSet:
         return tuple(merged[p] for p in sorted(merged))
 
     def take_peers(self) -> tuple[PeerSeen, ...]:
-        """The peers seen since the last call, oldest first: one per (port, source address),
-        with the latest time it connected."""
-        peers = self._peers.items()
-        out = sorted((PeerSeen(port=p, src_address=a, at=at) for (p, a), at in peers), key=_at)
+        """The peers seen since the last call, oldest first: one per (port, source address,
+        how), with the latest time it connected (or its SYN arrived)."""
+        out = sorted(
+            (
+                PeerSeen(port=p, src_address=a, at=at, how=how, ttl=ttl)
+                for (p, a, how), (at, ttl) in self._peers.items()
+            ),
+            key=_at,
+        )
         self._peers.clear()
         return tuple(out)
 
@@ -282,12 +289,16 @@ class ListenerSet:
 
         held.paused = loop.call_later(ACCEPT_PAUSE_S, resume)
 
-    def _saw(self, port: int, src: str) -> None:
-        key = (port, src)
+    def saw_syn(self, port: int, src: str, ttl: int) -> None:
+        """The interface watcher saw a SYN from `src` to `port`, arriving with `ttl`."""
+        self._saw(port, src, "syn", ttl)
+
+    def _saw(self, port: int, src: str, how: PeerHow = "accepted", ttl: int | None = None) -> None:
+        key = (port, src, how)
         if key not in self._peers and len(self._peers) >= self.max_peers:
             del self._peers[next(iter(self._peers))]  # the oldest first seen
             self.peers_dropped += 1
-        self._peers[key] = time.time()
+        self._peers[key] = (time.time(), ttl)
 
     def _over_cap(self, port: int, src: str) -> str | None:
         if self.open_connections >= self.caps.total:

@@ -57,6 +57,10 @@ SERVICES: tuple[str, ...] = get_args(Service)
 # Outcome of the protocol check layered on an open connection.
 ServiceOutcome = Literal["ok", "mismatch", "error", "skipped"]
 Expectation = Literal["open", "closed"]
+# How a destination agent saw a peer: a stand-in listener accepted its connection
+# ("accepted"), or its interface capture saw a SYN for a planned inbound port ("syn": before
+# the host's own firewall, netfilter's input hooks run after packet taps).
+PeerHow = Literal["accepted", "syn"]
 
 # pydantic's configuration of every wire class (the controller's decoder): the same rules
 # as :func:`decode`. A plain dict: the agent does not import pydantic.
@@ -111,6 +115,11 @@ Seconds = Annotated[float, Limit(ge=0, le=SQLITE_INT_MAX)]
 MAX_BATCH_RESULTS = 10_000
 MAX_BATCH_LISTENERS = 10_000
 MAX_BATCH_PEERS = 10_000
+# An IP time-to-live as a packet arrived with it (one byte).
+Ttl = Annotated[int, Limit(ge=0, le=255)]
+# Hops from the source to a router or host (a traceroute's TTL, or one estimated from a
+# reply's TTL): at least 1, at most what one byte of TTL can travel.
+Hops = Annotated[int, Limit(ge=1, le=255)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,26 +219,39 @@ class ProbeResult:
     started_at: float
     latency_s: Seconds | None = None
     service_check: ServiceCheck | None = None
-    # The last router that answered a TCP traceroute on this port (raw mode, not-open ports).
+    # The last router that answered a TCP traceroute on this port (not-open ports; SYN mode
+    # by raw TTL-limited SYNs, connect mode by connect() with IP_TTL and IP_RECVERR).
     last_hop: str | None = None
-    # Where the ICMP error or the reset came from, when that is known (raw mode).
+    # Where the ICMP error or the reset came from, when that is known: the address that
+    # really answered (an ICMP sender, or the source of a reset).
     responder: str | None = None
     # Raw mode, state "refused": True when the reset's TTL shows it came from fewer hops away
     # than the destination's own packets (a firewall's reject), False when it matches the
     # destination, None when unknown.
     rst_from_firewall: bool | None = None
     error: str = ""
+    # Hops from the source to `responder`: from the traceroute when it reached that address,
+    # else estimated from the reply's TTL (initial 64/128/255 minus received, + 1).
+    responder_hops: Hops | None = None
+    # The hop number (traceroute TTL) of `last_hop`.
+    last_hop_hops: Hops | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PeerSeen:
-    """A connection a stand-in listener accepted: who it came from, as seen here."""
+    """A peer seen on a planned inbound port: who it came from, as seen here. One record per
+    (port, src_address, how) between two reports, with the latest `at`."""
 
     __pydantic_config__ = _FORBID
 
     port: Port
     src_address: str
     at: float
+    # "accepted": a stand-in listener accepted the connection; "syn": the interface capture
+    # saw its SYN (whatever the host's own firewall then did with it).
+    how: PeerHow = "accepted"
+    # how="syn" only: the IP TTL the SYN arrived with.
+    ttl: Ttl | None = None
 
 
 @dataclasses.dataclass(frozen=True)

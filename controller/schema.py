@@ -15,6 +15,8 @@ The versions:
    ``--insecure-http``, ``import`` for ``netcheck-controller import``; ``''`` for results
    stored before); the enrolment ledger of :mod:`~netcheck.controller.joins` (join tokens,
    their hosts, the certificates issued).
+4. Diagnosis (issue 13): ``results.responder_hops`` and ``results.last_hop_hops`` (NULL for
+   results stored before).
 
 Files made before the number existed carry ``user_version`` 0. :func:`unnumbered` tells
 their two layouts apart once, by the results table (a ``body`` column: version 1), and
@@ -53,7 +55,9 @@ RESULTS = """CREATE TABLE results (
     rst_from_firewall INTEGER,
     error TEXT DEFAULT '',
     received_at REAL NOT NULL,
-    sent_by TEXT NOT NULL DEFAULT ''
+    sent_by TEXT NOT NULL DEFAULT '',
+    responder_hops INTEGER,
+    last_hop_hops INTEGER
 )"""
 AGENTS = """CREATE TABLE agents (
     host TEXT PRIMARY KEY,
@@ -112,7 +116,7 @@ ISSUED_CERTS = """CREATE TABLE issued_certs (
 ISSUED_CERTS_HOST = "CREATE INDEX issued_certs_host ON issued_certs (role, host)"
 LEDGER: tuple[str, ...] = (JOIN_TOKENS, JOIN_HOSTS, ISSUED_CERTS, ISSUED_CERTS_HOST)
 
-VERSION = 3
+VERSION = 4
 TABLES: dict[str, str] = {
     "agents": AGENTS,
     "results": RESULTS,
@@ -143,6 +147,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "responder",
     "rst_from_firewall",
     "error",
+    "responder_hops",
+    "last_hop_hops",
 )
 
 
@@ -228,10 +234,17 @@ _TO_3 = (
     "CREATE INDEX issued_certs_host ON issued_certs (role, host)",
 )
 
+# Version 3 -> 4: the hop counts of the diagnosis (unknown for the results already there).
+_TO_4 = (
+    "ALTER TABLE results ADD COLUMN responder_hops INTEGER",
+    "ALTER TABLE results ADD COLUMN last_hop_hops INTEGER",
+)
+
 # version -> the step that makes it from the version before.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _run(_TO_2),
     3: _run(_TO_3),
+    4: _run(_TO_4),
 }
 
 

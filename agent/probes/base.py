@@ -49,12 +49,14 @@ class Outcome:
     attempts: int
     latency_s: float | None = None
     service_check: ServiceCheck | None = None
-    # The last router that answered a TCP traceroute on the port (SYN mode).
+    # The last router that answered a TCP traceroute on the port, and its hop number.
     last_hop: str | None = None
-    # Where the ICMP error or the reset came from, when that is known.
+    # Where the ICMP error or the reset came from, when that is known, and how many hops away.
     responder: str | None = None
     rst_from_firewall: bool | None = None
     error: str = ""
+    last_hop_hops: int | None = None
+    responder_hops: int | None = None
 
 
 def make_result(
@@ -79,6 +81,8 @@ def make_result(
         responder=found.responder,
         rst_from_firewall=found.rst_from_firewall,
         error=found.error,
+        last_hop_hops=found.last_hop_hops if found.last_hop is not None else None,
+        responder_hops=found.responder_hops if found.responder is not None else None,
     )
 
 
