@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from netcheck.agent import inputs
 from netcheck.agent.wire import Registration, encode
 from netcheck.controller.errors import (
     CliError,
@@ -136,8 +137,6 @@ def _load(args: argparse.Namespace) -> tuple[Spec, Inventory]:
 
 def _token(args: argparse.Namespace) -> str:
     """The agents' token: the agent's own reader (one for both), its error as a CliError."""
-    from netcheck.agent import inputs
-
     try:
         return inputs.read_token(args.token_file)
     except inputs.InputError as exc:
@@ -167,13 +166,6 @@ INSECURE_WARNING = (
     "WARNING: --insecure-http: plain HTTP, agents share one bearer token and any holder of it "
     "can report for every host; for labs and tests only (use --pki DIR on a real site)"
 )
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -526,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", "run the controller (HTTP API, page, metrics)")
     _spec_args(p, inventory_required=True)
-    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), help="HOST:PORT")
+    p.add_argument(
+        "--listen", type=inputs.host_port_arg, default=("127.0.0.1", 8080), help="HOST:PORT"
+    )
     p.add_argument("--db", required=True, help="SQLite file (created if missing)")
     p.add_argument(
         "--pki", metavar="DIR", help="HTTPS with this CA directory ('ca init'); agents enrol"
