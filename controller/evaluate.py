@@ -18,14 +18,25 @@ finding to read, not a blocker. An ``expect: closed`` check that connected alway
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
-from netcheck.agent.wire import ListenerStatus, ProbeResult
+from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
 from netcheck.controller.expand import Expected, ExpectedCheck
-from netcheck.controller.model import Cause, CheckRow, Evaluation, Observed, Rollup, Verdict
+from netcheck.controller.model import (
+    Cause,
+    CheckRow,
+    Device,
+    Evaluation,
+    Observed,
+    Rollup,
+    Side,
+    Verdict,
+)
 from netcheck.controller.spec import Spec
 
 # A listener whose `since` is at most this much after the probe's start was up in time
@@ -57,6 +68,14 @@ class _Context:
     expected_sources: Mapping[tuple[str, int], frozenset[str]]  # (host, port) -> src addrs
     agent_hosts: frozenset[str]
     agent_roles: frozenset[str]  # roles that can hold an agent
+    # (host, port) -> the SYNs its capture saw (fresh); hosts whose capture reported any.
+    syns: Mapping[tuple[str, int], tuple[PeerSeen, ...]] = field(default_factory=dict)
+    capture_hosts: frozenset[str] = frozenset()
+    # host -> every (port, source address) it saw, accepted or SYN (fresh): NAT per host pair.
+    seen_at: Mapping[str, frozenset[tuple[int, str]]] = field(default_factory=dict)
+    last_report: Mapping[str, float] = field(default_factory=dict)  # host -> its agent's
+    names: Mapping[str, str] = field(default_factory=dict)  # device address -> name
+    probe_timeout: float = 0.0
 
 
 def newest_by_check(results: Iterable[ProbeResult]) -> dict[str, ProbeResult]:
@@ -87,6 +106,35 @@ def _not_tested(check: ExpectedCheck, ctx: _Context) -> tuple[Verdict, Cause, st
     return "unknown", "not_tested", f"not tested: {why}"
 
 
+def _nat(check: ExpectedCheck, ctx: _Context) -> tuple[str, ...]:
+    """The addresses the destination saw this source arrive from instead of its own (NAT).
+
+    On this port first: others seen there and never the source's own address. When nothing
+    at all was seen on this port (a raw probe completes one connection per host pair, on the
+    first open port), the host pair: the destination never saw the source's address on any
+    port, but saw others on ports this source is expected on.
+    """
+    dst, port = check.spec.dst_host, check.spec.port
+    if dst not in ctx.agent_hosts:
+        return ()
+    seen = ctx.peers.get((dst, port), frozenset())
+    if check.src_address in seen:
+        return ()
+    here = seen - ctx.expected_sources.get((dst, port), frozenset())
+    if here:
+        return tuple(sorted(here))
+    pairs = ctx.seen_at.get(dst, frozenset())
+    if any(a == check.src_address for _, a in pairs):
+        return ()
+    others = {
+        a
+        for p, a in pairs
+        if check.src_address in ctx.expected_sources.get((dst, p), frozenset())
+        and a not in ctx.expected_sources.get((dst, p), frozenset())
+    }
+    return tuple(sorted(others))
+
+
 def _open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Verdict, Cause, str]:
     if check.spec.expect == "closed":
         return (
@@ -99,15 +147,13 @@ def _open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Verdict,
     if sc is not None and sc.outcome == "mismatch":
         got = sc.detail or "something else"
         return "fail", "wrong_service", f"wrong service: expected {wanted}, got {got}"
-    seen = ctx.peers.get((check.spec.dst_host, check.spec.port), frozenset())
-    others = seen - ctx.expected_sources.get((check.spec.dst_host, check.spec.port), frozenset())
-    if check.spec.dst_host in ctx.agent_hosts and others and check.src_address not in seen:
-        addrs = ", ".join(sorted(others))
+    nat = _nat(check, ctx)
+    if nat:
         return (
             "pass",
             "nat",
             f"open{_ms(r.latency_s)}, but the destination agent saw this connection arrive "
-            f"from {addrs}, not {check.src_address} (NAT)",
+            f"from {', '.join(nat)}, not {check.src_address} (NAT)",
         )
     text = f"open{_ms(r.latency_s)}"
     if sc is None or check.spec.service == "tcp":
@@ -142,19 +188,120 @@ def _listener_down(
     )
 
 
-def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause, str]:
+def initial_ttl(ttl: int) -> int:
+    """The TTL a packet most likely left its sender with (the next common default)."""
+    return next(t for t in (32, 64, 128, 255) if ttl <= t)
+
+
+def hops_of_ttl(ttl: int | None) -> int | None:
+    """Hops a packet travelled, from the TTL it arrived with (None when not known)."""
+    return None if ttl is None else initial_ttl(ttl) - ttl + 1
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """The diagnosis of a check that did not connect: a cause, words, and the data."""
+
+    cause: Cause
+    text: str
+    side: Side | None = None
+    device: Device | None = None
+    seen_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    """What the destination's capture says about this check's SYN.
+
+    ``state``: "arrived" (a SYN from the source's address), "nat" (SYNs only from other
+    addresses), "missing" (the destination captures and reported after the probe, and saw no
+    SYN for it), "unknown" (no capture there, or no report since the probe).
+    """
+
+    state: Literal["arrived", "nat", "missing", "unknown"]
+    hops: int | None = None  # the destination's distance, from the SYN's TTL
+    seen_from: tuple[str, ...] = ()
+
+
+def _arrival(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Arrival:
+    key = (check.spec.dst_host, check.spec.port)
+    since = r.started_at - LISTEN_TOLERANCE_S
+    syns = [p for p in ctx.syns.get(key, ()) if p.at >= since]
+    mine = [p for p in syns if p.src_address == check.src_address]
+    if mine:
+        return _Arrival("arrived", hops_of_ttl(max(mine, key=lambda p: p.at).ttl))
+    expected = ctx.expected_sources.get(key, frozenset())
+    others = tuple(sorted({p.src_address for p in syns} - expected))
+    if others:
+        hops = hops_of_ttl(next(p.ttl for p in syns if p.src_address == others[0]))
+        return _Arrival("nat", hops, others)
+    reported = ctx.last_report.get(check.spec.dst_host)
+    if (
+        check.spec.dst_host in ctx.capture_hosts
+        and reported is not None
+        and reported >= r.started_at + ctx.probe_timeout
+    ):
+        return _Arrival("missing")
+    return _Arrival("unknown")
+
+
+def _device(
+    address: str | None,
+    hops: int | None,
+    check: ExpectedCheck,
+    ctx: _Context,
+    at: Literal["at", "after"] = "at",
+) -> Device:
+    name = ""
+    if address is not None:
+        name = ctx.names.get(address, "")
+        if not name and address == check.spec.dst_address:
+            name = check.spec.dst_host
+    return Device(address, hops, name, at)
+
+
+def device_words(d: Device) -> str:
+    """``198.18.1.1 (core-fw, hop 1)``, or for a forged answer ``a device 2 hops from the
+    source``."""
+    hop = f"hop {d.hops}" if d.hops is not None else ""
+    if d.address is None:
+        if d.hops is None:
+            return "a device on the path"
+        return f"a device {d.hops} {'hop' if d.hops == 1 else 'hops'} from the source"
+    extra = ", ".join(x for x in (d.name, hop) if x)
+    return d.address + (f" ({extra})" if extra else "")
+
+
+def _forged(check: ExpectedCheck, r: ProbeResult, ctx: _Context, dst_hops: int | None) -> Device:
+    hops = r.responder_hops
+    if hops is not None and dst_hops is not None and hops >= dst_hops:
+        hops = None  # the reply's distance contradicts a device before the destination
+    return _device(None, hops, check, ctx)
+
+
+def _forged_words(dev: Device) -> str:
+    return f"reset forged by {device_words(dev)}, in the name of the destination"
+
+
+def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Finding:
     port = check.spec.port
+    dst = check.spec.dst_address
     status = ctx.listeners.get(check.spec.dst_host, {}).get(port)
-    if r.responder and r.responder != check.spec.dst_address:
-        return (
+    if r.responder and r.responder != dst:
+        dev = _device(r.responder, r.responder_hops, check, ctx)
+        return _Finding(
             "rejected",
-            f"rejected by a firewall: the reset came from {r.responder}, "
-            f"not from {check.spec.dst_address}",
+            f"rejected by a firewall in the network: the reset came from {device_words(dev)}, "
+            f"not from {dst}",
+            "network",
+            dev,
         )
     if status is not None:
         down = _listener_down(check, r, status)
         if down is not None:
-            return down
+            return _Finding(*down)
+    arrival = _arrival(check, r, ctx)
+    host = _device(dst, arrival.hops or r.responder_hops, check, ctx)
     if status is not None and status.state in ("listening", "occupied", "closed"):
         if status.state == "listening":
             held = f"the destination agent was listening on {port}"
@@ -162,57 +309,147 @@ def _refused(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause
             held = f"the destination agent was listening on {port} (until {_clock(status.since)})"
         else:
             held = f"port {port} on the destination was held by {status.owner or 'a service'}"
-        return "rejected", f"rejected by a firewall: reset while {held}"
+        if arrival.state == "missing" or r.rst_from_firewall is True:
+            dev = _forged(check, r, ctx, arrival.hops)
+            never = "; its interface never saw the SYN" if arrival.state == "missing" else ""
+            return _Finding(
+                "rejected",
+                f"rejected by a firewall in the network: {_forged_words(dev)}, while {held}{never}",
+                "network",
+                dev,
+            )
+        if arrival.state in ("arrived", "nat") or r.rst_from_firewall is False:
+            saw = (
+                "; its interface saw the SYN arrive"
+                if arrival.state in ("arrived", "nat")
+                else "; the reset came from the destination's own distance"
+            )
+            return _Finding(
+                "rejected",
+                f"rejected by the destination's own firewall: reset while {held}{saw}",
+                "host",
+                host,
+                arrival.seen_from,
+            )
+        return _Finding("rejected", f"rejected by a firewall: reset while {held}")
     if status is not None:
         why = f"{status.state}" + (f": {status.error}" if status.error else "")
-        return (
+        return _Finding(
             "nothing_listening",
             f"nothing listening on the destination: the agent on {check.spec.dst_host} could not "
             f"hold port {port} ({why})",
+            "host",
+            host,
         )
     if r.rst_from_firewall is True:
-        return (
+        dev = _forged(check, r, ctx, arrival.hops)
+        return _Finding(
             "rejected",
-            "rejected by a firewall: the reset came from fewer hops away than the destination",
+            f"rejected by a firewall in the network: {_forged_words(dev)} (it came from fewer "
+            "hops away than the destination)",
+            "network",
+            dev,
         )
     if r.rst_from_firewall is False:
-        return (
+        return _Finding(
             "nothing_listening",
             "nothing listening: the destination itself answered with a reset",
+            "host",
+            host,
         )
-    if r.responder == check.spec.dst_address:
-        return "nothing_listening", "nothing listening on the destination: it sent the reset itself"
+    if r.responder == dst:
+        return _Finding(
+            "nothing_listening",
+            "nothing listening on the destination: it sent the reset itself",
+            "host",
+            host,
+        )
     if check.spec.dst_host in ctx.listeners:
-        return (
+        return _Finding(
             "nothing_listening",
             f"nothing listening on the destination: the agent on {check.spec.dst_host} does not "
             f"hold port {port}",
+            "host",
+            host,
         )
-    return (
+    return _Finding(
         "refused",
         "refused: a reset; no agent on the destination to tell a firewall from a closed port",
     )
 
 
-def _not_open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> tuple[Cause, str]:
+def _dropped(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Finding:
     tries = f"after {r.attempts} {'try' if r.attempts == 1 else 'tries'}"
+    hop = (
+        _device(r.last_hop, r.last_hop_hops, check, ctx, "after")
+        if r.last_hop and r.last_hop != check.spec.dst_address
+        else None
+    )
+    arrival = _arrival(check, r, ctx)
+    dst = check.spec.dst_host
+    if arrival.state == "arrived":
+        return _Finding(
+            "dropped",
+            f"dropped by the destination's own firewall: {dst}'s interface saw the SYN from "
+            f"{check.src_address}, and no answer came back {tries}",
+            "host",
+            _device(check.spec.dst_address, arrival.hops, check, ctx),
+        )
+    if arrival.state == "nat":
+        seen = ", ".join(arrival.seen_from)
+        return _Finding(
+            "dropped",
+            f"dropped by the destination's own firewall: {dst}'s interface saw the SYN arrive "
+            f"from {seen}, not {check.src_address} (NAT), and no answer came back {tries}",
+            "host",
+            _device(check.spec.dst_address, arrival.hops, check, ctx),
+            arrival.seen_from,
+        )
+    if arrival.state == "missing":
+        text = (
+            f"dropped in the network: no answer from {_where(check)} {tries}, and {dst}'s "
+            "interface never saw the SYN"
+        )
+        if hop is not None:
+            text += f"; the last hop that answered was {device_words(hop)}: at or just past it"
+        elif r.mode == "syn" or r.last_hop_hops is not None:
+            text += "; no hop answered a traceroute"
+        return _Finding("dropped", text, "network", hop)
+    text = f"dropped: no answer from {_where(check)} {tries}"
+    if hop is not None:
+        text += f"; last hop that answered {device_words(hop)}"
+    elif r.mode == "syn":
+        text += "; no hop answered a traceroute"
+    return _Finding("dropped", text, None, hop)
+
+
+_FROM = re.compile(r" from \S+$")
+
+
+def _icmp(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Finding:
+    dev = _device(r.responder, r.responder_hops, check, ctx) if r.responder else None
+    side: Side | None = None
+    if r.responder == check.spec.dst_address:
+        side = "host"
+    elif r.responder:
+        side = "network"
+    frm = f" from {device_words(dev)}" if dev is not None else ""
+    if r.state == "unreachable":
+        kind = _FROM.sub("", r.error) or "ICMP host unreachable"
+        return _Finding("unreachable", f"unreachable: {kind}{frm}", side, dev)
+    return _Finding(
+        "prohibited", f"prohibited by a firewall (ICMP administratively prohibited{frm})", side, dev
+    )
+
+
+def _not_open(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Finding:
     if r.state == "refused":
         return _refused(check, r, ctx)
     if r.state == "filtered":
-        text = f"dropped: no answer from {_where(check)} {tries}"
-        if r.last_hop:
-            text += f"; last hop that answered {r.last_hop}"
-        elif r.mode == "syn":
-            text += "; no hop answered a traceroute"
-        return "dropped", text
-    if r.state == "unreachable":
-        kind = r.error or "ICMP host unreachable"
-        frm = f" from {r.responder}" if r.responder else ""
-        return "unreachable", f"unreachable: {kind}{frm}"
-    if r.state == "prohibited":
-        frm = f" from {r.responder}" if r.responder else ""
-        return "prohibited", f"prohibited by a firewall (ICMP administratively prohibited{frm})"
-    return "error", f"the probe failed on {check.src_host}: {r.error or 'unknown error'}"
+        return _dropped(check, r, ctx)
+    if r.state in ("unreachable", "prohibited"):
+        return _icmp(check, r, ctx)
+    return _Finding("error", f"the probe failed on {check.src_host}: {r.error or 'unknown error'}")
 
 
 def judge(check: ExpectedCheck, r: ProbeResult | None, ctx: _Context) -> CheckRow:
@@ -229,11 +466,13 @@ def judge(check: ExpectedCheck, r: ProbeResult | None, ctx: _Context) -> CheckRo
         return CheckRow(check, "unknown", "stale", text, r)
     if r.state == "open":
         verdict, cause, text = _open(check, r, ctx)
-        return CheckRow(check, verdict, cause, text, r)
+        nat = _nat(check, ctx) if cause == "nat" else ()
+        return CheckRow(check, verdict, cause, text, r, seen_from=nat)
     if check.spec.expect == "closed" and r.state != "error":
         return CheckRow(check, "pass", "ok", f"closed as expected ({r.state})", r)
-    cause, text = _not_open(check, r, ctx)
-    return CheckRow(check, "unknown" if cause in UNTESTED else "fail", cause, text, r)
+    f = _not_open(check, r, ctx)
+    verdict = "unknown" if f.cause in UNTESTED else "fail"
+    return CheckRow(check, verdict, f.cause, f.text, r, f.side, f.device, f.seen_from)
 
 
 def _rollups(
@@ -272,10 +511,15 @@ def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> 
         expected_sources[(c.spec.dst_host, c.spec.port)].add(c.src_address)
     fresh_after = now - spec.policy.freshness_seconds
     seen: dict[tuple[str, int], set[str]] = defaultdict(set)
+    syns: dict[tuple[str, int], list[PeerSeen]] = defaultdict(list)
+    seen_at: dict[str, set[tuple[int, str]]] = defaultdict(set)
     for host, ps in observed.peers.items():
         for p in ps:
             if p.at >= fresh_after:
                 seen[(host, p.port)].add(p.src_address)
+                seen_at[host].add((p.port, p.src_address))
+                if p.how == "syn":
+                    syns[(host, p.port)].append(p)
     ctx = _Context(
         freshness=spec.policy.freshness_seconds,
         now=now,
@@ -284,6 +528,12 @@ def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> 
         expected_sources={k: frozenset(v) for k, v in expected_sources.items()},
         agent_hosts=frozenset(a.host for a in observed.agents),
         agent_roles=frozenset(n for n, r in spec.roles.items() if r.agent),
+        syns={k: tuple(v) for k, v in syns.items()},
+        capture_hosts=frozenset(h for h, _ in syns),
+        seen_at={h: frozenset(v) for h, v in seen_at.items()},
+        last_report={a.host: a.last_report for a in observed.agents if a.last_report},
+        names=expected.devices,
+        probe_timeout=spec.policy.probe_timeout_seconds,
     )
     rows = tuple(judge(c, newest.get(c.spec.check_id), ctx) for c in checks)
     known = {c.spec.check_id for c in checks}

@@ -8,8 +8,9 @@ refuses a site over the policy's ``max_checks_per_site`` or an agent's plan over
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, Service, check_id
 from netcheck.controller.inventory import Inventory
@@ -34,12 +35,18 @@ class ExpectedCheck:
     direction: str  # "forward" or "reverse", relative to the interaction's title
 
 
+def _no_devices() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Expected:
-    """What one site must show: its name and every expected check (spec x inventory)."""
+    """What one site must show: its name and every expected check (spec x inventory), and the
+    names the inventory gives to network devices (address -> name, its ``network:`` section)."""
 
     site: str
     checks: tuple[ExpectedCheck, ...]
+    devices: Mapping[str, str] = field(default_factory=_no_devices)
 
 
 def _hosts(n: int, what: str) -> str:
@@ -147,7 +154,9 @@ def expand(spec: Spec, inventory: Inventory) -> tuple[ExpectedCheck, ...]:
 
 def expected(spec: Spec, inventory: Inventory) -> Expected:
     """The site's name and its expected checks (what ``evaluate`` judges against)."""
-    return Expected(inventory.site, expand(spec, inventory))
+    return Expected(
+        inventory.site, expand(spec, inventory), MappingProxyType(inventory.device_names())
+    )
 
 
 def listen_specs(spec: Spec, role: str) -> tuple[ListenSpec, ...]:

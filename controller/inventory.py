@@ -10,16 +10,27 @@ bounds, :func:`.expand.check_size` for the checks a site may expand to).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from netcheck.controller.sourced import InputError, Problem, load_yaml, raise_if, validate
-from netcheck.controller.spec import MAX_NAME, MAX_ROLES, BootMode, Name, Spec
+from netcheck.controller.sourced import (
+    InputError,
+    Problem,
+    Sourced,
+    load_yaml,
+    raise_if,
+    validate,
+)
+from netcheck.controller.spec import MAX_NAME, MAX_ROLES, BootMode, Name, Site, Spec
 
+# Network devices (routers and firewalls) in the optional `network:` section, and addresses
+# per device.
+MAX_DEVICES = 1_000
+MAX_DEVICE_ADDRESSES = 64
 # Hosts in one inventory. The bench's largest site has 1,014 (1,000 agents); 10,000 hosts
 # load in about half a second here, and the checks they expand to are capped by the policy.
 MAX_HOSTS = 10_000
@@ -38,10 +49,31 @@ class Host(BaseModel):
     @field_validator("address")
     @classmethod
     def _ip(cls, v: str) -> str:
-        try:
-            return str(ipaddress.ip_address(v))
-        except ValueError:
-            raise ValueError(f"{v!r} is not an IP address") from None
+        return _ip_address(v)
+
+
+def _ip_address(v: str) -> str:
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+
+
+class NetworkDevice(BaseModel):
+    """A router or firewall of the site (``network:``): names the device a diagnosis finds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    kind: Literal["router", "firewall"]
+    addresses: tuple[Annotated[str, Field(max_length=64)], ...] = Field(
+        min_length=1, max_length=MAX_DEVICE_ADDRESSES
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _ips(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_ip_address(a) for a in v)
 
 
 class _InventoryFile(BaseModel):
@@ -50,6 +82,8 @@ class _InventoryFile(BaseModel):
     version: Literal[1]
     site: str = Field("site", min_length=1, max_length=MAX_NAME)
     hosts: dict[str, tuple[Host, ...]] = Field(max_length=MAX_ROLES)
+    # site (user | on_prem | cloud) -> its routers and firewalls
+    network: dict[Site, tuple[NetworkDevice, ...]] = Field(default_factory=dict, max_length=3)
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,11 @@ class Inventory:
     file: str
     site: str
     hosts: dict[str, tuple[Host, ...]]
+    network: dict[str, tuple[NetworkDevice, ...]] = field(default_factory=dict)  # site -> devices
+
+    def device_names(self) -> dict[str, str]:
+        """address -> the name of the router or firewall that holds it (``network:``)."""
+        return {a: d.name for ds in self.network.values() for d in ds for a in d.addresses}
 
     @cached_property
     def _names(self) -> dict[str, tuple[str, Host]]:
@@ -135,5 +174,44 @@ def load_inventory(path: str | Path, spec: Spec) -> Inventory:
                         f"matrix (known systems: {', '.join(known)})",
                     )
                 )
+    problems += _check_network(src, inv)
     raise_if(problems)
-    return Inventory(file=str(path), site=inv.site, hosts=inv.hosts)
+    return Inventory(
+        file=str(path),
+        site=inv.site,
+        hosts=inv.hosts,
+        network={str(k): v for k, v in inv.network.items()},
+    )
+
+
+def _check_network(src: Sourced, inv: _InventoryFile) -> list[Problem]:
+    """Device names and addresses are unique over the whole ``network:`` section."""
+    problems: list[Problem] = []
+    count = sum(len(ds) for ds in inv.network.values())
+    if count > MAX_DEVICES:
+        problems.append(src.problem(("network",), f"{count:,} devices; at most {MAX_DEVICES:,}"))
+        return problems
+    names: dict[str, int] = {}
+    addresses: dict[str, int] = {}
+    for site, devices in inv.network.items():
+        for i, d in enumerate(devices):
+            at = ("network", site, i)
+            if d.name in names:
+                problems.append(
+                    src.problem(
+                        (*at, "name"),
+                        f"duplicate device name {d.name!r} (first at line {names[d.name]})",
+                    )
+                )
+            names.setdefault(d.name, src.line((*at, "name")))
+            for j, a in enumerate(d.addresses):
+                if a in addresses:
+                    problems.append(
+                        src.problem(
+                            (*at, "addresses", j),
+                            f"device {d.name!r}: address {a} is already given "
+                            f"(first at line {addresses[a]})",
+                        )
+                    )
+                addresses.setdefault(a, src.line((*at, "addresses", j)))
+    return problems

@@ -35,17 +35,46 @@ Cause = Literal[
     "stale",  # the newest result is older than the freshness limit
 ]
 Decision = Literal["go", "no-go", "undecided"]
+# Where a failing check was stopped: in the network (a router or firewall on the path) or on
+# the destination host itself (its own firewall, or nothing listening there).
+Side = Literal["network", "host"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device that acted on a check, as far as the evidence goes.
+
+    ``address`` is None when the device answered in the destination's name (a reset forged by
+    a firewall on the path); ``hops`` counts from the source (None when not known); ``name``
+    comes from the inventory (its ``network:`` section, or a host's name). ``at`` is
+    ``"after"`` for a drop: the device is the last hop that answered, and the packets died
+    there or just past it.
+    """
+
+    address: str | None
+    hops: int | None = None
+    name: str = ""
+    at: Literal["at", "after"] = "at"
 
 
 @dataclass(frozen=True)
 class CheckRow:
-    """One expected check with its verdict and a diagnosis in plain words."""
+    """One expected check with its verdict and a diagnosis in plain words.
+
+    ``side``, ``device`` and ``seen_from`` are the diagnosis as data (None / empty when the
+    evidence does not say): the side that stopped a failing check, the device that acted, and
+    the addresses the destination saw this source's packets arrive from instead of its own
+    (NAT).
+    """
 
     check: ExpectedCheck
     verdict: Verdict
     cause: Cause
     diagnosis: str
     result: ProbeResult | None = None
+    side: Side | None = None
+    device: Device | None = None
+    seen_from: tuple[str, ...] = ()
 
 
 def rolled_up(failed: int, unknown: int) -> Verdict:

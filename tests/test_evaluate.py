@@ -268,7 +268,7 @@ CASES = [
         [result(2, "pio-1", "prem-vc", 443, "refused", mode="syn", rst_from_firewall=True)],
         "fail",
         "rejected",
-        "rejected by a firewall: the reset came from fewer hops away than the destination",
+        "reset forged by a device on the path, in the name of the destination",
     ),
     Case(
         "nothing listening: the reset's TTL says the destination (no agent on vCenter)",

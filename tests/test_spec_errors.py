@@ -257,6 +257,17 @@ hosts:
     - {name: b1, address: 198.18.2.1, os: "RHEL 7.4", boot: UEFI}
 """
 
+NETWORK_OK = """\
+network:
+  on_prem:
+    - name: core-rt
+      kind: router
+      addresses: [198.18.1.254, 198.18.254.1]
+    - name: edge-fw
+      kind: firewall
+      addresses: [198.18.9.1]
+"""
+
 INVENTORY_CASES = [
     (
         "unknown role",
@@ -298,6 +309,36 @@ INVENTORY_CASES = [
         INVENTORY_OK.replace("198.18.1.1", "f" * 65),
         "5: hosts.a.0.address: String should have at most 64 characters",
     ),
+    (
+        "network: unknown site",
+        INVENTORY_OK + NETWORK_OK.replace("on_prem:", "moon:"),
+        "9: network.moon",
+    ),
+    (
+        "network: unknown device kind",
+        INVENTORY_OK + NETWORK_OK.replace("kind: firewall", "kind: switch"),
+        "14: network.on_prem.1.kind: Input should be 'router' or 'firewall'",
+    ),
+    (
+        "network: bad address",
+        INVENTORY_OK + NETWORK_OK.replace("198.18.254.1", "198.18.254.300"),
+        "12: network.on_prem.0.addresses: '198.18.254.300' is not an IP address",
+    ),
+    (
+        "network: duplicate device name",
+        INVENTORY_OK + NETWORK_OK.replace("name: edge-fw", "name: core-rt"),
+        "13: duplicate device name 'core-rt' (first at line 10)",
+    ),
+    (
+        "network: an address given twice",
+        INVENTORY_OK + NETWORK_OK.replace("198.18.9.1", "198.18.1.254"),
+        "15: device 'edge-fw': address 198.18.1.254 is already given (first at line 12)",
+    ),
+    (
+        "network: unknown key in a device",
+        INVENTORY_OK + NETWORK_OK.replace("kind: router", "kind: router\n      vendor: x"),
+        "12: unknown key 'vendor' in network.on_prem.0",
+    ),
 ]
 
 
@@ -311,6 +352,18 @@ def test_bad_inventory_names_file_and_line(tmp_path: Path, text: str, message: s
     with pytest.raises(InputError) as info:
         load_inventory(path, spec)
     assert f"{path}:{message}" in str(info.value), str(info.value)
+
+
+def test_the_network_section_names_devices(tmp_path: Path) -> None:
+    spec = load_spec(_write(tmp_path, TOPOLOGY_OK))
+    path = tmp_path / "inventory.yaml"
+    path.write_text(INVENTORY_OK + NETWORK_OK)
+    inv = load_inventory(path, spec)
+    assert inv.device_names() == {
+        "198.18.1.254": "core-rt",
+        "198.18.254.1": "core-rt",
+        "198.18.9.1": "edge-fw",
+    }
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
