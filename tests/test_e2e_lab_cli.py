@@ -120,7 +120,7 @@ def test_an_unknown_scenario_name_is_refused_with_the_shipped_names(tmp_path: Pa
     (cwd / "mine").write_text("version: 1\n")
     out = _lab(tmp_path / "state", "up", "--scenario", "mine", cwd=cwd)
     assert out.returncode == 2
-    assert "no shipped scenario 'mine' (shipped: audit, clean)" in out.stderr
+    assert "no shipped scenario 'mine' (shipped: audit, clean, diagnosis)" in out.stderr
     assert not (tmp_path / "state").exists()
 
 

@@ -16,7 +16,7 @@ import pytest
 from deploy.lab import lab as labmod
 from deploy.lab import netns, procs
 from deploy.lab.enter import call_in
-from deploy.lab.layout import Layout, build_layout, ctl_netns
+from deploy.lab.layout import Layout, build_layout, ctl_netns, router_netns
 from netcheck.agent.probes import service
 from netcheck.controller.spec import Spec, load_spec
 
@@ -158,6 +158,60 @@ async def test_standin_answers_like_vcenter_and_esxi_through_the_router(
         procs.stop(proc)
     assert procs.recorded_pids(lab.state) == {}
     assert proc.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def diag() -> Iterator[Layout]:
+    """The diagnosis scenario's network beside the audit's (host firewalls, NAT, rate limits)."""
+    state = Path("/tmp/netcheck-lab-test-netns-diag")
+    with labmod.session("diagnosis", "ncld-", state, kind="netns", start=False) as running:
+        yield running.layout
+
+
+def _peer(ns: str, address: str, port: int, src_ns: str, timeout: float = 1.0) -> str | None:
+    """Connect from ``src_ns`` to a listener in ``ns``: the source address it accepted."""
+    with _listen(ns, address, port) as server:
+        if _connect(src_ns, address, port, timeout) != 0:
+            return None
+        server.settimeout(1.0)
+        conn, (peer, _) = server.accept()
+        conn.close()
+        return str(peer)
+
+
+def test_host_firewall_drops_resets_and_prohibits_in_its_own_namespace(diag: Layout) -> None:
+    esxim = diag.of_role("prem_esxi_manager")[0]
+    pm = diag.of_role("prem_manager")[0]
+    cm = diag.of_role("cloud_manager")[0]
+    pio = diag.of_role("pio")[0]
+    vm1 = diag.of_role("prem_vm")[0]
+    assert netns.has_table(pm.netns, "nclab") and not netns.has_table(pio.netns, "nclab")
+    with _listen(pm.netns, pm.address, 5003), _listen(pm.netns, pm.address, 5004):
+        assert _connect(esxim.netns, pm.address, 5003) == errno.ETIMEDOUT
+        assert _connect(esxim.netns, pm.address, 5004) == 0
+    with _listen(cm.netns, cm.address, 7009):
+        assert _connect(pm.netns, cm.address, 7009) == errno.ECONNREFUSED
+    with _listen(vm1.netns, vm1.address, 443):
+        assert _connect(pio.netns, vm1.address, 443) == errno.EHOSTUNREACH
+    # the router's ICMP host-unreachable (the host does not filter 8004)
+    with _listen(esxim.netns, esxim.address, 8004):
+        assert _connect(pio.netns, esxim.address, 8004) == errno.EHOSTUNREACH
+
+
+def test_nat_rewrites_the_source_the_destination_sees(diag: Layout) -> None:
+    pm = diag.of_role("prem_manager")[0]
+    cm = diag.of_role("cloud_manager")[0]
+    pio = diag.of_role("pio")[0]
+    assert _peer(cm.netns, cm.address, 7008, pm.netns) == "198.18.254.1"  # masquerade
+    assert _peer(cm.netns, cm.address, 7007, pm.netns) == pm.address  # not translated
+    assert _peer(pm.netns, pm.address, 8001, pio.netns) == "198.18.1.250"  # snat
+
+
+def test_icmp_rate_limiting_follows_the_scenario(diag: Layout, built: Layout) -> None:
+    for r in ("prem", "cloud"):
+        assert netns.read_sysctl(router_netns(r, "ncld-"), "net.ipv4.icmp_ratelimit") == "1000"
+        # the audit leaves it off, so every traceroute probe is answered
+        assert netns.read_sysctl(router_netns(r, PREFIX), "net.ipv4.icmp_ratelimit") == "0"
 
 
 def test_down_removes_every_namespace_and_process(layout: Layout, tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from deploy.lab.layout import Layout, build_layout, inventory_yaml
+from deploy.lab.nftables import host_ruleset, router_ruleset
 from deploy.lab.scenario import (
     UnknownScenario,
     load_scenario,
     looks_like_path,
-    nft_ruleset,
     parse_ports,
     scenario_path,
     shipped,
@@ -58,7 +58,7 @@ def test_generated_inventory_loads_and_expands(spec: Spec, layout: Layout, tmp_p
 
 
 def test_shipped_scenarios_load(spec: Spec, layout: Layout) -> None:
-    assert {"clean", "audit"} <= set(shipped())
+    assert {"clean", "audit", "diagnosis"} <= set(shipped())
     assert load_scenario("clean", spec, layout).blocks == ()
     audit = load_scenario("audit", spec, layout)
     actions = {b.action for b in audit.blocks}
@@ -75,12 +75,38 @@ def test_shipped_scenarios_load(spec: Spec, layout: Layout) -> None:
 
 def test_nft_ruleset_text(spec: Spec, layout: Layout) -> None:
     audit = load_scenario("audit", spec, layout)
-    prem = nft_ruleset(audit.blocks, "prem")
-    cloud = nft_ruleset(audit.blocks, "cloud")
+    prem = router_ruleset(audit.blocks, "prem")
+    cloud = router_ruleset(audit.blocks, "cloud")
     assert "tcp dport { 6000-6010 } counter drop" in cloud
     assert "reject with icmp type admin-prohibited" in prem
     assert "reject with tcp reset" in cloud and "6000-6010" not in prem
     assert prem.startswith("table inet nclab\ndelete table inet nclab\n")
+    assert "postrouting" not in prem + cloud  # no NAT in the audit
+    assert load_scenario("audit", spec, layout).icmp_ratelimit == "off"
+
+
+def test_diagnosis_scenario_has_every_kind_of_enforcement(spec: Spec, layout: Layout) -> None:
+    diag = load_scenario("diagnosis", spec, layout)
+    assert diag.icmp_ratelimit == "kernel-default"
+    kinds = {(b.router == "host", b.action) for b in diag.blocks}
+    assert kinds == {
+        (False, "drop"), (True, "drop"), (False, "reset"), (True, "reset"),
+        (False, "prohibit"), (True, "prohibit"), (False, "host-unreachable"),
+    }  # fmt: skip
+    prem, cloud = (router_ruleset(diag.blocks, r, diag.nat) for r in ("prem", "cloud"))
+    assert "counter reject with icmp type host-unreachable" in prem
+    assert "type nat hook postrouting priority srcnat;" in prem and "postrouting" not in cloud
+    assert "tcp dport { 7008 } counter masquerade" in prem
+    assert "tcp dport { 8001 } counter snat ip to 198.18.1.250" in prem
+    # a host's own rules go into its input chain, aimed at its own address only
+    mgr = layout.of_role("prem_manager")[0]
+    own = diag.host_blocks(mgr.address)
+    assert [(b.ports, b.action, b.dst) for b in own] == [((5003,), "drop", (mgr.address,))]
+    text = host_ruleset(own)
+    assert "type filter hook input priority filter;" in text and "forward" not in text
+    assert "tcp dport { 5003 } counter drop" in text
+    assert "5003" not in prem + cloud
+    assert diag.host_blocks(layout.of_role("pio")[0].address) == ()
 
 
 def test_parse_ports() -> None:
@@ -107,6 +133,22 @@ def test_parse_ports() -> None:
         ("version: 1\nrules:\n  - interaction: 9\n    ports: 70000\n    action: drop\n", 4,
          "ports are 1-65535"),
         ("version: 1\nrules: [\n", 3, "YAML syntax error"),
+        ("version: 1\nrules:\n  - interaction: 9\n    action: drop\n    at: vm\n", 5, "'prem', "
+         "'cloud' or 'host'"),
+        ("version: 1\nicmp_ratelimit: on\n", 2, "'off' or 'kernel-default'"),
+        ("version: 1\nnat:\n  - interaction: 9\n    ports: 7008\n", 3, "exactly one of"),
+        ("version: 1\nnat:\n  - interaction: 9\n    masquerade: true\n    snat: 198.18.1.250\n",
+         3, "exactly one of"),
+        ("version: 1\nnat:\n  - interaction: 9\n    snat: 10.0.0.1\n", 4, "lab addresses are from "
+         "198.18.0.0/15"),
+        ("version: 1\nnat:\n  - interaction: 9\n    snat: 198.18.2.250\n", 4, "replies must come "
+         "back to the prem router"),
+        ("version: 1\nnat:\n  - interaction: 9\n    snat: 198.18.1.30\n", 4, "a lab host or "
+         "router"),
+        ("version: 1\nnat:\n  - interaction: 9\n    snat: 198.18.1.999\n", 4, "IPv4"),
+        ("version: 1\nnat:\n  - interaction: 9\n    masquerade: true\n    at: host\n", 5, "'prem' "
+         "or 'cloud'"),
+        ("version: 1\nnat:\n  - interaction: 99\n    masquerade: true\n", 3, "no interaction 99"),
     ],
 )  # fmt: skip
 def test_scenario_errors_name_file_and_line(
@@ -150,7 +192,7 @@ def test_a_name_that_is_neither_shipped_nor_a_path_is_refused(
 ) -> None:
     with pytest.raises(UnknownScenario) as err:
         load_scenario("mine", spec, layout)  # a file of that name exists, but has no / or .yaml
-    assert "no shipped scenario 'mine' (shipped: audit, clean)" in str(err.value)
+    assert "no shipped scenario 'mine' (shipped: audit, clean, diagnosis)" in str(err.value)
     assert "./mine.yaml" in str(err.value)
     (decoys / "mine.yaml").write_text("version: 1\ndescription: mine\n")
     assert load_scenario("mine.yaml", spec, layout).description == "mine"

@@ -170,7 +170,8 @@ def _describe(lab: labmod.Lab) -> str:
     if lab.kind == "netns":
         return _trust_line(lab) + (
             f"network namespaces ({lab.layout.prefix}*), scenario {lab.scenario!r} applied with "
-            f"nftables on the prem and cloud routers; controller {lab.controller_url} inside "
+            f"nftables on the prem and cloud routers{lab.firewall_extras}; controller "
+            f"{lab.controller_url} inside "
             f"{lab.ctl_netns}, page forwarded to {lab.page_url}"
         )
     low = (
@@ -222,6 +223,10 @@ def status_lines(lab: labmod.Lab | None, seen: labmod.Observed, prefix: str) -> 
                 f"scenario {lab.scenario!r}: nftables table present on routers: {applied}"
                 f" (of {', '.join(ROUTERS)})"
             )
+            if seen.host_firewalls:
+                names = {h.netns: h.name for h in lab.layout.hosts}
+                own = ", ".join(names.get(ns, ns) for ns in seen.host_firewalls)
+                out.append(f"host firewalls (nftables in the host's own namespace): {own}")
             out.append(
                 f"page: forwarded to {lab.page_url} (pid {forward})"
                 if forward

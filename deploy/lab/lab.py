@@ -42,7 +42,7 @@ from typing import Literal
 
 import yaml
 
-from deploy.lab import argv, netns, procs, scenario, trust, waits
+from deploy.lab import argv, netns, nftables, procs, scenario, trust, waits
 from deploy.lab.layout import (
     CONTROLLER_ADDRESS,
     CONTROLLER_PORT,
@@ -89,6 +89,9 @@ class Lab:
     controller_url: str  # as seen from where the controller runs (ctl namespace or host)
     page_url: str  # as seen from the host
     ctl_netns: str | None
+    # What the scenario adds beyond router rules (host firewalls, NAT, ICMP rate limiting),
+    # as words for the demo: "" when nothing.
+    firewall_extras: str = ""
 
     # -- the files of the state dir -------------------------------------------------------
 
@@ -369,12 +372,18 @@ def _build(
         controller_port = _free_port(controller_port)
     else:
         ctl_addr, ctl_ns = CONTROLLER_ADDRESS, ctl_netns(layout.prefix)
-        netns.create(layout)
+        netns.create(layout, icmp_ratelimit=scen.icmp_ratelimit == "kernel-default")
         for r in ROUTERS:
-            netns.apply_firewall(r, scenario.nft_ruleset(scen.blocks, r), layout.prefix)
+            script = nftables.router_ruleset(scen.blocks, r, scen.nat)
+            netns.apply_firewall(r, script, layout.prefix)
+        for h in layout.hosts:
+            own = scen.host_blocks(h.address)
+            if own:
+                netns.apply_ruleset(h.netns, nftables.host_ruleset(own))
     controller_url = f"https://{ctl_addr}:{controller_port}"
     page_url = f"https://127.0.0.1:{_free_port(page_port)}/" if ctl_ns else f"{controller_url}/"
-    lab = Lab(kind, state, layout, scen.name, controller_url, page_url, ctl_ns)
+    extras = _extras(scen, layout) if kind == "netns" else ""
+    lab = Lab(kind, state, layout, scen.name, controller_url, page_url, ctl_ns, extras)
     lab.inventory.write_text(inventory_yaml(layout))
     write_lab_topology(state, period_s)
     trust.init_ca(lab.pki, ctl_addr, state)
@@ -386,6 +395,17 @@ def _build(
         trust.write_secret(lab.join_token_file(h), tokens[h.name])
     lab.save()
     return lab
+
+
+def _extras(scen: scenario.Scenario, layout: Layout) -> str:
+    hosts = [h.name for h in layout.hosts if scen.host_blocks(h.address)]
+    out = f" and in the own firewalls of {', '.join(hosts)}" if hosts else ""
+    if scen.nat:
+        routers = ", ".join(sorted({n.router for n in scen.nat}))
+        out += f", source NAT on {routers} ({len(scen.nat)} rules)"
+    if scen.icmp_ratelimit == "kernel-default":
+        out += ", the routers with the kernel's ICMP rate limiting"
+    return out
 
 
 def _start(lab: Lab, spec: Spec, probe_mode: str) -> None:
@@ -434,6 +454,7 @@ class Observed:
     firewalls: tuple[str, ...]  # routers whose namespace holds the scenario's nftables table
     alive: dict[str, int]  # pid file name -> pid, for the processes still running (ours)
     recorded: int  # pid files
+    host_firewalls: tuple[str, ...] = ()  # host namespaces holding the table (at: host rules)
 
 
 def observe(state: Path, prefix: str) -> Observed:
@@ -446,4 +467,10 @@ def observe(state: Path, prefix: str) -> Observed:
     )
     recorded = procs.recorded_pids(state) if state.exists() else {}
     alive = procs.alive_recorded(state) if state.exists() else {}
-    return Observed(names, firewalls, alive, len(recorded))
+    hosts = tuple(
+        ns
+        for ns in names
+        if ns not in {ctl_netns(prefix), *(router_netns(r, prefix) for r in ROUTERS)}
+        and netns.has_table(ns, scenario.NFT_TABLE)
+    )
+    return Observed(names, firewalls, alive, len(recorded), hosts)

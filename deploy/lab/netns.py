@@ -118,20 +118,33 @@ def sysctl(netns: str, key: str, value: str) -> None:
     run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{key}={value}"])
 
 
-def create(layout: Layout) -> None:
-    """Build every namespace, link and route of ``layout`` (call :func:`destroy` first)."""
+def create(layout: Layout, icmp_ratelimit: bool = False) -> None:
+    """Build every namespace, link and route of ``layout`` (call :func:`destroy` first).
+
+    Without ``icmp_ratelimit`` the routers answer every TCP traceroute probe
+    (``net.ipv4.icmp_ratelimit=0``): Linux rate-limits ICMP errors per destination (about
+    one a second after a small burst), which hides hops from a sweep. With it the routers
+    keep the kernel's defaults of a fresh namespace, as a real router has them."""
     for batch in build_plan(layout):
         run_batch(batch)
     for r in ROUTERS:
         ns = router_netns(r, layout.prefix)
         sysctl(ns, "net.ipv4.ip_forward", "1")
-        # Answer every TCP traceroute probe: Linux rate-limits ICMP errors per destination
-        # (about one a second after a small burst), which would hide hops from a sweep.
-        sysctl(ns, "net.ipv4.icmp_ratelimit", "0")
+        if not icmp_ratelimit:
+            sysctl(ns, "net.ipv4.icmp_ratelimit", "0")
+
+
+def read_sysctl(netns: str, key: str) -> str:
+    return run(["ip", "netns", "exec", netns, "sysctl", "-n", key]).strip()
+
+
+def apply_ruleset(netns: str, script: str) -> None:
+    """Load an nftables script inside ``netns``."""
+    run(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=script)
 
 
 def apply_firewall(router: str, script: str, prefix: str = PREFIX) -> None:
-    run(["ip", "netns", "exec", router_netns(router, prefix), "nft", "-f", "-"], stdin=script)
+    apply_ruleset(router_netns(router, prefix), script)
 
 
 def list_ruleset(router: str, prefix: str = PREFIX) -> str:
@@ -140,7 +153,11 @@ def list_ruleset(router: str, prefix: str = PREFIX) -> str:
 
 def has_firewall(router: str, table: str, prefix: str = PREFIX) -> bool:
     """Whether the router's namespace holds nftables table ``inet TABLE`` now."""
-    ns = router_netns(router, prefix)
+    return has_table(router_netns(router, prefix), table)
+
+
+def has_table(ns: str, table: str) -> bool:
+    """Whether namespace ``ns`` holds nftables table ``inet TABLE`` now."""
     proc = subprocess.run(
         ["ip", "netns", "exec", ns, "nft", "list", "table", "inet", table],
         capture_output=True,

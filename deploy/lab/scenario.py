@@ -1,13 +1,15 @@
-"""Firewall scenarios: which flows the lab's routers drop or reject, as nftables rules.
+"""Firewall scenarios: what the lab's routers and hosts drop, reject or translate.
 
 A scenario file (``deploy/lab/scenarios/NAME.yaml``)::
 
     version: 1
     description: what this scenario shows
+    icmp_ratelimit: off         # off (default: every ICMP error answered) | kernel-default
     rules:
       - interaction: 9          # every flow of interaction 9 ...
         ports: "6000-6010"      # ... narrowed to these ports (optional)
         action: drop            # drop | reset (tcp reset) | prohibit (icmp admin-prohibited)
+                                # | host-unreachable (icmp host-unreachable)
       - src: cloud_cache        # or explicit: connecting role, listening role, ports
         dst: cloud_manager
         ports: "32820"
@@ -15,18 +17,34 @@ A scenario file (``deploy/lab/scenarios/NAME.yaml``)::
       - interaction: 15
         dst_host: prem-vm-2     # optional: only this lab host (src_host likewise)
         action: prohibit
-        at: prem                # optional: the router that applies it (default: the
-                                # router of the connecting host's site)
+        at: prem                # optional: prem | cloud (a router) | host (the destination
+                                # host's own firewall); default: the connecting host's router
+    nat:                        # source NAT on a router for the flows selected (as above)
+      - interaction: 9
+        ports: "7008"
+        masquerade: true        # the router's outgoing address ...
+        at: prem                # (default: the connecting host's router)
+      - interaction: 4
+        ports: "8001"
+        snat: 198.18.1.250      # ... or this address (in a subnet of that router)
 
 A rule by interaction follows each flow's direction (a ``reverse`` flow is blocked from the
-listening side's peer, the way its connection really goes). Each rule is applied on the
-router of the connecting host's site (or the one ``at`` names), in the ``forward`` chain of
-table ``inet nclab``; the first matching rule decides.
+listening side's peer, the way its connection really goes). A router rule goes into the
+``forward`` chain of table ``inet nclab`` on that router; an ``at: host`` rule into the
+``input`` chain of the same table in the destination host's own namespace, where a packet
+capture on the host's interface still sees the SYN. The first matching rule decides. A NAT
+rule goes into that router's ``postrouting`` chain (:mod:`deploy.lab.nftables`).
+
+``icmp_ratelimit``: ``off`` sets ``net.ipv4.icmp_ratelimit=0`` on the routers, so every TCP
+traceroute probe is answered; ``kernel-default`` leaves the kernel's own limits of a fresh
+namespace (``icmp_ratelimit`` 1000 ms per destination with a burst, ``icmp_msgs_per_sec``,
+``icmp_msgs_burst``), as a real router has them. Hosts always keep the kernel's defaults.
 Errors come back as ``file:line: ...`` (:class:`controller.sourced.InputError`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +52,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deploy.lab.layout import Layout
-from netcheck.controller.ports import port_ranges
+from deploy.lab.layout import INTERCONNECT, MGMT_NET, SITE_NET, SITE_ROUTER, Layout
 from netcheck.controller.sourced import Problem, Sourced, load_yaml, raise_if, validate
 from netcheck.controller.spec import Spec
 
-Action = Literal["drop", "reset", "prohibit"]
+Action = Literal["drop", "reset", "prohibit", "host-unreachable"]
+Router = Literal["prem", "cloud"]
+At = Literal["prem", "cloud", "host"]
+IcmpRateLimit = Literal["off", "kernel-default"]
+HOST = "host"
+LAB_SPACE = ipaddress.IPv4Network("198.18.0.0/15")
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 NFT_TABLE = "nclab"
 _PORTS = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
-_VERDICT: dict[str, str] = {
-    "drop": "drop",
-    "reset": "reject with tcp reset",
-    "prohibit": "reject with icmp type admin-prohibited",
-}
 
 
 def parse_ports(text: str) -> tuple[int, ...]:
@@ -64,18 +81,17 @@ def parse_ports(text: str) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-class Rule(BaseModel):
+class Selector(BaseModel):
+    """Which flows a rule applies to: an interaction, or src/dst/ports; optionally hosts."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    action: Action
     interaction: int | None = Field(None, ge=1)
     src: str | None = None
     dst: str | None = None
     src_host: str | None = None
     dst_host: str | None = None
     ports: str | None = None
-    # Which router applies the rule (default: the one of the connecting host's site).
-    at: Literal["prem", "cloud"] | None = None
     note: str = ""
 
     @field_validator("ports", mode="before")
@@ -91,17 +107,33 @@ class Rule(BaseModel):
         return v
 
 
+class Rule(Selector):
+    action: Action
+    # Which router applies the rule (default: the one of the connecting host's site), or
+    # "host": the destination host's own input chain.
+    at: At | None = None
+
+
+class NatRule(Selector):
+    masquerade: bool = False
+    snat: ipaddress.IPv4Address | None = None
+    at: Router | None = None
+
+
 class ScenarioFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Literal[1]
     description: str = ""
+    icmp_ratelimit: IcmpRateLimit = "off"
     rules: tuple[Rule, ...] = ()
+    nat: tuple[NatRule, ...] = ()
 
 
 @dataclass(frozen=True)
 class Block:
-    """One nftables rule: traffic from ``src`` to ``dst`` on ``ports`` gets ``action``."""
+    """One filter rule: traffic from ``src`` to ``dst`` on ``ports`` gets ``action``, on
+    router ``router`` ("prem", "cloud") or, for "host", on each destination host itself."""
 
     router: str
     src: tuple[str, ...]  # addresses
@@ -112,11 +144,33 @@ class Block:
 
 
 @dataclass(frozen=True)
+class Nat:
+    """One source-NAT rule on ``router``: ``to`` is an address, or None for masquerade."""
+
+    router: str
+    src: tuple[str, ...]
+    dst: tuple[str, ...]
+    ports: tuple[int, ...]
+    to: str | None
+    origin: str
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     file: str
     description: str
     blocks: tuple[Block, ...]
+    nat: tuple[Nat, ...] = ()
+    icmp_ratelimit: IcmpRateLimit = "off"
+
+    def host_blocks(self, address: str) -> tuple[Block, ...]:
+        """The ``at: host`` rules the host with ``address`` applies to itself."""
+        return tuple(
+            Block(b.router, b.src, (address,), b.ports, b.action, b.origin)
+            for b in self.blocks
+            if b.router == HOST and address in b.dst
+        )
 
 
 class UnknownScenario(ValueError):
@@ -161,8 +215,18 @@ def _hosts(
     return tuple(h.address for h in hosts), router, None
 
 
-def _resolve(src: Sourced, i: int, rule: Rule, spec: Spec, layout: Layout) -> list[Block]:
-    at: tuple[str | int, ...] = ("rules", i)
+@dataclass(frozen=True)
+class _Selected:
+    src: tuple[str, ...]  # addresses
+    dst: tuple[str, ...]
+    ports: tuple[int, ...]
+    router: str  # the connecting hosts' router
+    origin: str
+
+
+def _select(
+    src: Sourced, at: tuple[str | int, ...], rule: Selector, spec: Spec, layout: Layout
+) -> list[_Selected]:
     problems: list[Problem] = []
     for key in ("src", "dst"):
         role = getattr(rule, key)
@@ -202,14 +266,58 @@ def _resolve(src: Sourced, i: int, rule: Rule, spec: Spec, layout: Layout) -> li
     else:
         selected.append((rule.src, rule.dst, wanted))
     raise_if(problems)
-    out: list[Block] = []
+    out: list[_Selected] = []
+    origin = f"{Path(src.file).name}:{src.line(at)}"
     for s, d, ports in selected:
         saddrs, router, p1 = _hosts(layout, s, rule.src_host, src, (*at, "src_host"))
         daddrs, _, p2 = _hosts(layout, d, rule.dst_host, src, (*at, "dst_host"))
         raise_if(p for p in (p1, p2) if p is not None)
         if saddrs and daddrs:
-            origin = f"{Path(src.file).name}:{src.line(at)}"
-            out.append(Block(rule.at or router, saddrs, daddrs, ports, rule.action, origin))
+            out.append(_Selected(saddrs, daddrs, ports, router, origin))
+    return out
+
+
+def _blocks(src: Sourced, i: int, rule: Rule, spec: Spec, layout: Layout) -> list[Block]:
+    return [
+        Block(rule.at or s.router, s.src, s.dst, s.ports, rule.action, s.origin)
+        for s in _select(src, ("rules", i), rule, spec, layout)
+    ]
+
+
+def _router_nets(router: str) -> tuple[ipaddress.IPv4Network, ...]:
+    return tuple(net for site, net in SITE_NET.items() if SITE_ROUTER[site] == router)
+
+
+def _snat_problem(address: ipaddress.IPv4Address, router: str, layout: Layout) -> str | None:
+    """Why ``address`` cannot be a source NAT address on ``router`` (None: it can)."""
+    if address not in LAB_SPACE or address in MGMT_NET:
+        return f"snat {address}: lab addresses are from {LAB_SPACE}, outside the management net"
+    taken = {h.address for h in layout.hosts} | set(INTERCONNECT)
+    taken |= {str(net.network_address + 1) for net in SITE_NET.values()}
+    if str(address) in taken:
+        return f"snat {address}: the address of a lab host or router"
+    nets = _router_nets(router)
+    if not any(address in net for net in nets):
+        where = ", ".join(str(n) for n in nets)
+        return (
+            f"snat {address}: replies must come back to the {router} router, so the address "
+            f"must be in one of its subnets ({where})"
+        )
+    return None
+
+
+def _nats(src: Sourced, i: int, rule: NatRule, spec: Spec, layout: Layout) -> list[Nat]:
+    at: tuple[str | int, ...] = ("nat", i)
+    if rule.masquerade == (rule.snat is not None):
+        raise_if([src.problem(at, "a NAT rule needs exactly one of 'masquerade: true', 'snat'")])
+    out: list[Nat] = []
+    for s in _select(src, at, rule, spec, layout):
+        router = rule.at or s.router
+        to = str(rule.snat) if rule.snat is not None else None
+        if rule.snat is not None:
+            why = _snat_problem(rule.snat, router, layout)
+            raise_if([src.problem((*at, "snat"), why)] if why else [])
+        out.append(Nat(router, s.src, s.dst, s.ports, to, s.origin))
     return out
 
 
@@ -219,26 +327,11 @@ def load_scenario(name_or_path: str, spec: Spec, layout: Layout) -> Scenario:
     parsed = validate(src, ScenarioFile)
     blocks: list[Block] = []
     for i, rule in enumerate(parsed.rules):
-        blocks.extend(_resolve(src, i, rule, spec, layout))
-    return Scenario(path.stem, str(path), parsed.description, tuple(blocks))
-
-
-def nft_ruleset(blocks: tuple[Block, ...], router: str) -> str:
-    """The nftables script for ``router`` (replaces the lab's table as a whole)."""
-    lines = [
-        f"table inet {NFT_TABLE}",
-        f"delete table inet {NFT_TABLE}",
-        f"table inet {NFT_TABLE} {{",
-        "  chain forward {",
-        "    type filter hook forward priority filter; policy accept;",
-    ]
-    for b in blocks:
-        if b.router != router:
-            continue
-        lines.append(
-            f"    ip saddr {{ {', '.join(b.src)} }} ip daddr {{ {', '.join(b.dst)} }} "
-            f"tcp dport {{ {port_ranges(b.ports)} }} counter {_VERDICT[b.action]} "
-            f'comment "{b.origin[-120:]}"'
-        )
-    lines += ["  }", "}", ""]
-    return "\n".join(lines)
+        blocks.extend(_blocks(src, i, rule, spec, layout))
+    nats: list[Nat] = []
+    for i, nat in enumerate(parsed.nat):
+        nats.extend(_nats(src, i, nat, spec, layout))
+    return Scenario(
+        path.stem, str(path), parsed.description, tuple(blocks), tuple(nats),
+        parsed.icmp_ratelimit,
+    )  # fmt: skip
