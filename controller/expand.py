@@ -33,6 +33,9 @@ class ExpectedCheck:
     src_address: str
     modes: tuple[str, ...]
     direction: str  # "forward" or "reverse", relative to the interaction's title
+    # False where the spec does not say who connects (a flow of direction "both", not pinned
+    # by the inventory): this check is one of the two directions probed.
+    direction_stated: bool = True
 
 
 def _no_devices() -> Mapping[str, str]:

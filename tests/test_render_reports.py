@@ -17,10 +17,10 @@ from render_helpers import gates_for, load, make_evaluation
 from netcheck.agent.wire import ProbeState, check_id
 from netcheck.controller.expand import expand
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.model import Device, Evaluation, GateDecision, Side
 from netcheck.controller.ports import port_ranges
 from netcheck.controller.render import FORMATS, render_page, render_report
-from netcheck.controller.render.markdown import rules_to_request
+from netcheck.controller.render.rules import rules
 from netcheck.controller.spec import Spec
 
 SCHEMA = json.loads(
@@ -149,10 +149,18 @@ def test_markdown_is_a_firewall_ticket(site: tuple[Spec, Inventory, Evaluation, 
     assert "allow TCP 198.18.1.10 -> 198.18.1.30:2376" in row
     assert "allow TCP 198.18.1.30 -> 198.18.2.30:6003" in md
     title = "HDM PIO Appliance to HDM Prem Manager"
-    assert f"| 4 | {title} | `pio` -> `prem_manager` | **FAIL** | 14/15 | 1 | 0 |" in md
+    roles = "`pio` -> `prem_manager`, `prem_manager` -> `pio`"  # 32820 is pushed back
+    assert f"| 4 | {title} | {roles} | **FAIL** | 14/15 | 1 | 0 |" in md
+    # interaction 10: every flow is Cache -> Manager, whatever the title's order
+    assert "| 10 | HDM Cloud Manager and HDM Cloud Cache | `cloud_cache` -> `cloud_manager` |" in md
     assert "## Not yet known (6)" in md
     assert "## Firewall rules to request (2)" in md
-    assert "| allow TCP 198.18.1.10 -> 198.18.1.30 port 2376 | 4 |" in md
+    assert (
+        "| allow TCP 198.18.1.10 -> 198.18.1.30 port 2376 | pio-1 (198.18.1.10) | "
+        "prem-mgr (198.18.1.30) | 2376 | 4: HDM PIO Appliance to HDM Prem Manager | "
+    ) in md
+    # no device evidence in this evaluation (connect mode, no capture): said so
+    assert "### Enforcing device not known" in md
 
 
 @pytest.mark.parametrize(
@@ -177,10 +185,10 @@ def test_rules_to_request_merge_a_whole_range(
         c.spec.check_id: "filtered" for c in expand(spec, inv) if c.spec.interaction == 9
     }
     ev = make_evaluation(spec, inv, states=dropped)
-    rows = rules_to_request([r for r in ev.rows if r.verdict == "fail"])
-    assert rows == [
-        ["allow TCP 198.18.1.30 -> 198.18.2.30 port 22, 443, 6000-6010, 7000-7010", "9", "dropped"]
-    ]
+    (rule,) = rules(spec, [r for r in ev.rows if r.verdict == "fail"])
+    assert rule.text == "allow TCP 198.18.1.30 -> 198.18.2.30 port 22, 443, 6000-6010, 7000-7010"
+    assert (rule.interaction, rule.causes, rule.device, rule.side) == (9, ("dropped",), None, None)
+    assert "port 600x and 700x" in rule.purpose  # the seed's purposes of those ports
 
 
 def test_html_is_standalone_and_readable_without_js(
@@ -237,3 +245,48 @@ def test_the_formats_agree(site: tuple[Spec, Inventory, Evaluation, Any]) -> Non
         assert f">{i['id']}: {i['passed']}/{i['total']}<" in out["html"]
         suite = junit.find(f"./testsuite[@name='interaction {i['id']}: {i['title']}']")
         assert suite is not None and int(suite.get("tests", "")) == i["total"]
+
+
+def test_the_ticket_groups_rules_by_enforcing_device(
+    site: tuple[Spec, Inventory, Evaluation, Any],
+) -> None:
+    spec, _, ev, gates = site
+    router = Device("198.18.1.1", 1, "prem-rt", "after")
+    host = Device("198.18.1.30", 1, "prem-mgr")
+    found: dict[str, tuple[Side, Device]] = {DOCKER: ("host", host), DATA: ("network", router)}
+    rows = tuple(
+        dataclasses.replace(
+            r, side=found[r.check.spec.check_id][0], device=found[r.check.spec.check_id][1]
+        )
+        if r.check.spec.check_id in found
+        else r
+        for r in ev.rows
+    )
+    ev2 = dataclasses.replace(ev, rows=rows)
+    md = render_report(spec, ev2, gates, "markdown")
+    net = md.index("### In the network: at or just past 198.18.1.1 (prem-rt, hop 1)")
+    own = md.index("### The destination host's own firewall: 198.18.1.30 (prem-mgr, hop 1)")
+    assert net < own  # nearest device first
+    assert md.index("port 6003", net) < own < md.index("port 2376", own)
+    data = json.loads(render_report(spec, ev2, gates, "json"))
+    jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
+    first, second = data["rules"]
+    assert first["device"] == {"address": "198.18.1.1", "hops": 1, "name": "prem-rt", "at": "after"}
+    assert (first["side"], first["ports"], first["interaction"]) == ("network", "6003", 9)
+    assert (first["src_host"], first["dst_host"], first["direction"]) == (
+        "prem-mgr",
+        "cloud-mgr",
+        "forward",
+    )
+    assert first["purpose"] and first["direction_stated"] is True
+    assert (second["side"], second["device"]["name"], second["ports"]) == (
+        "host",
+        "prem-mgr",
+        "2376",
+    )
+    docker = next(c for c in data["checks"] if c["check_id"] == DOCKER)
+    assert (docker["side"], docker["device"]["address"], docker["seen_from"]) == (
+        "host",
+        "198.18.1.30",
+        [],
+    )

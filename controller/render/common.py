@@ -89,6 +89,17 @@ def flow_directions(inter: Interaction) -> tuple[bool, bool]:
     )
 
 
+def connections(inter: Interaction) -> list[tuple[str, str]]:
+    """(connecting role, listening role) pairs of an interaction, from its flows in order:
+    who really connects, whatever the order of the title."""
+    out: list[tuple[str, str]] = []
+    for f in inter.flows:
+        pair = inter.ends(f)
+        if pair not in out:
+            out.append(pair)
+    return out
+
+
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """A plain aligned text table (for terminals)."""
     widths = [len(h) for h in header]

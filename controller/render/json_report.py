@@ -12,9 +12,17 @@ from typing import Any
 
 from netcheck.agent.wire import encode
 from netcheck.controller.gate import decision_to_dict
-from netcheck.controller.model import AgentSeen, CheckRow, Evaluation, GateDecision, Rollup
+from netcheck.controller.model import (
+    AgentSeen,
+    CheckRow,
+    Device,
+    Evaluation,
+    GateDecision,
+    Rollup,
+)
 from netcheck.controller.refusals import RefusedRegistration
 from netcheck.controller.render.common import VERDICTS, iso, rollup_of, summary
+from netcheck.controller.render.rules import Rule, rules
 from netcheck.controller.spec import Spec
 
 SCHEMA_VERSION = 1
@@ -60,9 +68,42 @@ def _check(row: CheckRow, ev: Evaluation) -> dict[str, Any]:
         "latency_s": r.latency_s if r else None,
         "observed_at": iso(r.started_at) if r else None,
         "last_hop": r.last_hop if r else None,
+        "last_hop_hops": r.last_hop_hops if r else None,
         "responder": r.responder if r else None,
+        "responder_hops": r.responder_hops if r else None,
+        "direction_stated": c.direction_stated,
+        "side": row.side,
+        "device": _device(row.device),
+        "seen_from": list(row.seen_from),
         "service_check": encode(sc) if sc else None,
         "sent_by": (ev.sent_by.get(c.spec.check_id) or None) if r else None,
+    }
+
+
+def _device(d: Device | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {"address": d.address, "hops": d.hops, "name": d.name or None, "at": d.at}
+
+
+def _rule(r: Rule) -> dict[str, Any]:
+    return {
+        "device": _device(r.device),
+        "side": r.side,
+        "action": r.action,
+        "src_role": r.src_role,
+        "src_host": r.src_host,
+        "src_address": r.src_address,
+        "dst_role": r.dst_role,
+        "dst_host": r.dst_host,
+        "dst_address": r.dst_address,
+        "ports": r.ports,
+        "interaction": r.interaction,
+        "title": r.title,
+        "purpose": r.purpose,
+        "direction": r.direction,
+        "direction_stated": r.direction_stated,
+        "causes": list(r.causes),
     }
 
 
@@ -156,6 +197,7 @@ def report_dict(
         "interactions": interactions,
         "role_pairs": [_rollup(r) for r in ev.by_role_pair],
         "checks": [_check(row, ev) for row in ev.rows],
+        "rules": [_rule(r) for r in rules(spec, [x for x in ev.rows if x.verdict == "fail"])],
         "unexpected": [encode(r) for r in ev.unexpected],
         "listeners": {host: encode(list(ls)) for host, ls in sorted(ev.listeners.items())},
         "agents": [_agent(a) for a in ev.agents],

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from netcheck.controller.model import CheckRow, Evaluation, GateDecision
-from netcheck.controller.ports import port_ranges
-from netcheck.controller.render.common import counts_text, iso, not_passing, rollup_of, summary
+from netcheck.controller.model import CheckRow, Device, Evaluation, GateDecision, Side
+from netcheck.controller.render.common import (
+    connections,
+    counts_text,
+    iso,
+    not_passing,
+    rollup_of,
+    summary,
+)
 from netcheck.controller.render.gates import gate_headline
-from netcheck.controller.spec import Spec
+from netcheck.controller.render.rules import NOT_STATED, Rule, device_heading, rules
+from netcheck.controller.spec import Interaction, Spec
 
 _ICON = {"pass": "PASS", "fail": "**FAIL**", "unknown": "UNKNOWN"}
 
@@ -31,26 +38,44 @@ def what_to_open(row: CheckRow) -> str:
     return f"allow TCP {c.src_address} -> {c.spec.dst_address}:{c.spec.port}"
 
 
-def rules_to_request(failing: Sequence[CheckRow]) -> list[list[str]]:
-    """One firewall rule per (action, source, destination), ports merged into ranges."""
-    groups: dict[tuple[str, str, str], tuple[set[int], set[int], set[str]]] = {}
-    for r in failing:
-        c = r.check
-        action = "block" if c.spec.expect == "closed" else "allow"
-        ports, inters, causes = groups.setdefault(
-            (action, c.src_address, c.spec.dst_address), (set(), set(), set())
+def _host(name: str, address: str) -> str:
+    return f"{name} ({address})"
+
+
+def rules_section(spec: Spec, failing: Sequence[CheckRow]) -> list[str]:
+    """The rules to request, one table per enforcing device."""
+    requests = rules(spec, failing)
+    out = [f"## Firewall rules to request ({len(requests)})", ""]
+    if not requests:
+        return [*out, "None: every required flow passes or is not yet known."]
+    by_device: dict[tuple[Device | None, Side | None], list[Rule]] = {}
+    for r in requests:
+        by_device.setdefault((r.device, r.side), []).append(r)
+    for (device, side), group in by_device.items():
+        out += [f"### {cell(device_heading(device, side))}", ""]
+        out += _table(
+            ["Rule", "Source", "Destination", "Ports", "Interaction", "Purpose", "Seen as"],
+            [
+                [
+                    r.text,
+                    _host(r.src_host, r.src_address),
+                    _host(r.dst_host, r.dst_address),
+                    r.ports,
+                    f"{r.interaction}: {r.title}"
+                    + ("" if r.direction_stated else f" ({NOT_STATED})"),
+                    r.purpose,
+                    ", ".join(r.causes),
+                ]
+                for r in group
+            ],
         )
-        ports.add(c.spec.port)
-        inters.add(c.spec.interaction)
-        causes.add(r.cause)
-    return [
-        [
-            f"{action} TCP {src} -> {dst} port {port_ranges(ports)}",
-            ", ".join(str(i) for i in sorted(inters)),
-            ", ".join(sorted(causes)),
-        ]
-        for (action, src, dst), (ports, inters, causes) in sorted(groups.items())
-    ]
+        out.append("")
+    return out[:-1]
+
+
+def roles_text(inter: Interaction) -> str:
+    """Who connects to whom in an interaction, derived from its flows (not its title)."""
+    return ", ".join(f"`{a}` -> `{b}`" for a, b in connections(inter))
 
 
 def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
@@ -74,7 +99,7 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
             [
                 str(inter.id),
                 inter.title,
-                f"`{inter.source}` -> `{inter.destination}`",
+                roles_text(inter),
                 _ICON[r.verdict],
                 counts_text(r),
                 str(r.failed),
@@ -83,12 +108,7 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
         )
     out += _table(["#", "Interaction", "Roles", "Verdict", "Pass", "Fail", "Unknown"], rows)
     failing = [r for r in ev.rows if r.verdict == "fail"]
-    requests = rules_to_request(failing)
-    out += ["", f"## Firewall rules to request ({len(requests)})", ""]
-    if requests:
-        out += _table(["Rule", "Interactions", "Seen as"], requests)
-    else:
-        out.append("None: every required flow passes or is not yet known.")
+    out += ["", *rules_section(spec, failing)]
     out += ["", f"## Failing flows ({len(failing)})", ""]
     if failing:
         out += _table(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from netcheck.controller.model import Evaluation, GateDecision
 from netcheck.controller.render.common import (
     check_label,
+    connections,
     counts_text,
     iso,
     not_passing,
@@ -37,7 +38,7 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
                 counts_text(r),
                 str(r.failed),
                 str(r.unknown),
-                f"{inter.source} -> {inter.destination}",
+                ", ".join(f"{a} -> {b}" for a, b in connections(inter)),
                 inter.title,
             ]
         )

@@ -98,22 +98,28 @@
 
   function edgeDetails(id) {
     const i = data.interactions.find((x) => String(x.id) === id);
+    // who connects to whom, from the flows (the title's order is not the direction)
+    const connects = (x) => [...new Set(x.flows.flatMap((f) =>
+      f.direction === "reverse" ? [roleName(x.destination) + " → " + roleName(x.source)]
+        : f.direction === "both" ? [roleName(x.source) + " → " + roleName(x.destination), roleName(x.destination) + " → " + roleName(x.source)]
+          : [roleName(x.source) + " → " + roleName(x.destination)]))].join(", ");
     if (!i) return [el("p", { class: "hint" }, "Interaction " + id + " is no longer in the report.")];
     const checks = data.checks.filter((c) => c.interaction === i.id);
     const out = [
       el("h2", {}, "Interaction " + i.id + ": " + i.title),
       el("dl", { class: "facts" },
         el("dt", {}, "verdict"), el("dd", {}, pill(interactionVerdict(i)), " " + i.passed + "/" + i.total + " pass, " + i.failed + " fail, " + i.unknown + " unknown"),
-        el("dt", {}, "from"), el("dd", {}, roleName(i.source)),
-        el("dt", {}, "to"), el("dd", {}, roleName(i.destination)),
+        el("dt", {}, "connects"), el("dd", {}, connects(i)),
         el("dt", {}, "modes"), el("dd", {}, i.modes.join(", ") || "none"),
         i.interconnect ? el("dt", {}, "path") : null, i.interconnect ? el("dd", {}, "across the site-to-site interconnect") : null),
       el("h3", {}, "Ports"),
     ];
     for (const f of i.flows) {
       const [lo, hi] = f.ports.split("-").map(Number);
-      const who = f.direction === "reverse" ? roleName(i.destination) + " connects" : roleName(i.source) + " connects";
-      const inFlow = checks.filter((c) => c.port >= lo && c.port <= (hi || lo) && c.direction === f.direction);
+      const who = f.direction === "reverse" ? roleName(i.destination) + " connects"
+        : f.direction === "both" ? "either side connects: direction not stated by the spec"
+          : roleName(i.source) + " connects";
+      const inFlow = checks.filter((c) => c.port >= lo && c.port <= (hi || lo) && (f.direction === "both" || c.direction === f.direction));
       const bad = notPassing(inFlow);
       const passed = inFlow.length - bad.length;
       const box = el("div", { class: "port", "data-ports": f.ports },
