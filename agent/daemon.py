@@ -29,6 +29,7 @@ from netcheck.agent.link import Backoff, HttpTransport, Link, LinkError, Transpo
 from netcheck.agent.listeners import ListenerSet
 from netcheck.agent.runner import choose_mode, run_plan, schedule
 from netcheck.agent.spool import Spool
+from netcheck.agent.watch import SynWatcher
 from netcheck.agent.wire import ProbeMode, Registration
 
 log = logging.getLogger(__name__)
@@ -244,9 +245,12 @@ async def _probe_loop(
     state: AgentState,
     stop: asyncio.Event,
     wake: asyncio.Event,
+    watcher: SynWatcher | None = None,
 ) -> None:
     assert link.plan is not None
     await listeners.reconcile(link.plan.listen)
+    if watcher is not None:
+        watcher.watch(s.port for s in link.plan.listen)
     plan_version = link.plan_version
     delays = schedule(link.plan.period_s, random.Random(), cfg.first_run_cap_s)
     if cfg.once and cfg.settle_s > 0 and await _settle(link, listeners, stop, cfg.settle_s):
@@ -257,6 +261,8 @@ async def _probe_loop(
         plan = link.plan
         if link.plan_version != plan_version:
             await listeners.reconcile(plan.listen)
+            if watcher is not None:
+                watcher.watch(s.port for s in plan.listen)
             plan_version = link.plan_version
         try:
             results = await run_plan(plan, mode)
@@ -294,6 +300,7 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
     health = await start_health_server(state, cfg.health_listen) if cfg.health_listen else None
     cert: StandinCert | None = None
     listeners: ListenerSet | None = None
+    watcher: SynWatcher | None = None
     flusher: asyncio.Task[None] | None = None
     renewer: asyncio.Task[None] | None = None
     if cfg.state_dir and http is not None:
@@ -318,10 +325,12 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
             cert = StandinCert(cfg.host or socket.gethostname())
             listeners = ListenerSet(cfg.bind, cert.server_context())
             state.listeners = listeners
+            # The SYNs that reach this host for its planned ports go to the same peer log.
+            watcher = SynWatcher(listeners.saw_syn)
             wake = asyncio.Event()
             if not cfg.once:
                 flusher = asyncio.create_task(_flush_loop(link, stop, wake, cfg))
-            await _probe_loop(cfg, mode, link, listeners, state, stop, wake)
+            await _probe_loop(cfg, mode, link, listeners, state, stop, wake, watcher)
             if cfg.once and cfg.linger_s > 0 and not stop.is_set():
                 # Deliver the round now; the listeners stay up for peers that probe later.
                 await _final_flush(link, cfg)
@@ -337,6 +346,8 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
             flusher.cancel()  # a delivery in flight keeps its records in the spool
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+        if watcher is not None:
+            watcher.close()
         if listeners is not None:
             # Closed first: the final batch says since when the ports are no longer held.
             await listeners.close()

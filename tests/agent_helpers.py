@@ -42,7 +42,10 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class Lab:
     """client -- r1 -- r2 -- server, each in its own namespace, routed over 198.18/15."""
 
-    def __init__(self) -> None:
+    def __init__(self, icmp_ratelimit: bool = False) -> None:
+        """With `icmp_ratelimit`, the routers keep the kernel's ICMP rate limiting
+        (net.ipv4.icmp_ratelimit, icmp_msgs_per_sec: the namespace's defaults)."""
+        self.icmp_ratelimit = icmp_ratelimit
         prefix = f"nct-agent-{os.getpid()}-"
         self.ns = {name: prefix + name for name in ("c", "r1", "r2", "s")}
         self.created: list[str] = []
@@ -75,7 +78,8 @@ class Lab:
         for router in (r1, r2):
             sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             # Routers rate-limit ICMP errors per peer; a lab traceroute of many ports needs all.
-            sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
+            if not self.icmp_ratelimit:
+                sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
         sh("ip", "-n", c, "route", "add", "default", "via", R1_LEFT)
         sh("ip", "-n", r1, "route", "add", "198.18.3.0/24", "via", R2_LEFT)
         sh("ip", "-n", r2, "route", "add", "198.18.1.0/24", "via", R1_RIGHT)
@@ -91,13 +95,16 @@ class Lab:
             timeout=20,
         )
 
-    def spawn(self, ns_key: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns[ns_key], *argv],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def spawn(
+        self, ns_key: str, argv: Sequence[str], stderr: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        with open(stderr or os.devnull, "wb") as err:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns[ns_key], *argv],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         self.procs.append(proc)
         return proc
 
@@ -135,6 +142,31 @@ for port in sys.argv[1:]:
     s.listen(64)
     socks.append(s)
 time.sleep(120)
+"""
+
+
+# A stand-in controller for one agent (stdlib only): answers registration with the plan in
+# argv[2], appends every results batch to argv[3] (one JSON line each). Port argv[1].
+FAKE_CONTROLLER = """
+import http.server, sys
+plan, out = open(sys.argv[2], "rb").read(), sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/api/v1/results":
+            with open(out, "ab") as f:
+                f.write(body + b"\\n")
+            answer = b'{"accepted": 0}'
+        else:
+            answer = plan
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 

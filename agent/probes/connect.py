@@ -192,6 +192,24 @@ async def connect(
     return answer, launched, win
 
 
+async def touch(address: str, port: int, opts: ProbeOptions, deadline: float) -> bool:
+    """One real connection to `address`:`port`, closed at once (by `deadline`, loop time):
+    True when it was established. SYN mode's evidence for the destination's listener (which
+    logs the peer address it saw, NAT included) where no protocol check connects."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        try:
+            if opts.bind_address:
+                sock.bind((opts.bind_address, 0))
+            left = deadline - loop.time()
+            await asyncio.wait_for(loop.sock_connect(sock, (address, port)), max(0.0, left))
+        except (OSError, TimeoutError):
+            return False
+    return True
+
+
 async def probe(
     check: CheckSpec,
     opts: ProbeOptions,

@@ -9,7 +9,10 @@ on its own destination port, over the same sockets: the last router that answere
 whether a reset came from a firewall.
 
 A port found open gets its protocol check at once, over a connection of its own, while the
-scan goes on; like every check it must be done by the round's start + ``timeout_s``. IPv6
+scan goes on; like every check it must be done by the round's start + ``timeout_s``. Each
+destination address also gets ONE real connection from us, to the first port found open
+(closed at once; none where that port's protocol check connects anyway), so the
+destination's listener logs the address it saw us from (NAT) even for plain-tcp ports. IPv6
 checks are connect-probed after the scan.
 
 Outgoing SYNs and traceroute probes are built, and the replies read, by hand
@@ -268,17 +271,25 @@ async def run(
             if ":" not in c.dst_address and SERVICE_CHECKS[c.service].checks_anything:
                 protocol.setdefault((c.dst_address, c.port), []).append(i)
     service_checks: dict[int, asyncio.Task[ServiceCheck | None]] = {}
+    # One real connection per destination address (see the module text).
+    paired: dict[str, asyncio.Task[bool] | None] = {}
     scanning = True
 
     async def service_check(check: CheckSpec) -> ServiceCheck | None:
         async with sem:
             return (await connect.probe(check, opts, deadline=deadline)).service_check
 
+    async def pair(key: Key) -> bool:
+        async with sem:
+            return await connect.touch(key[0], key[1], opts, deadline)
+
     def opened(key: Key) -> None:
         if not scanning:  # the round was cancelled while the scan's thread ran on
             return
         for i in protocol.get(key, ()):
             service_checks[i] = asyncio.create_task(service_check(checks[i]))
+        if key[0] not in paired:
+            paired[key[0]] = None if key in protocol else asyncio.create_task(pair(key))
 
     def on_open(key: Key) -> None:  # called from the scan's thread
         loop.call_soon_threadsafe(opened, key)
@@ -286,9 +297,10 @@ async def run(
     try:
         ports, traces = await asyncio.to_thread(scan, v4, opts, on_open) if v4 else ({}, {})
         await asyncio.gather(*service_checks.values())
+        await asyncio.gather(*(t for t in paired.values() if t is not None))
     finally:
         scanning = False
-        for task in service_checks.values():
+        for task in [*service_checks.values(), *(t for t in paired.values() if t is not None)]:
             task.cancel()
     open_ttl = {k[0]: p.ttl for k, p in ports.items() if p.state == "open" and p.ttl is not None}
     v6_round = opts.round_trips()

@@ -1,0 +1,165 @@
+"""Receiver-side evidence and the hop of a drop, through a real routed path (issue 13).
+
+client -- r1 (NAT for two ports) -- r2 (drops one port) -- server (its own input chain drops
+two ports), in namespaces of 198.18.0.0/15 this module creates and always deletes; the
+routers keep the kernel's ICMP rate limiting on. The server runs a real ``serve`` agent (its
+controller: a stdlib stand-in in the server's namespace, on loopback) whose SYN watcher and
+listeners report who reached it; the client runs ``run`` in SYN and connect mode. Run under
+``flock /tmp/netcheck-netns.lock``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import (
+    CLIENT,
+    FAKE_CONTROLLER,
+    PYTHON,
+    R1_RIGHT,
+    SERVER,
+    Lab,
+    root_lab_skip_reason,
+)
+
+from netcheck.agent.wire import Plan, ResultBatch, decode, encode
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(root_lab_skip_reason() is not None, reason=str(root_lab_skip_reason())),
+]
+
+OPEN, HOST_DROP, ROUTER_DROP, NAT_OPEN, NAT_HOST_DROP = range(1101, 1106)
+PLAIN = (OPEN, HOST_DROP, ROUTER_DROP)
+NATTED = (NAT_OPEN, NAT_HOST_DROP)
+CONTROLLER_PORT = 18111
+SERVER_RULES = f"""table inet nct_host {{
+  chain input {{
+    type filter hook input priority 0;
+    tcp dport {{ {HOST_DROP}, {NAT_HOST_DROP} }} drop
+  }}
+}}
+"""
+R2_RULES = f"""table inet nct_router {{
+  chain forward {{
+    type filter hook forward priority 0;
+    tcp dport {ROUTER_DROP} drop
+  }}
+}}
+"""
+R1_NAT = f"""table ip nct_nat {{
+  chain post {{
+    type nat hook postrouting priority 100;
+    oifname "v1" tcp dport {{ {NAT_OPEN}, {NAT_HOST_DROP} }} masquerade
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(icmp_ratelimit=True) as lab:
+        lab.nft("s", SERVER_RULES)
+        lab.nft("r2", R2_RULES)
+        lab.nft("r1", R1_NAT)
+        yield lab
+
+
+def server_plan() -> dict[str, Any]:
+    listen = [{"port": p, "service": "tcp", "interactions": [9]} for p in (*PLAIN, *NATTED)]
+    return {"role": "s", "host": "s", "address": SERVER, "listen": listen, "checks": []}
+
+
+def client_plan(ports: tuple[int, ...], timeout_s: float = 1.0) -> dict[str, Any]:
+    checks = [
+        {
+            "check_id": f"9:c>s:{port}",
+            "interaction": 9,
+            "dst_role": "s",
+            "dst_host": "s",
+            "dst_address": SERVER,
+            "port": port,
+            "service": "tcp",
+        }
+        for port in ports
+    ]
+    plan = {"role": "c", "host": "c", "address": CLIENT, "listen": [], "checks": checks}
+    return {**plan, "timeout_s": timeout_s}
+
+
+def run_client(lab: Lab, tmp: Path, mode: str, plan: dict[str, Any]) -> ResultBatch:
+    decode(Plan, plan)
+    plan_file, out = tmp / f"plan-{mode}.json", tmp / f"out-{mode}.json"
+    plan_file.write_text(json.dumps(plan))
+    argv = [PYTHON, "-m", "netcheck.agent", "run", "--plan", str(plan_file), "--out", str(out)]
+    proc = lab.run("c", [*argv, "--mode", mode, "--no-listen"])
+    assert proc.returncode == 0, proc.stderr
+    return decode(ResultBatch, json.loads(out.read_text()))
+
+
+def batches(path: Path) -> list[ResultBatch]:
+    if not path.exists():
+        return []
+    return [decode(ResultBatch, json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def serve_and_collect(lab: Lab, tmp: Path, mode: str) -> tuple[list[ResultBatch], str]:
+    """Start the server's agent, probe it from the client (the plain ports, then the
+    NAT'd ones), stop it: every batch it sent, and its log."""
+    plan_file, out, log = tmp / "server-plan.json", tmp / "server-batches.jsonl", tmp / "s.log"
+    plan_file.write_text(json.dumps(encode(decode(Plan, server_plan()))))
+    controller = lab.spawn(
+        "s", [PYTHON, "-c", FAKE_CONTROLLER, str(CONTROLLER_PORT), str(plan_file), str(out)]
+    )
+    time.sleep(0.5)
+    os.environ["NETCHECK_TOKEN"] = "watch-test"
+    agent = lab.spawn(
+        "s",
+        [
+            *(PYTHON, "-m", "netcheck.agent", "serve", "--once", "--linger", "60"),
+            *("--controller", f"http://127.0.0.1:{CONTROLLER_PORT}"),
+            *("--role", "s", "--host", "s", "--address", SERVER),
+        ],
+        stderr=log,
+    )
+    for _ in range(100):  # the round of no checks is reported at once
+        if batches(out):
+            break
+        time.sleep(0.1)
+    assert batches(out), log.read_text()
+    run_client(lab, tmp, mode, client_plan(PLAIN))
+    run_client(lab, tmp, mode, client_plan(NATTED))
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(timeout=20)
+    controller.kill()
+    controller.wait(timeout=10)
+    return batches(out), log.read_text()
+
+
+@pytest.mark.parametrize("mode", ["syn", "connect"])
+def test_the_destination_agent_sees_who_reached_it(lab: Lab, tmp_path: Path, mode: str) -> None:
+    sent, log = serve_and_collect(lab, tmp_path, mode)
+    peers = {(p.port, p.src_address, p.how): p for b in sent for p in b.peers}
+    syn = {(port, src) for port, src, how in peers if how == "syn"}
+    accepted = {(port, src) for port, src, how in peers if how == "accepted"}
+    # The host's own input chain dropped these: the SYN reached the interface all the same.
+    assert (HOST_DROP, CLIENT) in syn, log
+    # r2 dropped this one: it never reached the host.
+    assert all(port != ROUTER_DROP for port, _ in syn | accepted)
+    assert (OPEN, CLIENT) in syn
+    # NAT: the SYN and the connection arrive from r1's address, never from the client's.
+    assert (NAT_HOST_DROP, R1_RIGHT) in syn
+    assert (NAT_OPEN, R1_RIGHT) in syn
+    assert (NAT_OPEN, R1_RIGHT) in accepted  # SYN mode: the one real connection of the pair
+    assert (OPEN, CLIENT) in accepted
+    assert not {(p, s) for p, s in syn | accepted if p in NATTED and s == CLIENT}
+    assert all(p.ttl is not None and 1 <= p.ttl < 64 for p in peers.values() if p.how == "syn")
+    assert all(p.ttl is None for p in peers.values() if p.how == "accepted")
+    assert (HOST_DROP, CLIENT) not in accepted
