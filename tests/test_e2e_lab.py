@@ -5,6 +5,13 @@ stand-ins), one probe round runs, and the controller's JSON report must agree ch
 check with a verdict computed HERE, independently of the product's code, from the raw
 scenario file, the raw topology.yaml and the generated inventory. Where nmap is installed,
 the agent's port states from two sources are cross-checked against ``nmap -sT``.
+
+The ``diagnosis`` scenario runs twice, in SYN mode (``auto`` as root) and in connect mode:
+besides verdict and cause, each failing check must name its side (``network`` for a router's
+rule, ``host`` for the destination's own firewall), the device that acted (its address, or
+none for a reset forged in the destination's name, and its hop count), and a NAT'd check the
+address the destination saw. Hops follow the lab's wiring: the source's own router is hop 1,
+the other site's router hop 2 (its interconnect address), the destination one hop further.
 """
 
 from __future__ import annotations
@@ -56,19 +63,20 @@ def expected_checks(topology: dict[str, Any], hosts: dict[str, list[str]]) -> di
     out: dict[Key, str] = {}
     for inter in topology["interactions"]:
         for flow in inter["flows"]:
-            src, dst = inter["source"], inter["destination"]
-            if flow.get("direction", "forward") == "reverse":
-                src, dst = dst, src
-            for s in hosts.get(src, []):
-                for d in hosts.get(dst, []):
-                    for port in _ports(flow["ports"]):
-                        out[(inter["id"], s, d, port)] = f"{src}>{dst}"
+            fwd = (inter["source"], inter["destination"])
+            ways = {"forward": [fwd], "reverse": [fwd[::-1]], "both": [fwd, fwd[::-1]]}
+            for src, dst in ways[flow.get("direction", "forward")]:
+                for s in hosts.get(src, []):
+                    for d in hosts.get(dst, []):
+                        for port in _ports(flow["ports"]):
+                            out[(inter["id"], s, d, port)] = f"{src}>{dst}"
     return out
 
 
-def blocking_rule(
+def matching_rule(
     rules: list[dict[str, Any]], key: Key, src_role: str, dst_role: str
 ) -> dict[str, Any] | None:
+    """The first rule (or NAT rule) of ``rules`` that selects this check."""
     inter, src_host, dst_host, port = key
     for rule in rules:  # nftables: the first matching rule decides
         if rule.get("interaction") not in (None, inter):
@@ -85,32 +93,103 @@ def blocking_rule(
     return None
 
 
+CAUSE = {"drop": "dropped", "prohibit": "prohibited", "host-unreachable": "unreachable"}
+
+
 def expectation(
-    rules: list[dict[str, Any]], key: Key, pair: str, agent_roles: set[str]
+    scen: dict[str, Any],
+    key: Key,
+    pair: str,
+    agent_roles: set[str],
+    mode: str = "syn",
+    landed: bool = False,
 ) -> tuple[str, set[str]]:
-    """(verdict, acceptable causes) for one check."""
+    """(verdict, acceptable causes) for one check, probed in ``mode``; ``landed``: the report
+    carries the diagnosis of issue 13 (SYN-mode NAT evidence)."""
     src_role, dst_role = pair.split(">")
-    rule = blocking_rule(rules, key, src_role, dst_role)
+    rule = matching_rule(scen.get("rules") or [], key, src_role, dst_role)
     if rule is None:
-        return "pass", {"ok"}
-    if rule["action"] == "drop":
-        return "fail", {"dropped"}
-    if rule["action"] == "prohibit":
-        return "fail", {"prohibited"}
+        nat = matching_rule(scen.get("nat") or [], key, src_role, dst_role)
+        if nat is None or dst_role not in agent_roles:  # only an agent there sees the source
+            return "pass", {"ok"}
+        # a SYN probe completes no connection: before issue 13 nothing saw the new source
+        return "pass", {"nat"} if mode == "connect" or landed else {"ok", "nat"}
+    if rule["action"] in CAUSE:
+        return "fail", {CAUSE[rule["action"]]}
     # a reset while the destination listens: only an agent there can prove it listened
     return "fail", {"rejected"} if dst_role in agent_roles else {"rejected", "refused"}
+
+
+GATEWAY = {"user": "198.18.10.1", "on_prem": "198.18.1.1", "cloud": "198.18.2.1"}
+INTERCONNECT = {"prem": "198.18.254.1", "cloud": "198.18.254.2"}
+ROUTER_OF = {"user": "prem", "on_prem": "prem", "cloud": "cloud"}
+
+
+def router_hop(router: str, src_site: str) -> tuple[str, int]:
+    """(address, hop) of ``router`` as seen from a host of ``src_site``: its own router
+    answers from the source's gateway at hop 1, the other one from its interconnect end."""
+    if router == ROUTER_OF[src_site]:
+        return GATEWAY[src_site], 1
+    return INTERCONNECT[router], 2
+
+
+def dst_hops(src_site: str, dst_site: str) -> int:
+    return 2 if ROUTER_OF[src_site] == ROUTER_OF[dst_site] else 3
+
+
+def nat_address(nat: dict[str, Any], src_site: str, dst_site: str) -> str:
+    """The source address the destination sees: the snat address, or for masquerade the
+    NAT router's address on its way out (the destination's gateway, or its interconnect end)."""
+    if "snat" in nat:
+        return str(nat["snat"])
+    router = nat.get("at", ROUTER_OF[src_site])
+    return GATEWAY[dst_site] if ROUTER_OF[dst_site] == router else INTERCONNECT[router]
+
+
+def last_hop(rule: dict[str, Any], src_site: str, dst_site: str) -> tuple[str, int]:
+    """The last hop a TCP traceroute gets an answer from, for a drop by ``rule``: the router
+    that drops (it answers time-exceeded before its forward chain), or for a host's own
+    firewall the router before the destination."""
+    if rule.get("at") == "host":
+        return router_hop(ROUTER_OF[dst_site], src_site)
+    return router_hop(rule.get("at", ROUTER_OF[src_site]), src_site)
+
+
+def diagnosis(
+    scen: dict[str, Any], c: dict[str, Any], site: dict[str, str]
+) -> dict[str, Any] | None:
+    """What the diagnosis must say of check ``c`` (side, device, seen_from), from the
+    scenario: None when the scenario does not touch it."""
+    key = (c["interaction"], c["src_host"], c["dst_host"], c["port"])
+    ss, ds = site[c["src_role"]], site[c["dst_role"]]
+    rule = matching_rule(scen.get("rules") or [], key, c["src_role"], c["dst_role"])
+    if rule is None:
+        nat = matching_rule(scen.get("nat") or [], key, c["src_role"], c["dst_role"])
+        return None if nat is None else {"seen_from": [nat_address(nat, ss, ds)]}
+    if rule.get("at") == "host":
+        return {"side": "host", "address": c["dst_address"], "hops": dst_hops(ss, ds)}
+    address, hops = last_hop(rule, ss, ds)
+    if rule["action"] == "reset":  # forged in the destination's name: no address of its own
+        return {"side": "network", "address": None, "hops": hops}
+    return {"side": "network", "address": address, "hops": hops}
 
 
 # --- the lab ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=shipped())
+# Every shipped scenario in the default mode (SYN probes as root); the diagnosis also in
+# connect mode.
+RUNS = [(name, "auto") for name in shipped()] + [("diagnosis", "connect")]
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{n}-{m}" for n, m in RUNS])
 def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
     from netcheck.controller.spec import load_spec
 
+    name, mode = request.param
     running: labmod.Lab | None = None
     try:
-        running = labmod.up(request.param, "netns", state=STATE, prefix=PREFIX)
+        running = labmod.up(name, "netns", state=STATE, prefix=PREFIX, probe_mode=mode)
         spec = load_spec(REPO / "topology.yaml")
         assert running.wait_listening(spec, 20.0) == []
         since = time.time()
@@ -128,23 +207,37 @@ def report(lab: labmod.Lab) -> dict[str, Any]:
     return data
 
 
-def _raw(lab: labmod.Lab) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[str]]]:
+def _raw(lab: labmod.Lab) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[str]]]:
     topology = yaml.safe_load((REPO / "topology.yaml").read_text())
     scen = yaml.safe_load((REPO / "deploy/lab/scenarios" / f"{lab.scenario}.yaml").read_text())
     inv = yaml.safe_load((lab.state / "inventory.yaml").read_text())
     hosts = {role: [h["name"] for h in hs] for role, hs in inv["hosts"].items()}
-    return topology, scen.get("rules") or [], hosts
+    return topology, scen, hosts
+
+
+def _mode(report: dict[str, Any]) -> str:
+    """The agents' probe mode in this run ("syn" or "connect")."""
+    modes = {a["mode"] for a in report["agents"]}
+    assert len(modes) == 1, modes
+    return "connect" if modes == {"connect"} else "syn"
+
+
+def _landed(report: dict[str, Any]) -> bool:
+    """Whether the report carries issue 13's diagnosis (side, device, seen_from)."""
+    return all("side" in c and "seen_from" in c for c in report["checks"])
 
 
 def test_every_check_agrees_with_the_scenario(lab: labmod.Lab, report: dict[str, Any]) -> None:
-    topology, rules, hosts = _raw(lab)
+    topology, scen, hosts = _raw(lab)
+    rules = scen.get("rules") or []
     agent_roles = {name for name, r in topology["roles"].items() if r["agent"]}
     wanted = expected_checks(topology, hosts)
     got = {(c["interaction"], c["src_host"], c["dst_host"], c["port"]): c for c in report["checks"]}
     assert set(got) == set(wanted)
+    mode, landed = _mode(report), _landed(report)
     wrong = []
     for key, pair in sorted(wanted.items()):
-        verdict, causes = expectation(rules, key, pair, agent_roles)
+        verdict, causes = expectation(scen, key, pair, agent_roles, mode, landed)
         c = got[key]
         if c["verdict"] != verdict or c["cause"] not in causes:
             wrong.append(f"{key}: want {verdict}/{sorted(causes)}, got {c['verdict']}/"
@@ -157,11 +250,11 @@ def test_every_check_agrees_with_the_scenario(lab: labmod.Lab, report: dict[str,
 
 
 def test_gates_follow_the_failing_checks(lab: labmod.Lab, report: dict[str, Any]) -> None:
-    topology, rules, hosts = _raw(lab)
+    topology, scen, hosts = _raw(lab)
     agent_roles = {name for name, r in topology["roles"].items() if r["agent"]}
     wanted = expected_checks(topology, hosts)
     failing = {
-        key[0] for key, pair in wanted.items() if expectation(rules, key, pair, agent_roles)[0]
+        key[0] for key, pair in wanted.items() if expectation(scen, key, pair, agent_roles)[0]
         == "fail"
     }  # fmt: skip
     for mode, m in topology["modes"].items():
@@ -216,31 +309,74 @@ def test_agent_port_states_match_nmap(
     assert wrong == []
 
 
-GATEWAY = {"user": "198.18.10.1", "on_prem": "198.18.1.1", "cloud": "198.18.2.1"}
-INTERCONNECT = {"prem": "198.18.254.1", "cloud": "198.18.254.2"}
-ROUTER_OF = {"user": "prem", "on_prem": "prem", "cloud": "cloud"}
-
-
 def test_dropped_checks_name_the_router_that_dropped(
     lab: labmod.Lab, report: dict[str, Any]
 ) -> None:
-    """In raw mode, the TCP traceroute's last hop is the router whose rule dropped the SYN."""
-    topology, rules, _ = _raw(lab)
+    """The TCP traceroute's last hop is the router whose rule dropped the SYN (or, for a
+    host's own firewall, the router before it): always in SYN mode, and in connect mode
+    whenever the agent's connect traceroute names one."""
+    topology, scen, _ = _raw(lab)
+    rules = scen.get("rules") or []
     site = {name: r["site"] for name, r in topology["roles"].items()}
     reported = [c for c in report["checks"] if c["cause"] == "dropped"]
     if not any(r["action"] == "drop" for r in rules):
         assert reported == []  # a scenario that drops nothing: no check may say "dropped"
         return
-    dropped = [c for c in reported if c["mode"] == "syn"]
-    assert dropped, "the scenario drops flows, but no dropped check was probed in raw mode"
+    mode = _mode(report)
+    dropped = [c for c in reported if c["mode"] == mode]
+    assert dropped, f"the scenario drops flows, but no dropped check was probed in {mode} mode"
     wrong = []
     for c in dropped:
         key = (c["interaction"], c["src_host"], c["dst_host"], c["port"])
-        rule = blocking_rule(rules, key, c["src_role"], c["dst_role"])
+        rule = matching_rule(rules, key, c["src_role"], c["dst_role"])
         assert rule is not None and rule["action"] == "drop"
-        here = ROUTER_OF[site[c["src_role"]]]
-        at = rule.get("at", here)
-        hop = GATEWAY[site[c["src_role"]]] if at == here else INTERCONNECT[at]
-        if c["last_hop"] != hop:
-            wrong.append((key, hop, c["last_hop"]))
+        hop, hops = last_hop(rule, site[c["src_role"]], site[c["dst_role"]])
+        if mode == "connect" and c["last_hop"] is None:
+            continue
+        if c["last_hop"] != hop or c.get("last_hop_hops") not in (None, hops):
+            wrong.append((key, hop, hops, c["last_hop"], c.get("last_hop_hops")))
     assert wrong == []
+
+
+def test_failing_checks_name_side_device_and_nat_address(
+    lab: labmod.Lab, report: dict[str, Any]
+) -> None:
+    """Side (network or host), the enforcing device's address and hop, and the NAT address
+    the destination saw, as the scenario file says (when the report carries them). Hops are
+    compared where the agents report them (``responder_hops``, ``last_hop_hops``); a drop by
+    a host's own firewall is said to be the host's where the destination's SYN capture
+    reports, else it must name the last router that answered."""
+    if not _landed(report):
+        pytest.skip("the report has no side/device/seen_from (issue 13 not landed)")
+    topology, scen, _ = _raw(lab)
+    site = {name: r["site"] for name, r in topology["roles"].items()}
+    agent_roles = {name for name, r in topology["roles"].items() if r["agent"]}
+    wrong = []
+    touched = 0
+    for c in report["checks"]:
+        want = diagnosis(scen, c, site)
+        if want is None:
+            continue
+        touched += 1
+        if "seen_from" in want:
+            if c["dst_role"] in agent_roles and c["seen_from"] != want["seen_from"]:
+                wrong.append((c["check_id"], want, c["seen_from"], c["diagnosis"]))
+            continue
+        dev = c["device"] or {}
+        got = {"side": c["side"], "address": dev.get("address"), "hops": dev.get("hops")}
+        if got["side"] is None:
+            # evidence not reported (no capture at the destination, no traceroute in connect
+            # mode yet): a drop names at most the last router that answered
+            if want["side"] == "host" and c["cause"] == "dropped":
+                ss, ds = site[c["src_role"]], site[c["dst_role"]]
+                address, hops = router_hop(ROUTER_OF[ds], ss)
+                want = {**want, "address": address, "hops": hops}
+            want = {**want, "side": None}
+            if got["address"] is None:
+                want = {**want, "address": None}
+        if got["hops"] is None:  # hops from the agent's traceroute or the reply's TTL
+            want = {**want, "hops": None}
+        if got != want:
+            wrong.append((c["check_id"], want, got, c["diagnosis"]))
+    assert wrong == [], "\n".join(str(w) for w in wrong[:30])
+    assert touched == 0 or scen.get("rules") or scen.get("nat")
