@@ -125,6 +125,11 @@ def test_connect_mode_tells_every_state(lab: Lab, tmp_path: Path) -> None:
     assert "host unreachable" in res[HOST_UNREACH].error
     # connect() cannot see a reset's TTL.
     assert all(r.rst_from_firewall is None for r in res.values())
+    # The TCP traceroute by connect() with IP_TTL names the hop of a drop and of a reject.
+    for port in (DROP, ADMIN, HOST_UNREACH, HOST_PROHIB):
+        assert (res[port].last_hop, res[port].last_hop_hops) == (R2_LEFT, 2), res[port]
+    assert res[ADMIN].responder_hops == 2
+    assert res[OPEN].last_hop is None and res[OPEN].responder_hops is None
 
 
 def test_syn_mode_tells_every_state_and_finds_the_firewall(lab: Lab, tmp_path: Path) -> None:
@@ -146,6 +151,9 @@ def test_syn_mode_tells_every_state_and_finds_the_firewall(lab: Lab, tmp_path: P
     assert res[ADMIN].responder == R2_LEFT
     assert res[ADMIN].last_hop == R2_LEFT
     assert res[OPEN].last_hop is None and res[OPEN].latency_s is not None
+    # Hop numbers: r2 is hop 2; its forged reset came from 2 hops, the server's own from 3.
+    assert res[DROP].last_hop_hops == 2 and res[ADMIN].responder_hops == 2
+    assert (res[RESET].responder_hops, res[CLOSED].responder_hops) == (2, 3)
 
 
 @pytest.mark.parametrize("mode", ["connect", "syn"])

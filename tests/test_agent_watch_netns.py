@@ -24,6 +24,7 @@ from agent_helpers import (
     FAKE_CONTROLLER,
     PYTHON,
     R1_RIGHT,
+    R2_LEFT,
     SERVER,
     Lab,
     root_lab_skip_reason,
@@ -163,3 +164,49 @@ def test_the_destination_agent_sees_who_reached_it(lab: Lab, tmp_path: Path, mod
     assert all(p.ttl is not None and 1 <= p.ttl < 64 for p in peers.values() if p.how == "syn")
     assert all(p.ttl is None for p in peers.values() if p.how == "accepted")
     assert (HOST_DROP, CLIENT) not in accepted
+
+
+# Sends `n` UDP datagrams with TTL 2 to the server: r2 answers time-exceeded until its ICMP
+# rate limit toward the client is spent. Prints how many it answered (read with IP_RECVERR).
+EXHAUST = """
+import socket, sys, time
+n, dst = int(sys.argv[1]), sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_IP, 11, 1)  # IP_RECVERR
+s.setsockopt(socket.SOL_IP, socket.IP_TTL, 2)
+for i in range(n):
+    try:
+        s.sendto(b"x", (dst, 33434 + i))
+    except OSError:  # the error of an earlier datagram, reported once (it stays queued)
+        pass
+time.sleep(0.2)
+answered = 0
+while True:
+    try:
+        s.recvmsg(64, 512, 0x2000 | socket.MSG_DONTWAIT)  # MSG_ERRQUEUE
+    except OSError:
+        break
+    answered += 1
+print(answered)
+"""
+
+
+@pytest.mark.parametrize("mode", ["syn", "connect"])
+def test_a_router_drop_names_the_router_under_icmp_rate_limiting(
+    lab: Lab, tmp_path: Path, mode: str
+) -> None:
+    """r2 drops the port; its ICMP rate limit toward the client is spent just before the
+    probe, so r2's time-exceeded for the trace's TTL 2 comes only when a token is back (about
+    a second later): the paced trace retries the silent hop and still names r2, hop 2."""
+    spent = lab.run("c", [PYTHON, "-c", EXHAUST, "30", SERVER])
+    assert spent.returncode == 0, spent.stderr
+    assert 1 <= int(spent.stdout) < 30  # rate limiting is on: r2 answered only a burst
+    res = run_client(lab, tmp_path, mode, client_plan((ROUTER_DROP, HOST_DROP), 3.0))
+    by_port = {r.port: r for r in res.results}
+    drop = by_port[ROUTER_DROP]
+    assert drop.state == "filtered"
+    assert (drop.last_hop, drop.last_hop_hops) == (R2_LEFT, 2), drop
+    # The host's own firewall drops this one: the last router is r2 as well (the SYN was seen
+    # at the server's interface: see the test above).
+    assert by_port[HOST_DROP].state == "filtered"
+    assert by_port[HOST_DROP].last_hop == R2_LEFT

@@ -9,6 +9,12 @@ destination). ICMP errors are read from the
 socket's error queue (IP_RECVERR) to tell ``prohibited`` from ``unreachable`` and to name the
 router that answered.
 
+A port still silent :data:`TRACE_AFTER_S` into its check, or answered by a router's ICMP
+error, is traced meanwhile (:func:`trace`: connect() with IP_TTL per TTL, the time-exceeded
+read from the error queue, paced against ICMP rate limits), so connect mode names the last
+hop and its number too; the trace ends with the check (a filtered port's window, or the
+deadline) and reports what it knows by then.
+
 The caller owns the timeout: one deadline per check (its start + ``timeout_s``, or the one
 the caller gives) covers the connect attempts and the protocol check on an open port, which
 gets what is left of it.
@@ -30,8 +36,9 @@ from typing import Any
 from netcheck.agent.fdlimit import fd_capped_concurrency
 from netcheck.agent.probes import service
 from netcheck.agent.probes.base import Outcome, ProbeOptions, make_result
-from netcheck.agent.probes.icmp import describe, state_for_errno, state_for_icmp
+from netcheck.agent.probes.icmp import TIME_EXCEEDED, describe, state_for_errno, state_for_icmp
 from netcheck.agent.probes.rtt import RoundTrips, Window, fixed
+from netcheck.agent.probes.traceroute import Trace
 from netcheck.agent.wire import CheckSpec, ProbeResult, ProbeState
 
 IP_RECVERR = 11
@@ -192,6 +199,83 @@ async def connect(
     return answer, launched, win
 
 
+# Connect-mode traceroute: one TTL-limited connect() waits this long at most, and one
+# check holds this many of them at once (on top of its staggered attempts).
+TRACE_ATTEMPT_S = 0.5
+TRACE_SOCKETS = 4
+# A check still unanswered this long after its start is traced while its attempts go on.
+TRACE_AFTER_S = 0.1
+_TRACED: frozenset[str] = frozenset({"unreachable", "prohibited"})
+
+
+async def _ttl_attempt(
+    check: CheckSpec, opts: ProbeOptions, ttl: int, wait_s: float
+) -> tuple[int, str | None, bool]:
+    """One connect() with IP_TTL `ttl`: (ttl, the router that said its time exceeded, whether
+    the destination side answered: a connection, a reset or another ICMP error)."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return ttl, None, False
+    with sock:
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+            sock.setsockopt(socket.SOL_IP, socket.IP_TTL, ttl)
+            if opts.bind_address:
+                sock.bind((opts.bind_address, 0))
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (check.dst_address, check.port)), max(0.0, wait_s)
+            )
+        except TimeoutError:
+            return ttl, None, False
+        except OSError as exc:
+            icmp = read_icmp_error(sock)
+            if icmp is not None and icmp[0] == TIME_EXCEEDED:
+                return ttl, icmp[2] or None, False
+            return ttl, None, icmp is not None or exc.errno == errno.ECONNREFUSED
+    return ttl, None, True
+
+
+async def trace(check: CheckSpec, opts: ProbeOptions, stop: float, route: Trace) -> Trace:
+    """TCP traceroute of `check`'s port by connect() with IP_TTL, paced like SYN mode's
+    (:class:`~netcheck.agent.probes.traceroute.Trace`), until the destination side answers,
+    nothing is left to send, or `stop` (loop time). Fills `route` as answers arrive, so a
+    caller that cancels it keeps what is known."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[tuple[int, str | None, bool]]] = set()
+    try:
+        while route.answered_at_ttl is None:
+            now = loop.time()
+            if now >= stop:
+                break
+            for ttl in route.due(now, TRACE_SOCKETS - len(pending)):
+                wait = min(TRACE_ATTEMPT_S, stop - now)
+                pending.add(asyncio.create_task(_ttl_attempt(check, opts, ttl, wait)))
+            wake = route.wake()
+            if wake is None and not pending:
+                break
+            until = stop if wake is None else min(stop, wake)
+            if not pending:
+                await asyncio.sleep(max(0.0, until - loop.time()))
+                continue
+            done, pending = await asyncio.wait(
+                pending, timeout=max(0.0, until - loop.time()), return_when="FIRST_COMPLETED"
+            )
+            for task in done:
+                ttl, router, answered = task.result()
+                if router is not None:
+                    route.hops[ttl] = router
+                elif answered:
+                    route.answered(ttl, 0)
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    return route
+
+
 async def touch(address: str, port: int, opts: ProbeOptions, deadline: float) -> bool:
     """One real connection to `address`:`port`, closed at once (by `deadline`, loop time):
     True when it was established. SYN mode's evidence for the destination's listener (which
@@ -223,9 +307,38 @@ async def probe(
     started_at = time.time()
     if deadline is None:
         deadline = loop.time() + opts.timeout_s
-    answer, attempts, win = await connect(check, opts, rtts, deadline)
+    route = Trace()
+    tracing: asyncio.Task[Trace] | None = None
+    knocking = asyncio.ensure_future(connect(check, opts, rtts, deadline))
+    try:
+        if ":" not in check.dst_address:
+            await asyncio.wait({knocking}, timeout=TRACE_AFTER_S)
+            if not knocking.done():  # silent so far: trace while the attempts go on
+                tracing = asyncio.create_task(trace(check, opts, deadline, route))
+        answer, attempts, win = await knocking
+        if answer is not None and answer.state in _TRACED:
+            # Answered by a router at once: the rest of the deadline names its hop.
+            if tracing is None:
+                tracing = asyncio.create_task(trace(check, opts, deadline, route))
+            await tracing
+    finally:
+        knocking.cancel()
+        if tracing is not None:
+            tracing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tracing
+    if answer is None or (answer.state != "open" and answer.state != "refused"):
+        hops = (route.last_hop, route.last_hop_hops)
+    else:
+        hops = (None, None)
     if answer is None:
-        found = Outcome("filtered", attempts, error=win.describe(attempts, check.dst_role))
+        found = Outcome(
+            "filtered",
+            attempts,
+            error=win.describe(attempts, check.dst_role),
+            last_hop=hops[0],
+            last_hop_hops=hops[1],
+        )
         return make_result(check, opts, "connect", started_at, found)
     service_check = None
     if answer.sock is not None:
@@ -243,6 +356,9 @@ async def probe(
         service_check=service_check,
         responder=answer.responder,
         error=answer.error,
+        last_hop=hops[0],
+        last_hop_hops=hops[1],
+        responder_hops=route.hops_to(answer.responder),
     )
     return make_result(check, opts, "connect", started_at, found)
 
@@ -257,7 +373,7 @@ async def run(
     its destination in this round instead of the whole timeout. The concurrency is lowered
     to what the open-file limit holds (:func:`~netcheck.agent.fdlimit.fd_capped_concurrency`).
     """
-    sem = asyncio.Semaphore(fd_capped_concurrency(concurrency, opts.attempts))
+    sem = asyncio.Semaphore(fd_capped_concurrency(concurrency, opts.attempts + TRACE_SOCKETS))
     rtts = opts.round_trips()
 
     async def one(check: CheckSpec) -> ProbeResult:

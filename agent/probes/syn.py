@@ -4,9 +4,10 @@ One sender and one receiver for the round: every SYN goes out from one reserved 
 replies are read from raw TCP and ICMP sockets (each with a BPF filter), so thousands of
 ports cost one timeout. SYN-ACK means ``open`` (we reset it), RST ``refused``, ICMP
 unreachable ``unreachable``/``prohibited`` with the router that said so, silence after every
-attempt ``filtered``. Each port that is not open is also traced (:mod:`agent.probes.traceroute`)
-on its own destination port, over the same sockets: the last router that answered, and
-whether a reset came from a firewall.
+attempt ``filtered``. Each port that is not open is also traced (:mod:`agent.probes.traceroute`:
+paced, silent hops retried, so a router's ICMP rate limit does not hide it) on its own
+destination port, over the same sockets: the last router that answered and its hop number,
+how far the responder is, and whether a reset came from a firewall.
 
 A port found open gets its protocol check at once, over a connection of its own, while the
 scan goes on; like every check it must be done by the round's start + ``timeout_s``. Each
@@ -36,7 +37,7 @@ from netcheck.agent.probes.base import Outcome, ProbeOptions, make_result
 from netcheck.agent.probes.icmp import DEST_UNREACH, describe, state_for_icmp
 from netcheck.agent.probes.rtt import RoundTrips, Window
 from netcheck.agent.probes.service import SERVICE_CHECKS
-from netcheck.agent.probes.traceroute import Key, Trace, Tracer, firewall_verdict
+from netcheck.agent.probes.traceroute import Key, Trace, Tracer, firewall_verdict, hops_from_ttl
 from netcheck.agent.wire import CheckSpec, ProbeResult, ProbeState, ServiceCheck
 
 
@@ -158,6 +159,7 @@ class _Scanner:
         found.responder = pkt.src
         if flags & 0x12 == 0x12:  # SYN-ACK
             found.state = "open"
+            self.tracer.traces.pop(key, None)  # traced while silent: nothing to find now
             self._send(key, "R", ack)
             self.on_open(key)
         elif flags & 0x04:
@@ -230,9 +232,11 @@ def scan(
                     trace.append(key)
             scanner.syn_round(due)
             scanner.tracer.start([k for k in trace if scanner.ports[k].state != "open"])
+            traced = scanner.tracer.tick()
             if scanner.done() or now >= end:
                 return scanner.ports, scanner.tracer.traces
-            scanner.receive_until(end if wake is None else wake, scanner.rtts.version)
+            wake = min(t for t in (wake, traced, end) if t is not None)
+            scanner.receive_until(wake, scanner.rtts.version)
     finally:
         scanner.close()
 
@@ -243,13 +247,23 @@ def _outcome(
     from_firewall, note = None, ""
     if found.state == "refused" and found.ttl is not None:
         from_firewall, note = firewall_verdict(found.ttl, trace, open_ttl)
+    responder = found.responder if found.state != "open" else None
+    # A reset may carry the destination's address (a firewall forges it): its TTL tells how
+    # far its sender really is. An ICMP error's sender is named: the trace's hop, if it was one.
+    responder_hops = None
+    if responder is not None and found.state != "refused" and trace is not None:
+        responder_hops = trace.hops_to(responder)
+    if responder is not None and responder_hops is None and found.ttl is not None:
+        responder_hops = hops_from_ttl(found.ttl)
     return Outcome(
         state=found.state or "error",
         attempts=found.attempts,
         latency_s=found.latency_s,
         service_check=service_check,
         last_hop=trace.last_hop if trace is not None else None,
-        responder=found.responder if found.state != "open" else None,
+        last_hop_hops=trace.last_hop_hops if trace is not None else None,
+        responder=responder,
+        responder_hops=responder_hops,
         rst_from_firewall=from_firewall,
         error=found.detail + note,
     )
