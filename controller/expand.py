@@ -8,8 +8,8 @@ refuses a site over the policy's ``max_checks_per_site`` or an agent's plan over
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, Service, check_id
@@ -63,6 +63,20 @@ def _flow_text(ref: FlowRef) -> str:
     )
 
 
+def site_flows(spec: Spec, inventory: Inventory) -> Iterator[FlowRef]:
+    """The spec's flows for this site: a flow of direction "both" runs both ways (each
+    ``stated=False``) unless the inventory pins who connects (``directions:``), then only that
+    way, as stated."""
+    for ref in spec.flows():
+        if not ref.stated:
+            pinned = inventory.pins.get((ref.interaction.id, ref.flow.ports))
+            if pinned is not None:
+                if pinned != ref.src_role:
+                    continue
+                ref = replace(ref, stated=True)
+        yield ref
+
+
 def check_size(spec: Spec, inventory: Inventory) -> None:
     """Refuse a site whose checks would exceed the policy's caps, before building any.
 
@@ -75,7 +89,7 @@ def check_size(spec: Spec, inventory: Inventory) -> None:
     biggest: tuple[int, FlowRef] | None = None
     per_plan: Counter[str] = Counter()  # source role -> checks in each of its hosts' plans
     plan_biggest: dict[str, tuple[int, FlowRef]] = {}
-    for ref in spec.flows():
+    for ref in site_flows(spec, inventory):
         n_src = len(inventory.of_role(ref.src_role))
         n_dst = len(inventory.of_role(ref.dst_role))
         in_plan = n_dst * len(ref.flow.port_range)
@@ -126,7 +140,7 @@ def expand(spec: Spec, inventory: Inventory) -> tuple[ExpectedCheck, ...]:
     """
     check_size(spec, inventory)
     out: list[ExpectedCheck] = []
-    for ref in spec.flows():
+    for ref in site_flows(spec, inventory):
         inter = ref.interaction.id
         modes = spec.modes_of(inter)
         for src in inventory.of_role(ref.src_role):
@@ -149,7 +163,8 @@ def expand(spec: Spec, inventory: Inventory) -> tuple[ExpectedCheck, ...]:
                             src_host=src.name,
                             src_address=src.address,
                             modes=modes,
-                            direction=ref.flow.direction,
+                            direction=ref.direction,
+                            direction_stated=ref.stated,
                         )
                     )
     return tuple(out)
@@ -163,7 +178,8 @@ def expected(spec: Spec, inventory: Inventory) -> Expected:
 
 
 def listen_specs(spec: Spec, role: str) -> tuple[ListenSpec, ...]:
-    """The inbound ports a stand-in for ``role`` must hold (flows expected open to it)."""
+    """The inbound ports a stand-in for ``role`` must hold (flows expected open to it; both
+    ends of a flow of direction "both", pinned by a site or not)."""
     ports: dict[int, tuple[Service, list[int]]] = {}
     for ref in spec.flows():
         if ref.dst_role != role or ref.flow.expect != "open":

@@ -15,7 +15,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from netcheck.controller.sourced import (
     InputError,
@@ -25,7 +32,7 @@ from netcheck.controller.sourced import (
     raise_if,
     validate,
 )
-from netcheck.controller.spec import MAX_NAME, MAX_ROLES, BootMode, Name, Site, Spec
+from netcheck.controller.spec import MAX_NAME, MAX_ROLES, BootMode, Flow, Name, Site, Spec
 
 # Network devices (routers and firewalls) in the optional `network:` section, and addresses
 # per device.
@@ -76,6 +83,28 @@ class NetworkDevice(BaseModel):
         return tuple(_ip_address(a) for a in v)
 
 
+class DirectionPin(BaseModel):
+    """Who connects on a flow whose direction the spec does not state (``direction: both``),
+    as this site knows it: ``from`` is the connecting role."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    ports: str = Field(max_length=32)
+    from_: str = Field(alias="from", min_length=1, max_length=64)
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _pins(v: object) -> object:
+    """One pin or a list of them, per interaction."""
+    if isinstance(v, dict):
+        return {k: [x] if isinstance(x, dict) else x for k, x in v.items()}
+    return v
+
+
 class _InventoryFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,6 +113,10 @@ class _InventoryFile(BaseModel):
     hosts: dict[str, tuple[Host, ...]] = Field(max_length=MAX_ROLES)
     # site (user | on_prem | cloud) -> its routers and firewalls
     network: dict[Site, tuple[NetworkDevice, ...]] = Field(default_factory=dict, max_length=3)
+    # interaction id -> the pinned direction of its "both" flows
+    directions: Annotated[
+        dict[int, tuple[DirectionPin, ...]], BeforeValidator(_pins), Field(max_length=1_000)
+    ] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +125,8 @@ class Inventory:
     site: str
     hosts: dict[str, tuple[Host, ...]]
     network: dict[str, tuple[NetworkDevice, ...]] = field(default_factory=dict)  # site -> devices
+    # (interaction id, a "both" flow's ports) -> the role that connects, as the site pinned it
+    pins: dict[tuple[int, str], str] = field(default_factory=dict)
 
     def device_names(self) -> dict[str, str]:
         """address -> the name of the router or firewall that holds it (``network:``)."""
@@ -175,13 +210,70 @@ def load_inventory(path: str | Path, spec: Spec) -> Inventory:
                     )
                 )
     problems += _check_network(src, inv)
+    pins, more = _check_pins(src, inv, spec)
+    problems += more
     raise_if(problems)
     return Inventory(
         file=str(path),
         site=inv.site,
         hosts=inv.hosts,
         network={str(k): v for k, v in inv.network.items()},
+        pins=pins,
     )
+
+
+def _check_pins(
+    src: Sourced, inv: _InventoryFile, spec: Spec
+) -> tuple[dict[tuple[int, str], str], list[Problem]]:
+    """Each pin names a flow of direction "both" (its interaction and exact ports) and one of
+    that interaction's two roles, once."""
+    pins: dict[tuple[int, str], str] = {}
+    problems: list[Problem] = []
+    raw = src.data.get("directions") if isinstance(src.data, dict) else None
+    for ident, given in inv.directions.items():
+        listed = isinstance(raw, dict) and isinstance(raw.get(ident), list)
+        for i, pin in enumerate(given):
+            at: tuple[str | int, ...] = (
+                ("directions", ident, i) if listed else ("directions", ident)
+            )
+            try:
+                inter = spec.interaction(ident)
+            except KeyError:
+                problems.append(src.problem(at, f"no interaction {ident} in the spec"))
+                continue
+            try:
+                ports = Flow(ports=pin.ports).ports
+            except ValidationError:
+                problems.append(
+                    src.problem((*at, "ports"), f"{pin.ports!r} is not a port or a range")
+                )
+                continue
+            both = [f.ports for f in inter.flows if f.direction == "both"]
+            if ports not in both:
+                which = ", ".join(both) if both else "none"
+                problems.append(
+                    src.problem(
+                        (*at, "ports"),
+                        f"interaction {ident} has no flow of direction both on ports {ports} "
+                        f"(its flows of direction both: {which})",
+                    )
+                )
+                continue
+            if pin.from_ not in (inter.source, inter.destination):
+                problems.append(
+                    src.problem(
+                        (*at, "from"),
+                        f"interaction {ident}: 'from' is the connecting role, "
+                        f"{inter.source} or {inter.destination}, not {pin.from_!r}",
+                    )
+                )
+                continue
+            if (ident, ports) in pins:
+                problems.append(
+                    src.problem(at, f"interaction {ident}, ports {ports}: pinned twice")
+                )
+            pins[(ident, ports)] = pin.from_
+    return pins, problems
 
 
 def _check_network(src: Sourced, inv: _InventoryFile) -> list[Problem]:

@@ -41,7 +41,9 @@ Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
 
 Site = Literal["user", "on_prem", "cloud"]
-Direction = Literal["forward", "reverse"]
+# "both": the spec does not say who connects; the flow is probed both ways (a site can pin
+# one in its inventory: ``directions:``), and ``reason`` says why.
+Direction = Literal["forward", "reverse", "both"]
 BootMode = Literal["MBR", "UEFI", "UEFI Secure"]
 MatrixColumn = Literal[
     "vcd_warm", "vcs_warm", "any_cold", "static_ip_vcd_cold", "static_ip_vcd_warm"
@@ -90,6 +92,7 @@ class Flow(_Frozen):
     direction: Direction = "forward"
     expect: Expectation = "open"
     purpose: Text = ""
+    reason: Text = ""  # direction "both" only: why the direction is not stated
 
     @field_validator("ports", mode="before")
     @classmethod
@@ -127,10 +130,17 @@ class Interaction(_Frozen):
     flows: tuple[Flow, ...] = Field(min_length=1, max_length=MAX_FLOWS)
 
     def ends(self, flow: Flow) -> tuple[str, str]:
-        """(connecting role, listening role) of one of this interaction's flows."""
+        """(connecting role, listening role) of one of this interaction's flows (for a flow of
+        direction "both", the title's order: the first of :meth:`directions`)."""
         if flow.direction == "reverse":
             return self.destination, self.source
         return self.source, self.destination
+
+    def directions(self, flow: Flow) -> tuple[tuple[str, str], ...]:
+        """Every (connecting role, listening role) a flow is probed in: two for "both"."""
+        if flow.direction == "both" and self.source != self.destination:
+            return (self.source, self.destination), (self.destination, self.source)
+        return (self.ends(flow),)
 
 
 class Mode(_Frozen):
@@ -212,6 +222,15 @@ class FlowRef:
     src_role: str  # the role that connects
     dst_role: str  # the role that listens
     line: int = 0  # the line of the flow's ``ports`` in the topology file (0: unknown)
+    # False for each of the two ways of a flow of direction "both" (the spec does not say).
+    stated: bool = True
+
+    @property
+    def direction(self) -> str:
+        """ "forward" or "reverse": which way this reference runs, relative to the title."""
+        if self.flow.direction != "both":
+            return self.flow.direction
+        return "forward" if self.src_role == self.interaction.source else "reverse"
 
 
 @dataclass(frozen=True)
@@ -228,8 +247,9 @@ class Spec:
     def flows(self) -> Iterator[FlowRef]:
         for inter in self.interactions:
             for j, flow in enumerate(inter.flows):
-                src, dst = inter.ends(flow)
-                yield FlowRef(inter, flow, src, dst, self.flow_lines.get((inter.id, j), 0))
+                line = self.flow_lines.get((inter.id, j), 0)
+                for src, dst in inter.directions(flow):
+                    yield FlowRef(inter, flow, src, dst, line, flow.direction != "both")
 
     def interaction(self, ident: int) -> Interaction:
         for inter in self.interactions:
@@ -297,27 +317,44 @@ def _check_topology(src: Sourced, topo: _TopologyFile) -> list[Problem]:
                     )
                 )
         for j, flow in enumerate(inter.flows):
-            s, d = inter.ends(flow)
-            given = seen.setdefault((s, d), [])
-            lo, hi = flow.port_range.start, flow.port_range.stop - 1
-            # the lowest port of this flow given before, and by which flow first
-            clash = min(
-                ((max(lo, a), n) for n, (a, b, _, _) in enumerate(given) if a <= hi and lo <= b),
-                default=None,
-            )
-            if clash is not None:
-                port, n = clash
-                _, _, first_id, first_ports = given[n]
+            if (flow.direction == "both") != bool(flow.reason.strip()):
                 problems.append(
                     src.problem(
-                        (*at, "flows", j, "ports"),
-                        f"interaction {inter.id}: port {port} from {s} to {d} overlaps "
-                        f"ports {first_ports} of interaction {first_id}",
+                        (*at, "flows", j),
+                        f"interaction {inter.id}, ports {flow.ports}: "
+                        + (
+                            "direction both needs a 'reason' (why the spec does not say who "
+                            "connects)"
+                            if flow.direction == "both"
+                            else "'reason' is only for direction both"
+                        ),
                     )
                 )
-                hi = port - 1  # the ports before the clash count as given
-            if lo <= hi:
-                given.append((lo, hi, inter.id, flow.ports))
+            for s, d in inter.directions(flow):
+                given = seen.setdefault((s, d), [])
+                lo, hi = flow.port_range.start, flow.port_range.stop - 1
+                # the lowest port of this flow given before, and by which flow first
+                clash = min(
+                    (
+                        (max(lo, a), n)
+                        for n, (a, b, _, _) in enumerate(given)
+                        if a <= hi and lo <= b
+                    ),
+                    default=None,
+                )
+                if clash is not None:
+                    port, n = clash
+                    _, _, first_id, first_ports = given[n]
+                    problems.append(
+                        src.problem(
+                            (*at, "flows", j, "ports"),
+                            f"interaction {inter.id}: port {port} from {s} to {d} overlaps "
+                            f"ports {first_ports} of interaction {first_id}",
+                        )
+                    )
+                    hi = port - 1  # the ports before the clash count as given
+                if lo <= hi:
+                    given.append((lo, hi, inter.id, flow.ports))
     for name, mode in topo.modes.items():
         for k, ident in enumerate(mode.interactions):
             if ident not in seen_ids:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from netcheck.controller.expand import expand
 from netcheck.controller.inventory import load_inventory
 from netcheck.controller.sourced import InputError
 from netcheck.controller.spec import load_matrix, load_spec
@@ -100,7 +101,27 @@ TOPOLOGY_CASES = [
     (
         "unknown direction",
         TOPOLOGY_OK.replace("service: https", "service: https\n        direction: sideways"),
-        "14: interactions.0.flows.0.direction: Input should be 'forward' or 'reverse'",
+        "14: interactions.0.flows.0.direction: Input should be 'forward', 'reverse' or 'both'",
+    ),
+    (
+        "direction both without a reason",
+        TOPOLOGY_OK.replace("service: https", "service: https\n        direction: both"),
+        "12: interaction 1, ports 443: direction both needs a 'reason' (why the spec does not "
+        "say who connects)",
+    ),
+    (
+        "a reason without direction both",
+        TOPOLOGY_OK.replace("service: https", "service: https\n        reason: unsure"),
+        "12: interaction 1, ports 443: 'reason' is only for direction both",
+    ),
+    (
+        "direction both overlapping a reverse flow",
+        TOPOLOGY_OK.replace(
+            "service: https",
+            "service: https\n        direction: both\n        reason: silent\n"
+            '      - ports: "443"\n        direction: reverse',
+        ),
+        "16: interaction 1: port 443 from b to a overlaps ports 443 of interaction 1",
     ),
     (
         "mode names a missing interaction",
@@ -352,6 +373,67 @@ def test_bad_inventory_names_file_and_line(tmp_path: Path, text: str, message: s
     with pytest.raises(InputError) as info:
         load_inventory(path, spec)
     assert f"{path}:{message}" in str(info.value), str(info.value)
+
+
+BOTH = TOPOLOGY_OK.replace(
+    "service: https", "service: https\n        direction: both\n        reason: silent"
+)
+
+PIN_CASES = [
+    (
+        "pin: unknown interaction",
+        "directions:\n  7: {ports: '443', from: a}\n",
+        "9: no interaction 7 in the spec",
+    ),
+    (
+        "pin: no flow of direction both on those ports",
+        "directions:\n  1: {ports: '444', from: a}\n",
+        "9: interaction 1 has no flow of direction both on ports 444 (its flows of direction "
+        "both: 443)",
+    ),
+    (
+        "pin: from a role of another interaction",
+        "directions:\n  1: {ports: '443', from: c}\n",
+        "9: interaction 1: 'from' is the connecting role, a or b, not 'c'",
+    ),
+    (
+        "pin: pinned twice",
+        "directions:\n  1:\n    - {ports: '443', from: a}\n    - {ports: '443', from: b}\n",
+        "11: interaction 1, ports 443: pinned twice",
+    ),
+    (
+        "pin: unknown key",
+        "directions:\n  1: {ports: '443', by: a}\n",
+        "9: unknown key 'by' in directions.1.0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [c[1:] for c in PIN_CASES], ids=[c[0] for c in PIN_CASES]
+)
+def test_bad_direction_pins_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    spec = load_spec(_write(tmp_path, BOTH))
+    path = tmp_path / "inventory.yaml"
+    path.write_text(INVENTORY_OK + text)
+    with pytest.raises(InputError) as info:
+        load_inventory(path, spec)
+    assert f"{path}:{message}" in str(info.value), str(info.value)
+
+
+def test_a_pin_keeps_one_direction_of_a_both_flow(tmp_path: Path) -> None:
+    spec = load_spec(_write(tmp_path, BOTH))
+    path = tmp_path / "inventory.yaml"
+    path.write_text(INVENTORY_OK)
+    both = expand(spec, load_inventory(path, spec))
+    assert sorted((c.src_host, c.spec.dst_host, c.direction_stated) for c in both) == [
+        ("a1", "b1", False),
+        ("b1", "a1", False),
+    ]
+    assert [c.direction for c in sorted(both, key=lambda c: c.src_host)] == ["forward", "reverse"]
+    path.write_text(INVENTORY_OK + "directions:\n  1: {ports: 443, from: b}\n")
+    (pinned,) = expand(spec, load_inventory(path, spec))
+    assert (pinned.src_host, pinned.direction, pinned.direction_stated) == ("b1", "reverse", True)
 
 
 def test_the_network_section_names_devices(tmp_path: Path) -> None:

@@ -84,8 +84,8 @@ def rows_of(ev: Evaluation, interaction: int) -> list[CheckRow]:
 def flow_directions(inter: Interaction) -> tuple[bool, bool]:
     """(has a forward flow, has a reverse flow): which way the arrows of an edge point."""
     return (
-        any(f.direction == "forward" for f in inter.flows),
-        any(f.direction == "reverse" for f in inter.flows),
+        any(f.direction in ("forward", "both") for f in inter.flows),
+        any(f.direction in ("reverse", "both") for f in inter.flows),
     )
 
 
@@ -94,9 +94,9 @@ def connections(inter: Interaction) -> list[tuple[str, str]]:
     who really connects, whatever the order of the title."""
     out: list[tuple[str, str]] = []
     for f in inter.flows:
-        pair = inter.ends(f)
-        if pair not in out:
-            out.append(pair)
+        for pair in inter.directions(f):
+            if pair not in out:
+                out.append(pair)
     return out
 
 

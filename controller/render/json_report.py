@@ -168,6 +168,7 @@ def report_dict(
                         "ports": f.ports,
                         "service": f.service,
                         "direction": f.direction,
+                        "reason": f.reason,
                         "expect": f.expect,
                         "purpose": f.purpose,
                     }

@@ -33,9 +33,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def what_to_open(row: CheckRow) -> str:
     c = row.check
-    if c.spec.expect == "closed":
-        return f"block TCP {c.src_address} -> {c.spec.dst_address}:{c.spec.port}"
-    return f"allow TCP {c.src_address} -> {c.spec.dst_address}:{c.spec.port}"
+    action = "block" if c.spec.expect == "closed" else "allow"
+    text = f"{action} TCP {c.src_address} -> {c.spec.dst_address}:{c.spec.port}"
+    return text if c.direction_stated else f"{text} ({NOT_STATED})"
 
 
 def _host(name: str, address: str) -> str:

@@ -89,10 +89,11 @@
   function pairLine(c) {
     const extra = c.verdict === "pass"
       ? (c.latency_s !== null ? " · " + (c.latency_s * 1000).toFixed(1) + " ms" : "")
-      : " · " + c.cause;
+      : " · " + c.cause + (c.side ? " · " + c.side : "");
+    const stated = c.direction_stated === false ? " · direction not stated by the spec" : "";
     return el("div", { class: "pair verdict-" + c.verdict, "data-check": c.check_id },
       pill(c.verdict), " ", el("span", { class: "mono" }, c.src_host + " → " + c.dst_host + ":" + c.port),
-      el("span", { class: "muted" }, extra),
+      el("span", { class: "muted" }, extra + stated),
       c.verdict !== "pass" ? el("div", { class: "diagnosis" }, c.diagnosis) : null);
   }
 

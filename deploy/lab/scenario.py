@@ -247,12 +247,12 @@ def _select(
             raise_if(problems)
             return []
         for flow in inter.flows:
-            s, d = inter.ends(flow)
-            if (rule.src not in (None, s)) or (rule.dst not in (None, d)):
-                continue
-            ports = tuple(p for p in flow.port_range if wanted is None or p in wanted)
-            if ports:
-                selected.append((s, d, ports))
+            for s, d in inter.directions(flow):  # both ways of a flow of direction "both"
+                if (rule.src not in (None, s)) or (rule.dst not in (None, d)):
+                    continue
+                ports = tuple(p for p in flow.port_range if wanted is None or p in wanted)
+                if ports:
+                    selected.append((s, d, ports))
         if not selected:
             problems.append(
                 src.problem(
