@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from netcheck.agent.fdlimit import fd_capped_concurrency, fd_reserve
+from netcheck.agent.probes.connect import TRACE_SOCKETS
 from netcheck.agent.wire import CheckSpec, Plan, ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +105,8 @@ def test_plan_beyond_the_fd_budget_keeps_every_state(
     assert proc.returncode == 0, proc.stderr
     batch = decode(ResultBatch, json.loads(out.read_text()))
     assert {r.port: r.state for r in batch.results} == want
-    cap = (NOFILE - fd_reserve(NOFILE)) // 3
+    # Each connect probe may hold its 3 staggered attempts and its traceroute's sockets.
+    cap = (NOFILE - fd_reserve(NOFILE)) // (3 + TRACE_SOCKETS)
     assert proc.stderr.count("probe concurrency 4096 capped at") == 1, proc.stderr
     assert f"capped at {cap}: RLIMIT_NOFILE is {NOFILE}" in proc.stderr
 
