@@ -194,8 +194,12 @@ def initial_ttl(ttl: int) -> int:
 
 
 def hops_of_ttl(ttl: int | None) -> int | None:
-    """Hops a packet travelled, from the TTL it arrived with (None when not known)."""
-    return None if ttl is None else initial_ttl(ttl) - ttl + 1
+    """Hops a SYN travelled, from the TTL it arrived with (None when not known). A SYN that
+    arrived with a TTL of 32 or less may be one of a traceroute's TTL-limited probes (the
+    record keeps the latest SYN): no distance is read from it."""
+    if ttl is None or ttl <= 32:
+        return None
+    return initial_ttl(ttl) - ttl + 1
 
 
 @dataclass(frozen=True)
@@ -387,13 +391,15 @@ def _dropped(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Finding:
     )
     arrival = _arrival(check, r, ctx)
     dst = check.spec.dst_host
+    # the destination is one hop past the last router that answered, else as its SYN says
+    dst_hops = r.last_hop_hops + 1 if hop is not None and r.last_hop_hops else arrival.hops
     if arrival.state == "arrived":
         return _Finding(
             "dropped",
             f"dropped by the destination's own firewall: {dst}'s interface saw the SYN from "
             f"{check.src_address}, and no answer came back {tries}",
             "host",
-            _device(check.spec.dst_address, arrival.hops, check, ctx),
+            _device(check.spec.dst_address, dst_hops, check, ctx),
         )
     if arrival.state == "nat":
         seen = ", ".join(arrival.seen_from)
@@ -402,7 +408,7 @@ def _dropped(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Finding:
             f"dropped by the destination's own firewall: {dst}'s interface saw the SYN arrive "
             f"from {seen}, not {check.src_address} (NAT), and no answer came back {tries}",
             "host",
-            _device(check.spec.dst_address, arrival.hops, check, ctx),
+            _device(check.spec.dst_address, dst_hops, check, ctx),
             arrival.seen_from,
         )
     if arrival.state == "missing":

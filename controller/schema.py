@@ -83,7 +83,9 @@ PEERS = """CREATE TABLE peers (
     port INTEGER NOT NULL,
     src_address TEXT NOT NULL,
     at REAL NOT NULL,
-    PRIMARY KEY (host, port, src_address)
+    how TEXT NOT NULL DEFAULT 'accepted',
+    ttl INTEGER,
+    PRIMARY KEY (host, port, src_address, how)
 )"""
 COUNTERS = """CREATE TABLE counters (
     name TEXT PRIMARY KEY,
@@ -116,7 +118,7 @@ ISSUED_CERTS = """CREATE TABLE issued_certs (
 ISSUED_CERTS_HOST = "CREATE INDEX issued_certs_host ON issued_certs (role, host)"
 LEDGER: tuple[str, ...] = (JOIN_TOKENS, JOIN_HOSTS, ISSUED_CERTS, ISSUED_CERTS_HOST)
 
-VERSION = 4
+VERSION = 5
 TABLES: dict[str, str] = {
     "agents": AGENTS,
     "results": RESULTS,
@@ -240,11 +242,40 @@ _TO_4 = (
     "ALTER TABLE results ADD COLUMN last_hop_hops INTEGER",
 )
 
+# The peers table of versions 1-4 (the step to 5 adds how and ttl).
+_PEERS_4 = """CREATE TABLE peers (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    src_address TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (host, port, src_address)
+)"""
+
+# Version 4 -> 5: how a peer was seen (a listener accepted it, or the interface capture saw
+# its SYN) and the SYN's TTL; one row per (host, port, source, how). Spelled here for the
+# same reason as _TO_2.
+_TO_5 = (
+    "ALTER TABLE peers RENAME TO peers_v4",
+    """CREATE TABLE peers (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    src_address TEXT NOT NULL,
+    at REAL NOT NULL,
+    how TEXT NOT NULL DEFAULT 'accepted',
+    ttl INTEGER,
+    PRIMARY KEY (host, port, src_address, how)
+)""",
+    "INSERT INTO peers (host, port, src_address, at) SELECT host, port, src_address, at "
+    "FROM peers_v4",
+    "DROP TABLE peers_v4",
+)
+
 # version -> the step that makes it from the version before.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _run(_TO_2),
     3: _run(_TO_3),
     4: _run(_TO_4),
+    5: _run(_TO_5),
 }
 
 

@@ -137,13 +137,15 @@ DELETE FROM listeners WHERE rowid IN (
     WHERE l.reported_at < p.value ->> 1)
 """
 _PEERS_UPSERT = _Upsert(
-    "INSERT INTO peers (host, port, src_address, at)",
-    4,
-    "ON CONFLICT (host, port, src_address) DO UPDATE SET at = max(at, excluded.at)",
+    "INSERT INTO peers (host, port, src_address, at, how, ttl)",
+    6,
+    "ON CONFLICT (host, port, src_address, how) DO UPDATE SET "
+    "ttl = CASE WHEN excluded.at >= at THEN excluded.ttl ELSE ttl END, "
+    "at = max(at, excluded.at)",
 )
 _TRIM_PEERS = """
-DELETE FROM peers WHERE host = ? AND port = ? AND src_address NOT IN (
-    SELECT src_address FROM peers WHERE host = ? AND port = ? ORDER BY at DESC LIMIT ?)
+DELETE FROM peers WHERE host = ? AND port = ? AND rowid NOT IN (
+    SELECT rowid FROM peers WHERE host = ? AND port = ? ORDER BY at DESC LIMIT ?)
 """
 _BUMPS = _Upsert(
     "INSERT INTO counters (name, value)",
@@ -225,9 +227,9 @@ def _write_group(
     _LISTENERS_UPSERT.run(c, rows)
     if pictures:
         c.execute(_DROP_LISTENERS, (json.dumps(list(pictures.items())),))
-    peers = [(b.host, p.port, p.src_address, p.at) for b in batches for p in b.peers]
+    peers = [(b.host, p.port, p.src_address, p.at, p.how, p.ttl) for b in batches for p in b.peers]
     _PEERS_UPSERT.run(c, peers)
-    for host, port in sorted({(h, port) for h, port, _, _ in peers}):
+    for host, port in sorted({(p[0], p[1]) for p in peers}):
         c.execute(_TRIM_PEERS, (host, port, host, port, PEERS_PER_PORT))
     if batches:
         c.execute(_LAST_REPORT, (now, json.dumps(sorted({b.host for b in batches}))))
@@ -284,10 +286,10 @@ def _listeners(c: sqlite3.Connection) -> dict[str, tuple[ListenerStatus, ...]]:
 
 def _peers(c: sqlite3.Connection) -> dict[str, tuple[PeerSeen, ...]]:
     out: dict[str, list[PeerSeen]] = defaultdict(list)
-    for host, port, addr, at in c.execute(
-        "SELECT host, port, src_address, at FROM peers ORDER BY host, port, at"
+    for host, port, addr, at, how, ttl in c.execute(
+        "SELECT host, port, src_address, at, how, ttl FROM peers ORDER BY host, port, at"
     ):
-        out[host].append(PeerSeen(port, addr, at))
+        out[host].append(PeerSeen(port, addr, at, how, ttl))
     return {h: tuple(v) for h, v in out.items()}
 
 

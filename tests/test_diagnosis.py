@@ -132,6 +132,16 @@ CASES = [
         peers={"prem-mgr": [syn(22, PIO_ADDR)]},
     ),
     Case(
+        "host-firewall drop, the SYN's TTL says nothing (a traceroute probe's), no hop known",
+        SSH,
+        r22("filtered", mode="syn"),
+        "dropped",
+        "host",
+        Device(MGR_ADDR, None, "prem-mgr"),
+        "prem-mgr's interface saw the SYN from 198.18.1.10",
+        peers={"prem-mgr": [syn(22, PIO_ADDR, ttl=2)]},
+    ),
+    Case(
         "a SYN seen before this probe is no evidence for it",
         SSH,
         r22("filtered", mode="syn"),

@@ -94,6 +94,20 @@ def test_newest_result_wins_and_listeners_replace(tmp_path: Path) -> None:
     s.close()
 
 
+def test_peers_keep_how_they_were_seen_and_the_ttl(tmp_path: Path) -> None:
+    """One row per (port, source, how): a SYN the capture saw next to the connection the
+    listener accepted; the newest TTL wins."""
+    s = Store.open(tmp_path / "n.sqlite")
+    syn = PeerSeen(22, "198.18.1.10", 5.0, "syn", 63)
+    s.ingest(ResultBatch("pio", "pio-1", peers=(syn, PeerSeen(22, "198.18.1.10", 4.0))), 1.0)
+    s.ingest(ResultBatch("pio", "pio-1", peers=(PeerSeen(22, "198.18.1.10", 6.0, "syn", 62),)), 2.0)
+    s.ingest(ResultBatch("pio", "pio-1", peers=(PeerSeen(22, "198.18.1.10", 3.0, "syn", 9),)), 3.0)
+    assert s.peers() == {
+        "pio-1": (PeerSeen(22, "198.18.1.10", 4.0), PeerSeen(22, "198.18.1.10", 6.0, "syn", 62))
+    }
+    s.close()
+
+
 def test_peers_are_bounded(tmp_path: Path) -> None:
     s = Store.open(tmp_path / "nc.sqlite")
     peers = tuple(PeerSeen(443, f"198.18.5.{i}", float(i)) for i in range(PEERS_PER_PORT + 10))
@@ -444,7 +458,7 @@ def test_a_file_of_version_2_is_migrated(tmp_path: Path) -> None:
     assert results_v2 != schema.RESULTS
     old = [res(22, 1.0), res(23, 2.0, "refused")]
     with closing(sqlite3.connect(db)) as c:
-        for create in (schema.AGENTS, results_v2, schema.LISTENERS, schema.PEERS):
+        for create in (schema.AGENTS, results_v2, schema.LISTENERS, schema._PEERS_4):
             c.execute(create)
         c.execute(schema.COUNTERS)
         c.executescript(OLD_ROWS)
@@ -462,7 +476,7 @@ def test_a_file_of_version_2_is_migrated(tmp_path: Path) -> None:
     assert s.sent_by() == {old[0].check_id: "cert:ab"}
     assert s.snapshot().sent_by == {old[0].check_id: "cert:ab"}
     s.close()
-    assert file_version(db) == schema.VERSION == 4
+    assert file_version(db) == schema.VERSION == 5
     new = tmp_path / "new.sqlite"
     Store.open(new).close()
     assert layout(db) == layout(new)
