@@ -265,7 +265,8 @@ def test_the_ticket_groups_rules_by_enforcing_device(
     )
     ev2 = dataclasses.replace(ev, rows=rows)
     md = render_report(spec, ev2, gates, "markdown")
-    net = md.index("### In the network: at or just past 198.18.1.1 (prem-rt, hop 1)")
+    net = md.index("### In the network: 198.18.1.1 (prem-rt, hop 1)")
+    assert "| dropped (at or just past this hop) |" in md
     own = md.index("### The destination host's own firewall: 198.18.1.30 (prem-mgr, hop 1)")
     assert net < own  # nearest device first
     assert md.index("port 6003", net) < own < md.index("port 2376", own)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from netcheck.controller.model import CheckRow, Device, Evaluation, GateDecision, Side
@@ -48,9 +49,11 @@ def rules_section(spec: Spec, failing: Sequence[CheckRow]) -> list[str]:
     out = [f"## Firewall rules to request ({len(requests)})", ""]
     if not requests:
         return [*out, "None: every required flow passes or is not yet known."]
+    # one table per device: a drop at or just past it and a reject from it go together
     by_device: dict[tuple[Device | None, Side | None], list[Rule]] = {}
     for r in requests:
-        by_device.setdefault((r.device, r.side), []).append(r)
+        at = dataclasses.replace(r.device, at="at") if r.device is not None else None
+        by_device.setdefault((at, r.side), []).append(r)
     for (device, side), group in by_device.items():
         out += [f"### {cell(device_heading(device, side))}", ""]
         out += _table(
@@ -64,7 +67,12 @@ def rules_section(spec: Spec, failing: Sequence[CheckRow]) -> list[str]:
                     f"{r.interaction}: {r.title}"
                     + ("" if r.direction_stated else f" ({NOT_STATED})"),
                     r.purpose,
-                    ", ".join(r.causes),
+                    ", ".join(r.causes)
+                    + (
+                        " (at or just past this hop)"
+                        if r.device is not None and r.device.at == "after"
+                        else ""
+                    ),
                 ]
                 for r in group
             ],
