@@ -5,7 +5,8 @@ packet from its IP header, on every interface) with a classic BPF filter
 (:func:`~netcheck.agent.probes.bpf.syns_to_ports`: incoming TCP SYN without ACK to one of the
 ports), so the kernel hands over only those, cut to their headers. Packet taps run before
 netfilter's input hooks: a SYN the host's own firewall drops is still seen here, one a router
-drops never is. Each SYN is reported to `on_syn` (port, source address, TTL it arrived
+drops never is, and one passing through (this host routes) is not this host's. Each SYN to
+one of this host's addresses is reported to `on_syn` (port, source address, TTL it arrived
 with): the listeners' peer log (:meth:`~netcheck.agent.listeners.ListenerSet.saw_syn`), one
 record per (port, source) between two reports, so memory stays bounded by that log's cap.
 
@@ -32,6 +33,8 @@ READ_BURST = 256
 # The socket's receive buffer: a burst beyond it is dropped by the kernel (the peer log
 # needs one SYN per source and port, not all of them).
 RCVBUF = 256 << 10
+# Destination addresses whose locality is remembered at once.
+MAX_ADDRESSES = 256
 # (port, source address, TTL) of one SYN seen.
 OnSyn = Callable[[int, str, int], None]
 
@@ -46,6 +49,8 @@ class SynWatcher:
         self.seen = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._said = False
+        # Destination address -> whether it is this host's (see _local).
+        self._locals: dict[bytes, bool] = {}
 
     @property
     def active(self) -> bool:
@@ -117,8 +122,25 @@ class SynWatcher:
             pkt = packets.read_tcp(data)
             if pkt is None or pkt.dport not in self.ports or pkt.flags & 0x12 != 0x02:
                 continue
+            if not self._local(data[16:20]):  # passing through (this host routes): not ours
+                continue
             self.seen += 1
             self.on_syn(pkt.dport, pkt.src, pkt.ttl)
+
+    def _local(self, dst: bytes) -> bool:
+        """Whether the IPv4 address `dst` is one of this host's (it can be bound), cached."""
+        known = self._locals.get(dst)
+        if known is None:
+            if len(self._locals) >= MAX_ADDRESSES:
+                self._locals.clear()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((socket.inet_ntoa(dst), 0))
+                    known = True
+                except OSError:
+                    known = False
+            self._locals[dst] = known
+        return known
 
     def close(self) -> None:
         sock, self.sock = self.sock, None

@@ -210,3 +210,50 @@ def test_a_router_drop_names_the_router_under_icmp_rate_limiting(
     # at the server's interface: see the test above).
     assert by_port[HOST_DROP].state == "filtered"
     assert by_port[HOST_DROP].last_hop == R2_LEFT
+
+
+WATCH_FOR = """
+import asyncio, sys
+from netcheck.agent.watch import SynWatcher
+async def main():
+    seen = []
+    w = SynWatcher(lambda *syn: seen.append(syn))
+    w.watch([int(sys.argv[1])])
+    print("ready", w.active, flush=True)
+    loop = asyncio.get_running_loop()
+    for _ in range(2):  # a line in: what was seen since the last one out
+        await loop.run_in_executor(None, sys.stdin.readline)
+        await asyncio.sleep(0.2)
+        print(sorted(set(seen)), flush=True)
+        seen.clear()
+    w.close()
+asyncio.run(main())
+"""
+
+
+def test_a_router_does_not_record_the_syns_it_forwards(lab: Lab, tmp_path: Path) -> None:
+    """A watcher on r2 records nothing of the SYNs it passes on to the server (they arrive as
+    PACKET_HOST too: only the destination address tells), and sees one to its own address."""
+    import subprocess
+
+    ns = lab.ns["r2"]
+    argv = ["ip", "netns", "exec", ns, PYTHON, "-c", WATCH_FOR, str(OPEN)]
+    with subprocess.Popen(
+        argv, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as watcher:
+        try:
+            assert watcher.stdin is not None and watcher.stdout is not None
+            assert watcher.stdout.readline().split() == ["ready", "True"]
+            seen = []
+            plan = client_plan((OPEN,))
+            to_r2 = {**plan["checks"][0], "check_id": "9:c>r2:1101", "dst_address": R2_LEFT}
+            for checks in ([plan["checks"][0]], [to_r2]):
+                run_client(lab, tmp_path, "connect", {**plan, "checks": checks})
+                watcher.stdin.write("\n")
+                watcher.stdin.flush()
+                seen.append(watcher.stdout.readline().strip())
+            watcher.wait(timeout=10)
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+    assert seen == ["[]", str([(OPEN, CLIENT, 63)])]
