@@ -118,6 +118,10 @@ def test_agent_has_only_bind_and_raw_capabilities() -> None:
     assert set(one(AGENT, "AmbientCapabilities").split()) == caps
     assert set(one(AGENT, "CapabilityBoundingSet").split()) == caps
     assert one(AGENT, "EnvironmentFile") == "/etc/netcheck/agent-%i.env"
+    # Raw IPv4 sockets for SYN probes, AF_PACKET for the SYN watcher: nothing else.
+    families = one(AGENT, "RestrictAddressFamilies").split()
+    assert families == ["AF_INET", "AF_INET6", "AF_UNIX", "AF_PACKET"]
+    assert one(AGENT, "MemoryDenyWriteExecute") == "yes"
 
 
 @pytest.mark.parametrize(
