@@ -9,11 +9,24 @@ verdict, a stable cause and a diagnosis in plain words. It reads both ends of a 
 listening on that port (or a raw probe saw the reset come from another address than the
 destination).
 
-NAT: when the destination agent saw the connection arrive from an address that is not the
-source's, and never from the source's own address, the check *passes* with cause ``nat``
-and a diagnosis: an HDM appliance-to-appliance path through NAT usually works, so it is a
-finding to read, not a blocker. An ``expect: closed`` check that connected always fails
-(``unexpected_open``), NAT or not.
+Diagnosis as data (:class:`~controller.model.CheckRow` ``side``, ``device``, ``seen_from``):
+the destination agent's interface capture (peers seen with ``how="syn"``) tells a SYN that
+never reached the host (dropped in the network, at or just past the last hop that answered)
+from one that reached it and got no answer (the host's own firewall); a reset while the
+agent listened is the host's when its SYN arrived (or the reset's TTL matches the
+destination), a device's on the path when the SYN never arrived (or the TTL says fewer
+hops): forged in the destination's name, so that device has no address, only a hop count.
+ICMP errors name their sender. "Never arrived" needs the destination to have reported after
+the probe; without that evidence (an old agent, no capture) the side stays unknown. Device
+names come from the inventory's ``network:`` section (:attr:`Expected.devices`).
+
+NAT: when the destination agent saw the connection (or its SYN) arrive from an address that
+is not the source's, and never from the source's own address, on this port or, when this
+port saw nothing, on any port this source is expected on (a raw probe completes one real
+connection per host pair), the check *passes* with cause ``nat`` and a diagnosis: an HDM
+appliance-to-appliance path through NAT usually works, so it is a finding to read, not a
+blocker. An ``expect: closed`` check that connected always fails (``unexpected_open``), NAT
+or not.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 topology.yaml is the product's spec; the inventory is the customer's. ``load_inventory``
 checks it against the spec: roles must exist, host names are unique, addresses are IP
-addresses, and a VM's OS and boot mode must be a row of the guest OS matrix. A site has at
-most :data:`MAX_HOSTS` hosts (the file is untrusted input: see :mod:`.sourced` for the YAML
-bounds, :func:`.expand.check_size` for the checks a site may expand to).
+addresses, and a VM's OS and boot mode must be a row of the guest OS matrix. Two optional
+sections: ``network:`` (per site, the routers and firewalls with their addresses, which name
+the devices a diagnosis finds) and ``directions:`` (per interaction, who connects on a flow
+the spec leaves at ``direction: both``). A site has at most :data:`MAX_HOSTS` hosts (the file
+is untrusted input: see :mod:`.sourced` for the YAML bounds, :func:`.expand.check_size` for
+the checks a site may expand to).
 """
 
 from __future__ import annotations

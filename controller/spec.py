@@ -1,8 +1,10 @@
 """topology.yaml and the guest OS matrix as immutable, validated objects.
 
 ``load_spec(path)`` is the only way in: it refuses unknown keys, unknown roles, bad port
-ranges, duplicate interaction ids, overlapping ports and unknown matrix statuses, each as
-``file:line: what is wrong`` (:class:`controller.sourced.InputError`).
+ranges, duplicate interaction ids, overlapping ports, a ``direction: both`` without its
+``reason`` and unknown matrix statuses, each as ``file:line: what is wrong``
+(:class:`controller.sourced.InputError`). A flow of direction ``both`` runs both ways in
+:meth:`Spec.flows` (each :class:`FlowRef` with ``stated=False``).
 
 Every count and text is bounded (the file is untrusted input, like the YAML it is read
 from, see :mod:`.sourced`): at most :data:`MAX_ROLES` roles, :data:`MAX_FLOWS` flows and
