@@ -14,6 +14,9 @@ Computations run in one background thread at a time, never in a reader's:
   (0.1 s); a small site's evaluation is done by then (the reader sees its own writes). A big
   site's reader (the last computation took longer than ``wait_s``) does not wait at all: it
   is answered at once with the previous generation.
+- **Fresh for decisions.** ``fresh=True`` (the gate: a migration starts on its answer) waits
+  for a generation at least as new as the store and clock at the time of asking, however
+  long that takes: whoever asks right after a write sees it.
 - **Bounded staleness.** The previous generation is served only while younger than
   ``max_stale_s`` (30 s, by the evaluation's own clock: its ``generated_at`` is on the page
   and in the report); an older one, or none, is waited for without bound.
@@ -187,13 +190,18 @@ class EvaluationCache:
         # The last computation took longer than a reader would wait: do not wait at all.
         return key, gen, fresh_enough and self._took >= self._wait
 
-    def generation(self) -> Generation:
-        """The current generation, or the previous one (see the module doc for the bounds)."""
+    def generation(self, fresh: bool = False) -> Generation:
+        """The current generation, or the previous one (see the module doc for the bounds);
+        with `fresh`, never one older than the store and the clock at the time of asking."""
         with self._cond:
             key, gen, at_once = self._ask()
-            if at_once and gen is not None:
+            if at_once and gen is not None and (not fresh or gen.key == key):
                 return gen
-            fresh_enough = gen is not None and self._clock() - gen.ev.generated_at < self._max_stale
+            fresh_enough = (
+                not fresh
+                and gen is not None
+                and self._clock() - gen.ev.generated_at < self._max_stale
+            )
             deadline = time.monotonic() + self._wait
             while True:
                 cur = self._gen
@@ -221,8 +229,8 @@ class EvaluationCache:
         # No lock: a reader thread may be deriving another slot in it; a dict read is atomic.
         return cast("T | None", gen._derived.get(slot))
 
-    def get(self) -> Evaluation:
-        return self.generation().ev
+    def get(self, fresh: bool = False) -> Evaluation:
+        return self.generation(fresh).ev
 
     def derived(self, slot: Hashable, make: Callable[[Generation], T]) -> T:
         """``make(generation)`` for the current generation, computed once per generation.
@@ -232,16 +240,20 @@ class EvaluationCache:
         """
         return self.derived_with(slot, make)[1]
 
-    def derived_with(self, slot: Hashable, make: Callable[[Generation], T]) -> tuple[Generation, T]:
+    def derived_with(
+        self, slot: Hashable, make: Callable[[Generation], T], fresh: bool = False
+    ) -> tuple[Generation, T]:
         """:meth:`derived`, with the generation it was derived in."""
         with self._cond:
             self._makers[slot] = (make, time.monotonic())
-        gen = self.generation()
+        gen = self.generation(fresh)
         return gen, gen.derive(slot, make)
 
-    def with_gates(self, inventory: Inventory) -> tuple[Evaluation, tuple[GateDecision, ...]]:
+    def with_gates(
+        self, inventory: Inventory, fresh: bool = False
+    ) -> tuple[Evaluation, tuple[GateDecision, ...]]:
         """The evaluation and the gate decision of every mode, computed once per evaluation."""
-        gen, gates = self.derived_with(("gates",), self.gates_of(inventory))
+        gen, gates = self.derived_with(("gates",), self.gates_of(inventory), fresh)
         return gen.ev, gates
 
     def gates_of(self, inventory: Inventory) -> Callable[[Generation], tuple[GateDecision, ...]]:

@@ -260,11 +260,13 @@ async def gate_endpoint(request: web.Request) -> web.Response:
     vm = request.query.get("vm") or None
     app = request.app
 
+    # Fresh: a migration starts on this answer, so it includes every result acknowledged
+    # before it was asked (the page and reports may show the previous generation meanwhile).
     def work() -> dict[str, Any]:  # with the identity that sent each result
         if vm is None and mode in app[SPEC].modes:  # cached with the evaluation
-            ev, gates = app[EVALUATION].with_gates(app[INVENTORY])
+            ev, gates = app[EVALUATION].with_gates(app[INVENTORY], fresh=True)
             return decision_to_dict(gates[list(app[SPEC].modes).index(mode)], ev)
-        ev = app[EVALUATION].get()
+        ev = app[EVALUATION].get(fresh=True)
         return decision_to_dict(gate(app[SPEC], app[INVENTORY], ev, mode, vm), ev)
 
     try:

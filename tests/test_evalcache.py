@@ -130,3 +130,21 @@ def test_a_slow_sites_reader_does_not_wait_at_all(tmp_path: Path) -> None:
         assert cache.ready(("other",), lambda g: -1) is None  # never derived: not ready
         assert time.monotonic() - t0 < 1.0
     store.close()
+
+
+def test_a_fresh_reader_sees_every_write_made_before_it_asked(tmp_path: Path) -> None:
+    """The gate's read: no previous generation, however slow the new one is."""
+    cache, store, clock = _site(tmp_path, wait_s=0.05)
+    previous = cache.get()
+    _write(store, cache, clock[0])
+    answers: list[object] = []
+    with store._rlock:  # the new generation cannot be computed yet
+        assert cache.get() is previous  # an ordinary reader: the previous one, after the wait
+        reader = threading.Thread(target=lambda: answers.append(cache.get(fresh=True)))
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and answers == []  # a fresh one waits
+    reader.join(10.0)
+    assert len(answers) == 1 and answers[0] is not previous
+    assert answers[0] is cache.get(fresh=True)
+    store.close()
