@@ -21,7 +21,7 @@ import yaml
 
 from bench.ingest import inventory_with_agents
 from deploy.lab.layout import build_layout, inventory_yaml, roles_of_topology
-from netcheck.controller.expand import check_size, expand, plan_for
+from netcheck.controller.expand import by_source, check_size, expand, plan_for
 from netcheck.controller.inventory import MAX_HOSTS, load_inventory
 from netcheck.controller.sourced import (
     MAX_DEPTH,
@@ -74,8 +74,9 @@ def _billion_laughs(levels: int = 9) -> str:
 
 
 def _site(tmp: Path, topology: str | None = None, agents: int = 1_002) -> tuple[Path, Path]:
-    """topology.yaml (the shipped one, or ``topology``) with the matrix, and an inventory of
-    the example site plus ``agents`` cloud VMs (1,002: 1,016 hosts in all)."""
+    """topology.yaml (the shipped one, or ``topology``) with the matrix, and the bench's
+    inventory: the example site with its PIO replaced by ``agents`` PIO hosts (1,002: 1,017
+    hosts in all)."""
     shutil.copy(ROOT / "guest_os_matrix.yaml", tmp / "guest_os_matrix.yaml")
     topo = tmp / "topology.yaml"
     topo.write_text(topology if topology is not None else (ROOT / "topology.yaml").read_text())
@@ -84,10 +85,12 @@ def _site(tmp: Path, topology: str | None = None, agents: int = 1_002) -> tuple[
     return topo, inv
 
 
-def _with_ports(old: str, new: str) -> tuple[str, int]:
-    """The shipped topology with the first flow on ``old`` given ``new``: (text, its line)."""
+def _with_ports(old: str, new: str, interaction: int) -> tuple[str, int]:
+    """The shipped topology with the first flow on ``old`` of ``interaction`` given ``new``:
+    (text, its line)."""
     lines = (ROOT / "topology.yaml").read_text().splitlines(keepends=True)
-    n = next(i for i, text in enumerate(lines) if text.strip() == f'- ports: "{old}"')
+    start = lines.index(f"  - id: {interaction}\n")
+    n = next(i for i in range(start, len(lines)) if lines[i].strip() == f'- ports: "{old}"')
     lines[n] = lines[n].replace(f'"{old}"', f'"{new}"')
     return "".join(lines), n + 1
 
@@ -143,28 +146,40 @@ def test_an_oversized_file_is_refused(tmp_path: Path) -> None:
     _assert_refused(done, elapsed, f"{big}: larger than {MAX_FILE_BYTES >> 20} MiB, the limit")
 
 
-def test_the_huge_range_with_1016_hosts_is_refused_before_expanding(tmp_path: Path) -> None:
-    text, line = _with_ports("3260", "1-65535")  # interaction 12, cloud_vm -> cloud_cache
+def _besides_pio_443(inv: Path) -> tuple[int, int]:
+    """The checks of the shipped topology on the site ``inv`` besides interaction 2's port 443
+    (PIO -> the one on-premise vCenter, that pair's only flow): (in one PIO's plan, in all)."""
+    spec = load_spec(ROOT / "topology.yaml")
+    checks = expand(spec, load_inventory(inv, spec))
+    pios = [c for c in checks if c.src_role == "pio" and c.src_host == "bench-pio-0"]
+    vcenter = [c for c in checks if c.spec.interaction == 2]
+    assert len(vcenter) == len(yaml.safe_load(inv.read_text())["hosts"]["pio"])
+    return len(pios) - 1, len(checks) - len(vcenter)
+
+
+def test_the_huge_range_with_1017_hosts_is_refused_before_expanding(tmp_path: Path) -> None:
+    text, line = _with_ports("443", "1-65535", interaction=2)  # pio -> prem_vcenter
     topo, inv = _site(tmp_path, text)
+    in_plan, in_site = _besides_pio_443(inv)  # 59 and 62,236 today
     done, elapsed = _check(topo, "--inventory", inv)
-    _assert_refused(done, elapsed, f"{topo}:{line}: interaction 12, ports 1-65535 from cloud_vm")
+    _assert_refused(done, elapsed, f"{topo}:{line}: interaction 2, ports 1-65535 from pio")
     assert (
-        "1 destination host x 65,535 ports = 65,535 checks in the plan of each cloud_vm agent "
-        f"(1,002 cloud_vm hosts in {inv}); 65,535 in all, more than "
+        "1 destination host x 65,535 ports = 65,535 checks in the plan of each pio agent "
+        f"(1,002 pio hosts in {inv}); {65_535 + in_plan:,} in all, more than "
         "policy.max_checks_per_plan (20,000)"
     ) in done.stderr
     assert (
         "1,002 source hosts x 1 destination host x 65,535 ports = 65,666,070 checks; the site "
-        f"of {inv} would expand to 65,668,217 checks, more than policy.max_checks_per_site "
-        "(200,000)"
+        f"of {inv} would expand to {65_666_070 + in_site:,} checks, more than "
+        "policy.max_checks_per_site (200,000)"
     ) in done.stderr
 
 
 def test_the_plan_cap_is_exact(tmp_path: Path) -> None:
     """The user's plan (one pio): 40001-59999 and port 22 are 20,000 checks and load; one
     port more is refused."""
-    text, line = _with_ports("443", "40000-59999")  # interaction 1: user -> pio
-    topo, inv = _site(tmp_path, text, agents=0)
+    text, line = _with_ports("443", "40000-59999", interaction=1)  # user -> pio
+    topo, inv = _site(tmp_path, text, agents=1)
     spec = load_spec(topo)
     site = load_inventory(inv, spec)
     with pytest.raises(InputError) as info:
@@ -181,25 +196,32 @@ def test_the_plan_cap_is_exact(tmp_path: Path) -> None:
 
 
 def test_the_site_cap_holds_though_every_plan_is_small(tmp_path: Path) -> None:
-    """1,002 VMs x 200 ports to the one cache: 200 checks a plan, 200,400 for the site."""
-    text, line = _with_ports("3260", "3260-3459")  # interaction 12: cloud_vm -> cloud_cache
+    """1,002 PIOs x 200 ports to the one on-premise vCenter: 259 checks a plan, 200,400 from
+    that flow alone, 262,636 for the site."""
+    text, line = _with_ports("443", "443-642", interaction=2)  # pio -> prem_vcenter
     topo, inv = _site(tmp_path, text)
+    in_plan, in_site = _besides_pio_443(inv)
     spec = load_spec(topo)
+    assert 200 + in_plan < spec.policy.max_checks_per_plan
     site = load_inventory(inv, spec)
     with pytest.raises(InputError) as info:
         expand(spec, site)
     assert len(info.value.problems) == 1
-    assert str(info.value).startswith(
-        f"{topo}:{line}: interaction 12, ports 3260-3459 from cloud_vm to cloud_cache: 1,002 "
-        "source hosts x 1 destination host x 200 ports = 200,400 checks; the site of"
+    assert str(info.value) == (
+        f"{topo}:{line}: interaction 2, ports 443-642 from pio to prem_vcenter: 1,002 source "
+        "hosts x 1 destination host x 200 ports = 200,400 checks; the site of "
+        f"{inv} would expand to {200_400 + in_site:,} checks, more than "
+        "policy.max_checks_per_site (200,000)"
     ), str(info.value)
 
 
 def test_too_many_hosts_are_refused(tmp_path: Path) -> None:
-    topo, inv = _site(tmp_path, agents=MAX_HOSTS)  # plus the example's 14
+    topo, inv = _site(tmp_path, agents=MAX_HOSTS)  # plus the example's others (15 today)
+    hosts = sum(map(len, yaml.safe_load(inv.read_text())["hosts"].values()))
+    assert hosts > MAX_HOSTS
     done, elapsed = _check(topo, "--inventory", inv)
     _assert_refused(done, elapsed, f"an inventory holds at most {MAX_HOSTS:,}")
-    assert f"{inv}:3: {MAX_HOSTS + 14:,} hosts" in done.stderr
+    assert f"{inv}:3: {hosts:,} hosts; an inventory holds at most" in done.stderr
 
 
 def test_the_node_bound_is_exact(tmp_path: Path) -> None:
@@ -219,9 +241,14 @@ def test_what_the_project_ships_and_makes_stays_within_the_bounds(tmp_path: Path
     lab = tmp_path / "lab.yaml"
     lab.write_text(inventory_yaml(build_layout(roles_of_topology(str(ROOT / "topology.yaml")))))
     check_size(spec, load_inventory(lab, spec))
-    # the bench's biggest ingest site (1,000 agents) and its wide sweep (7,011 ports, one plan)
+    # the bench's biggest ingest site (1,000 PIO agents): 63,112 checks today (3.2 times under
+    # the site cap), its biggest plan the user's, 2,000 (443 and 22 to each PIO; the PIOs' are
+    # 60), a tenth of the plan cap
     _, inv = _site(tmp_path, agents=1_000)
-    assert len(expand(spec, load_inventory(inv, spec))) < spec.policy.max_checks_per_site // 50
+    checks = expand(spec, load_inventory(inv, spec))
+    assert len(checks) * 3 < spec.policy.max_checks_per_site
+    assert max(map(len, by_source(checks).values())) * 10 <= spec.policy.max_checks_per_plan
+    # the bench's wide sweep (7,011 ports, one plan) twice over
     assert spec.policy.max_checks_per_plan > 7_011 * 2
     for path in (ROOT / "deploy" / "lab" / "scenarios").glob("*.yaml"):
         load_yaml(path)
