@@ -1,15 +1,24 @@
-"""Go / no-go for one migration mode, and optionally one VM. Pure.
+"""Go / no-go / undecided for one migration mode, and optionally one VM. Pure.
 
 A mode needs every check of its interactions to pass: a failing or unknown (never tested,
-stale) check blocks. With a VM, the checks that involve the VM's own role (``prem_vm`` or
-``cloud_vm``) are narrowed to that VM's host pairs (interaction 15 to that guest, for
-instance); every other check of the mode still counts. The guest OS matrix then speaks:
-``Not Supported`` blocks, ``Not Qualified(TICKET)`` and a qualified note ("Need SI
-handling", "No GOSC") are warnings, which block only when ``policy.warnings_block`` is set.
+stale) check blocks. With a VM, only that VM's checks count, in both directions (those whose
+source or destination host is the VM: interaction 15 to that guest, for instance; the site's
+gate, without a VM, covers the rest), and the guest OS matrix speaks (alone, in a mode where
+no check involves the VM): ``Not Supported`` blocks, ``Not Qualified(TICKET)`` and a qualified
+note ("Need SI handling", "No GOSC") are warnings, which block only when
+``policy.warnings_block`` is set. A VM is a host of the roles in :data:`VM_ROLES` that the
+spec has; any other name is refused (:class:`GateError`: exit 2, HTTP 400).
+
+Three answers, told apart: ``go``; ``no-go`` (something blocks: a failing or unknown check,
+or the matrix); ``undecided`` (nothing to decide on: the mode has no checks here, or none of
+them has been tested yet, or a VM without checks in the mode has no OS either, or the VM's
+OS and boot mode are no row of the matrix, matched as :func:`.spec.matrix_key` says; the
+reason names the closest rows). A check that already
+fails outweighs an unknown OS: the answer is no-go whatever the matrix would say.
 
 An interaction of the mode with no checks at all (no hosts of one of its roles in the
 inventory) is a warning, not a blocker: before a migration there are often no cloud VMs
-yet. A mode without any check is ``undecided``.
+yet.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from collections import defaultdict
 from typing import Any
 
 from netcheck.controller.errors import Undecided
-from netcheck.controller.inventory import Host, Inventory
+from netcheck.controller.inventory import Host, Inventory, unknown_to_matrix
 from netcheck.controller.model import CheckRow, Decision, Evaluation, GateDecision, MatrixFinding
 from netcheck.controller.spec import Spec
 
@@ -40,34 +49,35 @@ class GateError(Undecided):
 
 def _vm_host(spec: Spec, inventory: Inventory, vm: str) -> tuple[str, Host]:
     found = inventory.by_name(vm)
+    vm_roles = [r for r in VM_ROLES if r in spec.roles]
+    which = (
+        f"VMs are the hosts of roles {', '.join(vm_roles)}"
+        if vm_roles
+        else f"the spec has no VM roles ({', '.join(VM_ROLES)})"
+    )
     if found is None:
-        raise GateError(f"unknown VM {vm!r}: no host of that name in {inventory.file}")
+        raise GateError(f"unknown VM {vm!r}: no host of that name in {inventory.file} ({which})")
     role, host = found
-    if role not in VM_ROLES:
-        raise GateError(f"{vm!r} is a {role} host, not a guest VM ({', '.join(VM_ROLES)})")
+    if role not in vm_roles:
+        raise GateError(f"{vm!r} is a {role} host, not a guest VM ({which})")
     return role, host
 
 
-def _in_scope(row: CheckRow, mode: str, vm: tuple[str, Host] | None) -> bool:
+def _in_scope(row: CheckRow, mode: str, vm: str | None) -> bool:
     c = row.check
-    if mode not in c.modes:
-        return False
-    if vm is None:
-        return True
-    role, host = vm
-    if role in (c.src_role, c.spec.dst_role):
-        return host.name in (c.src_host, c.spec.dst_host)
-    return True
+    return mode in c.modes and (vm is None or vm in (c.src_host, c.spec.dst_host))
 
 
-def _matrix(spec: Spec, mode: str, host: Host) -> tuple[list[MatrixFinding], list[str], list[str]]:
-    """(findings, blocking reasons, warnings) of the guest OS matrix for one VM."""
+def _matrix(
+    spec: Spec, mode: str, host: Host
+) -> tuple[list[MatrixFinding], list[str], list[str], str | None]:
+    """(findings, blocking reasons, warnings, why undecided) of the matrix for one VM."""
     m = spec.modes[mode]
     if host.os is None or host.boot is None:
-        return [], [], [f"{host.name}: OS unknown, matrix not checked"]
+        return [], [], [f"{host.name}: OS unknown, matrix not checked"], None
     row = spec.matrix_row(host.os, host.boot)
-    if row is None:  # load_inventory refuses this; kept for inventories built in code
-        return [], [], [f"{host.name}: {host.os} {host.boot} is not in the guest OS matrix"]
+    if row is None:
+        return [], [], [], unknown_to_matrix(spec, host)
     columns = list(m.matrix_columns)
     if host.static_ip and m.static_ip_column is not None:
         columns.append(m.static_ip_column)
@@ -77,7 +87,7 @@ def _matrix(spec: Spec, mode: str, host: Host) -> tuple[list[MatrixFinding], lis
     warn_blocks = spec.policy.warnings_block
     for col in columns:
         s = row.support[col]
-        where = f"{host.os} {host.boot}: {{}} for {mode} ({COLUMN_TITLES[col]})"
+        where = f"{row.os} {row.boot}: {{}} for {mode} ({COLUMN_TITLES[col]})"
         if s.status == "not_supported":
             blocking.append(where.format("Not Supported"))
             findings.append(MatrixFinding(col, s.status, s.text, True))
@@ -89,7 +99,7 @@ def _matrix(spec: Spec, mode: str, host: Host) -> tuple[list[MatrixFinding], lis
             findings.append(MatrixFinding(col, s.status, s.text, warn_blocks))
         else:
             findings.append(MatrixFinding(col, s.status, s.text, False))
-    return findings, blocking, warnings
+    return findings, blocking, warnings, None
 
 
 def _check_reasons(spec: Spec, blocking: list[CheckRow]) -> list[str]:
@@ -129,29 +139,46 @@ def gate(
     if mode not in spec.modes:
         raise GateError(f"unknown mode {mode!r} (modes are: {', '.join(spec.modes)})")
     vm_host = _vm_host(spec, inventory, vm) if vm is not None else None
-    rows = [r for r in evaluation.rows if _in_scope(r, mode, vm_host)]
+    rows = [r for r in evaluation.rows if _in_scope(r, mode, vm)]
     blocking = [r for r in rows if r.verdict != "pass"]
     reasons = _check_reasons(spec, blocking)
+    failing = any(r.verdict == "fail" for r in rows)
     warnings: list[str] = []
     checked = {r.check.spec.interaction for r in rows}
     for ident in spec.modes[mode].interactions:
-        if ident not in checked:
-            inter = spec.interaction(ident)
-            missing = [r for r in (inter.source, inter.destination) if not inventory.of_role(r)]
-            why = f"no {' or '.join(missing)} hosts in the inventory" if missing else "no checks"
-            warnings.append(f"interaction {ident} ({inter.title}) not checked: {why}")
+        inter = spec.interaction(ident)
+        if ident in checked or (vm_host and vm_host[0] not in (inter.source, inter.destination)):
+            continue
+        missing = [r for r in (inter.source, inter.destination) if not inventory.of_role(r)]
+        why = f"no {' or '.join(missing)} hosts in the inventory" if missing else "no checks"
+        warnings.append(f"interaction {ident} ({inter.title}) not checked: {why}")
     findings: list[MatrixFinding] = []
+    unknown_os: str | None = None
     if vm_host is not None:
-        found, blocks, warns = _matrix(spec, mode, vm_host[1])
+        found, blocks, warns, unknown_os = _matrix(spec, mode, vm_host[1])
         findings, reasons, warnings = found, [*blocks, *reasons], [*warns, *warnings]
     if spec.policy.warnings_block:
         reasons = [*reasons, *(f"warning (policy: warnings block): {w}" for w in warnings)]
     decision: Decision
-    if not rows:
+    if not rows and vm is not None and findings:  # no network checks of the VM: the matrix
+        decision = "no-go" if reasons else "go"
+        warnings = [f"no checks of mode {mode!r} involve {vm}: the matrix decides", *warnings]
+    elif not rows:
         decision = "undecided"
-        reasons = [f"no checks of mode {mode!r} in this inventory", *reasons]
+        whose = f" involve {vm}" if vm is not None else " in this inventory"
+        first = [f"no checks of mode {mode!r}{whose}", *([unknown_os] if unknown_os else [])]
+        reasons = [*first, *reasons]
+    elif all(r.cause == "not_tested" for r in rows):
+        decision = "undecided"
+        first = [f"none of the {len(rows)} checks of mode {mode!r} tested yet"]
+        reasons = [*first, *([unknown_os] if unknown_os else []), *reasons]
+    elif unknown_os is not None and not failing:
+        decision = "undecided"
+        reasons = [unknown_os, *reasons]
     else:
         decision = "no-go" if reasons else "go"
+        if unknown_os is not None:
+            warnings = [unknown_os, *warnings]
     return GateDecision(
         mode=mode,
         decision=decision,
@@ -166,21 +193,13 @@ def gate(
 def sent_by_counts(ev: Evaluation, mode: str, vm: str | None = None) -> dict[str, int]:
     """Identity -> how many of the gate's results it sent (its evidence, by sender).
 
-    The rows are the gate's (the mode's, narrowed to the VM's pairs as :func:`gate` does).
+    The rows are the gate's (the mode's, or the VM's own as :func:`gate` takes them).
     ``""``: results stored before identities were recorded.
     """
-    vm_role = None
-    if vm is not None:
-        for r in ev.rows:
-            if vm in (r.check.src_host, r.check.spec.dst_host):
-                vm_role = r.check.src_role if r.check.src_host == vm else r.check.spec.dst_role
-                break
     counts: dict[str, int] = defaultdict(int)
     for row in ev.rows:
         c = row.check
-        if row.result is None or mode not in c.modes:
-            continue
-        if vm_role in (c.src_role, c.spec.dst_role) and vm not in (c.src_host, c.spec.dst_host):
+        if row.result is None or not _in_scope(row, mode, vm):
             continue
         counts[ev.sent_by.get(c.spec.check_id, "")] += 1
     return dict(sorted(counts.items()))

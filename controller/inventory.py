@@ -2,12 +2,15 @@
 
 topology.yaml is the product's spec; the inventory is the customer's. ``load_inventory``
 checks it against the spec: roles must exist, host names are unique, addresses are IP
-addresses, and a VM's OS and boot mode must be a row of the guest OS matrix. Two optional
-sections: ``network:`` (per site, the routers and firewalls with their addresses, which name
-the devices a diagnosis finds) and ``directions:`` (per interaction, who connects on a flow
-the spec leaves at ``direction: both``). A site has at most :data:`MAX_HOSTS` hosts (the file
-is untrusted input: see :mod:`.sourced` for the YAML bounds, :func:`.expand.check_size` for
-the checks a site may expand to).
+addresses, and a VM gives both its OS and boot mode or neither. An OS or boot mode the guest
+OS matrix does not know (matched as :func:`.spec.matrix_key` says) is not an error: it is
+one of the inventory's ``warnings`` (file:line, with the closest rows) and makes only that
+VM's gate undecided. Two optional sections: ``network:`` (per site, the routers and
+firewalls with their addresses, which name the devices a diagnosis finds) and
+``directions:`` (per interaction, who connects on a flow the spec leaves at ``direction:
+both``). A site has at most :data:`MAX_HOSTS` hosts (the file is untrusted input: see
+:mod:`.sourced` for the YAML bounds, :func:`.expand.check_size` for the checks a site may
+expand to).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from netcheck.controller.sourced import (
     raise_if,
     validate,
 )
-from netcheck.controller.spec import MAX_NAME, MAX_ROLES, BootMode, Flow, Name, Site, Spec
+from netcheck.controller.spec import MAX_NAME, MAX_ROLES, Flow, Name, Site, Spec
 
 # Network devices (routers and firewalls) in the optional `network:` section, and addresses
 # per device.
@@ -53,7 +56,7 @@ class Host(BaseModel):
     address: str = Field(max_length=64)  # an IPv6 address with a zone is at most ~60
     # Guest VM facts, used by the per-VM gate (guest OS support matrix).
     os: Name | None = None
-    boot: BootMode | None = None
+    boot: Name | None = None  # matched to the matrix as spec.matrix_key says
     static_ip: bool = False
 
     @field_validator("address")
@@ -130,6 +133,9 @@ class Inventory:
     network: dict[str, tuple[NetworkDevice, ...]] = field(default_factory=dict)  # site -> devices
     # (interaction id, a "both" flow's ports) -> the role that connects, as the site pinned it
     pins: dict[tuple[int, str], str] = field(default_factory=dict)
+    # file:line: what is wrong, for facts that make one VM's gate undecided (an OS or boot
+    # mode the matrix does not know) and not the whole inventory invalid
+    warnings: tuple[str, ...] = ()
 
     def device_names(self) -> dict[str, str]:
         """address -> the name of the router or firewall that holds it (``network:``)."""
@@ -176,6 +182,7 @@ def load_inventory(path: str | Path, spec: Spec) -> Inventory:
         )
     inv = validate(src, _InventoryFile)
     problems: list[Problem] = []
+    warnings: list[str] = []
     names: dict[str, int] = {}
     for role, hosts in inv.hosts.items():
         if role not in spec.roles:
@@ -204,14 +211,7 @@ def load_inventory(path: str | Path, spec: Spec) -> Inventory:
                 and host.boot is not None
                 and spec.matrix_row(host.os, host.boot) is None
             ):
-                known = sorted({r.os for r in spec.matrix})
-                problems.append(
-                    src.problem(
-                        (*at, "os"),
-                        f"host {host.name!r}: {host.os} {host.boot} is not in the guest OS "
-                        f"matrix (known systems: {', '.join(known)})",
-                    )
-                )
+                warnings.append(str(src.problem((*at, "os"), unknown_to_matrix(spec, host))))
     problems += _check_network(src, inv)
     pins, more = _check_pins(src, inv, spec)
     problems += more
@@ -222,6 +222,17 @@ def load_inventory(path: str | Path, spec: Spec) -> Inventory:
         hosts=inv.hosts,
         network={str(k): v for k, v in inv.network.items()},
         pins=pins,
+        warnings=tuple(warnings),
+    )
+
+
+def unknown_to_matrix(spec: Spec, host: Host) -> str:
+    """Why a guest's gate is undecided: its OS and boot mode are no row of the matrix."""
+    close = spec.closest_matrix_rows(host.os or "", host.boot or "")
+    like = f"closest rows: {'; '.join(close)}" if close else "no row is close"
+    return (
+        f"host {host.name!r}: {host.os} {host.boot} is not in the guest OS matrix ({like}); "
+        "its gate is undecided until the inventory names a row"
     )
 
 

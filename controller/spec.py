@@ -16,9 +16,11 @@ checks a site may expand to is the policy's (``max_checks_per_site``, ``max_chec
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -260,10 +262,23 @@ class Spec:
         raise KeyError(ident)
 
     def matrix_row(self, os_name: str, boot: str) -> MatrixRow | None:
-        for row in self.matrix:
-            if row.os == os_name and row.boot == boot:
-                return row
-        return None
+        """The matrix row of a guest's OS and boot mode, or None: :func:`matrix_key` says how
+        the names are matched (case, spacing and a few aliases do not matter)."""
+        return self._matrix_index.get(*matrix_key(os_name, boot))
+
+    @cached_property
+    def _matrix_index(self) -> MatrixIndex:
+        return MatrixIndex.build(self.matrix)
+
+    def closest_matrix_rows(self, os_name: str, boot: str, n: int = 3) -> list[str]:
+        """The ``n`` matrix rows ("OS BOOT") most like an unknown pair, best first."""
+        os_key, boot_key = matrix_key(os_name, boot)
+        wanted = f"{os_key} {boot_key}"
+        by_text = {f"{k[0]} {k[1]}": r for k, r in self._matrix_index.rows.items()}
+        close = difflib.get_close_matches(wanted, list(by_text), n=n, cutoff=0.5)
+        if not close:  # at least the rows of the same OS, or of the same boot mode
+            close = [t for t, r in by_text.items() if matrix_key(r.os, r.boot)[0] == os_key][:n]
+        return [f"{by_text[t].os} {by_text[t].boot}" for t in close]
 
     def modes_of(self, interaction: int) -> tuple[str, ...]:
         return tuple(name for name, m in self.modes.items() if interaction in m.interactions)
@@ -367,6 +382,81 @@ def _check_topology(src: Sourced, topo: _TopologyFile) -> list[Problem]:
                     )
                 )
     return problems
+
+
+# Matching a guest's OS and boot mode to the matrix: both sides are compared by key, lower
+# case without spaces, "_" or "-" ("rhel 7.4" is "RHEL 7.4", "oracle linux 7.7" is
+# "Oracle_Linux 7.7", "SLES 12 SP5" is "SLES 12-SP5", "uefi secure" is "UEFI Secure"), and a
+# row whose OS ends in parentheses also answers without them ("Windows Server 2016" is
+# "Windows Server 2016 (64 bit)", "CentOS 7.6" is "CentOS 7.6(1810)"). When the key is not a
+# row, the aliases below are tried, one at a time: a leading spelling, as a key, and what it
+# stands for in the matrix.
+OS_ALIASES: tuple[tuple[str, str], ...] = (
+    ("redhatenterpriselinux", "rhel"),
+    ("redhat", "rhel"),
+    ("ubuntu", "ubuntuserver"),  # "Ubuntu 20.04"
+    ("photon", "photonos"),  # "Photon 4"
+    ("ol", "oraclelinux"),  # "OL 7.7"
+    ("oel", "oraclelinux"),
+    ("windows20", "windowsserver20"),  # "Windows 2016": 2012 R2, 2016, 2019 carry "Server"
+    ("windowsserver2008", "windows2008"),  # ... and 2008 R2 does not
+    ("win2008", "windows2008"),
+    ("win20", "windowsserver20"),  # "Win2019"
+)
+BOOT_ALIASES: dict[str, str] = {
+    "bios": "mbr",
+    "legacy": "mbr",
+    "legacybios": "mbr",
+    "efi": "uefi",
+    "secureboot": "uefisecure",
+    "uefisecureboot": "uefisecure",
+}
+_KEY_DROP = re.compile(r"[\s_-]+")
+
+
+def _key(text: str) -> str:
+    return _KEY_DROP.sub("", text).casefold()
+
+
+def matrix_key(os_name: str, boot: str) -> tuple[str, str]:
+    """The key a guest's (OS, boot mode) is looked up by (before the OS aliases)."""
+    b = _key(boot)
+    return _key(os_name), BOOT_ALIASES.get(b, b)
+
+
+_PARENS = re.compile(r"\([^()]*\)$")
+
+
+@dataclass(frozen=True)
+class MatrixIndex:
+    """The matrix rows by key: each row's own, and without a trailing "(...)" if unique."""
+
+    rows: dict[tuple[str, str], MatrixRow]
+    short: dict[tuple[str, str], MatrixRow]
+
+    @classmethod
+    def build(cls, matrix: tuple[MatrixRow, ...]) -> MatrixIndex:
+        rows = {matrix_key(r.os, r.boot): r for r in matrix}
+        short: dict[tuple[str, str], MatrixRow | None] = {}
+        for (os_key, boot_key), r in rows.items():
+            bare = _PARENS.sub("", os_key)
+            if bare != os_key and (bare, boot_key) not in rows:
+                k = (bare, boot_key)
+                short[k] = None if k in short else r  # two rows share it: neither answers
+        return cls(rows, {k: r for k, r in short.items() if r is not None})
+
+    def _one(self, os_key: str, boot_key: str) -> MatrixRow | None:
+        k = (os_key, boot_key)
+        return self.rows.get(k) or self.short.get(k)
+
+    def get(self, os_key: str, boot_key: str) -> MatrixRow | None:
+        found = self._one(os_key, boot_key)
+        for spelling, meaning in OS_ALIASES:
+            if found is not None:
+                break
+            if os_key.startswith(spelling):
+                found = self._one(meaning + os_key[len(spelling) :], boot_key)
+        return found
 
 
 def load_matrix(path: str | Path) -> tuple[MatrixRow, ...]:

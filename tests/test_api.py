@@ -186,7 +186,9 @@ async def test_results_gate_and_restart(spec: Spec, inv: Inventory, tmp_path: Pa
             "prem_manager",
         }
         assert (await client.get("/api/v1/gate?mode=nope")).status == 400
-        assert (await client.get("/api/v1/gate?mode=warm_vcd&vm=pio-1")).status == 400
+        r = await client.get("/api/v1/gate?mode=warm_vcd&vm=pio-1")
+        assert r.status == 400
+        assert "'pio-1' is a pio host, not a guest VM" in (await r.json())["error"]
         vm = await (await client.get("/api/v1/gate?mode=warm_vcd&vm=db-01")).json()
         assert (
             "Windows Server 2016 (64 bit) UEFI: Not Supported for warm_vcd (VCD WARM)"

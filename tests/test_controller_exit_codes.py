@@ -317,6 +317,24 @@ CASES: list[Case] = [
         None,
     ),
     (
+        "gate: nothing tested yet for the mode",  # 'later': a-1 -> c-1 never probed
+        lambda s: [
+            *("gate", "--mode", "later", "--db", s.db("open"), "--topology", s.topology),
+            *(
+                "--inventory",
+                s.write("i.yaml", INVENTORY + "  c:\n    - {name: c-1, address: 127.0.0.3}\n"),
+            ),
+        ],
+        2,
+        None,
+    ),
+    (
+        "gate: a host that is no VM",
+        lambda s: ["gate", "--mode", "deploy", "--vm", "a-1", "--db", s.db("open"), *s.args],
+        2,
+        lambda s: "could not decide: 'a-1' is a a host, not a guest VM (the spec has no VM roles",
+    ),
+    (
         "gate: not a database",
         lambda s: ["gate", "--mode", "deploy", "--db", s.inventory, *s.args],
         2,
@@ -477,3 +495,42 @@ def test_a_controller_that_does_not_speak_http_is_unreachable(
     err = capsys.readouterr().err
     assert err.startswith(f"could not decide: controller unreachable at {url}/api/v1/gate")
     assert err.count("\n") == 1
+
+
+VM_SITE = """\
+version: 1
+site: vms
+hosts:
+  pio: [{name: pio-1, address: 127.0.0.1}]
+  prem_vm:
+    - {name: vm-ok, address: 127.0.0.2, os: "rhel 7.4", boot: uefi}
+    - {name: vm-2022, address: 127.0.0.3, os: "Windows Server 2022", boot: MBR}
+"""
+
+
+def test_unknown_guest_os_warns_in_check_and_leaves_the_gate_undecided(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topology = str(REPO / "topology.yaml")
+    inventory = tmp_path / "site.yaml"
+    inventory.write_text(VM_SITE)
+    site = ["--topology", topology, "--inventory", str(inventory)]
+    assert main(["check", topology, "--inventory", str(inventory)]) == 0
+    err = capsys.readouterr().err
+    line = _line_of(VM_SITE, "vm-2022")
+    assert err.startswith(f"warning: {inventory}:{line}: host 'vm-2022': Windows Server 2022 MBR")
+    assert "closest rows: Windows Server" in err and err.count("\n") == 1
+    batch = tmp_path / "none.json"
+    batch.write_text(json.dumps(encode(ResultBatch("pio", "pio-1", results=()))))
+    db = str(tmp_path / "vms.db")
+    assert main(["import", str(batch), "--db", db, *site]) == 0
+    capsys.readouterr()
+    assert main(["gate", "--mode", "warm_vcs", "--vm", "vm-2022", "--db", db, *site]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("warm_vcs for vm-2022: UNDECIDED")
+    assert "Windows Server 2022 MBR is not in the guest OS matrix (closest rows:" in out
+    assert main(["gate", "--mode", "warm_vcs", "--vm", "pio-1", "--db", db, *site]) == 2
+    assert capsys.readouterr().err == (
+        "could not decide: 'pio-1' is a pio host, not a guest VM "
+        "(VMs are the hosts of roles prem_vm, cloud_vm)\n"
+    )

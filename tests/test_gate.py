@@ -85,7 +85,7 @@ def all_open(spec: Spec, inv: Inventory, but: Collection[str] = ()) -> Evaluatio
         ),
         ("vm-si", "cold_vcd", "go", None, "Qualified with a note: Need SI handling"),
         ("vm-gosc", "cold_vcs", "go", None, "Qualified with a note: No GOSC"),
-        ("vm-no-os", "cold_vcs", "go", None, "OS unknown, matrix not checked"),
+        ("vm-no-os", "warm_vcs", "go", None, "OS unknown, matrix not checked"),
     ],
 )
 def test_matrix(
@@ -131,22 +131,93 @@ def test_failing_check_blocks_the_mode(spec: Spec, inv: Inventory) -> None:
     assert gate(spec, inv, all_open(spec, inv, {other}), "deployment").decision == "go"
 
 
-def test_unknown_blocks(spec: Spec, inv: Inventory) -> None:
+def test_nothing_tested_is_undecided(spec: Spec, inv: Inventory) -> None:
     ev = evaluate(spec, expected(spec, inv), Observed(), NOW)
     d = gate(spec, inv, ev, "deployment")
+    assert d.decision == "undecided"
+    assert d.reasons[0].startswith("none of the ") and "tested yet" in d.reasons[0]
+    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "undecided"
+
+
+def test_unknown_blocks(spec: Spec, inv: Inventory) -> None:
+    """Some checks tested and passing, the others never: no-go, the untested ones block."""
+    checks = [c for c in expand(spec, inv) if "deployment" in c.modes]
+    results = [
+        result_for(c, "open", started_at=NOW - 1, attempts=1, latency_s=None) for c in checks[:3]
+    ]
+    ev = evaluate(spec, expected(spec, inv), Observed(tuple(results)), NOW)
+    d = gate(spec, inv, ev, "deployment")
     assert d.decision == "no-go"
-    assert all(r.verdict == "unknown" for r in d.blocking)
+    assert d.blocking and all(r.verdict == "unknown" for r in d.blocking)
     assert "unknown" in d.reasons[0]
 
 
-def test_vm_narrows_its_own_role(spec: Spec, inv: Inventory) -> None:
+def test_vm_scopes_to_its_own_checks_both_ways(spec: Spec, inv: Inventory) -> None:
     other_vm = "15:pio-1>vm-not-supported:443"
     ev = all_open(spec, inv, {other_vm})
     assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "go"
     assert gate(spec, inv, ev, "warm_vcs").decision == "no-go"
-    # A non-VM check still blocks a VM's gate.
+    # Another VM's role does not count either (cloud-vm-1's interaction 12 check) ...
+    cloud = next(c.spec.check_id for c in expand(spec, inv) if c.spec.dst_host == "cloud-vm-1")
+    ev = all_open(spec, inv, {cloud})
+    assert gate(spec, inv, ev, "warm_vcd", "vm-qualified").decision == "go"
+    d = gate(spec, inv, ev, "warm_vcd", "cloud-vm-1")
+    assert d.decision == "no-go"
+    assert [r.check.spec.check_id for r in d.blocking] == [cloud]
+    # ... nor a check of the infrastructure: that is the site's gate.
     ev = all_open(spec, inv, {"4:pio-1>prem-mgr:22"})
-    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "no-go"
+    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "go"
+    assert gate(spec, inv, ev, "warm_vcs").decision == "no-go"
+    # Every check of the VM's gate has the VM at one end, and every check of the VM is in it.
+    ev = all_open(spec, inv)
+    vm_checks = {
+        r.check.spec.check_id
+        for r in ev.rows
+        if "warm_vcd" in r.check.modes and "cloud-vm-1" in (r.check.src_host, r.check.spec.dst_host)
+    }
+    everything_fails = all_open(spec, inv, {r.check.spec.check_id for r in ev.rows})
+    d = gate(spec, inv, everything_fails, "warm_vcd", "cloud-vm-1")
+    assert {r.check.spec.check_id for r in d.blocking} == vm_checks != set()
+    # No check of a cold mode involves a VM, and without an OS no matrix row: undecided.
+    d = gate(spec, inv, ev, "cold_vcs", "vm-no-os")
+    assert d.decision == "undecided"
+    assert d.reasons == ("no checks of mode 'cold_vcs' involve vm-no-os",)
+
+
+def test_unknown_os_makes_only_that_vm_undecided(spec: Spec, tmp_path: Path) -> None:
+    path = tmp_path / "inv.yaml"
+    path.write_text(
+        SITE.replace(
+            "- {name: vm-no-os, address: 198.18.1.106}",
+            '- {name: vm-2022, address: 198.18.1.106, os: "Windows Server 2022", boot: MBR}\n'
+            '    - {name: vm-photon, address: 198.18.1.107, os: "Photon OS 4", boot: MBR}\n'
+            '    - {name: vm-spelt, address: 198.18.1.108, os: "rhel 7.4", boot: uefi}',
+        )
+    )
+    inv = load_inventory(path, spec)  # loads: two warnings, not an error
+    assert [w.split(": ", 1)[1] for w in inv.warnings] == [
+        "host 'vm-2022': Windows Server 2022 MBR is not in the guest OS matrix (closest rows: "
+        "Windows Server 2012 R2 (64 bit) MBR; Windows Server 2019 (64 bit) MBR; Windows Server "
+        "2016 (64 bit) MBR); its gate is undecided until the inventory names a row",
+        "host 'vm-photon': Photon OS 4 MBR is not in the guest OS matrix (closest rows: Photon "
+        "OS 2 MBR; Photon OS 4 UEFI; Photon OS 4 UEFI Secure); its gate is undecided until the "
+        "inventory names a row",
+    ]
+    ev = all_open(spec, inv)
+    for vm in ("vm-2022", "vm-photon"):
+        d = gate(spec, inv, ev, "warm_vcs", vm)
+        assert d.decision == "undecided"
+        assert "is not in the guest OS matrix (closest rows: " in d.reasons[0]
+        assert gate(spec, inv, ev, "cold_vcs", vm).decision == "undecided"
+    # A failing check of that VM is a no-go whatever its OS; the others decide as before.
+    failing = all_open(spec, inv, {"15:pio-1>vm-2022:443"})
+    d = gate(spec, inv, failing, "warm_vcs", "vm-2022")
+    assert d.decision == "no-go"
+    assert any("not in the guest OS matrix" in w for w in d.warnings)
+    assert gate(spec, inv, ev, "warm_vcs", "vm-spelt").decision == "go"
+    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "go"
+    assert gate(spec, inv, ev, "warm_vcd", "vm-not-supported").decision == "no-go"
+    assert gate(spec, inv, ev, "warm_vcs").decision == "go"
 
 
 def test_unchecked_interaction_warns(spec: Spec, tmp_path: Path) -> None:
@@ -164,13 +235,16 @@ def test_errors_and_json(spec: Spec, inv: Inventory) -> None:
         gate(spec, inv, ev, "hot")
     with pytest.raises(GateError, match="unknown VM"):
         gate(spec, inv, ev, "cold_vcd", "nope")
-    with pytest.raises(GateError, match="not a guest VM"):
+    with pytest.raises(GateError, match=r"not a guest VM \(VMs are the hosts of roles prem_vm"):
         gate(spec, inv, ev, "cold_vcd", "pio-1")
     data = json.loads(json.dumps(decision_to_dict(gate(spec, inv, ev, "cold_vcd", "vm-si"))))
-    assert data["decision"] == "no-go"
-    assert data["blocking"][0]["check_id"] == "4:pio-1>prem-mgr:22"
-    assert data["blocking"][0]["cause"] == "dropped"
+    assert data["decision"] == "go"
     assert data["matrix"][1]["text"] == "Qualified (Need SI handling)"
+    ev = all_open(spec, inv, {"15:pio-1>vm-si:443"})
+    data = json.loads(json.dumps(decision_to_dict(gate(spec, inv, ev, "warm_vcs", "vm-si"), ev)))
+    assert data["decision"] == "no-go"
+    assert data["blocking"][0]["check_id"] == "15:pio-1>vm-si:443"
+    assert data["blocking"][0]["cause"] == "dropped"
 
 
 def test_empty_inventory_is_undecided(spec: Spec, tmp_path: Path) -> None:
