@@ -3,7 +3,9 @@
 A custom collector (no long-lived gauges), so label sets of checks that no longer exist
 never linger. It is registered in the app's own CollectorRegistry, never the global one.
 Labels are bounded: interaction ids, roles, ports, modes; host names appear only on the
-per-agent metrics (one series per agent).
+per-agent metrics (one series per agent). The gate of each mode is
+``netcheck_gate_state{mode,state}``, 1 for its current state of go, no-go, undecided (the
+enum convention: one series per state); ``netcheck_gate_go`` stays 1 for go, else 0.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from prometheus_client.registry import Collector
 from netcheck.controller.evalcache import EvaluationCache, Generation
 from netcheck.controller.gate import gate
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.model import Decision, Evaluation, GateDecision
 from netcheck.controller.refusals import REASONS, Refusals
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 
 VERDICTS = ("pass", "fail", "unknown")
 REJECT_REASONS = ("auth", "schema", "role", "size", "skew")
+# netcheck_gate_state's states (model.Decision): one series each per mode, 1 for the current.
+GATE_STATES: tuple[Decision, ...] = ("go", "no-go", "undecided")
 
 
 def check_families(
@@ -79,19 +83,30 @@ def check_families(
             ports.add_metric([*pkey, v], counts[v])
     for tkey, value in sorted(not_after.items()):
         tls.add_metric(list(tkey), value)
-    go = GaugeMetricFamily("netcheck_gate_go", "1 go, 0 no-go or undecided.", labels=["mode"])
+    go = GaugeMetricFamily(
+        "netcheck_gate_go",
+        "1 go, 0 no-go or undecided (netcheck_gate_state tells the two apart).",
+        labels=["mode"],
+    )
+    state = GaugeMetricFamily(
+        "netcheck_gate_state",
+        "The mode's gate: 1 for its current state (go, no-go or undecided), 0 for the others.",
+        labels=["mode", "state"],
+    )
     blocking = GaugeMetricFamily(
         "netcheck_gate_blocking_checks", "Checks blocking the mode's gate.", labels=["mode"]
     )
     decisions = gates if gates is not None else [gate(spec, inventory, ev, m) for m in spec.modes]
     for mode, d in zip(spec.modes, decisions, strict=True):
         go.add_metric([mode], 1.0 if d.decision == "go" else 0.0)
+        for name in GATE_STATES:
+            state.add_metric([mode, name], 1.0 if d.decision == name else 0.0)
         blocking.add_metric([mode], len(d.blocking))
     unexpected = GaugeMetricFamily(
         "netcheck_unexpected_results", "Stored results that match no expected check."
     )
     unexpected.add_metric([], len(ev.unexpected))
-    yield from (checks, ports, up, tls, go, blocking, unexpected)
+    yield from (checks, ports, up, tls, go, state, blocking, unexpected)
 
 
 def agent_families(ev: Evaluation, now: float) -> Iterator[Metric]:

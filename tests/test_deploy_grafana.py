@@ -63,7 +63,7 @@ def test_panels_cover_the_issue() -> None:
         "netcheck_checks",
         "netcheck_interaction_up",
         "netcheck_port_checks",
-        "netcheck_gate_go",
+        "netcheck_gate_state",
         "netcheck_gate_blocking_checks",
         "netcheck_agent_report_age_seconds",
     ):
@@ -110,6 +110,54 @@ def test_queries_are_valid_promql(tmp_path: Path) -> None:
     assert PROMTOOL is not None
     out = subprocess.run(
         [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_gate_panel_tells_go_no_go_and_undecided_apart(tmp_path: Path) -> None:
+    """The gate panel's query, run by promtool on one mode per state, gives the values its
+    mappings name GO, NO-GO and UNDECIDED (netcheck_gate_go alone is 0 for both of the last)."""
+    (panel,) = [p for p in query_panels(dashboard()) if p["title"] == "Gate per migration mode"]
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    texts = {k: v["text"] for k, v in mapping["options"].items()}
+    assert texts == {"1": "GO", "-1": "NO-GO", "0": "UNDECIDED"}
+    (target,) = panel["targets"]
+    expr = target["expr"].replace("$mode", ".*")
+    series = []
+    for mode, current in (("a", "go"), ("b", "no-go"), ("c", "undecided")):
+        for state in ("go", "no-go", "undecided"):
+            series.append(
+                {
+                    "series": f'netcheck_gate_state{{mode="{mode}",state="{state}"}}',
+                    "values": "1" if state == current else "0",
+                }
+            )
+    want = {"a": "1", "b": "-1", "c": "0"}
+    test = {
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "0m",
+                        "exp_samples": [
+                            {"labels": f'{{mode="{m}"}}', "value": float(v)}
+                            for m, v in want.items()
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    assert {texts[v] for v in want.values()} == {"GO", "NO-GO", "UNDECIDED"}
+    path = tmp_path / "gate_panel_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    assert PROMTOOL is not None
+    out = subprocess.run(
+        [PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -15,6 +15,7 @@ from netcheck.controller.expand import expand, expected
 from netcheck.controller.gate import GateError, decision_to_dict, gate
 from netcheck.controller.inventory import Inventory, load_inventory
 from netcheck.controller.model import AgentSeen, Evaluation, Observed
+from netcheck.controller.render.gates import gate_headline
 from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,6 +138,10 @@ def test_nothing_tested_is_undecided(spec: Spec, inv: Inventory) -> None:
     assert d.decision == "undecided"
     assert d.reasons[0].startswith("none of the ") and "tested yet" in d.reasons[0]
     assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "undecided"
+    n = sum("deployment" in c.modes for c in expand(spec, inv))
+    assert gate_headline(d) == (
+        f"deployment: UNDECIDED (none of the {n} checks of mode 'deployment' tested yet)"
+    )
 
 
 def test_unknown_blocks(spec: Spec, inv: Inventory) -> None:

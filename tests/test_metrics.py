@@ -10,6 +10,7 @@ from subprocess import PIPE, STDOUT
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from check_helpers import result_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from netcheck.agent.wire import (
@@ -20,8 +21,11 @@ from netcheck.agent.wire import (
     encode,
 )
 from netcheck.controller.app import make_app
-from netcheck.controller.expand import expand
+from netcheck.controller.evaluate import evaluate
+from netcheck.controller.expand import expand, expected
 from netcheck.controller.inventory import load_inventory
+from netcheck.controller.metrics import GATE_STATES, check_families
+from netcheck.controller.model import AgentSeen, Observed
 from netcheck.controller.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +36,7 @@ NAMES = {
     "netcheck_port_checks",
     "netcheck_interaction_up",
     "netcheck_gate_go",
+    "netcheck_gate_state",
     "netcheck_gate_blocking_checks",
     "netcheck_agent_last_report_timestamp_seconds",
     "netcheck_agent_report_age_seconds",
@@ -84,9 +89,15 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
         assert (await client.post("/api/v1/register", json=encode(reg), headers=AUTH)).ok
         b = ResultBatch("pio", "pio-1", results=(*results, stray), dropped=2)
         assert (await client.post("/api/v1/results", json=encode(b), headers=AUTH)).ok
-        r = await client.get("/metrics")
-        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = await r.text()
+        # /metrics may answer from the previous evaluation while the next one is computed
+        # (stale while revalidating, bounded): scrape until it has seen the batch (its stray).
+        for _ in range(100):
+            r = await client.get("/metrics")
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = await r.text()
+            if "\nnetcheck_unexpected_results 1.0\n" in text:
+                break
+            await asyncio.sleep(0.05)
     finally:
         await client.close()
 
@@ -111,6 +122,9 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
     five = {"interaction": "5", "src_role": "pio", "dst_role": "prem_esxi_manager"}
     assert value("netcheck_interaction_up", **five) == 0
     assert value("netcheck_gate_go", mode="deployment") == 0
+    assert value("netcheck_gate_state", mode="deployment", state="no-go") == 1
+    assert value("netcheck_gate_state", mode="deployment", state="go") == 0
+    assert value("netcheck_gate_state", mode="deployment", state="undecided") == 0
     assert value("netcheck_gate_blocking_checks", mode="deployment") > 0
     # The earliest expiry over the hosts of the role (one prem_manager host here).
     cert = {"interaction": "4", "dst_role": "prem_manager", "port": "8003"}
@@ -131,3 +145,42 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
     )
     out, _ = await asyncio.wait_for(proc.communicate(text.encode()), 30)
     assert proc.returncode == 0, out.decode()
+
+
+def test_gate_state_tells_go_no_go_and_undecided_apart() -> None:
+    """Nothing tested: undecided (netcheck_gate_go 0 all the same); all open: go; one
+    failing: no-go. Exactly one state series is 1 per mode."""
+    spec = load_spec(REPO / "topology.yaml")
+    inv = load_inventory(REPO / "inventory.example.yaml", spec)
+    now = time.time()
+    checks = expand(spec, inv)
+
+    def gauges(failing: int | None, tested: bool = True) -> dict[tuple[str, ...], float]:
+        results = tuple(
+            result_for(c, "filtered" if i == failing else "open", started_at=now - 1)
+            for i, c in enumerate(checks)
+            if tested
+        )
+        agents = tuple(
+            AgentSeen(role, h.name, h.address, "connect", "1", now)
+            for role in spec.roles
+            if spec.roles[role].agent
+            for h in inv.of_role(role)
+        )
+        ev = evaluate(spec, expected(spec, inv), Observed(results, agents=agents), now)
+        out: dict[tuple[str, ...], float] = {}
+        for fam in check_families(spec, inv, ev):
+            if fam.name in ("netcheck_gate_state", "netcheck_gate_go"):
+                for smp in fam.samples:
+                    out[(smp.name, *smp.labels.values())] = smp.value
+        return out
+
+    for got, want in (
+        (gauges(None, tested=False), "undecided"),
+        (gauges(None), "go"),
+        (gauges(0), "no-go"),
+    ):
+        for mode in spec.modes:
+            states = {st: got[("netcheck_gate_state", mode, st)] for st in GATE_STATES}
+            assert states == {st: float(st == want) for st in GATE_STATES}, (mode, states)
+            assert got[("netcheck_gate_go", mode)] == float(want == "go")

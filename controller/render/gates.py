@@ -18,9 +18,12 @@ def gate_who(d: GateDecision) -> str:
 
 
 def gate_headline(d: GateDecision) -> str:
-    """``warm_vcd: NO-GO (12 blocking checks)``."""
+    """``warm_vcd: NO-GO (12 blocking checks)``; undecided says why (its first reason:
+    ``deployment: UNDECIDED (none of the 40 checks of mode 'deployment' tested yet)``)."""
     word = d.decision.upper()
     if d.decision == "go":
         return f"{gate_who(d)}: {word}"
+    if d.decision == "undecided" and d.reasons:
+        return f"{gate_who(d)}: {word} ({d.reasons[0]})"
     n = len(d.blocking)
     return f"{gate_who(d)}: {word} ({n} blocking check{'s' if n != 1 else ''})"
