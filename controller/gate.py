@@ -1,19 +1,18 @@
 """Go / no-go / undecided for one migration mode, and optionally one VM. Pure.
 
 A mode needs every check of its interactions to pass: a failing or unknown (never tested,
-stale) check blocks. With a VM, only that VM's checks count, in both directions (those whose
-source or destination host is the VM: interaction 15 to that guest, for instance; the site's
-gate, without a VM, covers the rest), and the guest OS matrix speaks (alone, in a mode where
-no check involves the VM): ``Not Supported`` blocks, ``Not Qualified(TICKET)`` and a qualified
+stale) check blocks. With a VM, the checks of the site's infrastructure (no VM at either
+end) and the VM's own, in both directions (its source or destination host is the VM:
+interaction 15 to that guest, for instance) count, never another VM's; and the guest OS
+matrix speaks: ``Not Supported`` blocks, ``Not Qualified(TICKET)`` and a qualified
 note ("Need SI handling", "No GOSC") are warnings, which block only when
 ``policy.warnings_block`` is set. A VM is a host of the roles in :data:`VM_ROLES` that the
 spec has; any other name is refused (:class:`GateError`: exit 2, HTTP 400).
 
 Three answers, told apart: ``go``; ``no-go`` (something blocks: a failing or unknown check,
 or the matrix); ``undecided`` (nothing to decide on: the mode has no checks here, or none of
-them has been tested yet, or a VM without checks in the mode has no OS either, or the VM's
-OS and boot mode are no row of the matrix, matched as :func:`.spec.matrix_key` says; the
-reason names the closest rows). A check that already
+them has been tested yet, or the VM's OS and boot mode are no row of the matrix, matched as
+:func:`.spec.matrix_key` says; the reason names the closest rows). A check that already
 fails outweighs an unknown OS: the answer is no-go whatever the matrix would say.
 
 An interaction of the mode with no checks at all (no hosts of one of its roles in the
@@ -64,8 +63,14 @@ def _vm_host(spec: Spec, inventory: Inventory, vm: str) -> tuple[str, Host]:
 
 
 def _in_scope(row: CheckRow, mode: str, vm: str | None) -> bool:
+    """The mode's checks; with a VM, those of the site's infrastructure (no VM at either end)
+    and the VM's own, both ways: never another VM's."""
     c = row.check
-    return mode in c.modes and (vm is None or vm in (c.src_host, c.spec.dst_host))
+    if mode not in c.modes:
+        return False
+    if vm is None or vm in (c.src_host, c.spec.dst_host):
+        return True
+    return c.src_role not in VM_ROLES and c.spec.dst_role not in VM_ROLES
 
 
 def _matrix(
@@ -147,7 +152,9 @@ def gate(
     checked = {r.check.spec.interaction for r in rows}
     for ident in spec.modes[mode].interactions:
         inter = spec.interaction(ident)
-        if ident in checked or (vm_host and vm_host[0] not in (inter.source, inter.destination)):
+        ends = {inter.source, inter.destination}
+        if ident in checked or (vm_host and ends & (set(VM_ROLES) - {vm_host[0]})):
+            continue  # checked, or another VM role's interaction: not this VM's gate
             continue
         missing = [r for r in (inter.source, inter.destination) if not inventory.of_role(r)]
         why = f"no {' or '.join(missing)} hosts in the inventory" if missing else "no checks"
@@ -160,14 +167,10 @@ def gate(
     if spec.policy.warnings_block:
         reasons = [*reasons, *(f"warning (policy: warnings block): {w}" for w in warnings)]
     decision: Decision
-    if not rows and vm is not None and findings:  # no network checks of the VM: the matrix
-        decision = "no-go" if reasons else "go"
-        warnings = [f"no checks of mode {mode!r} involve {vm}: the matrix decides", *warnings]
-    elif not rows:
+    if not rows:
         decision = "undecided"
-        whose = f" involve {vm}" if vm is not None else " in this inventory"
-        first = [f"no checks of mode {mode!r}{whose}", *([unknown_os] if unknown_os else [])]
-        reasons = [*first, *reasons]
+        first = [f"no checks of mode {mode!r} in this inventory"]
+        reasons = [*first, *([unknown_os] if unknown_os else []), *reasons]
     elif all(r.cause == "not_tested" for r in rows):
         decision = "undecided"
         first = [f"none of the {len(rows)} checks of mode {mode!r} tested yet"]

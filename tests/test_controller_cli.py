@@ -133,9 +133,10 @@ def server(tmp_path: Path) -> Iterator[str]:
 def test_serve_then_gate_and_report_over_http(
     server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["gate", "--mode", "cold_vcd", "--vm", "web-01", "--controller", server]) == 1
+    # Nothing tested yet: undecided (issue 14), not no-go.
+    assert main(["gate", "--mode", "cold_vcd", "--vm", "web-01", "--controller", server]) == 2
     out = capsys.readouterr().out
-    assert out.startswith("cold_vcd for web-01: NO-GO")
+    assert out.startswith("cold_vcd for web-01: UNDECIDED")
     assert main(["gate", "--mode", "cold_vcd", "--vm", "nope", "--controller", server]) == 2
     assert "unknown VM" in capsys.readouterr().err
     assert main(["report", "--format", "markdown", "--controller", server]) == 0

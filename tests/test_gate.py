@@ -162,31 +162,27 @@ def test_vm_scopes_to_its_own_checks_both_ways(spec: Spec, inv: Inventory) -> No
     ev = all_open(spec, inv, {other_vm})
     assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "go"
     assert gate(spec, inv, ev, "warm_vcs").decision == "no-go"
-    # Another VM's role does not count either (cloud-vm-1's interaction 12 check) ...
+    # Another VM role's checks do not count either (cloud-vm-1's interaction 12) ...
     cloud = next(c.spec.check_id for c in expand(spec, inv) if c.spec.dst_host == "cloud-vm-1")
     ev = all_open(spec, inv, {cloud})
     assert gate(spec, inv, ev, "warm_vcd", "vm-qualified").decision == "go"
     d = gate(spec, inv, ev, "warm_vcd", "cloud-vm-1")
     assert d.decision == "no-go"
     assert [r.check.spec.check_id for r in d.blocking] == [cloud]
-    # ... nor a check of the infrastructure: that is the site's gate.
+    # ... while the site's infrastructure (no VM at either end) does: a VM moves through it.
     ev = all_open(spec, inv, {"4:pio-1>prem-mgr:22"})
-    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "go"
-    assert gate(spec, inv, ev, "warm_vcs").decision == "no-go"
-    # Every check of the VM's gate has the VM at one end, and every check of the VM is in it.
+    assert gate(spec, inv, ev, "warm_vcs", "vm-qualified").decision == "no-go"
+    assert gate(spec, inv, ev, "cold_vcs", "vm-no-os").decision == "no-go"
+    # With everything failing, a VM's gate blocks on its own checks and the infrastructure's,
+    # none with another VM at an end.
     ev = all_open(spec, inv)
-    vm_checks = {
-        r.check.spec.check_id
-        for r in ev.rows
-        if "warm_vcd" in r.check.modes and "cloud-vm-1" in (r.check.src_host, r.check.spec.dst_host)
-    }
     everything_fails = all_open(spec, inv, {r.check.spec.check_id for r in ev.rows})
-    d = gate(spec, inv, everything_fails, "warm_vcd", "cloud-vm-1")
-    assert {r.check.spec.check_id for r in d.blocking} == vm_checks != set()
-    # No check of a cold mode involves a VM, and without an OS no matrix row: undecided.
-    d = gate(spec, inv, ev, "cold_vcs", "vm-no-os")
-    assert d.decision == "undecided"
-    assert d.reasons == ("no checks of mode 'cold_vcs' involve vm-no-os",)
+    vms = {h.name for role in ("prem_vm", "cloud_vm") for h in inv.of_role(role)}
+    for vm in ("cloud-vm-1", "vm-qualified"):
+        d = gate(spec, inv, everything_fails, "warm_vcd", vm)
+        ends = [{r.check.src_host, r.check.spec.dst_host} & vms for r in d.blocking]
+        assert all(e <= {vm} for e in ends)
+        assert any(e == {vm} for e in ends) and any(not e for e in ends)
 
 
 def test_unknown_os_makes_only_that_vm_undecided(spec: Spec, tmp_path: Path) -> None:
@@ -243,7 +239,8 @@ def test_errors_and_json(spec: Spec, inv: Inventory) -> None:
     with pytest.raises(GateError, match=r"not a guest VM \(VMs are the hosts of roles prem_vm"):
         gate(spec, inv, ev, "cold_vcd", "pio-1")
     data = json.loads(json.dumps(decision_to_dict(gate(spec, inv, ev, "cold_vcd", "vm-si"))))
-    assert data["decision"] == "go"
+    assert data["decision"] == "no-go"
+    assert data["blocking"][0]["check_id"] == "4:pio-1>prem-mgr:22"
     assert data["matrix"][1]["text"] == "Qualified (Need SI handling)"
     ev = all_open(spec, inv, {"15:pio-1>vm-si:443"})
     data = json.loads(json.dumps(decision_to_dict(gate(spec, inv, ev, "warm_vcs", "vm-si"), ev)))
