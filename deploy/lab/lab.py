@@ -56,6 +56,7 @@ from deploy.lab.layout import (
     router_netns,
 )
 from netcheck.agent.caps import can_bind_low_ports
+from netcheck.agent.enrol import IDENTITY
 from netcheck.controller.expand import listen_specs
 from netcheck.controller.spec import Spec, load_spec
 
@@ -116,6 +117,18 @@ class Lab:
     def join_token_file(self, host: LabHost) -> Path:
         return self.agent_dir(host) / "join-token"
 
+    def issue_join_tokens(self, db: Path) -> None:
+        """One-time join tokens, stored (hashed) in ``db``, for every agent host that has not
+        enrolled yet; each written 0600 into that host's state dir."""
+        enrolled = {h.name for h in self.layout.hosts if (self.agent_dir(h) / IDENTITY).exists()}
+        waiting = [h for h in self.layout.hosts if h.agent and h.name not in enrolled]
+        if not waiting:
+            return
+        tokens = trust.join_tokens(self.topology, self.inventory, db, waiting)
+        for h in waiting:
+            self.agent_dir(h).mkdir(parents=True, mode=0o700, exist_ok=True)
+            trust.write_secret(self.join_token_file(h), tokens[h.name])
+
     @property
     def reader(self) -> waits.Reader:
         """How the lab itself reads from the controller: the CA and the read token."""
@@ -153,7 +166,12 @@ class Lab:
     def start_controller(
         self, topology: Path | None = None, db: Path | None = None, name: str = "controller"
     ) -> subprocess.Popen[bytes]:
-        """``netcheck-controller serve`` at :attr:`controller_url`; returns once healthy."""
+        """``netcheck-controller serve`` at :attr:`controller_url`; returns once healthy.
+
+        On a database of its own (``db``: the benchmarks' rounds), the agents that have not
+        enrolled yet get join tokens stored in that database."""
+        if db is not None and db != self.db:
+            self.issue_join_tokens(db)
         listen = self.controller_url.removeprefix("https://")
         cmd = argv.controller_argv(
             topology or self.topology, self.inventory, listen, db or self.db,
@@ -388,11 +406,7 @@ def _build(
     write_lab_topology(state, period_s)
     trust.init_ca(lab.pki, ctl_addr, state)
     trust.write_secret(lab.read_token_file, trust.new_token())
-    agents = [h for h in layout.hosts if h.agent]
-    tokens = trust.join_tokens(lab.topology, lab.inventory, lab.db, agents)
-    for h in agents:
-        lab.agent_dir(h).mkdir(parents=True, mode=0o700)
-        trust.write_secret(lab.join_token_file(h), tokens[h.name])
+    lab.issue_join_tokens(lab.db)
     lab.save()
     return lab
 
