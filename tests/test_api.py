@@ -367,12 +367,16 @@ async def test_evaluation_is_cached_per_store_version_and_second(
         assert cache.computed == 1  # four readers, one evaluation
         await client.post("/api/v1/register", json=reg(), headers=AUTH)
         await client.post("/api/v1/results", json=batch(spec, inv), headers=AUTH)
+        # The gate reads its own writes (the report may answer with the previous generation
+        # while the new one is computed): after it, the report is of the new generation.
+        assert (await client.get("/api/v1/gate?mode=deployment")).status == 200
         report = await (await client.get("/api/v1/report?format=json")).json()
         assert cache.computed == 2  # a commit: recomputed
         states = {c["cause"] for c in report["checks"] if c["src_host"] == "pio-1"}
         assert "stale" not in states
         # No write, but time passes: results age to stale without any new commit.
         now[0] += spec.policy.freshness_seconds + 5
+        assert (await client.get("/api/v1/gate?mode=deployment")).status == 200
         report = await (await client.get("/api/v1/report?format=json")).json()
         assert cache.computed == 3
         causes = {c["cause"] for c in report["checks"] if c["src_host"] == "pio-1"}
