@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netcheck.agent.fdlimit import fd_capped_concurrency, fd_reserve
+from netcheck.agent.fdlimit import fd_budget, fd_capped_concurrency, fd_reserve
 from netcheck.agent.probes.connect import TRACE_SOCKETS
 from netcheck.agent.wire import CheckSpec, Plan, ResultBatch, decode, encode
 
@@ -105,8 +105,11 @@ def test_plan_beyond_the_fd_budget_keeps_every_state(
     assert proc.returncode == 0, proc.stderr
     batch = decode(ResultBatch, json.loads(out.read_text()))
     assert {r.port: r.state for r in batch.results} == want
-    # Each connect probe may hold its 3 staggered attempts and its traceroute's sockets.
-    cap = (NOFILE - fd_reserve(NOFILE)) // (3 + TRACE_SOCKETS)
+    # Each connect probe may hold its 3 staggered attempts; the traceroutes share a pool of
+    # slots of TRACE_SOCKETS sockets each, a quarter of what is left after the reserve.
+    free = NOFILE - fd_reserve(NOFILE)
+    pooled = free // 4 // TRACE_SOCKETS * TRACE_SOCKETS
+    cap = (free - pooled) // 3
     assert proc.stderr.count("probe concurrency 4096 capped at") == 1, proc.stderr
     assert f"capped at {cap}: RLIMIT_NOFILE is {NOFILE}" in proc.stderr
 
@@ -116,3 +119,15 @@ def test_cap_is_the_plan_concurrency_when_it_fits() -> None:
     assert fd_capped_concurrency(10, 3) == 10
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[1] == hard
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= soft
+
+
+def test_the_trace_pool_is_counted_once_and_bounded() -> None:
+    """A pool that fits is granted whole and comes out of the probes' share once; one that
+    does not gets a quarter of what is left after the reserve."""
+    conc, slots = fd_budget(10, 3, 8, TRACE_SOCKETS)
+    assert (conc, slots) == (10, 8)
+    conc, slots = fd_budget(1 << 20, 3, 1 << 20, TRACE_SOCKETS)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    free = soft - fd_reserve(soft)
+    assert slots == free // 4 // TRACE_SOCKETS
+    assert conc == (free - slots * TRACE_SOCKETS) // 3

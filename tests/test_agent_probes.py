@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from netcheck.agent.certs import StandinCert
 from netcheck.agent.listeners import ListenerSet
 from netcheck.agent.probes import Outcome, ProbeOptions, connect, make_result
+from netcheck.agent.probes.traceroute import Trace
 from netcheck.agent.runner import run_plan, schedule
 from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, ProbeResult, Service, ServiceCheck
 
@@ -254,3 +256,59 @@ def test_schedule_jitters_within_ten_percent() -> None:
     rest = [next(delays) for _ in range(200)]
     assert all(270.0 <= d <= 330.0 for d in rest)
     assert len({round(d, 3) for d in rest}) > 150
+
+
+@contextlib.contextmanager
+def silent_port(addr: str = ADDR) -> Iterator[int]:
+    """A listener that never accepts, its backlog full: further SYNs are dropped."""
+    server = socket.socket()
+    server.bind((addr, 0))
+    server.listen(0)
+    port = int(server.getsockname()[1])
+    fillers = []
+    try:
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex((addr, port))
+            fillers.append(c)
+        time.sleep(0.2)
+        yield port
+    finally:
+        for c in fillers:
+            c.close()
+        server.close()
+
+
+async def test_trace_slots_queue_a_destinations_checks_past_its_bound() -> None:
+    """One slot per destination: a second check to it waits for the first's trace to end
+    (and names no hop when its own deadline comes first); another address is traced at once."""
+    slots = connect.TraceSlots(total=8, per_destination=1)
+    other = "127.0.0.8"
+    with silent_port() as port:
+        now = asyncio.get_running_loop().time()
+        first, starved, queued, elsewhere = Trace(), Trace(), Trace(), Trace()
+        await asyncio.gather(
+            slots.trace(check(port), OPTS, now + 0.4, first),
+            slots.trace(check(port), OPTS, now + 0.3, starved),
+            slots.trace(check(port), OPTS, now + 0.9, queued),
+            slots.trace(check(free_port(other), addr=other), OPTS, now + 0.4, elsewhere),
+        )
+    assert first.tries and min(first.last_sent.values()) < now + 0.05
+    assert not starved.tries, starved
+    # The queued check got the slot when the first's trace ended at its deadline.
+    assert queued.tries and min(queued.last_sent.values()) >= now + 0.35
+    # A reset at TTL 1: the other address's trace was not held up by the first.
+    assert elsewhere.answered_at_ttl == 1 and min(elsewhere.last_sent.values()) < now + 0.05
+
+
+async def test_trace_slots_bound_the_round_in_all() -> None:
+    slots = connect.TraceSlots(total=1)
+    with silent_port() as port, silent_port("127.0.0.8") as port2:
+        now = asyncio.get_running_loop().time()
+        first, second = Trace(), Trace()
+        await asyncio.gather(
+            slots.trace(check(port), OPTS, now + 0.3, first),
+            slots.trace(check(port2, addr="127.0.0.8"), OPTS, now + 0.2, second),
+        )
+    assert first.tries and not second.tries

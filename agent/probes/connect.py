@@ -13,7 +13,10 @@ A port still silent :data:`TRACE_AFTER_S` into its check, or answered by a route
 error, is traced meanwhile (:func:`trace`: connect() with IP_TTL per TTL, the time-exceeded
 read from the error queue, paced against ICMP rate limits), so connect mode names the last
 hop and its number too; the trace ends with the check (a filtered port's window, or the
-deadline) and reports what it knows by then.
+deadline) and reports what it knows by then. A round traces :data:`TRACE_PER_DESTINATION`
+checks to one address at once (:data:`TRACE_SLOTS` in all, fitted to the open-file limit);
+the others wait for a slot within their own deadline, and one that gets none names no hop,
+so a wide sweep of dropped ports costs its attempts' sockets, not 4 more per port.
 
 The caller owns the timeout: one deadline per check (its start + ``timeout_s``, or the one
 the caller gives) covers the connect attempts and the protocol check on an open port, which
@@ -33,7 +36,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from netcheck.agent.fdlimit import fd_capped_concurrency
+from netcheck.agent.fdlimit import fd_budget
 from netcheck.agent.probes import service
 from netcheck.agent.probes.base import Outcome, ProbeOptions, make_result
 from netcheck.agent.probes.icmp import TIME_EXCEEDED, describe, state_for_errno, state_for_icmp
@@ -200,9 +203,13 @@ async def connect(
 
 
 # Connect-mode traceroute: one TTL-limited connect() waits this long at most, and one
-# check holds this many of them at once (on top of its staggered attempts).
+# traced check holds this many of them at once (on top of its staggered attempts).
 TRACE_ATTEMPT_S = 0.5
 TRACE_SOCKETS = 4
+# Checks of one round traced at once: in all, and to one destination address (the routers on
+# the way rate-limit their ICMP errors to us anyway: a burst of 6, then 1 a second on Linux).
+TRACE_SLOTS = 256
+TRACE_PER_DESTINATION = 32
 # A check still unanswered this long after its start is traced while its attempts go on.
 TRACE_AFTER_S = 0.1
 _TRACED: frozenset[str] = frozenset({"unreachable", "prohibited"})
@@ -276,6 +283,41 @@ async def trace(check: CheckSpec, opts: ProbeOptions, stop: float, route: Trace)
     return route
 
 
+class TraceSlots:
+    """One round's trace slots: at most `total` checks traced at once, `per_destination` of
+    them to one address; the others wait in line (first come, first served) until their
+    deadline, and a check that never got a slot names no hop."""
+
+    def __init__(self, total: int, per_destination: int = TRACE_PER_DESTINATION) -> None:
+        self.total = asyncio.Semaphore(max(1, total))
+        self.per_destination = max(1, per_destination)
+        self.destinations: dict[str, asyncio.Semaphore] = {}
+
+    async def trace(self, check: CheckSpec, opts: ProbeOptions, stop: float, route: Trace) -> Trace:
+        """:func:`trace` of `check` once it holds a slot, if that comes before `stop`."""
+        addr = check.dst_address
+        dest = self.destinations.setdefault(addr, asyncio.Semaphore(self.per_destination))
+        left = stop - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(0.0, left)):
+                await dest.acquire()
+        except TimeoutError:
+            return route
+        try:
+            left = stop - asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(max(0.0, left)):
+                    await self.total.acquire()
+            except TimeoutError:
+                return route
+            try:
+                return await trace(check, opts, stop, route)
+            finally:
+                self.total.release()
+        finally:
+            dest.release()
+
+
 async def touch(address: str, port: int, opts: ProbeOptions, deadline: float) -> bool:
     """One real connection to `address`:`port`, closed at once (by `deadline`, loop time):
     True when it was established. SYN mode's evidence for the destination's listener (which
@@ -299,10 +341,11 @@ async def probe(
     opts: ProbeOptions,
     rtts: RoundTrips | None = None,
     deadline: float | None = None,
+    slots: TraceSlots | None = None,
 ) -> ProbeResult:
     """One check, all of it (attempts and protocol check) by `deadline` (loop time; default:
     ``timeout_s`` from now); with `rtts` (shared by a round) a silent port waits the adaptive
-    window."""
+    window; with `slots` (shared by a round) its traceroute waits for a slot."""
     loop = asyncio.get_running_loop()
     started_at = time.time()
     if deadline is None:
@@ -310,16 +353,17 @@ async def probe(
     route = Trace()
     tracing: asyncio.Task[Trace] | None = None
     knocking = asyncio.ensure_future(connect(check, opts, rtts, deadline))
+    tracer = trace if slots is None else slots.trace
     try:
         if ":" not in check.dst_address:
             await asyncio.wait({knocking}, timeout=TRACE_AFTER_S)
             if not knocking.done():  # silent so far: trace while the attempts go on
-                tracing = asyncio.create_task(trace(check, opts, deadline, route))
+                tracing = asyncio.create_task(tracer(check, opts, deadline, route))
         answer, attempts, win = await knocking
         if answer is not None and answer.state in _TRACED:
             # Answered by a router at once: the rest of the deadline names its hop.
             if tracing is None:
-                tracing = asyncio.create_task(trace(check, opts, deadline, route))
+                tracing = asyncio.create_task(tracer(check, opts, deadline, route))
             await tracing
     finally:
         knocking.cancel()
@@ -370,14 +414,18 @@ async def run(
 
     The probes of one call are one round: they share a round-trip book, so with
     ``opts.min_timeout_s`` > 0 a silent port waits a multiple of the round trip measured to
-    its destination in this round instead of the whole timeout. The concurrency is lowered
-    to what the open-file limit holds (:func:`~netcheck.agent.fdlimit.fd_capped_concurrency`).
+    its destination in this round instead of the whole timeout. Their traceroutes share
+    :data:`TRACE_SLOTS` slots (:class:`TraceSlots`). The concurrency is lowered to what the
+    open-file limit holds, the slots' sockets counted once
+    (:func:`~netcheck.agent.fdlimit.fd_budget`).
     """
-    sem = asyncio.Semaphore(fd_capped_concurrency(concurrency, opts.attempts + TRACE_SOCKETS))
+    cap, pool = fd_budget(concurrency, opts.attempts, min(TRACE_SLOTS, concurrency), TRACE_SOCKETS)
+    sem = asyncio.Semaphore(cap)
+    slots = TraceSlots(pool)
     rtts = opts.round_trips()
 
     async def one(check: CheckSpec) -> ProbeResult:
         async with sem:
-            return await probe(check, opts, rtts)
+            return await probe(check, opts, rtts, slots=slots)
 
     return list(await asyncio.gather(*(one(c) for c in checks)))
