@@ -139,7 +139,7 @@ def test_parse_ports() -> None:
         ("version: 1\nnat:\n  - interaction: 9\n    ports: 7008\n", 3, "exactly one of"),
         ("version: 1\nnat:\n  - interaction: 9\n    masquerade: true\n    snat: 198.18.1.250\n",
          3, "exactly one of"),
-        ("version: 1\nnat:\n  - interaction: 9\n    snat: 10.0.0.1\n", 4, "lab addresses are from "
+        ("version: 1\nnat:\n  - interaction: 9\n    snat: 127.0.0.9\n", 4, "lab addresses are from "
          "198.18.0.0/15"),
         ("version: 1\nnat:\n  - interaction: 9\n    snat: 198.18.2.250\n", 4, "replies must come "
          "back to the prem router"),

@@ -137,7 +137,7 @@ def test_init_ca_files_modes_and_refusal(tmp_path: Path) -> None:
 
 def test_init_ca_bad_address_changes_nothing(tmp_path: Path) -> None:
     with pytest.raises(pki.PkiError, match="not an IP address"):
-        pki.init_ca(tmp_path / "ca", ["localhost"], ["300.1.1.1"])
+        pki.init_ca(tmp_path / "ca", ["localhost"], ["198.18.1.300"])
     assert not (tmp_path / "ca").exists()
 
 
