@@ -7,11 +7,14 @@ is always torn down by :meth:`Lab.close` (called from a fixture's ``finally``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -202,3 +205,26 @@ def self_plan(ports: Sequence[int], addr: str) -> Plan:
         for s in listen
     )
     return Plan(role="a", host="a", address=addr, listen=listen, checks=checks, period_s=3600)
+
+
+@contextlib.contextmanager
+def full_backlog_listener(addr: str = "127.0.0.1") -> Iterator[tuple[socket.socket, int]]:
+    """A listener that never accepts, its backlog filled: further SYNs to it are dropped
+    (a silent port on loopback) until the test accepts or closes it."""
+    server = socket.socket()
+    server.bind((addr, 0))
+    server.listen(0)
+    port = int(server.getsockname()[1])
+    fillers = []
+    try:
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex((addr, port))
+            fillers.append(c)
+        time.sleep(0.2)
+        yield server, port
+    finally:
+        for c in fillers:
+            c.close()
+        server.close()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from agent_helpers import full_backlog_listener
 
 from netcheck.agent.probes import ProbeOptions, connect
 from netcheck.agent.probes.rtt import RoundTrips
@@ -133,26 +134,11 @@ def _refused_port(addr: str) -> int:
 @pytest.fixture
 def silent_and_refused() -> Iterator[tuple[int, int]]:
     """A port whose SYNs are dropped (a listener with a full backlog) and a refused one."""
-    server = socket.socket()
-    server.bind((ADDR, 0))
-    server.listen(0)
-    silent = int(server.getsockname()[1])
     with socket.socket() as s:
         s.bind((ADDR, 0))
         refused = int(s.getsockname()[1])
-    fillers = []
-    try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex((ADDR, silent))
-            fillers.append(c)
-        time.sleep(0.2)
+    with full_backlog_listener(ADDR) as (_, silent):
         yield silent, refused
-    finally:
-        for c in fillers:
-            c.close()
-        server.close()
 
 
 async def test_silent_port_gives_up_after_the_floor_when_its_host_answers(

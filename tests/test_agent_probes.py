@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from agent_helpers import full_backlog_listener
 
 from netcheck.agent.certs import StandinCert
 from netcheck.agent.listeners import ListenerSet
@@ -261,23 +262,8 @@ def test_schedule_jitters_within_ten_percent() -> None:
 @contextlib.contextmanager
 def silent_port(addr: str = ADDR) -> Iterator[int]:
     """A listener that never accepts, its backlog full: further SYNs are dropped."""
-    server = socket.socket()
-    server.bind((addr, 0))
-    server.listen(0)
-    port = int(server.getsockname()[1])
-    fillers = []
-    try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex((addr, port))
-            fillers.append(c)
-        time.sleep(0.2)
+    with full_backlog_listener(addr) as (_, port):
         yield port
-    finally:
-        for c in fillers:
-            c.close()
-        server.close()
 
 
 async def test_trace_slots_queue_a_destinations_checks_past_its_bound() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+from agent_helpers import full_backlog_listener
 
 from netcheck.agent.probes import RUNNERS, SERVICE_CHECKS, ProbeOptions, connect, syn
 from netcheck.agent.wire import SERVICES, CheckSpec, ProbeMode, ProbeResult, Service
@@ -106,23 +107,8 @@ async def test_a_peer_that_accepts_and_stays_silent_costs_one_timeout(
 @pytest.fixture
 def late_listener() -> Iterator[tuple[socket.socket, int]]:
     """A listener whose backlog is full (SYNs are dropped) until the test frees it."""
-    server = socket.socket()
-    server.bind((ADDR, 0))
-    server.listen(0)
-    port = int(server.getsockname()[1])
-    fillers = []
-    try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex((ADDR, port))
-            fillers.append(c)
-        time.sleep(0.2)
-        yield server, port
-    finally:
-        for c in fillers:
-            c.close()
-        server.close()
+    with full_backlog_listener(ADDR) as listener:
+        yield listener
 
 
 def _drain(server: socket.socket) -> None:
