@@ -6,7 +6,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -16,7 +18,7 @@ from bench import machine
 from bench.report import Section, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("sweep", "ingest", "footprint", "audit")
+SECTIONS = ("sweep", "ingest", "footprint", "flood", "audit")
 
 
 def _log(msg: str) -> None:
@@ -64,13 +66,28 @@ def _runners(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
         cfg = FootprintConfig(idle_s=2.0 if args.quick else 5.0, repeats=repeats)
         return run_footprint(spec, cfg, _log)
 
+    def flood() -> Section:
+        from bench.flood import run_flood_bench
+
+        workdir = Path(tempfile.mkdtemp(prefix="netcheck-bench-flood-"))
+        try:
+            return run_flood_bench(workdir, repeats, _log, 2_000 if args.quick else 10_000)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
     def audit() -> Section:
         from bench.audit import AuditConfig, run_audit
 
         cfg = AuditConfig(repeats=repeats, nmap_bound_s=60.0 if args.quick else 180.0)
         return run_audit(spec, cfg, _log)
 
-    return {"sweep": sweep, "ingest": ingest, "footprint": footprint, "audit": audit}
+    return {
+        "sweep": sweep,
+        "ingest": ingest,
+        "footprint": footprint,
+        "flood": flood,
+        "audit": audit,
+    }
 
 
 def _failed(name: str, exc: BaseException) -> Section:
