@@ -284,6 +284,116 @@ class ResultBatch:
     wire_version: WireVersion = WIRE_VERSION
 
 
+# -- Requests: work the operator asks of one agent, through the controller ----------------
+# The channel is generic (controller/requests.py, agent/requests.py): a request names its
+# kind, its parameters, its id, the agent that runs it (role + host) and a deadline; the
+# controller hands it over in its answers to that agent (``requests`` in the results ack and
+# in the answer of POST /api/v1/agent-requests), the agent acknowledges it (a report with
+# state "running"), and reports once more when it is done or failed. To add a kind: its name
+# in RequestKind, its result fields (a tuple, bounded, default empty) in RequestReport, its
+# handler in agent/requests.py HANDLERS, its checks in controller/requests.py CHECKERS.
+RequestKind = Literal["exposure"]
+REQUEST_KINDS: tuple[str, ...] = get_args(RequestKind)
+RequestState = Literal["running", "done", "failed"]
+RequestId = Annotated[str, Limit(max_length=64)]
+Name = Annotated[str, Limit(max_length=128)]
+# Requests handed over in one answer, parameters per request, and what one report carries.
+MAX_REQUESTS = 64
+MAX_REQUEST_PARAMS = 32
+MAX_REQUEST_REPORTS = 64
+MAX_SWEPT_HOSTS = 1_000
+MAX_OPEN_PORTS = 20_000
+# A service banner as an exposure sweep read it (bytes beyond are not read).
+MAX_BANNER = 256
+Banner = Annotated[str, Limit(max_length=MAX_BANNER)]
+Detail = Annotated[str, Limit(max_length=2_000)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestParam:
+    """One parameter of a request: a number, or a short text."""
+
+    __pydantic_config__ = _FORBID
+
+    name: Annotated[str, Limit(max_length=64)]
+    value: float | Annotated[str, Limit(max_length=256)]
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRequest:
+    """Work for one agent (`role`, `host`), to be finished by `deadline` (seconds since the
+    epoch); its kind's parameters in `params`."""
+
+    __pydantic_config__ = _FORBID
+
+    id: RequestId
+    kind: RequestKind
+    role: Name
+    host: Name
+    deadline: float
+    params: Annotated[tuple[RequestParam, ...], Limit(max_length=MAX_REQUEST_PARAMS)] = ()
+    created_at: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SweptHost:
+    """exposure: one destination swept, and how."""
+
+    __pydantic_config__ = _FORBID
+
+    dst_host: Name
+    dst_address: Name
+    ports: Annotated[int, Limit(ge=0, le=65535)]
+    mode: ProbeMode
+    seconds: Seconds
+    # Ports that gave no answer the sweep could read (not open, not refused): for the record.
+    silent: Annotated[int, Limit(ge=0, le=65535)] = 0
+    # True when the deadline or the sweep's own bound cut it short.
+    complete: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenPort:
+    """exposure: a TCP port of a destination that accepted a connection (or SYN-ACKed)."""
+
+    __pydantic_config__ = _FORBID
+
+    dst_host: Name
+    dst_address: Name
+    port: Port
+    banner: Banner = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestReport:
+    """What an agent says about one request: "running" acknowledges it, "done" or "failed"
+    ends it (with the kind's results)."""
+
+    __pydantic_config__ = _FORBID
+
+    id: RequestId
+    kind: RequestKind
+    state: RequestState
+    at: float
+    detail: Detail = ""
+    # kind "exposure"
+    swept: Annotated[tuple[SweptHost, ...], Limit(max_length=MAX_SWEPT_HOSTS)] = ()
+    open_ports: Annotated[tuple[OpenPort, ...], Limit(max_length=MAX_OPEN_PORTS)] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestExchange:
+    """POST /api/v1/agent-requests: an agent's reports (maybe none: then it only asks for
+    requests); the answer is ``{"accepted": n, "requests": [AgentRequest, ...]}``."""
+
+    __pydantic_config__ = _FORBID
+
+    role: Name
+    host: Name
+    reports: Annotated[tuple[RequestReport, ...], Limit(max_length=MAX_REQUEST_REPORTS)] = ()
+    wire_version: WireVersion = WIRE_VERSION
+
+
 def check_id(interaction: int, src_host: str, dst_host: str, port: int) -> str:
     """The stable key of one expected check."""
     return f"{interaction}:{src_host}>{dst_host}:{port}"

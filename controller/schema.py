@@ -17,6 +17,10 @@ The versions:
    their hosts, the certificates issued).
 4. Diagnosis (issue 13): ``results.responder_hops`` and ``results.last_hop_hops`` (NULL for
    results stored before).
+5. ``peers.how`` and ``peers.ttl``: how a peer was seen (accepted | syn), one row per
+   (host, port, source, how).
+6. Requests (issue 16): ``requests``, the operator's work for one agent (kind, parameters,
+   deadline, state, the agent's last report as JSON), :mod:`~netcheck.controller.requests`.
 
 Files made before the number existed carry ``user_version`` 0. :func:`unnumbered` tells
 their two layouts apart once, by the results table (a ``body`` column: version 1), and
@@ -118,7 +122,26 @@ ISSUED_CERTS = """CREATE TABLE issued_certs (
 ISSUED_CERTS_HOST = "CREATE INDEX issued_certs_host ON issued_certs (role, host)"
 LEDGER: tuple[str, ...] = (JOIN_TOKENS, JOIN_HOSTS, ISSUED_CERTS, ISSUED_CERTS_HOST)
 
-VERSION = 5
+# Requests (version 6): one row per request, with the agent's last report (JSON, bounded by
+# the wire's limits) once it sent one. State: pending (not yet acknowledged), running, done,
+# failed, expired (its deadline passed before it ended).
+REQUESTS = """CREATE TABLE requests (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    role TEXT NOT NULL,
+    host TEXT NOT NULL,
+    params TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    created_by TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    report TEXT
+)"""
+REQUESTS_TARGET = "CREATE INDEX requests_target ON requests (role, host, state)"
+
+VERSION = 6
 TABLES: dict[str, str] = {
     "agents": AGENTS,
     "results": RESULTS,
@@ -128,8 +151,9 @@ TABLES: dict[str, str] = {
     "join_tokens": JOIN_TOKENS,
     "join_hosts": JOIN_HOSTS,
     "issued_certs": ISSUED_CERTS,
+    "requests": REQUESTS,
 }
-INDEXES: tuple[str, ...] = (ISSUED_CERTS_HOST,)
+INDEXES: tuple[str, ...] = (ISSUED_CERTS_HOST, REQUESTS_TARGET)
 # The results columns that hold ProbeResult's fields, in the dataclass's order.
 RESULT_COLUMNS: tuple[str, ...] = (
     "check_id",
@@ -276,6 +300,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     3: _run(_TO_3),
     4: _run(_TO_4),
     5: _run(_TO_5),
+    6: _run((REQUESTS, REQUESTS_TARGET)),
 }
 
 
