@@ -2,8 +2,10 @@
 
 A custom collector (no long-lived gauges), so label sets of checks that no longer exist
 never linger. It is registered in the app's own CollectorRegistry, never the global one.
-Labels are bounded: interaction ids, roles, ports, modes; host names appear only on the
-per-agent metrics (one series per agent). The gate of each mode is
+Labels are bounded: interaction ids, roles, ports, modes; host names appear on the
+per-agent metrics (one series per agent) and on the host-level families of
+:mod:`controller.hostmetrics` (failing ranges per host pair, TLS certificates, expected agents),
+each cut at ``SERIES_CAP`` series with a count of the series left out. The gate of each mode is
 ``netcheck_gate_state{mode,state}``, 1 for its current state of go, no-go, undecided (the
 enum convention: one series per state); ``netcheck_gate_go`` stays 1 for go, else 0.
 """
@@ -18,8 +20,9 @@ from prometheus_client.registry import Collector
 
 from netcheck.controller.evalcache import EvaluationCache, Generation
 from netcheck.controller.gate import gate
+from netcheck.controller.hostmetrics import host_families
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.model import Decision, Evaluation, GateDecision
+from netcheck.controller.model import AgentSeen, Decision, Evaluation, GateDecision
 from netcheck.controller.refusals import REASONS, Refusals
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
@@ -107,6 +110,7 @@ def check_families(
     )
     unexpected.add_metric([], len(ev.unexpected))
     yield from (checks, ports, up, tls, go, state, blocking, unexpected)
+    yield from host_families(spec, ev)
 
 
 def agent_families(ev: Evaluation, now: float) -> Iterator[Metric]:
@@ -127,7 +131,11 @@ def agent_families(ev: Evaluation, now: float) -> Iterator[Metric]:
     yield from (last, age)
 
 
-def counter_families(counters: dict[str, float]) -> Iterator[Metric]:
+def counter_families(
+    counters: dict[str, float], agents: Sequence[AgentSeen] = ()
+) -> Iterator[Metric]:
+    """The store's counters; ``agents``: the registered agents, each with a dropped-results
+    sample (0 until it reports a drop), so the family has samples before any drop."""
     results = CounterMetricFamily(
         "netcheck_results_ingested",
         "Probe results stored, each once (a re-sent or older result is acknowledged, not "
@@ -148,10 +156,13 @@ def counter_families(counters: dict[str, float]) -> Iterator[Metric]:
         "Results agents reported dropping (buffer full while the controller was away).",
         labels=["role", "host"],
     )
-    for name, value in sorted(counters.items()):
+    lost = {(a.role, a.host): 0.0 for a in agents}
+    for name, value in counters.items():
         if name.startswith("dropped:"):
             _, role, host = name.split(":", 2)
-            dropped.add_metric([role, host], value)
+            lost[(role, host)] = value
+    for (role, host), value in sorted(lost.items()):
+        dropped.add_metric([role, host], value)
     unexpected = CounterMetricFamily(
         "netcheck_unexpected_results_dropped",
         "Stored results of no expected check removed (row bound or retention).",
@@ -200,7 +211,7 @@ class StoreCollector(Collector):
         gen, families = self._evaluation.derived_with(METRICS_SLOT, self._families)
         yield from families
         yield from agent_families(gen.ev, now)
-        yield from counter_families(self._store.counters())
+        yield from counter_families(self._store.counters(), gen.ev.agents)
 
 
 class RefusalCollector(Collector):

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from netcheck.agent.wire import encode
+from netcheck.controller.awaited import never_registered
 from netcheck.controller.gate import decision_to_dict
 from netcheck.controller.model import (
     AgentSeen,
@@ -202,6 +203,7 @@ def report_dict(
         "unexpected": [encode(r) for r in ev.unexpected],
         "listeners": {host: encode(list(ls)) for host, ls in sorted(ev.listeners.items())},
         "agents": [_agent(a) for a in ev.agents],
+        "never_registered": [asdict(a) for a in never_registered(spec, ev)],
         "gates": [decision_to_dict(g, ev) for g in gates],
         "refused_registrations": [_refused(r) for r in refused_registrations],
     }
