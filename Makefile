@@ -7,7 +7,7 @@ PY = $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the lab, the end-to-end tests and the browser/metrics tests use.
 APT_PACKAGES = iproute2 nftables openssl nmap prometheus prometheus-blackbox-exporter chromium \
-  procps systemd python3-venv
+  procps systemd python3-venv iperf3
 
 .PHONY: setup setup-dev system-deps demo test lint typecheck unit bench clean
 

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from netcheck.agent import measure
 from netcheck.agent.caps import can_bind_low_ports
 from netcheck.agent.procnet import port_owner
 from netcheck.agent.protocols import (
@@ -103,6 +104,8 @@ class _Standin(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        if self.service in measure.SERVICES and self._measure(data):
+            return
         if self.service == "iscsi":
             self.head += data[: ISCSI_BHS - len(self.head)]
             if len(self.head) < ISCSI_BHS:
@@ -111,6 +114,25 @@ class _Standin(asyncio.Protocol):
                 # Target error / service unavailable: a stand-in is not an iSCSI target.
                 self.transport.write(iscsi_login_response(self.head, 0x03, 0x01))
         self.transport.close()  # after what was written is sent
+
+    def _measure(self, data: bytes) -> bool:
+        """A peer's measurement request (agent.measure) takes the conversation over: True
+        while the request line may still be coming, or once a session runs."""
+        assert self.transport is not None
+        self.head += data
+        request = measure.classify(self.head[: measure.HEAD_MAX])
+        if request == "more":
+            return True
+        if request == "no":
+            return False
+        if self.timer is not None:
+            self.timer.cancel()
+        rest = self.head.partition(b"\n")[2]
+        session = measure.Session(request, self.transport, self.live, self.done)
+        self.done = _nothing  # the session gives the caps back
+        self.transport.set_protocol(session)
+        session.start(rest)
+        return True
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself (and TLS has nothing to warn about)
@@ -358,6 +380,10 @@ class ListenerSet:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _at(peer: PeerSeen) -> float:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from typing import Literal
 
 # A window that moves by less than this fraction does not wake the probes that use it.
@@ -198,3 +199,128 @@ class RoundTrips:
             if not futs:
                 del by_addr[addr]
         fut.cancel()
+
+
+# -- Round trip, jitter and loss of a data path (issue 16) --------------------------------
+# The book above only sets give-up windows from the answers a round happens to get; a data
+# path is qualified by a short series of its own: connects and small exchanges on the data
+# port (not ICMP, which firewalls treat differently), each sample one TCP handshake and one
+# echo through the peer's stand-in (agent.measure, ECHO session).
+
+ECHO_PAYLOAD = b"netcheck-rtt-0123456789abcdef\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """A series of samples on one (address, port): handshake and echo round trips."""
+
+    address: str
+    port: int
+    sent: int
+    # Round trip of each answered sample (the echo's where it came back, else the
+    # handshake's), in order.
+    samples_s: tuple[float, ...] = ()
+    handshakes_s: tuple[float, ...] = ()
+    error: str = ""
+
+    @property
+    def answered(self) -> int:
+        return len(self.samples_s)
+
+    @property
+    def loss(self) -> float:
+        """The share of samples whose connect got no answer within the timeout (0..1): TCP
+        hides a lost data segment as delay, so loss is read where TCP shows it, on SYNs."""
+        return 1.0 - self.answered / self.sent if self.sent else 1.0
+
+    @property
+    def rtt_min_s(self) -> float | None:
+        return min(self.samples_s) if self.samples_s else None
+
+    @property
+    def rtt_avg_s(self) -> float | None:
+        return sum(self.samples_s) / len(self.samples_s) if self.samples_s else None
+
+    @property
+    def rtt_max_s(self) -> float | None:
+        return max(self.samples_s) if self.samples_s else None
+
+    @property
+    def jitter_s(self) -> float | None:
+        """Mean absolute difference of consecutive round trips (RFC 3550's D, unsmoothed)."""
+        s = self.samples_s
+        if len(s) < 2:
+            return 0.0 if s else None
+        return sum(abs(b - a) for a, b in itertools.pairwise(s)) / (len(s) - 1)
+
+
+def _sample(address: str, port: int, timeout_s: float, bind: str) -> tuple[float, float | None]:
+    """One handshake and one echo: their round trips (echo None when it did not come back).
+    Raises OSError when the connect itself fails."""
+    import socket
+    import struct
+    import time
+
+    from netcheck.agent import measure
+
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if bind:
+            sock.bind((bind, 0))
+        sock.settimeout(timeout_s)
+        t0 = time.perf_counter()
+        sock.connect((address, port))
+        hand = time.perf_counter() - t0
+        sock.sendall(measure.request_line("echo"))
+        got = b""
+        t1 = time.perf_counter()
+        sock.sendall(ECHO_PAYLOAD)
+        try:
+            while len(got) < len(ECHO_PAYLOAD):
+                chunk = sock.recv(len(ECHO_PAYLOAD) - len(got))
+                if not chunk:
+                    return hand, None
+                got += chunk
+        except OSError:
+            return hand, None
+        return hand, time.perf_counter() - t1
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+
+def series(
+    address: str,
+    port: int,
+    count: int = 10,
+    timeout_s: float = 1.0,
+    interval_s: float = 0.05,
+    bind: str = "",
+) -> Series:
+    """`count` samples (at most 1,000), `interval_s` apart; blocking, at most about
+    count x (2 x timeout_s + interval_s)."""
+    import time
+
+    count = max(1, min(count, 1000))
+    samples: list[float] = []
+    hands: list[float] = []
+    error = ""
+    for i in range(count):
+        if i:
+            time.sleep(interval_s)
+        try:
+            hand, echo = _sample(address, port, timeout_s, bind)
+        except OSError as exc:
+            error = str(exc) or type(exc).__name__
+            continue
+        hands.append(hand)
+        samples.append(hand if echo is None else echo)
+    return Series(address, port, count, tuple(samples), tuple(hands), error)
+
+
+async def measure_series(
+    address: str, port: int, count: int = 10, timeout_s: float = 1.0, bind: str = ""
+) -> Series:
+    """:func:`series` in a thread."""
+    return await asyncio.to_thread(series, address, port, count, timeout_s, 0.05, bind)
