@@ -114,13 +114,33 @@ def test_every_alert_has_severity_summary_description() -> None:
             assert "{{ $labels." in rule["annotations"][key], (rule["alert"], key)
 
 
-def test_alerts_name_roles_and_ports() -> None:
+def test_alerts_name_hosts_ranges_and_the_diagnosis() -> None:
     by_name = {r["alert"]: r for r in alert_rules()}
-    text = by_name["NetcheckPortCheckFailing"]["annotations"]["description"]
-    for label in ("src_role", "dst_role", "port", "interaction"):
-        assert f"$labels.{label}" in text
-    tls = by_name["NetcheckTLSCertExpiringSoon"]["annotations"]["description"]
-    assert "$labels.dst_role" in tls and "$labels.port" in tls
+    failing = by_name["NetcheckPortCheckFailing"]
+    text = failing["annotations"]["description"]
+    for label in ("src_host", "src_role", "dst_host", "dst_role", "ports", "interaction", "cause"):
+        assert f"$labels.{label}" in text, label
+    for label in (".Labels.hop", ".Labels.seen_from"):  # read back from the diagnosis series
+        assert label in text, label
+    # The diagnosis labels are aggregated away: a sharper diagnosis keeps the alert's `for`.
+    assert "sum by (" in failing["expr"] and "hop" not in failing["expr"]
+    for name in ("NetcheckTLSCertExpiringSoon", "NetcheckTLSCertExpiringCritical"):
+        tls = by_name[name]
+        assert "$labels.dst_host" in tls["annotations"]["description"]
+        assert "$labels.subject" in tls["annotations"]["description"]
+        assert ".Labels.ports" in tls["annotations"]["description"]
+        assert "min by (dst_role, dst_host, dst_address, subject)" in tls["expr"]
+    never = by_name["NetcheckAgentNeverRegistered"]["annotations"]["description"]
+    assert "$labels.host" in never and "$labels.address" in never
+
+
+def test_the_series_bound_is_documented_where_it_is_enforced() -> None:
+    from netcheck.controller.hostmetrics import SERIES_CAP
+
+    bound = f"{SERIES_CAP:,}"
+    assert f"{bound} series" in RULES.read_text()
+    for doc in (REPO / "README.md", REPO / "deploy" / "README.md"):
+        assert f"{bound} series" in doc.read_text(), doc
 
 
 def test_every_alert_is_tested_firing_and_resolving() -> None:
