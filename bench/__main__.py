@@ -18,7 +18,7 @@ from bench import machine
 from bench.report import Section, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("sweep", "ingest", "footprint", "flood", "audit")
+SECTIONS = ("sweep", "ingest", "footprint", "flood", "audit", "interconnect")
 
 
 def _log(msg: str) -> None:
@@ -81,12 +81,19 @@ def _runners(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
         cfg = AuditConfig(repeats=repeats, nmap_bound_s=60.0 if args.quick else 180.0)
         return run_audit(spec, cfg, _log)
 
+    def interconnect() -> Section:
+        from bench.interconnect import InterconnectConfig, run_interconnect
+
+        cfg = InterconnectConfig(repeats=repeats, seconds=2.0 if args.quick else 5.0)
+        return run_interconnect(cfg, _log)
+
     return {
         "sweep": sweep,
         "ingest": ingest,
         "footprint": footprint,
         "flood": flood,
         "audit": audit,
+        "interconnect": interconnect,
     }
 
 

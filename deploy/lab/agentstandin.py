@@ -62,3 +62,29 @@ def standins(netns: str | None, address: str, ports: Sequence[int]) -> Iterator[
         if thread.is_alive():
             loop.call_soon_threadsafe(stop.set)
             thread.join(30)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m deploy.lab.agentstandin ADDRESS FIRST-LAST``: hold plain-TCP stand-ins
+    (measurement sessions included) until SIGTERM/SIGINT, in a process of their own."""
+    import argparse
+    import signal
+
+    p = argparse.ArgumentParser(prog="python -m deploy.lab.agentstandin")
+    p.add_argument("address")
+    p.add_argument("ports", help="FIRST-LAST")
+    args = p.parse_args(argv)
+    first, _, last = str(args.ports).partition("-")
+    ports = range(int(first), int(last or first) + 1)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    with standins(None, str(args.address), list(ports)):
+        print("ready", flush=True)
+        while not done.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
