@@ -57,15 +57,18 @@ def test_stable_uid_and_datasource_variable() -> None:
 
 
 def test_panels_cover_the_issue() -> None:
-    """Pass/fail per interaction, failing ports, gate per mode, agent freshness."""
+    """Pass/fail per interaction, failing ranges per host pair, gate per mode, agent
+    freshness, agents never registered, TLS expiry per certificate."""
     exprs = "\n".join(queries(dashboard()))
     for metric in (
         "netcheck_checks",
         "netcheck_interaction_up",
-        "netcheck_port_checks",
+        "netcheck_failing_ports",
         "netcheck_gate_state",
         "netcheck_gate_blocking_checks",
         "netcheck_agent_report_age_seconds",
+        "netcheck_agent_registered",
+        "netcheck_tls_certificate_not_after_timestamp_seconds",
     ):
         assert re.search(rf"\b{metric}\b", exprs), metric
 
@@ -160,6 +163,87 @@ def test_gate_panel_tells_go_no_go_and_undecided_apart(tmp_path: Path) -> None:
         [PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def run_panel(tmp_path: Path, title: str, series: dict[str, str], want: list[str]) -> None:
+    """promtool runs the panel's (first) query at 10m on ``series`` (series -> values): it
+    must give exactly the label sets ``want``."""
+    (panel,) = [p for p in query_panels(dashboard()) if p["title"] == title]
+    expr = panel["targets"][0]["expr"].replace("$interaction", ".*")
+    test = {
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "promql_expr_test": [
+                    {
+                        "expr": f"count by ({', '.join(_labels(want[0]))}) ({expr})",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": w, "value": 1} for w in want],
+                    }
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "panel_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    assert PROMTOOL is not None
+    out = subprocess.run(
+        [PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _labels(selector: str) -> list[str]:
+    return re.findall(r"(\w+)=", selector)
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_failing_ranges_panel_names_host_pairs_and_the_hop(tmp_path: Path) -> None:
+    pair = 'interaction="4",src_host="pio-1",dst_host="prem-mgr"'
+    hop = "In the network: at or just past 198.18.1.1 (hop 1)"
+    name = "netcheck_failing_ports"
+    run_panel(
+        tmp_path,
+        "Failing ranges per host pair",
+        {
+            f'{name}{{{pair},ports="8000-8010",cause="dropped",hop="{hop}"}}': "11x10",
+            f'{name}{{{pair},ports="22",cause="rejected",hop="{hop}"}}': "1x10",
+        },
+        [
+            f'{{{pair},ports="8000-8010",cause="dropped",hop="{hop}"}}',
+            f'{{{pair},ports="22",cause="rejected",hop="{hop}"}}',
+        ],
+    )
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_never_registered_panel_lists_only_agents_that_never_registered(tmp_path: Path) -> None:
+    name = "netcheck_agent_registered"
+    run_panel(
+        tmp_path,
+        "Expected agents that never registered",
+        {
+            name + '{role="pio",host="pio-1",address="198.18.1.10"}': "1x10",
+            name + '{role="cloud_cache",host="cloud-cache",address="198.18.2.40"}': "0x10",
+        },
+        ['{role="cloud_cache",host="cloud-cache",address="198.18.2.40"}'],
+    )
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_tls_panel_has_one_row_per_certificate(tmp_path: Path) -> None:
+    cert = 'dst_role="prem_manager",dst_host="prem-mgr",subject="CN=prem-mgr"'
+    name = "netcheck_tls_certificate_not_after_timestamp_seconds"
+    run_panel(
+        tmp_path,
+        "TLS certificates (time to expiry), one row per certificate",
+        {
+            f'{name}{{{cert},ports="2376, 8000-8010"}}': "9e8x10",
+            f'{name}{{{cert},ports="443"}}': "2e9x10",
+        },
+        [f'{{{cert},ports="2376, 8000-8010"}}', f'{{{cert},ports="443"}}'],
+    )
 
 
 def test_provisioning_files() -> None:
