@@ -1,6 +1,10 @@
 """Build the single-file agent: ``dist/netcheck-agent.pyz`` (stdlib :mod:`zipapp`).
 
     python3 deploy/zipapp/build.py [--out dist/netcheck-agent.pyz]
+    python3 deploy/zipapp/build.py --guest [--out dist/netcheck-guest.pyz]
+
+``--guest`` builds the guest agent instead (``netcheck.agent.guest``, Python 3.6+, stdlib
+only; :func:`build_guest`).
 
 The archive holds the ``netcheck.agent`` package and a ``__main__`` that calls
 ``netcheck.agent.cli.main``. It
@@ -30,6 +34,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "dist" / "netcheck-agent.pyz"
+GUEST_OUT = REPO / "dist" / "netcheck-guest.pyz"
+# The guest agent (Python 3.6+): its package, the two package __init__ files above it, and
+# the Windows facts script it runs with PowerShell.
+GUEST_MAIN = (
+    '"""netcheck-guest as one file (Python 3.6+)."""\n\n'
+    "from netcheck.agent.guest.cli import main\n\n"
+    "raise SystemExit(main())\n"
+)
+FACTS_PS1 = REPO / "deploy" / "guest" / "facts.ps1"
 MAIN = (
     '"""netcheck-agent as one file."""\n\n'
     "from netcheck.agent.cli import main\n\n"
@@ -141,10 +154,42 @@ def build(out: Path) -> Path:
     return out
 
 
+def build_guest(out: Path) -> Path:
+    """Write the guest agent's archive (``netcheck-guest.pyz``) to `out`, atomically: only
+    ``netcheck/__init__.py``, ``netcheck/agent/__init__.py``, ``netcheck/agent/guest/`` and
+    ``facts.ps1`` beside it; nothing of the appliance agent (Python 3.11)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="netcheck-guest-zipapp-") as tmp:
+        root = Path(tmp) / "app"
+        (root / "netcheck" / "agent").mkdir(parents=True)
+        shutil.copy(REPO / "netcheck" / "__init__.py", root / "netcheck" / "__init__.py")
+        shutil.copy(REPO / "agent" / "__init__.py", root / "netcheck" / "agent" / "__init__.py")
+        copy_package(REPO / "agent" / "guest", root / "netcheck" / "agent" / "guest")
+        shutil.copy(FACTS_PS1, root / "netcheck" / "agent" / "guest" / "facts.ps1")
+        (root / "__main__.py").write_text(GUEST_MAIN)
+        partial = out.with_name(out.name + ".tmp")
+        zipapp.create_archive(root, partial, interpreter="/usr/bin/env python3", compressed=True)
+        partial.replace(out)
+    return out
+
+
 def main(argv: list[str] | None = None, package: Path = REPO / "agent") -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="archive to write")
+    parser.add_argument("--out", type=Path, default=None, help="archive to write")
+    parser.add_argument(
+        "--guest", action="store_true", help="the guest agent (Python 3.6+): netcheck-guest.pyz"
+    )
     args = parser.parse_args(argv)
+    if args.guest:
+        problems = forbidden_imports(package / "guest")
+        for line in problems:
+            print(f"build: {line}", file=sys.stderr)
+        if problems:
+            return 1
+        path = build_guest(args.out or GUEST_OUT)
+        print(f"build: wrote {path} ({path.stat().st_size} bytes, the guest agent, Python 3.6+)")
+        return 0
+    args.out = args.out or DEFAULT_OUT
     problems = forbidden_imports(package)
     if problems:
         for line in problems:
