@@ -494,6 +494,26 @@ def judge(check: ExpectedCheck, r: ProbeResult | None, ctx: _Context) -> CheckRo
     return CheckRow(check, verdict, f.cause, f.text, r, f.side, f.device, f.seen_from)
 
 
+# No evidence from the other end, and no clock: a result judged on its own.
+_ALONE = _Context(
+    freshness=float("inf"),
+    now=0.0,
+    listeners={},
+    peers={},
+    expected_sources={},
+    agent_hosts=frozenset(),
+    agent_roles=frozenset(),
+)
+
+
+def judge_alone(check: ExpectedCheck, r: ProbeResult) -> CheckRow:
+    """The verdict of one result by itself: what its source saw, without the destination's
+    evidence (listeners, captures, NAT) and without ageing (history's verdicts,
+    :mod:`controller.history`). A reset is ``rejected`` or ``nothing_listening`` only when the
+    result itself tells (its responder or its TTL), else ``refused``."""
+    return judge(check, r, _ALONE)
+
+
 def _rollups(
     rows: Sequence[CheckRow], key_of: Mapping[str, tuple[str, str, str, str]], by: str
 ) -> tuple[Rollup, ...]:
@@ -579,4 +599,5 @@ def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> 
         peers=tuple(p for ps in observed.peers.values() for p in ps),
         agents=tuple(observed.agents),
         sent_by=observed.sent_by,
+        history=observed.history,
     )

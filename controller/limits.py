@@ -16,6 +16,15 @@
 - Unexpected results (a check id no expected check has): at most :data:`UNEXPECTED_ROWS`
   rows, the oldest dropped first, and none older than :data:`UNEXPECTED_RETENTION_SECONDS`;
   each drop counted (``netcheck_unexpected_results_dropped_total``).
+- History (:mod:`controller.history`): at most :data:`HISTORY_ROWS` changes of verdict,
+  state or cause in all (the oldest dropped first), at most :data:`HISTORY_ROWS_PER_CHECK` per
+  check (one flapping check cannot push the others' history out), none older than
+  :data:`HISTORY_RETENTION_SECONDS`; at most :data:`OUTAGE_ROWS` ended outages, none ended
+  before :data:`HISTORY_RETENTION_SECONDS` ago (a current outage is never dropped: it lives in
+  its check's summary). Summaries of checks no longer expected go after the same retention,
+  at most :data:`HISTORY_OLD_CHECKS` of them. ``GET /api/v1/history`` answers at most
+  :data:`HISTORY_LIMIT_MAX` changes and as many outages per request (:data:`HISTORY_LIMIT`
+  unless ``limit`` says otherwise). About 100 bytes a change: the table stays under 100 MB.
 """
 
 from __future__ import annotations
@@ -36,7 +45,15 @@ FUTURE_SECONDS = 300.0
 PAST_SECONDS = 30 * 86400.0
 UNEXPECTED_ROWS = 5_000
 UNEXPECTED_RETENTION_SECONDS = 7 * 86400.0
-# How often the retention of unexpected results runs (at a commit, at most this often).
+HISTORY_ROWS = 1_000_000
+HISTORY_ROWS_PER_CHECK = 1_000
+HISTORY_RETENTION_SECONDS = 30 * 86400.0
+OUTAGE_ROWS = 200_000
+HISTORY_OLD_CHECKS = 200_000
+HISTORY_LIMIT = 1_000
+HISTORY_LIMIT_MAX = 10_000
+# How often the retention of unexpected results and of history runs (at a commit, at most
+# this often; history also as soon as a tenth of HISTORY_ROWS was written since).
 PRUNE_EVERY_SECONDS = 60.0
 
 

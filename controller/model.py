@@ -119,6 +119,32 @@ class AgentSeen:
     last_report: float | None
 
 
+@dataclass(frozen=True)
+class CheckHistory:
+    """One check's history in brief (:mod:`controller.history`), as the store keeps it.
+
+    ``first_seen``: the time of its first result; ``last_change``: of the newest change of
+    verdict, state or cause; ``verdict`` and ``since``: its verdict by its newest result, and
+    since when it has had that verdict (for a failing check, the start of the current outage);
+    ``flaps``: changes between pass and fail within the policy's ``flap_window_seconds``.
+    Verdicts of history are judged from each result alone (see :mod:`controller.history`).
+    """
+
+    first_seen: float
+    last_change: float
+    verdict: Verdict
+    since: float
+    flaps: int = 0
+
+    @property
+    def failing_since(self) -> float | None:
+        return self.since if self.verdict == "fail" else None
+
+
+def _no_history() -> Mapping[str, CheckHistory]:
+    return MappingProxyType({})
+
+
 def _no_listeners() -> Mapping[str, tuple[ListenerStatus, ...]]:
     return MappingProxyType({})
 
@@ -141,6 +167,8 @@ class Observed:
     agents: tuple[AgentSeen, ...] = ()
     # check id -> the identity that sent its newest result ("cert:<serial>", "token", ...).
     sent_by: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # check id -> its history in brief (checks with at least one result since history began).
+    history: Mapping[str, CheckHistory] = field(default_factory=_no_history)
 
 
 @dataclass(frozen=True)
@@ -159,6 +187,8 @@ class Evaluation:
     agents: tuple[AgentSeen, ...]
     # check id -> the identity that sent its newest result (Observed.sent_by).
     sent_by: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # check id -> its history in brief (Observed.history).
+    history: Mapping[str, CheckHistory] = field(default_factory=_no_history)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ The versions:
    (host, port, source, how).
 6. Requests (issue 16): ``requests``, the operator's work for one agent (kind, parameters,
    deadline, state, the agent's last report as JSON), :mod:`~netcheck.controller.requests`.
+7. History (issue 14): ``history_checks`` (each check's first result, last change, last
+   verdict, state and cause, and since when it has its verdict), ``history_changes`` (every
+   change of verdict, state or cause) and ``outages`` (each ended run of ``fail``, start and
+   end), :mod:`~netcheck.controller.history`. Files of version 6 start with empty history.
 
 Files made before the number existed carry ``user_version`` 0. :func:`unnumbered` tells
 their two layouts apart once, by the results table (a ``body`` column: version 1), and
@@ -141,7 +145,44 @@ REQUESTS = """CREATE TABLE requests (
 )"""
 REQUESTS_TARGET = "CREATE INDEX requests_target ON requests (role, host, state)"
 
-VERSION = 6
+# History (version 7), written by controller.history in the store's write transactions.
+HISTORY_CHECKS = """CREATE TABLE history_checks (
+    check_id TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL,
+    last_change REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    since REAL NOT NULL
+)"""
+HISTORY_CHANGES = """CREATE TABLE history_changes (
+    id INTEGER PRIMARY KEY,
+    check_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    flap INTEGER NOT NULL DEFAULT 0
+)"""
+HISTORY_CHANGES_CHECK = "CREATE INDEX history_changes_check ON history_changes (check_id, at)"
+HISTORY_FLAPS = "CREATE INDEX history_flaps ON history_changes (at) WHERE flap = 1"
+OUTAGES = """CREATE TABLE outages (
+    id INTEGER PRIMARY KEY,
+    check_id TEXT NOT NULL,
+    start_at REAL NOT NULL,
+    end_at REAL NOT NULL
+)"""
+OUTAGES_CHECK = "CREATE INDEX outages_check ON outages (check_id, start_at)"
+HISTORY: tuple[str, ...] = (
+    HISTORY_CHECKS,
+    HISTORY_CHANGES,
+    HISTORY_CHANGES_CHECK,
+    HISTORY_FLAPS,
+    OUTAGES,
+    OUTAGES_CHECK,
+)
+
+VERSION = 7
 TABLES: dict[str, str] = {
     "agents": AGENTS,
     "results": RESULTS,
@@ -152,8 +193,17 @@ TABLES: dict[str, str] = {
     "join_hosts": JOIN_HOSTS,
     "issued_certs": ISSUED_CERTS,
     "requests": REQUESTS,
+    "history_checks": HISTORY_CHECKS,
+    "history_changes": HISTORY_CHANGES,
+    "outages": OUTAGES,
 }
-INDEXES: tuple[str, ...] = (ISSUED_CERTS_HOST, REQUESTS_TARGET)
+INDEXES: tuple[str, ...] = (
+    ISSUED_CERTS_HOST,
+    REQUESTS_TARGET,
+    HISTORY_CHANGES_CHECK,
+    HISTORY_FLAPS,
+    OUTAGES_CHECK,
+)
 # The results columns that hold ProbeResult's fields, in the dataclass's order.
 RESULT_COLUMNS: tuple[str, ...] = (
     "check_id",
@@ -301,6 +351,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: _run(_TO_4),
     5: _run(_TO_5),
     6: _run((REQUESTS, REQUESTS_TARGET)),
+    7: _run(HISTORY),
 }
 
 

@@ -12,8 +12,10 @@ the same result sent again, never overwrites what is stored), one column per
 the identity that sent it (a :class:`SentBatch`; see :mod:`controller.schema` version 3),
 written as tuples in multi-row statements: no JSON is re-serialised per result. The tables are
 written out in :mod:`controller.schema`, with ``PRAGMA user_version`` and numbered migrations
-(a wire field added later needs one). There is no history table: the newest result is what
-evaluation reads, and history is Prometheus' job (``/metrics`` scraped over time). Results
+(a wire field added later needs one). The newest result is what evaluation reads; every
+change of a check's verdict, state or cause is recorded in the same transaction that stores
+the result causing it, once the store knows the expected checks (:meth:`Store.expect`;
+:mod:`controller.history` says how, and what is kept, bounded). Results
 whose check id matches no expected check (:meth:`Store.set_expected`) are kept like any other
 (evaluation lists them as unexpected), but bounded: at most ``limits.UNEXPECTED_ROWS`` rows
 (the oldest received dropped first) and none older than
@@ -70,7 +72,10 @@ from netcheck.agent.wire import (
     ResultBatch,
     ServiceCheck,
 )
+from netcheck.controller import history
+from netcheck.controller.expand import ExpectedCheck
 from netcheck.controller.limits import (
+    HISTORY_ROWS,
     PRUNE_EVERY_SECONDS,
     UNEXPECTED_RETENTION_SECONDS,
     UNEXPECTED_ROWS,
@@ -271,6 +276,16 @@ def _results(c: sqlite3.Connection) -> list[ProbeResult]:
     return [_result(row) for row in c.execute(f"SELECT {_COLS} FROM results ORDER BY check_id")]
 
 
+def _results_of(c: sqlite3.Connection, check_ids: Sequence[str]) -> list[ProbeResult]:
+    """The stored results of these checks, oldest first."""
+    rows = c.execute(
+        f"SELECT {_COLS} FROM results WHERE check_id IN (SELECT value FROM json_each(?)) "
+        "ORDER BY started_at, check_id",
+        (json.dumps(list(check_ids)),),
+    )
+    return [_result(row) for row in rows]
+
+
 def _sent_by_check(c: sqlite3.Connection) -> dict[str, str]:
     return dict(c.execute("SELECT check_id, sent_by FROM results WHERE sent_by != ''"))
 
@@ -307,6 +322,8 @@ class Store:
         self._rlock = threading.Lock()
         self._expected: frozenset[str] | None = None
         self._expired_at = 0.0  # when unexpected results were last expired
+        self._recorder: history.Recorder | None = None  # from the first expect()
+        self._history_pruned = 0.0  # when history was last pruned
 
     @classmethod
     def open(cls, path: str | Path, *, background_checkpoints: bool = False) -> Store:
@@ -410,6 +427,31 @@ class Store:
                 raise
             self._expected = ids
 
+    def expect(self, checks: Iterable[ExpectedCheck]) -> None:
+        """The expected checks (at start, and again whenever the spec or inventory changes):
+        results of other ids are bounded, and history is recorded from now on. Every expected
+        check's stored result is judged again under these expectations, in one transaction
+        (a different judgment is a change: :mod:`controller.history`)."""
+        checks = tuple(checks)
+        ids = frozenset(ch.spec.check_id for ch in checks)
+        with self._lock:
+            c = self._conn
+            c.execute(_EXPECTED_TABLE)
+            rec = self._recorder or history.Recorder()
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("DELETE FROM temp.expected_ids")
+                c.executemany("INSERT INTO temp.expected_ids VALUES (?)", ((i,) for i in ids))
+                staged = rec.reload(c, _results(c), checks)
+                history.write(c, staged)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            rec.apply(staged)
+            self._recorder, self._expected = rec, ids
+        self.version += 1
+
     def ingest_group(
         self, batches: Sequence[ResultBatch], now: float, rejected: Sequence[str] = ()
     ) -> list[int]:
@@ -418,10 +460,22 @@ class Store:
         Returns the number of results accepted (acknowledged) per batch. Any error rolls the
         whole group back: nothing of it is kept.
         """
+        rec, staged = self._recorder, None
         with self._lock, self._conn:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
+            if rec is not None and batches:
+                # Results another process wrote first (import), then the group's own.
+                if rec.foreign(c):
+                    staged = rec.catch_up(c, _results_of(c, rec.newer(c)))
+                staged = rec.observe((r for b in batches for r in b.results), staged)
             _write_group(c, batches, now, rejected)
+            if rec is not None and staged is not None:
+                history.write(c, staged)
+                due = now - self._history_pruned >= PRUNE_EVERY_SECONDS
+                if due or rec.written >= HISTORY_ROWS // 10:
+                    history.prune(c, now, self._expected is not None)
+                    self._history_pruned, rec.written = now, 0
             if self._expected is not None and batches:
                 expire = now - self._expired_at >= PRUNE_EVERY_SECONDS
                 if expire or any(
@@ -431,6 +485,8 @@ class Store:
                     _bound_unexpected(c, UNEXPECTED_ROWS, horizon)
                     if expire:
                         self._expired_at = now
+        if rec is not None and staged is not None:
+            rec.apply(staged)
         self.version += 1
         return [len(b.results) for b in batches]
 
@@ -468,8 +524,10 @@ class Store:
         with self._reading() as c:
             return _peers(c)
 
-    def snapshot(self) -> Observed:
-        """Everything evaluation reads, in one read transaction: one consistent moment."""
+    def snapshot(self, now: float | None = None, flap_window: float | None = None) -> Observed:
+        """Everything evaluation reads, in one read transaction: one consistent moment.
+
+        History's flap counts cover ``flap_window`` seconds before ``now`` (none without)."""
         with self._reading() as c:
             c.execute("BEGIN")
             try:
@@ -479,9 +537,25 @@ class Store:
                     peers=MappingProxyType(_peers(c)),
                     agents=tuple(_agents(c)),
                     sent_by=MappingProxyType(_sent_by_check(c)),
+                    history=MappingProxyType(history.summaries(c, now, flap_window)),
                 )
             finally:
                 c.execute("COMMIT")
+
+    def history(
+        self, q: history.Query
+    ) -> tuple[list[tuple[float, str, str, str, str]], list[tuple[str, float, float | None]]]:
+        """The changes and outages ``q`` asks for (``GET /api/v1/history``), one moment."""
+        with self._reading() as c:
+            c.execute("BEGIN")
+            try:
+                return history.changes(c, q), history.outages(c, q)
+            finally:
+                c.execute("COMMIT")
+
+    def history_known(self, check_id: str) -> bool:
+        with self._reading() as c:
+            return history.known(c, check_id)
 
     def counters(self) -> dict[str, float]:
         return dict(self._all("SELECT name, value FROM counters"))
