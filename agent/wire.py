@@ -267,6 +267,27 @@ class ListenerStatus:
     error: str = ""
 
 
+# A guest's facts (the guest agent, netcheck.agent.guest): at most this many per batch, each
+# name and value bounded.
+MAX_BATCH_FACTS = 512
+FactName = Annotated[str, Limit(max_length=128)]
+FactText = Annotated[str, Limit(max_length=1024)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+    """One fact of a guest VM, and how it was found: ``source`` is ``file:/etc/os-release``,
+    ``command:lsinitrd``, ``proc:/proc``, ``service:systemd``, ``statvfs:/boot``,
+    ``powershell:Get-Service MSiSCSI``, ... A value of None: the guest could not tell."""
+
+    __pydantic_config__ = _FORBID
+
+    name: FactName
+    value: FactText | bool | int | None
+    source: Annotated[str, Limit(max_length=256)]
+    detail: Annotated[str, Limit(max_length=512)] = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class ResultBatch:
     """One report from an agent: probe results, listener states and peers seen."""
@@ -282,6 +303,8 @@ class ResultBatch:
     # Results the agent had to drop because its buffer was full while the controller was away.
     dropped: Dropped = 0
     wire_version: WireVersion = WIRE_VERSION
+    # A guest agent's facts, the whole picture (empty: none in this batch, the stored stay).
+    facts: Annotated[tuple[Fact, ...], Limit(max_length=MAX_BATCH_FACTS)] = ()
 
 
 # -- Requests: work the operator asks of one agent, through the controller ----------------
