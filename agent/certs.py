@@ -1,4 +1,5 @@
-"""A throw-away self-signed certificate for the stand-in TLS listeners.
+"""A throw-away self-signed certificate for the stand-in TLS listeners (valid
+:data:`STANDIN_DAYS`: it must never trip the expiry alerts).
 
 Made at start in a private temporary directory, with the ``openssl`` command, or the
 ``cryptography`` package where there is no openssl. The subject names netcheck, so a probe can
@@ -18,6 +19,9 @@ from pathlib import Path
 from netcheck.agent.errors import CertError as CertError
 
 STANDIN_ORG = "netcheck stand-in"
+# How long a stand-in certificate is valid: far past the TLS expiry alerts' 14 days, so a
+# stand-in listener never pages (it is made anew at each start; nothing trusts it).
+STANDIN_DAYS = 3650
 
 
 def _with_cryptography(cert: Path, key: Path, common_name: str) -> None:
@@ -41,7 +45,7 @@ def _with_cryptography(cert: Path, key: Path, common_name: str) -> None:
         .public_key(pkey.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
+        .not_valid_after(now + datetime.timedelta(days=STANDIN_DAYS))
         .sign(pkey, hashes.SHA256())
     )
     cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
@@ -61,7 +65,7 @@ def _with_openssl(cert: Path, key: Path, common_name: str) -> None:
     subprocess.run(
         [
             *(exe, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
-            *("-nodes", "-keyout", str(key), "-out", str(cert), "-days", "7"),
+            *("-nodes", "-keyout", str(key), "-out", str(cert), "-days", str(STANDIN_DAYS)),
             *("-subj", f"/O={STANDIN_ORG}/CN={common_name}"),
         ],
         check=True,

@@ -26,6 +26,8 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from netcheck.agent.certs import STANDIN_DAYS
+
 log = logging.getLogger("standin")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -161,7 +163,8 @@ def make_tls(directory: Path, common_name: str) -> ssl.SSLContext:
     subprocess.run(
         [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "7", "-subj", f"/O=nclab vSphere stand-in/CN={common_name}",
+            "-nodes", "-days", str(STANDIN_DAYS),
+            "-subj", f"/O=nclab vSphere stand-in/CN={common_name}",
             "-keyout", str(key), "-out", str(cert),
         ],
         check=True,
