@@ -46,6 +46,10 @@ NAMES = {
     "netcheck_batches_rejected",
     "netcheck_agent_dropped_results",
     "netcheck_unexpected_results",
+    "netcheck_failing_ports",
+    "netcheck_tls_certificate_not_after_timestamp_seconds",
+    "netcheck_agent_registered",
+    "netcheck_metric_series_dropped",
 }
 
 
@@ -58,7 +62,7 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
         if c.src_host != "pio-1" or c.spec.interaction != 4:
             continue
         tls = (
-            ServiceCheck("tls", "ok", tls_not_after=2e9 + c.spec.port)
+            ServiceCheck("tls", "ok", tls_subject="CN=prem-mgr", tls_not_after=2e9)
             if c.spec.port >= 8000
             else None
         )
@@ -89,15 +93,18 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
         assert (await client.post("/api/v1/register", json=encode(reg), headers=AUTH)).ok
         b = ResultBatch("pio", "pio-1", results=(*results, stray), dropped=2)
         assert (await client.post("/api/v1/results", json=encode(b), headers=AUTH)).ok
+        mgr = Registration("prem_manager", "prem-mgr", "198.18.1.30", "0.1", "connect")
+        assert (await client.post("/api/v1/register", json=encode(mgr), headers=AUTH)).ok
         # /metrics may answer from the previous evaluation while the next one is computed
         # (stale while revalidating, bounded): scrape until it has seen the batch (its stray).
         for _ in range(100):
             r = await client.get("/metrics")
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             text = await r.text()
-            if "\nnetcheck_unexpected_results 1.0\n" in text:
+            if "\nnetcheck_unexpected_results 1.0\n" in text and 'host="prem-mgr"' in text:
                 break
             await asyncio.sleep(0.05)
+        report = await (await client.get("/api/v1/report?format=json")).json()
     finally:
         await client.close()
 
@@ -128,11 +135,31 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
     assert value("netcheck_gate_blocking_checks", mode="deployment") > 0
     # The earliest expiry over the hosts of the role (one prem_manager host here).
     cert = {"interaction": "4", "dst_role": "prem_manager", "port": "8003"}
-    assert value("netcheck_tls_cert_not_after_timestamp_seconds", **cert) == 2e9 + 8003
+    assert value("netcheck_tls_cert_not_after_timestamp_seconds", **cert) == 2e9
+    # Host level: one series for the one certificate on eleven ports, one for the failing
+    # port with both hosts and the cause, one per expected agent.
+    host = {"dst_host": "prem-mgr", "dst_address": "198.18.1.30", "subject": "CN=prem-mgr"}
+    cert_family = "netcheck_tls_certificate_not_after_timestamp_seconds"
+    assert value(cert_family, ports="8000-8010", **host) == 2e9
+    assert len(fams[cert_family].samples) == 1
+    failing = fams["netcheck_failing_ports"].samples
+    assert [(s.labels["ports"], s.value) for s in failing] == [("2376", 1.0)]
+    assert failing[0].labels["cause"] == "dropped"
+    assert failing[0].labels["src_host"] == "pio-1" and failing[0].labels["dst_host"] == "prem-mgr"
+    assert value("netcheck_agent_registered", host="pio-1", role="pio") == 1
+    assert value("netcheck_agent_registered", host="prem-mgr", role="prem_manager") == 1
+    assert value("netcheck_agent_registered", host="cloud-cache", address="198.18.2.40") == 0
+    roles = {s.labels["role"] for s in fams["netcheck_agent_registered"].samples}
+    assert "pio" in roles and not roles & {"prem_esxi", "cloud_esxi"}  # ESXi runs no agent
+    never = {a["host"] for a in report["never_registered"]}
+    assert "cloud-cache" in never and not never & {"pio-1", "prem-mgr"}
+    assert {s.value for s in fams["netcheck_metric_series_dropped"].samples} == {0.0}
     assert value("netcheck_results_ingested_total") == len(results) + 1
     assert value("netcheck_batches_ingested_total") == 1
     assert value("netcheck_batches_rejected_total", reason="size") == 0
     assert value("netcheck_agent_dropped_results_total", role="pio", host="pio-1") == 2
+    # an agent that dropped nothing has its sample too (0), so the family is never empty
+    assert value("netcheck_agent_dropped_results_total", host="prem-mgr") == 0
     assert value("netcheck_unexpected_results") == 1
     age = value("netcheck_agent_report_age_seconds", role="pio", host="pio-1")
     assert 0 <= age < 60
