@@ -147,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
         "--health-listen", type=host_port_arg, help="HOST:PORT for /healthz, /metrics"
     )
     serve.add_argument("--mode", choices=("auto", "connect", "syn"), default="auto")
+    serve.add_argument(
+        "--request-poll",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="ask the controller for requests (an exposure sweep, ...) this often (default 15)",
+    )
     serve.add_argument("--buffer", type=int, default=50_000, help="results kept while away")
     serve.add_argument(
         "--spool-dir",
@@ -314,6 +321,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         buffer_size=args.buffer,
         spool_dir=_spool_dir(args),
         first_run_cap_s=max(0.0, args.splay),
+        request_poll_s=max(0.1, args.request_poll),
     )
     return asyncio.run(serve(cfg))
 

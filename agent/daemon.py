@@ -75,6 +75,8 @@ class DaemonConfig:
     stop_flush_s: float = 3.0
     # Where buffered results are kept across restarts (agent.spool); None: in memory.
     spool_dir: str | None = None
+    # Serving (not --once): ask the controller for requests (agent.requests) this often.
+    request_poll_s: float = 15.0
 
 
 async def _wait(stop: asyncio.Event, delay: float) -> bool:
@@ -278,6 +280,21 @@ async def _probe_loop(
             return
 
 
+async def _serve_requests(
+    link: Link, mode: ProbeMode, stop: asyncio.Event, cfg: DaemonConfig
+) -> None:
+    """The request channel (agent.requests): what the controller hands over, run here."""
+    from netcheck.agent import requests
+
+    queue = requests.Requests(link.report)
+    link.on_requests = queue.offer
+
+    def context() -> requests.Context | None:
+        return requests.Context(link.plan, mode) if link.plan is not None else None
+
+    await requests.serve(link, queue, context, stop, cfg.request_poll_s)
+
+
 async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
     mode, why = choose_mode(cfg.mode_request)
     log.info("netcheck-agent %s for %s/%s: %s", __version__, cfg.role, cfg.host, why)
@@ -303,6 +320,7 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
     watcher: SynWatcher | None = None
     flusher: asyncio.Task[None] | None = None
     renewer: asyncio.Task[None] | None = None
+    requester: asyncio.Task[None] | None = None
     if cfg.state_dir and http is not None:
         renewer = asyncio.create_task(
             enrol.keep_renewed(
@@ -330,6 +348,7 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
             wake = asyncio.Event()
             if not cfg.once:
                 flusher = asyncio.create_task(_flush_loop(link, stop, wake, cfg))
+                requester = asyncio.create_task(_serve_requests(link, mode, stop, cfg))
             await _probe_loop(cfg, mode, link, listeners, state, stop, wake, watcher)
             if cfg.once and cfg.linger_s > 0 and not stop.is_set():
                 # Deliver the round now; the listeners stay up for peers that probe later.
@@ -342,6 +361,10 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
             renewer.cancel()  # a renewal in flight is not worth waiting for at exit
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+        if requester is not None:
+            requester.cancel()  # a request in flight is not reported: it expires
+            with contextlib.suppress(asyncio.CancelledError):
+                await requester
         if flusher is not None:
             flusher.cancel()  # a delivery in flight keeps its records in the spool
             with contextlib.suppress(asyncio.CancelledError):

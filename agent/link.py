@@ -21,18 +21,22 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 from netcheck.agent import httpc
 from netcheck.agent.errors import AuthError, InputError, LinkError, TlsRefused, TransportError
 from netcheck.agent.spool import Kind, Spool
 from netcheck.agent.wire import (
+    MAX_REQUEST_REPORTS,
+    AgentRequest,
     ListenerStatus,
     PeerSeen,
     Plan,
     ProbeResult,
     Registration,
+    RequestExchange,
+    RequestReport,
     ResultBatch,
     WireError,
     decode,
@@ -43,6 +47,9 @@ log = logging.getLogger(__name__)
 
 REGISTER_PATH = "/api/v1/register"
 RESULTS_PATH = "/api/v1/results"
+REQUESTS_PATH = "/api/v1/agent-requests"
+# Reports kept for the controller at most (the oldest "running" ones go first).
+MAX_REPORTS = 256
 
 T = TypeVar("T")
 __all__ = ["AuthError", "HttpTransport", "Link", "LinkError", "Transport", "TransportError"]
@@ -142,6 +149,10 @@ class Link:
         self.rejected_batches = 0
         self.accepted_results = 0
         self.last_report: float | None = None
+        # The request channel (agent/requests.py): requests the controller handed over go to
+        # `on_requests`; reports wait in `_reports` until the controller took them.
+        self.on_requests: Callable[[list[AgentRequest]], None] | None = None
+        self._reports: list[RequestReport] = []
 
     @property
     def buffered(self) -> int:
@@ -238,6 +249,7 @@ class Link:
         status, body = await self._post_batch(batch)  # an exception: nothing was removed
         answered = [i for i, _ in rows] + [i for i, _ in peer_rows]
         if status == 200:
+            self._offer(body)
             self.spool.delete(answered, batch.dropped, unreadable)
             self.accepted_results += len(results)
             self._listeners_dirty = False
@@ -264,6 +276,56 @@ class Link:
             await self.register()
             status, body = await self.transport.post(RESULTS_PATH, encode(batch))
         return status, body
+
+    # -- the request channel ----------------------------------------------------------------
+
+    def report(self, rep: RequestReport) -> None:
+        """Keep `rep` for the controller (bounded: the oldest acknowledgement goes first)."""
+        self._reports.append(rep)
+        if len(self._reports) > MAX_REPORTS:
+            old = next((r for r in self._reports if r.state == "running"), self._reports[0])
+            self._reports.remove(old)
+            log.warning("request reports: more than %d waiting, dropped %s", MAX_REPORTS, old.id)
+
+    @property
+    def reports_waiting(self) -> int:
+        return len(self._reports)
+
+    def _offer(self, body: Any) -> None:
+        """Hand the requests in a controller's answer to `on_requests` (bad ones logged)."""
+        raw = body.get("requests") if isinstance(body, dict) else None
+        if not raw or not isinstance(raw, list) or self.on_requests is None:
+            return
+        good: list[AgentRequest] = []
+        for i, item in enumerate(raw[:MAX_REQUEST_REPORTS]):
+            try:
+                good.append(decode(AgentRequest, item, f"requests[{i}]"))
+            except WireError as exc:
+                log.error("the controller sent an invalid request: %s", exc)
+        if good:
+            self.on_requests(good)
+
+    async def exchange(self) -> None:
+        """Send the waiting reports (none: only ask) and take the requests handed over.
+
+        A refused exchange (4xx: the controller will never take these reports) drops them,
+        logged; an outage raises :class:`LinkError` and keeps them."""
+        sending = self._reports[:MAX_REQUEST_REPORTS]
+        exchange = RequestExchange(self.registration.role, self.registration.host, tuple(sending))
+        status, body = await self.transport.post(REQUESTS_PATH, encode(exchange))
+        if status in REFUSED:
+            raise AuthError(f"request reports refused: HTTP {status} {_error_text(body)}", status)
+        if status == 200 or 400 <= status < 500:
+            for rep in sending:
+                if rep in self._reports:
+                    self._reports.remove(rep)
+            if status != 200:
+                log.error(
+                    "controller refused %d request report(s): %s", len(sending), _error_text(body)
+                )
+            self._offer(body)
+            return
+        raise LinkError(f"request reports refused: HTTP {status} {_error_text(body)}")
 
 
 def _record(item: ProbeResult | PeerSeen) -> bytes:
