@@ -27,6 +27,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from netcheck.agent.wire import Expectation, Service
+from netcheck.controller.interconnect import Qualification, check_qualification
+from netcheck.controller.limits import HISTORY_RETENTION_SECONDS
 from netcheck.controller.sourced import InputError, Problem, Sourced, load_yaml, raise_if, validate
 
 MAX_ROLES = 64
@@ -79,6 +81,10 @@ class Policy(_Frozen):
     # Caps on the expansion, counted (hosts x ports per flow) before anything is built.
     max_checks_per_site: int = Field(200_000, ge=1, le=1_000_000)
     max_checks_per_plan: int = Field(20_000, ge=1, le=100_000)
+    # History (controller.history): flaps are counted over this window; the gate wants every
+    # check of a mode passing for at least gate_min_passing_seconds (0: passing now is enough).
+    flap_window_seconds: float = Field(3600, ge=60, le=HISTORY_RETENTION_SECONDS)
+    gate_min_passing_seconds: float = Field(0, ge=0, le=HISTORY_RETENTION_SECONDS)
 
 
 class Role(_Frozen):
@@ -158,6 +164,8 @@ class _TopologyFile(_Frozen):
     version: Literal[1]
     matrix: Name
     policy: Policy = Policy()
+    # Interconnect qualification: thresholds per data interaction (controller.interconnect).
+    qualification: Qualification = Qualification()
     roles: dict[Key, Role] = Field(max_length=MAX_ROLES)
     interactions: tuple[Interaction, ...] = Field(max_length=MAX_INTERACTIONS)
     modes: dict[Key, Mode] = Field(max_length=MAX_MODES)
@@ -247,6 +255,7 @@ class Spec:
     matrix: tuple[MatrixRow, ...]
     # (interaction id, flow index) -> the line of the flow's ``ports``, for errors
     flow_lines: dict[tuple[int, int], int] = field(default_factory=dict)
+    qualification: Qualification = field(default_factory=Qualification)
 
     def flows(self) -> Iterator[FlowRef]:
         for inter in self.interactions:
@@ -492,6 +501,7 @@ def load_spec(path: str | Path) -> Spec:
     src = load_yaml(path)
     topo = validate(src, _TopologyFile)
     raise_if(_check_topology(src, topo))
+    raise_if(check_qualification(src, topo.qualification, topo.interactions))
     matrix_path = Path(path).parent / topo.matrix
     if not matrix_path.is_file():
         raise InputError([src.problem(("matrix",), f"matrix file {topo.matrix!r} not found")])
@@ -508,4 +518,5 @@ def load_spec(path: str | Path) -> Spec:
             for i, inter in enumerate(topo.interactions)
             for j in range(len(inter.flows))
         },
+        qualification=topo.qualification,
     )

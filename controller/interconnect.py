@@ -1,0 +1,365 @@
+"""Interconnect qualification: thresholds per data path, and each path's verdict. Pure.
+
+topology.yaml's ``qualification:`` section (:class:`Qualification`) names the data
+interactions to qualify and, for each, the minimum path MTU, the maximum round trip and
+loss, and the minimum throughput per direction. The agents measure each host pair of those
+interactions on the interaction's own port (:mod:`agent.qualify`); :func:`verdicts` judges
+the newest measurement of each pair against its thresholds: ``pass``, ``fail`` (one figure
+beyond its threshold, or a black hole), or ``unknown`` (no fresh measurement). Each figure
+carries its margin: how far it is from its threshold (positive: inside, negative: beyond),
+so the report can say "RTT 12.3 ms, 17.7 ms under the 30 ms limit".
+
+The gate (:func:`gate_findings`) adds "interconnect qualified" to a mode: a required path of
+one of the mode's interactions that fails blocks the mode; an unmeasured one blocks only
+when ``unmeasured: block`` (the shipped policy warns: see topology.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from netcheck.agent.qualify import MAX_THROUGHPUT_PORTS, PathMeasurement
+from netcheck.controller.sourced import Problem, Sourced
+
+MAX_PATH_POLICIES = 64
+PathVerdictKind = Literal["pass", "fail", "unknown"]
+Figure = Literal["mtu", "rtt", "loss", "throughput_up", "throughput_down", "black_hole"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathPolicy(BaseModel):
+    """The thresholds of one data interaction (None: that figure is not judged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interaction: int = Field(ge=1)
+    # The port the MTU and round trip are measured on (default: the interaction's first
+    # plain-TCP flow's first port), and the throughput ports (default: that flow's range).
+    port: int | None = Field(None, ge=1, le=65535)
+    throughput_ports: str | None = None
+    min_mtu: int | None = Field(None, ge=68, le=65535)
+    max_rtt_ms: float | None = Field(None, gt=0, le=60_000)
+    max_loss_percent: float | None = Field(None, ge=0, le=100)
+    min_throughput_mbit: float | None = Field(None, gt=0, le=1_000_000)
+    # False: measured and reported, never part of a gate.
+    required: bool = True
+    reason: str = Field("", max_length=2000)
+
+
+class Qualification(_Frozen):
+    """topology.yaml ``qualification:``."""
+
+    # A measurement older than this is "unknown" (seconds).
+    freshness_seconds: float = Field(3600, gt=0, le=30 * 86400)
+    # MTU and round trip measured every this many seconds per path by the agent (0: never).
+    every_seconds: float = Field(3600, ge=0, le=30 * 86400)
+    # Throughput on a schedule (0: only on request; never by default: it loads the link).
+    throughput_every_seconds: float = Field(0, ge=0, le=30 * 86400)
+    throughput_seconds: float = Field(10, gt=0, le=60)
+    throughput_bytes_per_stream: int = Field(256 * 2**20, ge=1, le=16 * 2**30)
+    rtt_samples: int = Field(10, ge=1, le=1000)
+    # What a required path without a fresh measurement does to the gate.
+    unmeasured: Literal["warn", "block"] = "warn"
+    paths: tuple[PathPolicy, ...] = Field((), max_length=MAX_PATH_POLICIES)
+
+    def for_interaction(self, ident: int) -> PathPolicy | None:
+        for p in self.paths:
+            if p.interaction == ident:
+                return p
+        return None
+
+
+class _FlowLike(Protocol):
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def port_range(self) -> range: ...
+
+
+class _InteractionLike(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def flows(self) -> Sequence[_FlowLike]: ...
+
+
+def _range(text: str) -> range | None:
+    lo, dash, hi = text.strip().partition("-")
+    if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()):
+        return None
+    a, b = int(lo), int(hi) if dash else int(lo)
+    return range(a, b + 1) if 1 <= a <= b <= 65535 else None
+
+
+def path_ports(policy: PathPolicy, inter: _InteractionLike) -> tuple[int, tuple[int, ...]]:
+    """The port an interaction's paths are measured on, and its throughput ports: the
+    policy's, else the first plain-TCP flow's first port and that flow's range (0, (): none)."""
+    tcp = [f for f in inter.flows if f.service == "tcp"]
+    port = policy.port or (tcp[0].port_range.start if tcp else 0)
+    ports: tuple[int, ...] = ()
+    if policy.throughput_ports is not None:
+        r = _range(policy.throughput_ports)
+        ports = tuple(r) if r is not None else ()
+    elif tcp:
+        ports = tuple(tcp[0].port_range)[:MAX_THROUGHPUT_PORTS]
+    return port, ports
+
+
+def check_qualification(
+    src: Sourced, q: Qualification, interactions: Sequence[_InteractionLike]
+) -> list[Problem]:
+    """file:line problems of the ``qualification:`` section against the interactions."""
+    by_id = {i.id: i for i in interactions}
+    problems: list[Problem] = []
+    seen: dict[int, int] = {}
+    for k, p in enumerate(q.paths):
+        at: tuple[str | int, ...] = ("qualification", "paths", k)
+        inter = by_id.get(p.interaction)
+        if inter is None:
+            problems.append(
+                src.problem((*at, "interaction"), f"interaction {p.interaction} does not exist")
+            )
+            continue
+        if p.interaction in seen:
+            problems.append(
+                src.problem(
+                    (*at, "interaction"),
+                    f"interaction {p.interaction} is qualified twice "
+                    f"(first at line {seen[p.interaction]})",
+                )
+            )
+            continue
+        seen[p.interaction] = src.line((*at, "interaction"))
+        spec_ports = {n for f in inter.flows for n in f.port_range}
+        if p.port is not None and p.port not in spec_ports:
+            problems.append(
+                src.problem(
+                    (*at, "port"),
+                    f"interaction {p.interaction}: port {p.port} is none of its ports",
+                )
+            )
+        if p.port is None and not any(f.service == "tcp" for f in inter.flows):
+            problems.append(
+                src.problem(
+                    at,
+                    f"interaction {p.interaction} has no plain-TCP flow: say which port to "
+                    "measure on ('port:')",
+                )
+            )
+        if p.throughput_ports is not None:
+            r = _range(p.throughput_ports)
+            if r is None:
+                problems.append(
+                    src.problem(
+                        (*at, "throughput_ports"),
+                        f"throughput_ports {p.throughput_ports!r} is not a port or a "
+                        "FIRST-LAST range",
+                    )
+                )
+            elif len(r) > MAX_THROUGHPUT_PORTS:
+                problems.append(
+                    src.problem(
+                        (*at, "throughput_ports"),
+                        f"throughput_ports {p.throughput_ports}: {len(r)} ports, more than "
+                        f"{MAX_THROUGHPUT_PORTS} streams",
+                    )
+                )
+            elif not set(r) <= spec_ports:
+                bad = min(set(r) - spec_ports)
+                problems.append(
+                    src.problem(
+                        (*at, "throughput_ports"),
+                        f"interaction {p.interaction}: throughput port {bad} is none of its ports",
+                    )
+                )
+        if (
+            p.min_throughput_mbit is not None
+            and p.throughput_ports is None
+            and not any(f.service == "tcp" for f in inter.flows)
+        ):
+            problems.append(
+                src.problem(
+                    (*at, "min_throughput_mbit"),
+                    f"interaction {p.interaction}: a throughput threshold needs throughput_ports",
+                )
+            )
+        if not p.required and not p.reason.strip():
+            problems.append(
+                src.problem(
+                    (*at, "required"),
+                    f"interaction {p.interaction}: 'required: false' needs a 'reason'",
+                )
+            )
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureVerdict:
+    """One figure of one path against its threshold."""
+
+    figure: Figure
+    value: float | None  # None: not measured
+    threshold: float | None  # None: not judged
+    ok: bool | None  # None: not measured or not judged
+    # How far the value is from its threshold, in the figure's unit (positive: inside).
+    margin: float | None
+    unit: str
+
+    def describe(self) -> str:
+        if self.value is None:
+            return f"{self.figure}: not measured"
+        v = _fmt(self.value, self.unit)
+        if self.threshold is None or self.margin is None:
+            return f"{self.figure} {v}"
+        lim = _fmt(self.threshold, self.unit)
+        word = (
+            "above" if self.figure in ("mtu",) or self.figure.startswith("throughput") else "under"
+        )
+        if self.ok:
+            return (
+                f"{self.figure} {v}, {_fmt(abs(self.margin), self.unit)} {word} the {lim} threshold"
+            )
+        other = "below" if word == "above" else "over"
+        return f"{self.figure} {v}, {_fmt(abs(self.margin), self.unit)} {other} the {lim} threshold"
+
+
+def _fmt(x: float, unit: str) -> str:
+    if unit == "bytes":
+        return f"{x:.0f} bytes"
+    if unit == "ms":
+        return f"{x:.1f} ms"
+    if unit == "%":
+        return f"{x:.1f} %"
+    return f"{x:.0f} {unit}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PathVerdict:
+    """One host pair of a qualified interaction, judged."""
+
+    interaction: int
+    src_role: str
+    src_host: str
+    dst_role: str
+    dst_host: str
+    port: int
+    verdict: PathVerdictKind
+    required: bool
+    figures: tuple[FigureVerdict, ...]
+    measurement: PathMeasurement | None
+    reason: str  # plain words: what failed, or why unknown
+
+    def figure(self, name: Figure) -> FigureVerdict | None:
+        for f in self.figures:
+            if f.figure == name:
+                return f
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PathKey:
+    interaction: int
+    src_role: str
+    src_host: str
+    dst_role: str
+    dst_host: str
+    port: int
+
+
+def _judge(
+    figure: Figure, value: float | None, threshold: float | None, minimum: bool, unit: str
+) -> FigureVerdict:
+    if value is None or threshold is None:
+        return FigureVerdict(figure, value, threshold, None, None, unit)
+    margin = value - threshold if minimum else threshold - value
+    return FigureVerdict(figure, value, threshold, margin >= 0, margin, unit)
+
+
+def judge(
+    key: PathKey, policy: PathPolicy, m: PathMeasurement | None, now: float, freshness: float
+) -> PathVerdict:
+    """One path's verdict from its newest measurement (None: never measured)."""
+    base = dataclasses.asdict(key)
+    if m is None or m.at < now - freshness:
+        why = "not measured yet" if m is None else f"measurement older than {freshness:g} s"
+        return PathVerdict(**base, verdict="unknown", required=policy.required, figures=(),
+                           measurement=m, reason=why)  # fmt: skip
+    rtt_ms = m.rtt_avg_s * 1000 if m.rtt_avg_s is not None else None
+    loss = m.loss * 100 if m.loss is not None else None
+    figures = (
+        _judge("mtu", m.mtu, policy.min_mtu, True, "bytes"),
+        _judge("rtt", rtt_ms, policy.max_rtt_ms, False, "ms"),
+        _judge("loss", loss, policy.max_loss_percent, False, "%"),
+        _judge("throughput_up", m.up_mbit_s, policy.min_throughput_mbit, True, "Mbit/s"),
+        _judge("throughput_down", m.down_mbit_s, policy.min_throughput_mbit, True, "Mbit/s"),
+    )
+    failed = [f.describe() for f in figures if f.ok is False]
+    if m.black_hole:
+        hole = (
+            f"MTU black hole: packets above {m.mtu} bytes vanish without ICMP "
+            "fragmentation-needed (clamp the MSS or let the ICMP through)"
+        )
+        failed.insert(0, hole)
+    if m.mtu is None and m.error:
+        failed.append(f"path MTU not found: {m.error}")
+    missing = [f.figure for f in figures if f.threshold is not None and f.value is None]
+    if failed:
+        verdict: PathVerdictKind = "fail"
+        reason = "; ".join(failed)
+    elif missing and all(f.value is None for f in figures if f.threshold is not None):
+        verdict, reason = "unknown", f"no figure measured ({m.error or 'no answer'})"
+    else:
+        verdict = "pass"
+        reason = "within every threshold" + (
+            f" (not measured yet: {', '.join(missing)})" if missing else ""
+        )
+    return PathVerdict(**base, verdict=verdict, required=policy.required, figures=figures,
+                       measurement=m, reason=reason)  # fmt: skip
+
+
+def verdicts(
+    qualification: Qualification,
+    pairs: Iterable[PathKey],
+    measurements: Mapping[tuple[int, str, str], PathMeasurement],
+    now: float,
+) -> tuple[PathVerdict, ...]:
+    """Every expected path (`pairs`) judged by its newest measurement, keyed by
+    (interaction, src_host, dst_host)."""
+    out = []
+    for key in sorted(set(pairs), key=lambda k: (k.interaction, k.src_host, k.dst_host)):
+        policy = qualification.for_interaction(key.interaction)
+        if policy is None:
+            continue
+        m = measurements.get((key.interaction, key.src_host, key.dst_host))
+        out.append(judge(key, policy, m, now, qualification.freshness_seconds))
+    return tuple(out)
+
+
+def gate_findings(
+    qualification: Qualification, paths: Sequence[PathVerdict], interactions: Iterable[int]
+) -> tuple[list[str], list[str]]:
+    """(blocking reasons, warnings) of "interconnect qualified" for a mode's interactions."""
+    wanted = set(interactions)
+    blocking: list[str] = []
+    warnings: list[str] = []
+    for p in paths:
+        if p.interaction not in wanted:
+            continue
+        where = (
+            f"interconnect not qualified: interaction {p.interaction} {p.src_host} -> {p.dst_host}"
+        )
+        if p.verdict == "fail":
+            (blocking if p.required else warnings).append(f"{where}: {p.reason}")
+        elif p.verdict == "unknown":
+            block = p.required and qualification.unmeasured == "block"
+            (blocking if block else warnings).append(f"{where}: {p.reason}")
+    return blocking, warnings
