@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import types
 import typing
@@ -117,6 +119,8 @@ MAX_BATCH_LISTENERS = 10_000
 MAX_BATCH_PEERS = 10_000
 # An IP time-to-live as a packet arrived with it (one byte).
 Ttl = Annotated[int, Limit(ge=0, le=255)]
+# A plan's digest: sha256 in hex (64 characters), or "" when not given.
+Digest = Annotated[str, Limit(max_length=64)]
 # Hops from the source to a router or host (a traceroute's TTL, or one estimated from a
 # reply's TTL): at least 1, at most what one byte of TTL can travel.
 Hops = Annotated[int, Limit(ge=1, le=255)]
@@ -184,6 +188,20 @@ class Plan:
     period_s: Seconds = 300.0
     concurrency: Concurrency = 512
     wire_version: WireVersion = WIRE_VERSION
+    # sha256 (hex) of this plan's canonical encoding (:func:`plan_digest`), set by the
+    # controller; every answer to the agent carries its current one, so a stale plan shows.
+    plan_digest: Digest = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultsAck:
+    """The controller's answer to a result batch: how many results it stored, and the
+    digest of the sender's current plan (a stale plan is fetched again)."""
+
+    __pydantic_config__ = _FORBID
+
+    accepted: Annotated[int, Limit(ge=0, le=MAX_BATCH_RESULTS)]
+    plan_digest: Digest = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,6 +438,16 @@ class RequestExchange:
 def check_id(interaction: int, src_host: str, dst_host: str, port: int) -> str:
     """The stable key of one expected check."""
     return f"{interaction}:{src_host}>{dst_host}:{port}"
+
+
+def plan_digest(plan: Plan) -> str:
+    """sha256 (hex) of the plan's canonical encoding: its JSON with sorted keys and no
+    spaces, its own ``plan_digest`` left out. The controller computes it; an agent compares
+    the digests it is sent (it never needs to recompute one)."""
+    data = encode(plan)
+    data.pop("plan_digest", None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def encode(obj: Any) -> Any:

@@ -15,8 +15,16 @@ token as password) unless it is None (``--open-reads``); ``/healthz`` stays open
 (:mod:`~netcheck.controller.auth`). Refusals are counted in memory and limited per source
 (:mod:`~netcheck.controller.refusals`): they write nothing.
 
-Start-up runs the contexts in order (expected checks, store, writer, evaluation and
-metrics, WAL checkpoints); cleanup runs them backwards, and only those that started.
+Start-up runs the contexts in order (the configuration and its expected checks, store,
+writer, evaluation and metrics, reloads, WAL checkpoints); cleanup runs them backwards, and
+only those that started.
+
+Reloads (:mod:`~netcheck.controller.reload`): with ``reload_signal`` SIGHUP reloads
+topology.yaml, its matrix and the inventory; with ``watch_seconds`` > 0 the files are polled
+that often and reloaded when their content changes. A new configuration is given to the
+store (its expected ids) and the evaluation cache, then served (``app[LIVE].current``); a
+bad edit changes nothing and is shown (log, ``netcheck_config_*`` metrics, the report's
+``config`` block).
 Process-wide settings (garbage collection) are not the factory's business: ``serve`` sets
 them (:mod:`netcheck.controller.gctune`).
 """
@@ -26,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,15 +45,13 @@ from prometheus_client import CollectorRegistry
 
 from netcheck.controller.appkeys import (
     AGENTS,
-    BY_SOURCE,
     CLOCK,
     EVALUATION,
-    EXPECTED,
     INVENTORY,
+    LIVE,
     REFRESH,
     REFUSALS,
     REGISTRY,
-    SCOPES,
     SPEC,
     STORE,
     TOKEN,
@@ -52,12 +59,18 @@ from netcheck.controller.appkeys import (
     WRITER,
 )
 from netcheck.controller.auth import guard
-from netcheck.controller.authz import scopes
 from netcheck.controller.evalcache import EvaluationCache
-from netcheck.controller.expand import ExpectedCheck, by_source, expected
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.metrics import RefusalCollector, StoreCollector
 from netcheck.controller.refusals import Refusals
+from netcheck.controller.reload import (
+    ConfigCollector,
+    LiveConfig,
+    SiteConfig,
+    input_files,
+    stamp,
+    watch,
+)
 from netcheck.controller.routes import MAX_BODY, prime, routes
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
@@ -70,13 +83,18 @@ log = logging.getLogger("netcheck.controller")
 Context = Callable[[web.Application], AsyncIterator[None]]
 
 
-async def _expected_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The expected checks, expanded once, and indexed by source for plans."""
-    exp = await asyncio.to_thread(expected, app[SPEC], app[INVENTORY])
-    app[EXPECTED] = exp
-    app[BY_SOURCE] = by_source(exp.checks)
-    index: dict[tuple[str, str], tuple[ExpectedCheck, ...]] = app[BY_SOURCE]
-    app[SCOPES] = scopes(app[SPEC], app[INVENTORY], index)
+def _site(spec: Spec, inventory: Inventory, now: float) -> SiteConfig:
+    """The starting configuration, expanded, with its files' stamps (what reloads compare
+    with; files that cannot be read, e.g. a spec built in memory, are left out)."""
+    paths = input_files(spec.file, inventory.file)
+    stamps = tuple(s for s in (stamp(p) for p in paths) if s is not None)
+    return SiteConfig.build(spec, inventory, stamps, now)
+
+
+async def _config_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The running configuration: expanded once, and indexed by source for plans."""
+    site = await asyncio.to_thread(_site, app[SPEC], app[INVENTORY], app[CLOCK]())
+    app[LIVE] = LiveConfig(site, app[CLOCK])
     yield
 
 
@@ -109,8 +127,7 @@ def _trust_ctx(pki: str | Path, db: str | Path) -> Context:
 
 async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     """The store's single writer (group commit); closing it writes what is queued."""
-    ids = (c.spec.check_id for c in app[EXPECTED].checks)
-    writer = GroupWriter(app[STORE], app[CLOCK], expected_ids=ids)
+    writer = GroupWriter(app[STORE], app[CLOCK], expected_ids=app[LIVE].current.check_ids)
     writer.start()
     app[WRITER] = writer
     try:
@@ -120,20 +137,67 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _collector_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The shared evaluation cache, and the metrics collector that reads it at each scrape."""
-    spec, inventory, store, clock = app[SPEC], app[INVENTORY], app[STORE], app[CLOCK]
-    cache = EvaluationCache(spec, app[EXPECTED], store, clock)
+    """The shared evaluation cache, and the metrics collectors that read it (and the running
+    configuration) at each scrape."""
+    site, store, clock = app[LIVE].current, app[STORE], app[CLOCK]
+    cache = EvaluationCache(site.spec, site.expected, store, clock, inventory=site.inventory)
     app[EVALUATION] = cache
-    collector = StoreCollector(spec, inventory, store, cache, clock)
+    collector = StoreCollector(site.spec, site.inventory, store, cache, clock)
     app[REGISTRY].register(collector)
     refused = RefusalCollector(app[REFUSALS])
     app[REGISTRY].register(refused)
+    config = ConfigCollector(app[LIVE])
+    app[REGISTRY].register(config)
     prime(app)  # the first evaluation, in the background: the first reader need not wait
     try:
         yield
     finally:
+        app[REGISTRY].unregister(config)
         app[REGISTRY].unregister(refused)
         app[REGISTRY].unregister(collector)
+
+
+def _reload_ctx(signal_: bool, watch_seconds: float) -> Context:
+    """Reloads of the configuration: given to the store and the evaluation cache; on SIGHUP
+    (`signal_`) and, every `watch_seconds` (> 0), when the files changed."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        live, store, cache = app[LIVE], app[STORE], app[EVALUATION]
+
+        async def to_store(site: SiteConfig, retired: frozenset[str]) -> None:
+            await asyncio.to_thread(store.set_expected, site.check_ids)
+
+        async def to_cache(site: SiteConfig, retired: frozenset[str]) -> None:
+            cache.use(site.spec, site.inventory, site.expected, site.generation, retired)
+
+        live.on_reload(to_store)
+        live.on_reload(to_cache)
+        tasks: set[asyncio.Task[bool | None]] = set()
+        loop = asyncio.get_running_loop()
+
+        def on_hup() -> None:
+            task = loop.create_task(live.reload("SIGHUP"), name="config-reload")
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        if signal_:
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        watcher = (
+            loop.create_task(watch(live, watch_seconds), name="config-watch")
+            if watch_seconds > 0
+            else None
+        )
+        try:
+            yield
+        finally:
+            if signal_:
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in [*tasks, *([watcher] if watcher is not None else [])]:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return ctx
 
 
 async def _checkpoints(store: Store, every_s: float = CHECKPOINT_SECONDS) -> None:
@@ -171,12 +235,16 @@ def make_app(
     refresh_seconds: int = 30,
     clock: Callable[[], float] = time.time,
     refusals: Refusals | None = None,
+    reload_signal: bool = False,
+    watch_seconds: float = 0.0,
 ) -> web.Application:
     """The controller app; the SQLite file ``db`` is opened at startup and closed at cleanup.
 
     Exactly one of ``token`` (the shared agent token, insecure) and ``pki`` (the CA
     directory). Reads need ``read_token`` when one is given; without one, ``open_reads``
-    must say that they are open.
+    must say that they are open. ``reload_signal``: SIGHUP reloads the configuration
+    (installs a signal handler: serving processes only); ``watch_seconds`` > 0: so does a
+    change of its files, polled that often.
     """
     if (token is None) == (pki is None):
         raise ValueError("give exactly one of token (insecure HTTP) and pki (a CA directory)")
@@ -197,7 +265,15 @@ def make_app(
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     trust = [_trust_ctx(pki, db)] if pki is not None else []
     app.cleanup_ctx.extend(
-        [_expected_ctx, _store_ctx(db), *trust, _writer_ctx, _collector_ctx, _checkpoint_ctx]
+        [
+            _config_ctx,
+            _store_ctx(db),
+            *trust,
+            _writer_ctx,
+            _collector_ctx,
+            _reload_ctx(reload_signal, watch_seconds),
+            _checkpoint_ctx,
+        ]
     )
     app.add_routes(routes)
     return app

@@ -11,17 +11,17 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from netcheck.controller.authz import Scope
 from netcheck.controller.evalcache import EvaluationCache
-from netcheck.controller.expand import Expected, ExpectedCheck
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.refusals import Refusals
+from netcheck.controller.reload import LiveConfig
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 from netcheck.controller.trust import Trust
 from netcheck.controller.writer import GroupWriter
 
-# Set by make_app itself.
+# Set by make_app itself: the configuration the app starts with. Handlers read the
+# running one, app[LIVE].current (a reload swaps it; these two stay as they started).
 SPEC = web.AppKey("spec", Spec)
 INVENTORY = web.AppKey("inventory", Inventory)
 # The shared agent token of --insecure-http ("" with --pki: then TRUST identifies agents).
@@ -32,12 +32,10 @@ REFRESH = web.AppKey("refresh_seconds", int)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 # Set at start-up, one cleanup_ctx each (see make_app).
-# The expected checks, expanded once (the inventory does not change at runtime), and
-# indexed by source (role, host) for plans.
-EXPECTED = web.AppKey("expected", Expected)
-BY_SOURCE: web.AppKey[dict[tuple[str, str], tuple[ExpectedCheck, ...]]] = web.AppKey("by_source")
-# What each agent host may report (authz.scopes), from the expected checks.
-SCOPES: web.AppKey[dict[tuple[str, str], Scope]] = web.AppKey("scopes")
+# The running configuration (controller.reload): spec, inventory, the expected checks
+# expanded once, indexed by source (role, host) for plans, each agent host's scope
+# (authz.scopes), the plans' digests; swapped whole on SIGHUP or when the files change.
+LIVE = web.AppKey("live", LiveConfig)
 STORE = web.AppKey("store", Store)
 # --pki only (absent with --insecure-http): the CA, the enrolment ledger, revocations.
 TRUST = web.AppKey("trust", Trust)

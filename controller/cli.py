@@ -209,6 +209,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_token=read_token,
         open_reads=args.open_reads,
         refresh_seconds=args.refresh,
+        reload_signal=True,
+        watch_seconds=args.watch_interval,
     )
     app.on_startup.append(tune_gc)  # process-wide GC thresholds: serving only, not make_app
     try:
@@ -354,6 +356,16 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if not revoked:
         print(f"nothing to revoke: every certificate of {args.host} was revoked already")
     return 0
+
+
+def _watch_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value == 0 or 0.1 <= value <= 3600):
+        raise argparse.ArgumentTypeError("between 0.1 and 3600 seconds, or 0 (SIGHUP only)")
+    return value
 
 
 def _url(text: str) -> str:
@@ -543,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--open-reads", action="store_true", help="reads need no credential")
     p.add_argument("--refresh", type=int, default=30, help="page refresh seconds (0: none)")
+    p.add_argument(
+        "--watch-interval",
+        type=_watch_interval,
+        default=3.0,
+        metavar="SECONDS",
+        help="reload topology and inventory when they change, polled this often (0: only on "
+        "SIGHUP; default 3)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = add("ca", "the site's private CA for HTTPS and agents' client certificates")

@@ -30,23 +30,33 @@ Computations run in one background thread at a time, never in a reader's:
 
 :meth:`EvaluationCache.get` and :meth:`~EvaluationCache.derived` block: call them from a
 worker thread. The first generation is computed at start (:meth:`EvaluationCache.prime`).
+
+**Reloads.** :meth:`EvaluationCache.use` swaps in a new site (spec, inventory, expected
+checks: a reload of topology.yaml or the inventory, :mod:`controller.reload`): the site's
+generation number is part of the cache key, so the next reader gets an evaluation of the new
+site, never one of the old site again. Each generation carries the spec and inventory it was
+judged against (:attr:`Generation.spec`, :attr:`Generation.inventory`): what is derived from
+it (page, reports, gates, metrics) reads them there, never a site captured earlier. Results of
+checks the site no longer expects (``retired``: expected by an earlier site of this process)
+are left out of the evaluation: a removed check disappears, it does not turn "unexpected".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeGuard, TypeVar, cast
 
 from netcheck.controller.evaluate import evaluate
 from netcheck.controller.expand import Expected, expected
 from netcheck.controller.gate import gate
 from netcheck.controller.inventory import Inventory
-from netcheck.controller.model import Evaluation, GateDecision
+from netcheck.controller.model import Evaluation, GateDecision, Observed
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 
@@ -57,7 +67,7 @@ DUTY = 3.0
 RECENT_SECONDS = 60.0
 log = logging.getLogger("netcheck.controller")
 T = TypeVar("T")
-Key = tuple[int, int]  # (store version, time bucket)
+Key = tuple[int, int, int]  # (site generation, store version, time bucket)
 
 
 def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -> Evaluation:
@@ -65,12 +75,26 @@ def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -
     return evaluate(spec, expected(spec, inventory), store.snapshot(), now)
 
 
+@dataclass(frozen=True)
+class _Site:
+    """What one evaluation is judged against (swapped whole by :meth:`EvaluationCache.use`)."""
+
+    spec: Spec
+    inventory: Inventory | None
+    expected: Expected
+    generation: int = 0
+    retired: frozenset[str] = frozenset()
+
+
 @dataclass
 class Generation:
-    """One evaluation and what was derived from it (each slot computed once)."""
+    """One evaluation and what was derived from it (each slot computed once), with the spec
+    and inventory it was judged against."""
 
     key: Key
     ev: Evaluation
+    spec: Spec
+    inventory: Inventory | None = None
     _derived: dict[Hashable, Any] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -83,7 +107,15 @@ class Generation:
 
 
 def _newer_or_same(have: Key, want: Key) -> bool:
-    return have[0] >= want[0] and have[1] >= want[1]
+    return have[0] >= want[0] and have[1] >= want[1] and have[2] >= want[2]
+
+
+def without_retired(observed: Observed, retired: frozenset[str]) -> Observed:
+    """`observed` without the results of `retired` check ids (checks a reload removed)."""
+    if not retired:
+        return observed
+    kept = tuple(r for r in observed.results if r.check_id not in retired)
+    return dataclasses.replace(observed, results=kept)
 
 
 class EvaluationCache:
@@ -100,7 +132,10 @@ class EvaluationCache:
         wait_s: float = WAIT_SECONDS,
         duty: float = DUTY,
         recent_s: float = RECENT_SECONDS,
+        *,
+        inventory: Inventory | None = None,
     ) -> None:
+        self._site = _Site(spec, inventory, expected)
         self._spec, self._expected, self._store = spec, expected, store
         self._clock, self._bucket, self._max_stale = clock, bucket_s, max_stale_s
         self._wait, self._duty, self._recent = wait_s, duty, recent_s
@@ -116,7 +151,30 @@ class EvaluationCache:
 
     def _key_now(self) -> tuple[Key, float]:
         now = self._clock()
-        return (self._store.version, math.floor(now / self._bucket)), now
+        return (self._site.generation, self._store.version, math.floor(now / self._bucket)), now
+
+    def use(
+        self,
+        spec: Spec,
+        inventory: Inventory,
+        expected: Expected,
+        generation: int,
+        retired: frozenset[str] = frozenset(),
+    ) -> None:
+        """Judge against this site from now on (a reload): `generation` must grow; results
+        of `retired` check ids are left out. Readers from now on never get a generation of the
+        previous site; slots keep their makers (they read the generation's own site)."""
+        with self._cond:
+            if generation <= self._site.generation:
+                raise ValueError(
+                    f"site generation {generation} is not after {self._site.generation}"
+                )
+            self._site = _Site(spec, inventory, expected, generation, retired)
+            self._spec, self._expected = spec, expected
+            self._failure = None
+            if self._wanted is not None:  # a reader waiting now wants the new site
+                self._wanted, _ = self._key_now()
+                self._start()
 
     # -- computation (background thread) ---------------------------------------------------
 
@@ -143,10 +201,12 @@ class EvaluationCache:
                 t0 = time.monotonic()
                 # The version is read before the data: a write landing meanwhile only makes
                 # the next generation's key newer.
-                key, now = self._key_now()
-                gen = Generation(
-                    key, evaluate(self._spec, self._expected, self._store.snapshot(), now)
-                )
+                with self._cond:  # the site and its key together (use() swaps both)
+                    site = self._site
+                    key, now = self._key_now()
+                observed = without_retired(self._store.snapshot(), site.retired)
+                ev = evaluate(site.spec, site.expected, observed, now)
+                gen = Generation(key, ev, site.spec, site.inventory)
                 recent = time.monotonic() - self._recent
                 with self._cond:  # slots not read lately are forgotten
                     self._makers = {s: ma for s, ma in self._makers.items() if ma[1] >= recent}
@@ -186,9 +246,13 @@ class EvaluationCache:
             self._wanted = key
         self._failure = None
         self._start()
-        fresh_enough = gen is not None and now - gen.ev.generated_at < self._max_stale
+        fresh_enough = self._current_site(gen) and now - gen.ev.generated_at < self._max_stale
         # The last computation took longer than a reader would wait: do not wait at all.
         return key, gen, fresh_enough and self._took >= self._wait
+
+    def _current_site(self, gen: Generation | None) -> TypeGuard[Generation]:
+        """`gen` is of the site in use (a reload makes every older generation unservable)."""
+        return gen is not None and gen.key[0] == self._site.generation
 
     def generation(self, fresh: bool = False) -> Generation:
         """The current generation, or the previous one (see the module doc for the bounds);
@@ -199,7 +263,7 @@ class EvaluationCache:
                 return gen
             fresh_enough = (
                 not fresh
-                and gen is not None
+                and self._current_site(gen)
                 and self._clock() - gen.ev.generated_at < self._max_stale
             )
             deadline = time.monotonic() + self._wait
@@ -250,17 +314,22 @@ class EvaluationCache:
         return gen, gen.derive(slot, make)
 
     def with_gates(
-        self, inventory: Inventory, fresh: bool = False
+        self, inventory: Inventory | None = None, fresh: bool = False
     ) -> tuple[Evaluation, tuple[GateDecision, ...]]:
         """The evaluation and the gate decision of every mode, computed once per evaluation."""
         gen, gates = self.derived_with(("gates",), self.gates_of(inventory), fresh)
         return gen.ev, gates
 
-    def gates_of(self, inventory: Inventory) -> Callable[[Generation], tuple[GateDecision, ...]]:
-        """A maker of every mode's gate decision (for :meth:`Generation.derive`)."""
-        spec = self._spec
+    def gates_of(
+        self, inventory: Inventory | None = None
+    ) -> Callable[[Generation], tuple[GateDecision, ...]]:
+        """A maker of every mode's gate decision (for :meth:`Generation.derive`), against the
+        generation's own spec and inventory (`inventory`: only for a cache made without one)."""
 
         def make(g: Generation) -> tuple[GateDecision, ...]:
-            return tuple(gate(spec, inventory, g.ev, m) for m in spec.modes)
+            inv = g.inventory or inventory
+            if inv is None:
+                raise ValueError("no inventory to judge the gates against")
+            return tuple(gate(g.spec, inv, g.ev, m) for m in g.spec.modes)
 
         return make

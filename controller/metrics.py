@@ -176,13 +176,17 @@ METRICS_SLOT = ("metrics",)
 
 
 def evaluation_families(
-    spec: Spec, inventory: Inventory, evaluation: EvaluationCache
+    evaluation: EvaluationCache, inventory: Inventory | None = None
 ) -> Callable[[Generation], tuple[Metric, ...]]:
-    """A maker of the families of one generation (built once per evaluation)."""
+    """A maker of the families of one generation (built once per evaluation), against the
+    generation's own spec and inventory (`inventory`: for a cache made without one)."""
     gates_of = evaluation.gates_of(inventory)
 
     def make(g: Generation) -> tuple[Metric, ...]:
-        return tuple(check_families(spec, inventory, g.ev, g.derive(("gates",), gates_of)))
+        inv = g.inventory or inventory
+        if inv is None:
+            raise ValueError("no inventory to judge the gates against")
+        return tuple(check_families(g.spec, inv, g.ev, g.derive(("gates",), gates_of)))
 
     return make
 
@@ -204,7 +208,7 @@ class StoreCollector(Collector):
     ) -> None:
         self._spec, self._inv, self._store = spec, inventory, store
         self._evaluation, self._clock = evaluation, clock
-        self._families = evaluation_families(spec, inventory, evaluation)
+        self._families = evaluation_families(evaluation, inventory)
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()

@@ -26,15 +26,12 @@ from netcheck.agent.wire import Plan, encode
 from netcheck.controller import authz, enrolment
 from netcheck.controller.appkeys import (
     AGENTS,
-    BY_SOURCE,
     CLOCK,
     EVALUATION,
-    INVENTORY,
+    LIVE,
     REFRESH,
     REFUSALS,
     REGISTRY,
-    SCOPES,
-    SPEC,
     STORE,
     TOKEN,
     TRUST,
@@ -42,7 +39,6 @@ from netcheck.controller.appkeys import (
 )
 from netcheck.controller.auth import bearer_matches, denied_response, source_of
 from netcheck.controller.evalcache import Generation
-from netcheck.controller.expand import plan_from_checks
 from netcheck.controller.gate import GateError, decision_to_dict, gate
 from netcheck.controller.ingest import (
     Refused,
@@ -56,6 +52,7 @@ from netcheck.controller.limits import MAX_BODY
 from netcheck.controller.metrics import METRICS_SLOT, evaluation_families
 from netcheck.controller.model import Evaluation
 from netcheck.controller.refusals import Denied, RefusedRegistration
+from netcheck.controller.reload import ConfigStatus
 from netcheck.controller.store import sent
 from netcheck.controller.trust import Trust, peer_identity
 from netcheck.controller.writer import Unstorable
@@ -97,7 +94,7 @@ def _sender(request: web.Request) -> authz.Sender:
     app = request.app
     trust = app.get(TRUST)
     if trust is not None:
-        return trust.sender(request, app[INVENTORY])
+        return trust.sender(request, app[LIVE].current.inventory)
     if not bearer_matches(request, app[TOKEN]):
         raise Denied(401, "auth", "missing or wrong bearer token")
     return authz.SHARED_TOKEN
@@ -111,21 +108,18 @@ async def _body(request: web.Request) -> bytes:
         raise Refused(413, "size", f"body larger than {MAX_BODY} bytes") from None
 
 
-def _plan(app: web.Application, role: str, host: str, address: str) -> Plan:
-    checks = app[BY_SOURCE].get((role, host), ())
-    return plan_from_checks(app[SPEC], role, host, address, checks)
-
-
 @routes.post("/api/v1/register")
 async def register(request: web.Request) -> web.Response:
+    """The agent's plan (with its ``plan_digest``), from the configuration that validated it."""
     app = request.app
     sender = _sender(request)
     try:
         body = await _body(request)
-        reg = parse_registration(body, app[SPEC], app[INVENTORY])
+        site = app[LIVE].current
+        reg = parse_registration(body, site.spec, site.inventory)
     except Refused as exc:
         return await _refuse(request, exc)
-    scope = app[SCOPES].get((reg.role, reg.host))
+    scope = site.scopes.get((reg.role, reg.host))
     try:
         authz.authorize_registration(reg, sender, scope)
     except Denied as denied:
@@ -137,8 +131,8 @@ async def register(request: web.Request) -> web.Response:
         raise
     await asyncio.to_thread(app[STORE].register, reg, app[CLOCK]())
     app[AGENTS][reg.host] = reg.role
-    host = next(h for h in app[INVENTORY].of_role(reg.role) if h.name == reg.host)
-    plan = _plan(app, reg.role, reg.host, host.address)
+    plan: Plan | None = site.plan(reg.role, reg.host)
+    assert plan is not None  # parse_registration found the host in this configuration
     log.info("registered %s %s from %s", reg.role, reg.host, reg.address)
     return web.json_response(encode(plan))
 
@@ -150,9 +144,10 @@ async def results(request: web.Request) -> web.Response:
     try:
         body = await _body(request)
         batch = parse_batch(body)
-        authz.authorize_batch(batch, sender, app[SCOPES].get((batch.role, batch.host)))
+        site = app[LIVE].current
+        authz.authorize_batch(batch, sender, site.scopes.get((batch.role, batch.host)))
         authorize_batch(batch, app[AGENTS].get(batch.host))
-        check_batch(batch, app[SPEC], app[INVENTORY])
+        check_batch(batch, site.spec, site.inventory)
         check_clock(batch, app[CLOCK]())
     except Refused as exc:
         return await _refuse(request, exc)
@@ -165,8 +160,11 @@ async def results(request: web.Request) -> web.Response:
         return await _refuse(request, Refused(400, "schema", f"the batch cannot be stored: {exc}"))
     except Exception:
         return _error(500, "the batch was not stored (database error); send it again")
-    # The answer is a fixed shape: no JSON encoder per request.
-    return web.Response(body=b'{"accepted": %d}' % accepted, content_type="application/json")
+    # The answer is a fixed shape (agent.wire.ResultsAck): no JSON encoder per request. Its
+    # digest is of the sender's plan in the configuration running now: a stale one shows.
+    digest = app[LIVE].current.digest_of(batch.role, batch.host).encode()
+    answer = b'{"accepted": %d, "plan_digest": "%s"}' % (accepted, digest)
+    return web.Response(body=answer, content_type="application/json")
 
 
 @routes.get("/api/v1/plan")
@@ -175,10 +173,10 @@ async def plan(request: web.Request) -> web.Response:
     sender = _sender(request)
     role, host = request.query.get("role", ""), request.query.get("host", "")
     authz.authorize_plan(role, host, sender)
-    found = [h for h in app[INVENTORY].of_role(role) if h.name == host]
-    if not found:
+    found = app[LIVE].current.plan(role, host)
+    if found is None:
         return _error(404, f"no {role!r} host named {host!r} in the inventory")
-    return web.json_response(encode(_plan(app, role, host, found[0].address)))
+    return web.json_response(encode(found))
 
 
 @dataclass(frozen=True)
@@ -218,22 +216,26 @@ async def _derived(
 
 
 def report_maker(
-    app: web.Application, fmt: str, refused: tuple[RefusedRegistration, ...]
+    app: web.Application,
+    fmt: str,
+    refused: tuple[RefusedRegistration, ...],
+    config: ConfigStatus | None = None,
 ) -> Callable[[Generation], Rendered]:
-    """The rendered report in ``fmt`` of a generation (JSON: with ``refused``)."""
+    """The rendered report in ``fmt`` of a generation (JSON: with ``refused`` and the
+    running configuration's ``config`` status)."""
     from netcheck.controller.render import json_report, render_report
 
-    spec = app[SPEC]
-    gates_of = app[EVALUATION].gates_of(app[INVENTORY])
+    gates_of = app[EVALUATION].gates_of()
+    status = config.to_dict() if config is not None else None
 
     def make(g: Generation) -> Rendered:
         gates = g.derive(("gates",), gates_of)
         if fmt == "json":  # with the registrations refused for their address
             text = json_report.render(
-                spec, g.ev, gates, refused_registrations=refused, compact=True
+                g.spec, g.ev, gates, refused_registrations=refused, compact=True, config=status
             )
             return _rendered(text)
-        return _rendered(render_report(spec, g.ev, gates, fmt))
+        return _rendered(render_report(g.spec, g.ev, gates, fmt))
 
     return make
 
@@ -247,9 +249,11 @@ async def report(request: web.Request) -> web.Response:
         return _error(400, f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
     app = request.app
     refused = tuple(app[REFUSALS].snapshot()[1])
-    make = report_maker(app, fmt, refused)
-    # Rendered once per evaluation (and, for JSON, per list of refused registrations).
-    slot = ("report", fmt, refused) if fmt == "json" else ("report", fmt)
+    config = app[LIVE].status
+    make = report_maker(app, fmt, refused, config)
+    # Rendered once per evaluation (and, for JSON, per list of refused registrations and
+    # configuration status: a refused reload shows without a new evaluation).
+    slot = ("report", fmt, refused, config) if fmt == "json" else ("report", fmt)
     doc = await _derived(app, slot, make)
     return _send(request, doc, MEDIA_TYPES[fmt])
 
@@ -263,11 +267,12 @@ async def gate_endpoint(request: web.Request) -> web.Response:
     # Fresh: a migration starts on this answer, so it includes every result acknowledged
     # before it was asked (the page and reports may show the previous generation meanwhile).
     def work() -> dict[str, Any]:  # with the identity that sent each result
-        if vm is None and mode in app[SPEC].modes:  # cached with the evaluation
-            ev, gates = app[EVALUATION].with_gates(app[INVENTORY], fresh=True)
-            return decision_to_dict(gates[list(app[SPEC].modes).index(mode)], ev)
-        ev = app[EVALUATION].get(fresh=True)
-        return decision_to_dict(gate(app[SPEC], app[INVENTORY], ev, mode, vm), ev)
+        g = app[EVALUATION].generation(fresh=True)  # judged against the running site
+        if vm is None and mode in g.spec.modes:  # cached with the evaluation
+            gates = g.derive(("gates",), app[EVALUATION].gates_of())
+            return decision_to_dict(gates[list(g.spec.modes).index(mode)], g.ev)
+        inventory = g.inventory or app[LIVE].current.inventory
+        return decision_to_dict(gate(g.spec, inventory, g.ev, mode, vm), g.ev)
 
     try:
         answer = await asyncio.to_thread(work)
@@ -280,12 +285,12 @@ def page_maker(app: web.Application) -> Callable[[Generation], Rendered]:
     """The rendered page of a generation (with its gates)."""
     from netcheck.controller.render import render_page
 
-    spec, refresh = app[SPEC], app[REFRESH] or None
-    gates_of = app[EVALUATION].gates_of(app[INVENTORY])
+    refresh = app[REFRESH] or None
+    gates_of = app[EVALUATION].gates_of()
 
     def make(g: Generation) -> Rendered:
         gates = g.derive(("gates",), gates_of)
-        return _rendered(render_page(spec, g.ev, gates, refresh_seconds=refresh))
+        return _rendered(render_page(g.spec, g.ev, gates, refresh_seconds=refresh))
 
     return make
 
@@ -310,8 +315,8 @@ def prime(app: web.Application) -> None:
     the page's script fetches) and the metrics families already derived."""
     app[EVALUATION].prime(
         (("page",), page_maker(app)),
-        (("report", "json", ()), report_maker(app, "json", ())),
-        (METRICS_SLOT, evaluation_families(app[SPEC], app[INVENTORY], app[EVALUATION])),
+        (("report", "json", (), app[LIVE].status), report_maker(app, "json", (), app[LIVE].status)),
+        (METRICS_SLOT, evaluation_families(app[EVALUATION])),
     )
 
 
@@ -384,7 +389,7 @@ def _busy(why: str) -> web.Response:
 @routes.post("/api/v1/enrol")
 async def enrol(request: web.Request) -> web.Response:
     """A join token and a CSR (no client certificate needed) -> a client certificate."""
-    trust, inv = _trust(request), request.app[INVENTORY]
+    trust, inv = _trust(request), request.app[LIVE].current.inventory
     now = request.app[CLOCK]()
     try:
         req = enrolment.parse_enrol_request(await request.read())
@@ -406,7 +411,7 @@ async def enrol(request: web.Request) -> web.Response:
 @routes.post("/api/v1/renew")
 async def renew(request: web.Request) -> web.Response:
     """The current client certificate and a CSR -> a new certificate, same identity."""
-    trust, inv = _trust(request), request.app[INVENTORY]
+    trust, inv = _trust(request), request.app[LIVE].current.inventory
     _sender(request)  # a valid, unrevoked certificate of an inventory host, or Denied
     now = request.app[CLOCK]()
     try:

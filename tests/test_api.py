@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import io
 import json
@@ -20,10 +21,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from check_helpers import result_for
 
-from netcheck.agent.wire import ProbeResult, ProbeState, Registration, ResultBatch, check_id, encode
+from netcheck.agent.wire import (
+    ProbeResult,
+    ProbeState,
+    Registration,
+    ResultBatch,
+    check_id,
+    encode,
+    plan_digest,
+)
 from netcheck.controller import schema
 from netcheck.controller.app import make_app
-from netcheck.controller.appkeys import EVALUATION, EXPECTED, STORE, WRITER
+from netcheck.controller.appkeys import EVALUATION, LIVE, STORE, WRITER
 from netcheck.controller.expand import expand, expected
 from netcheck.controller.gctune import GC_THRESHOLD, tune_gc
 from netcheck.controller.inventory import Inventory, load_inventory
@@ -175,7 +184,10 @@ async def test_results_gate_and_restart(spec: Spec, inv: Inventory, tmp_path: Pa
         assert (await client.post("/api/v1/register", json=reg(), headers=AUTH)).status == 200
         body = batch(spec, inv, dropped=4)
         r = await client.post("/api/v1/results", json=body, headers=AUTH)
-        assert (await r.json()) == {"accepted": len(body["results"])}
+        ack = await r.json()
+        assert ack == {"accepted": len(body["results"]), "plan_digest": ack["plan_digest"]}
+        plan = await client.get("/api/v1/plan?role=pio&host=pio-1", headers=AUTH)
+        assert ack["plan_digest"] == (await plan.json())["plan_digest"]  # the sender's plan
         r = await client.get("/api/v1/gate?mode=deployment")
         assert r.status == 200
         before = await r.json()
@@ -293,7 +305,7 @@ async def test_concurrent_posts_are_group_committed(spec: Spec, tmp_path: Path) 
         assert "is not the batch host" in (await answers[17].json())["error"]
         assert statuses.count(200) == n - 1
         acks = [await a.json() for a in answers if a.status == 200]
-        assert acks == [{"accepted": 5}] * (n - 1)
+        assert [a["accepted"] for a in acks] == [5] * (n - 1)
         assert client.app is not None
         groups = client.app[WRITER].groups
         assert groups < n  # batches shared transactions (one fsync per group)
@@ -349,9 +361,11 @@ async def test_plans_come_from_the_checks_expanded_once(
     for role, host in [("pio", "pio-1"), ("prem_manager", "prem-mgr"), ("cloud_vm", "cloud-vm-2")]:
         address = next(h.address for h in inv.of_role(role) if h.name == host)
         r = await client.get(f"/api/v1/plan?role={role}&host={host}", headers=AUTH)
-        assert (await r.json()) == encode(plan_for(spec, inv, role, host, address))
+        want = plan_for(spec, inv, role, host, address)
+        digest = plan_digest(want)  # the plan's canonical encoding, its digest left out
+        assert (await r.json()) == encode(dataclasses.replace(want, plan_digest=digest))
     assert client.app is not None
-    assert client.app[EXPECTED] == expected(spec, inv)
+    assert client.app[LIVE].current.expected == expected(spec, inv)
 
 
 async def test_evaluation_is_cached_per_store_version_and_second(
@@ -400,7 +414,7 @@ async def test_a_database_newer_than_the_code_stops_the_start(
             await client.start_server()
     finally:
         await client.close()
-    assert EXPECTED in app  # the context before the store's had started
+    assert LIVE in app  # the context before the store's had started
     assert STORE not in app and WRITER not in app
     assert db.read_bytes() == before
 

@@ -150,8 +150,10 @@ def report_dict(
     ev: Evaluation,
     gates: Sequence[GateDecision],
     refused_registrations: Sequence[RefusedRegistration] = (),
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole report as JSON-ready data."""
+    """The whole report as JSON-ready data. ``config``: a running controller's configuration
+    status (:meth:`controller.reload.ConfigStatus.to_dict`); null in reports made from --db."""
     s = summary(ev)
     interactions = []
     for inter in spec.interactions:
@@ -206,6 +208,7 @@ def report_dict(
         "never_registered": [asdict(a) for a in never_registered(spec, ev)],
         "gates": [decision_to_dict(g, ev) for g in gates],
         "refused_registrations": [_refused(r) for r in refused_registrations],
+        "config": config,
     }
 
 
@@ -216,10 +219,11 @@ def render(
     refused_registrations: Sequence[RefusedRegistration] = (),
     *,
     compact: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> str:
     """The report as JSON text: indented for people, or ``compact`` (one line, the same
     data; what the API serves: the C encoder, several times faster on a big site)."""
-    data = report_dict(spec, ev, gates, refused_registrations)
+    data = report_dict(spec, ev, gates, refused_registrations, config)
     if compact:
         return json.dumps(data) + "\n"
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
