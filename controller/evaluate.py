@@ -599,5 +599,6 @@ def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> 
         peers=tuple(p for ps in observed.peers.values() for p in ps),
         agents=tuple(observed.agents),
         sent_by=observed.sent_by,
+        guest_facts=observed.guest_facts,
         history=observed.history,
     )

@@ -6,7 +6,11 @@ end) and the VM's own, in both directions (its source or destination host is the
 interaction 15 to that guest, for instance) count, never another VM's; and the guest OS
 matrix speaks: ``Not Supported`` blocks, ``Not Qualified(TICKET)`` and a qualified
 note ("Need SI handling", "No GOSC") are warnings, which block only when
-``policy.warnings_block`` is set. A VM is a host of the roles in :data:`VM_ROLES` that the
+``policy.warnings_block`` is set. With a guest agent's facts (:mod:`.readiness`), the VM's
+OS, boot mode and static IP are the guest's (the inventory's a cross-check: a mismatch
+warns), and each of HDM's prepare steps that would fail blocks, one that needs something
+warns; a VM with no guest agent says so, with which of its checks the appliance side still
+covers. A VM is a host of the roles in :data:`VM_ROLES` that the
 spec has; any other name is refused (:class:`GateError`: exit 2, HTTP 400).
 
 Three answers, told apart: ``go``; ``no-go`` (something blocks: a failing or unknown check,
@@ -25,6 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from netcheck.controller import readiness
 from netcheck.controller.errors import Undecided
 from netcheck.controller.inventory import Host, Inventory, unknown_to_matrix
 from netcheck.controller.model import CheckRow, Decision, Evaluation, GateDecision, MatrixFinding
@@ -107,6 +112,11 @@ def _matrix(
     return findings, blocking, warnings, None
 
 
+def _step(p: readiness.StepFinding) -> str:
+    what = {"blocks": "would fail", "warns": "warning", "unknown": "unknown"}[p.status]
+    return f"prepare step {p.step} ({p.title}) {what}: {p.text}"
+
+
 def _check_reasons(spec: Spec, blocking: list[CheckRow]) -> list[str]:
     groups: dict[int, list[CheckRow]] = defaultdict(list)
     for row in blocking:
@@ -161,8 +171,20 @@ def gate(
         warnings.append(f"interaction {ident} ({inter.title}) not checked: {why}")
     findings: list[MatrixFinding] = []
     unknown_os: str | None = None
+    prepare: tuple[readiness.StepFinding, ...] = ()
     if vm_host is not None:
-        found, blocks, warns, unknown_os = _matrix(spec, mode, vm_host[1])
+        facts = evaluation.guest_facts.get(vm_host[1].name)
+        judged, cross = readiness.effective(vm_host[1], facts)
+        found, blocks, warns, unknown_os = _matrix(spec, mode, judged)
+        prepare = readiness.steps(spec, mode, facts)
+        blocks += [_step(p) for p in prepare if p.status == "blocks"]
+        warns = [*cross, *warns, *(_step(p) for p in prepare if p.status == "warns")]
+        if facts is None:
+            own = [r for r in rows if vm in (r.check.src_host, r.check.spec.dst_host)]
+            guest_side = sum(r.check.src_host == vm for r in own)
+            warns.append(readiness.no_agent_note(vm_host[1], len(own) - guest_side, guest_side))
+        else:
+            warns += [_step(p) for p in prepare if p.status == "unknown" and p.facts]
         findings, reasons, warnings = found, [*blocks, *reasons], [*warns, *warnings]
     if spec.policy.warnings_block:
         reasons = [*reasons, *(f"warning (policy: warnings block): {w}" for w in warnings)]
@@ -190,6 +212,7 @@ def gate(
         warnings=tuple(warnings),
         vm=vm,
         matrix=tuple(findings),
+        prepare=prepare,
     )
 
 
@@ -243,6 +266,7 @@ def decision_to_dict(d: GateDecision, ev: Evaluation | None = None) -> dict[str,
             {"column": f.column, "status": f.status, "text": f.text, "blocks": f.blocks}
             for f in d.matrix
         ],
+        "prepare": [readiness.step_dict(p) for p in d.prepare],
     }
     if ev is not None:
         out["sent_by"] = sent_by_counts(ev, d.mode, d.vm)

@@ -15,6 +15,8 @@ from typing import Literal
 
 from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
 from netcheck.controller.expand import ExpectedCheck
+from netcheck.controller.facts import GuestFacts
+from netcheck.controller.readiness import StepFinding
 
 Verdict = Literal["pass", "fail", "unknown"]
 # Why a check has its verdict, as a stable code (the JSON report's `cause`).
@@ -167,6 +169,8 @@ class Observed:
     agents: tuple[AgentSeen, ...] = ()
     # check id -> the identity that sent its newest result ("cert:<serial>", "token", ...).
     sent_by: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # host -> the newest facts of its guest agent (controller/facts.py).
+    guest_facts: Mapping[str, GuestFacts] = field(default_factory=lambda: MappingProxyType({}))
     # check id -> its history in brief (checks with at least one result since history began).
     history: Mapping[str, CheckHistory] = field(default_factory=_no_history)
 
@@ -187,6 +191,8 @@ class Evaluation:
     agents: tuple[AgentSeen, ...]
     # check id -> the identity that sent its newest result (Observed.sent_by).
     sent_by: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # host -> the newest facts of its guest agent (controller/facts.py).
+    guest_facts: Mapping[str, GuestFacts] = field(default_factory=lambda: MappingProxyType({}))
     # check id -> its history in brief (Observed.history).
     history: Mapping[str, CheckHistory] = field(default_factory=_no_history)
 
@@ -212,3 +218,5 @@ class GateDecision:
     warnings: tuple[str, ...]
     vm: str | None = None
     matrix: tuple[MatrixFinding, ...] = ()
+    # With a VM: each prepare step of HDM and what the guest's facts say of it (readiness.py).
+    prepare: tuple[StepFinding, ...] = ()

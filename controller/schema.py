@@ -25,6 +25,8 @@ The versions:
    verdict, state and cause, and since when it has its verdict), ``history_changes`` (every
    change of verdict, state or cause) and ``outages`` (each ended run of ``fail``, start and
    end), :mod:`~netcheck.controller.history`. Files of version 6 start with empty history.
+8. Guest facts (issue 15): ``guest_facts``, each guest VM's newest facts (name, value as
+   JSON, how it was found, when reported), :mod:`~netcheck.controller.facts`.
 
 Files made before the number existed carry ``user_version`` 0. :func:`unnumbered` tells
 their two layouts apart once, by the results table (a ``body`` column: version 1), and
@@ -182,7 +184,18 @@ HISTORY: tuple[str, ...] = (
     OUTAGES_CHECK,
 )
 
-VERSION = 7
+# A guest's newest facts (version 8), one row per (host, fact name): controller/facts.py.
+GUEST_FACTS = """CREATE TABLE guest_facts (
+    host TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT,
+    source TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    reported_at REAL NOT NULL,
+    PRIMARY KEY (host, name)
+)"""
+
+VERSION = 8
 TABLES: dict[str, str] = {
     "agents": AGENTS,
     "results": RESULTS,
@@ -196,6 +209,7 @@ TABLES: dict[str, str] = {
     "history_checks": HISTORY_CHECKS,
     "history_changes": HISTORY_CHANGES,
     "outages": OUTAGES,
+    "guest_facts": GUEST_FACTS,
 }
 INDEXES: tuple[str, ...] = (
     ISSUED_CERTS_HOST,
@@ -352,6 +366,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _run(_TO_5),
     6: _run((REQUESTS, REQUESTS_TARGET)),
     7: _run(HISTORY),
+    8: _run((GUEST_FACTS,)),
 }
 
 

@@ -74,6 +74,7 @@ from netcheck.agent.wire import (
 )
 from netcheck.controller import history
 from netcheck.controller.expand import ExpectedCheck
+from netcheck.controller.facts import GuestFacts, read_facts, write_facts
 from netcheck.controller.limits import (
     HISTORY_ROWS,
     PRUNE_EVERY_SECONDS,
@@ -248,6 +249,7 @@ def _write_group(
     for reason in rejected:
         bumps[f"rejected:{reason}"] += 1
     _BUMPS.run(c, list(bumps.items()))
+    write_facts(c, batches, now)
     return stored
 
 
@@ -538,6 +540,7 @@ class Store:
                     agents=tuple(_agents(c)),
                     sent_by=MappingProxyType(_sent_by_check(c)),
                     history=MappingProxyType(history.summaries(c, now, flap_window)),
+                    guest_facts=MappingProxyType(read_facts(c)),
                 )
             finally:
                 c.execute("COMMIT")
@@ -556,6 +559,11 @@ class Store:
     def history_known(self, check_id: str) -> bool:
         with self._reading() as c:
             return history.known(c, check_id)
+
+    def guest_facts(self) -> dict[str, GuestFacts]:
+        """host -> the newest facts its guest agent reported (controller/facts.py)."""
+        with self._reading() as c:
+            return read_facts(c)
 
     def counters(self) -> dict[str, float]:
         return dict(self._all("SELECT name, value FROM counters"))

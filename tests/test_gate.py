@@ -110,7 +110,8 @@ def test_matrix(
         )
         assert gate(strict, inv, all_open(strict, inv), mode, vm).decision == "no-go"
     else:
-        assert d.warnings == ()
+        # a VM without a guest agent says so (issue 15); nothing else warns
+        assert [w for w in d.warnings if "no guest agent report" not in w] == []
 
 
 def test_static_ip_column_applies(spec: Spec, inv: Inventory) -> None:

@@ -476,7 +476,7 @@ def test_a_file_of_version_2_is_migrated(tmp_path: Path) -> None:
     assert s.sent_by() == {old[0].check_id: "cert:ab"}
     assert s.snapshot().sent_by == {old[0].check_id: "cert:ab"}
     s.close()
-    assert file_version(db) == schema.VERSION == 7
+    assert file_version(db) == schema.VERSION == 8
     new = tmp_path / "new.sqlite"
     Store.open(new).close()
     assert layout(db) == layout(new)
