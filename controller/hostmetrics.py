@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from netcheck.controller.awaited import expected_agents, registered
-from netcheck.controller.model import Evaluation
+from netcheck.controller.model import Device, Evaluation, Side
 from netcheck.controller.ports import port_ranges
 from netcheck.controller.ranges import failing_ranges
 from netcheck.controller.render.rules import device_heading
@@ -83,15 +83,22 @@ def _failing(ev: Evaluation, cap: int) -> _Bounded:
         cap,
     )
     for rng in failing_ranges(ev.rows):
+        found: dict[tuple[Side | None, Device | None, tuple[str, ...]], int] = {}
+        for row in rng.rows:
+            k = (row.side, row.device, row.seen_from)
+            found[k] = found.get(k, 0) + 1
+        if out.taken >= cap:  # past the bound: counted, no labels built
+            out.dropped += len(found)
+            continue
         ident = [str(rng.interaction), rng.src_role, rng.src_host, rng.src_address]
         ident += [rng.dst_role, rng.dst_host, rng.dst_address, rng.ports, rng.cause]
         diag: dict[tuple[str, str, str], int] = {}
-        for row in rng.rows:
-            side: str = row.side or ""
-            d = (side, device_heading(row.device, row.side), ",".join(row.seen_from))
-            diag[d] = diag.get(d, 0) + 1
-        for d in sorted(diag):
-            out.add([*ident, *d], diag[d])
+        for (side, device, seen_from), n in found.items():
+            side_words: str = side or ""
+            words = (side_words, device_heading(device, side), ",".join(seen_from))
+            diag[words] = diag.get(words, 0) + n
+        for words in sorted(diag):
+            out.add([*ident, *words], diag[words])
     return out
 
 
