@@ -19,6 +19,12 @@ them has been tested yet, or the VM's OS and boot mode are no row of the matrix,
 :func:`.spec.matrix_key` says; the reason names the closest rows). A check that already
 fails outweighs an unknown OS: the answer is no-go whatever the matrix would say.
 
+History (``policy.gate_min_passing_seconds``, 0 by default: off): a check must have been
+passing for that long, by its history (:attr:`.model.Evaluation.history`: since when its
+verdict is pass); a check passing for less, or whose history does not say since when,
+keeps the gate from go: ``undecided`` when nothing else blocks ("passing for 40 s of the
+required 300 s; flapped 3 times in the window"), its reason added to any other answer.
+
 An interaction of the mode with no checks at all (no hosts of one of its roles in the
 inventory) is a warning, not a blocker: before a migration there are often no cloud VMs
 yet.
@@ -143,6 +149,47 @@ def _check_reasons(spec: Spec, blocking: list[CheckRow]) -> list[str]:
     return out
 
 
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s"
+
+
+def _young_reasons(spec: Spec, ev: Evaluation, rows: list[CheckRow]) -> list[str]:
+    """Passing checks that have not been passing for ``gate_min_passing_seconds``, grouped
+    by interaction like the blocking ones."""
+    need = spec.policy.gate_min_passing_seconds
+    if need <= 0:
+        return []
+    groups: dict[int, list[str]] = defaultdict(list)
+    for row in rows:
+        if row.verdict != "pass":
+            continue
+        h = ev.history.get(row.check.spec.check_id)
+        c = row.check
+        what = f"{c.src_host} -> {c.spec.dst_host}:{c.spec.port}"
+        if h is None or h.verdict != "pass":
+            groups[c.spec.interaction].append(
+                f"{what} passes, but its history does not say since when "
+                f"(required: passing for {_seconds(need)})"
+            )
+            continue
+        passing = ev.generated_at - h.since
+        if passing >= need:
+            continue
+        flaps = f"; flapped {h.flaps} times in the window" if h.flaps else ""
+        groups[c.spec.interaction].append(
+            f"{what} passing for {_seconds(max(passing, 0.0))} of the required "
+            f"{_seconds(need)}{flaps}"
+        )
+    out = []
+    for ident in sorted(groups):
+        texts = groups[ident]
+        title = spec.interaction(ident).title
+        many = f"{len(texts)} checks not yet passing long enough" if len(texts) > 1 else ""
+        ex = f"{many} (e.g. {texts[0]})" if many else texts[0]
+        out.append(f"interaction {ident} ({title}): {ex}")
+    return out
+
+
 def gate(
     spec: Spec,
     inventory: Inventory,
@@ -204,6 +251,10 @@ def gate(
         decision = "no-go" if reasons else "go"
         if unknown_os is not None:
             warnings = [unknown_os, *warnings]
+    young = _young_reasons(spec, evaluation, rows)
+    if young:
+        decision = "undecided" if decision == "go" else decision
+        reasons = [*reasons, *young]
     return GateDecision(
         mode=mode,
         decision=decision,

@@ -382,9 +382,10 @@ def outages(c: sqlite3.Connection, q: Query) -> list[tuple[str, float, float | N
     return rows[-q.limit :]
 
 
-def known(c: sqlite3.Connection, check_id: str) -> bool:
-    """Whether history has anything of this check."""
+def known(c: sqlite3.Connection, q: Query) -> bool:
+    """Whether history has anything of the query's check or interaction."""
+    where, args = _where(q)
     return (
-        c.execute("SELECT 1 FROM history_checks WHERE check_id = ?", (check_id,)).fetchone()
+        c.execute(f"SELECT 1 FROM history_checks WHERE {where} LIMIT 1", args).fetchone()
         is not None
     )

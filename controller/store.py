@@ -545,7 +545,7 @@ class Store:
             finally:
                 c.execute("COMMIT")
 
-    def history(
+    def history_of(
         self, q: history.Query
     ) -> tuple[list[tuple[float, str, str, str, str]], list[tuple[str, float, float | None]]]:
         """The changes and outages ``q`` asks for (``GET /api/v1/history``), one moment."""
@@ -556,9 +556,16 @@ class Store:
             finally:
                 c.execute("COMMIT")
 
-    def history_known(self, check_id: str) -> bool:
+    def history_knows(self, q: history.Query) -> bool:
+        """Whether the query's check (or interaction) is expected or has history."""
+        ids = self._expected or frozenset()
+        if q.check is not None and q.check in ids:
+            return True
+        prefix = f"{q.interaction}:"
+        if q.check is None and any(i.startswith(prefix) for i in ids):
+            return True
         with self._reading() as c:
-            return history.known(c, check_id)
+            return history.known(c, q)
 
     def guest_facts(self) -> dict[str, GuestFacts]:
         """host -> the newest facts its guest agent reported (controller/facts.py)."""

@@ -11,6 +11,9 @@ alone, so one batch that cannot be stored never fails the others: only its own w
 the error, :class:`Unstorable` when the data itself could not be written (the handler
 answers 400: the agent must not send it again), the database's exception otherwise (500:
 send it again). Rejection counts ride along in the same groups.
+
+Given the expected checks (``expected``, and :meth:`GroupWriter.expect` at every reload), the
+store records history in the same transactions (:mod:`controller.history`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 from netcheck.agent.wire import ResultBatch
 from netcheck.controller.errors import NetcheckError
+from netcheck.controller.expand import ExpectedCheck
 from netcheck.controller.store import Store
 
 log = logging.getLogger("netcheck.controller")
@@ -56,10 +60,13 @@ class GroupWriter:
         store: Store,
         clock: Callable[[], float],
         expected_ids: Iterable[str] | None = None,
+        expected: Iterable[ExpectedCheck] | None = None,
     ) -> None:
         self._store = store
         # The expected check ids: results of others are bounded (Store.set_expected).
         self._expected = None if expected_ids is None else frozenset(expected_ids)
+        # The expected checks themselves: the same, and history (Store.expect).
+        self._checks = None if expected is None else tuple(expected)
         self._clock = clock
         self._queue: list[_Waiting] = []
         self._wake = asyncio.Event()
@@ -81,6 +88,10 @@ class GroupWriter:
         self._wake.set()
         if self._task is not None:
             await self._task
+
+    async def expect(self, checks: Iterable[ExpectedCheck]) -> None:
+        """New expected checks (a reload): bounds and history follow them from now on."""
+        await asyncio.to_thread(self._store.expect, tuple(checks))
 
     async def ingest(self, batch: ResultBatch) -> int:
         """Queue a validated batch; the number of results once its transaction committed."""
@@ -113,7 +124,9 @@ class GroupWriter:
         return group
 
     async def _run(self) -> None:
-        if self._expected is not None:
+        if self._checks is not None:
+            await asyncio.to_thread(self._store.expect, self._checks)
+        elif self._expected is not None:
             await asyncio.to_thread(self._store.set_expected, self._expected)
         while True:
             await self._wake.wait()

@@ -24,6 +24,7 @@ from netcheck.controller.model import (
 from netcheck.controller.refusals import RefusedRegistration
 from netcheck.controller.render.common import VERDICTS, iso, rollup_of, summary
 from netcheck.controller.render.rules import Rule, rules
+from netcheck.controller.render.vms import vm_dicts
 from netcheck.controller.spec import Spec
 
 SCHEMA_VERSION = 1
@@ -78,6 +79,21 @@ def _check(row: CheckRow, ev: Evaluation) -> dict[str, Any]:
         "seen_from": list(row.seen_from),
         "service_check": encode(sc) if sc else None,
         "sent_by": (ev.sent_by.get(c.spec.check_id) or None) if r else None,
+        **_history(row, ev),
+    }
+
+
+def _history(row: CheckRow, ev: Evaluation) -> dict[str, Any]:
+    """first_seen, last_change, failing_since (a failing check's current outage), flaps."""
+    h = ev.history.get(row.check.spec.check_id)
+    if h is None:
+        return {"first_seen": None, "last_change": None, "failing_since": None, "flaps": 0}
+    failing = h.failing_since if row.verdict == "fail" else None
+    return {
+        "first_seen": iso(h.first_seen),
+        "last_change": iso(h.last_change),
+        "failing_since": iso(failing),
+        "flaps": h.flaps,
     }
 
 
@@ -207,6 +223,7 @@ def report_dict(
         "agents": [_agent(a) for a in ev.agents],
         "never_registered": [asdict(a) for a in never_registered(spec, ev)],
         "gates": [decision_to_dict(g, ev) for g in gates],
+        "vms": vm_dicts(spec, ev),
         "refused_registrations": [_refused(r) for r in refused_registrations],
         "config": config,
     }

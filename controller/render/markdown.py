@@ -16,6 +16,7 @@ from netcheck.controller.render.common import (
 )
 from netcheck.controller.render.gates import gate_headline
 from netcheck.controller.render.rules import NOT_STATED, Rule, device_heading, rules
+from netcheck.controller.render.vms import markdown_section
 from netcheck.controller.spec import Interaction, Spec
 
 _ICON = {"pass": "PASS", "fail": "**FAIL**", "unknown": "UNKNOWN"}
@@ -41,6 +42,28 @@ def what_to_open(row: CheckRow) -> str:
 
 def _host(name: str, address: str) -> str:
     return f"{name} ({address})"
+
+
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``: how long, roughly."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def failing_since_text(row: CheckRow, ev: Evaluation) -> str:
+    """``failing since 2026-12-01T10:00:00Z (40 min)`` for a failing check with history."""
+    h = ev.history.get(row.check.spec.check_id)
+    since = h.failing_since if h is not None and row.verdict == "fail" else None
+    if since is None:
+        return ""
+    flaps = f"; flapped {h.flaps} times in the window" if h is not None and h.flaps else ""
+    return f"failing since {iso(since)} ({duration_text(ev.generated_at - since)}){flaps}"
 
 
 def rules_section(spec: Spec, failing: Sequence[CheckRow]) -> list[str]:
@@ -128,7 +151,7 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
                     f"{r.check.spec.dst_host} ({r.check.spec.dst_address})",
                     f"{r.check.spec.port}/tcp ({r.check.spec.service})",
                     what_to_open(r),
-                    r.cause,
+                    ", ".join(x for x in (r.cause, failing_since_text(r, ev)) if x),
                     r.diagnosis,
                 ]
                 for r in failing
@@ -155,6 +178,7 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
         )
     else:
         out.append("Every check has a fresh result.")
+    out += ["", *markdown_section(spec, ev)]
     if gates:
         out += ["", "## Gates", ""]
         for g in gates:
