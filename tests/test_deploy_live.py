@@ -20,11 +20,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 METRIC = re.compile(r"\b(netcheck_[a-z_]+)\b")
 
@@ -214,3 +216,81 @@ def test_single_file_agent_serves_without_site_packages(site: Site) -> None:
     assert states and all(state == "closed" for port, state in states.items() if port > 1024)
     if drop:  # an unprivileged agent cannot hold ports below 1024, and says so
         assert all(state == "denied" for port, state in states.items() if port < 1024)
+
+
+def alerts(url: str) -> list[dict[str, Any]]:
+    body = json.loads(get(url + "/api/v1/alerts"))
+    found: list[dict[str, Any]] = body["data"]["alerts"]
+    return found
+
+
+def pio_failing(site: Site) -> list[dict[str, Any]]:
+    """pio-1's failing checks in the report, once it shows them (it may answer from the
+    evaluation before the agent's batch for a moment)."""
+    deadline = time.monotonic() + 20
+    while True:
+        report = json.loads(get(site.url + "/api/v1/report?format=json"))
+        checks = [c for c in report["checks"] if c["src_host"] == "pio-1"]
+        if all(c["cause"] != "not_tested" for c in checks) or time.monotonic() > deadline:
+            return [c for c in checks if c["verdict"] == "fail"]
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
+def test_prometheus_scraping_the_controller_fires_alerts_that_name_hosts(site: Site) -> None:
+    """A real Prometheus scrapes the live controller over loopback and evaluates the shipped
+    rules (their `for` set to 0 s, nothing else changed) until the alerts fire: one per failing
+    range of pio-1's, fewer than its failing checks, each naming both hosts and where it was
+    stopped (the template's query against the real series), and one for an agent the
+    inventory expects that never registered (cloud-mgr)."""
+    work = site.workdir / "prometheus"
+    work.mkdir()
+    rules = (REPO / "deploy" / "prometheus" / "netcheck.rules.yml").read_text()
+    (work / "rules.yml").write_text(re.sub(r"(?m)^(\s+)for: \S+$", r"\1for: 0s", rules))
+    target = site.url.removeprefix("http://")
+    (work / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "rule_files: [rules.yml]\n"
+        "scrape_configs:\n"
+        "  - job_name: netcheck-controller\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    assert PROMETHEUS is not None
+    cmd = [PROMETHEUS, "--config.file=prometheus.yml", f"--storage.tsdb.path={work / 'data'}"]
+    cmd += [f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    failing = pio_failing(site)
+    assert len(failing) > 1
+    log = (work / "prometheus.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(url + "/-/ready", proc, 30)
+        deadline = time.monotonic() + 60
+        firing: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            firing = [a for a in alerts(url) if a["state"] == "firing"]
+            names = {a["labels"]["alertname"] for a in firing}
+            if {"NetcheckPortCheckFailing", "NetcheckAgentNeverRegistered"} <= names:
+                break
+            time.sleep(0.5)
+    finally:
+        stop(proc)
+        log.close()
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for a in firing:
+        by_name.setdefault(a["labels"]["alertname"], []).append(a)
+    ranges = [
+        a for a in by_name.get("NetcheckPortCheckFailing", []) if a["labels"]["src_host"] == "pio-1"
+    ]
+    assert ranges, (work / "prometheus.log").read_text()[-2000:]
+    assert len(ranges) < len(failing)  # one per range, not one per port
+    for a in ranges:
+        labels, text = a["labels"], a["annotations"]["description"]
+        assert labels["dst_host"] and labels["ports"] and labels["cause"], labels
+        assert f"from pio-1 (pio, {labels['src_address']}) to {labels['dst_host']}" in text
+        assert "Where: " in text, text  # read back from the diagnosis series by the query
+    vc = [a for a in ranges if a["labels"]["dst_host"] == "prem-vc"]
+    assert vc and vc[0]["labels"]["ports"] == "443", ranges
+    never = {a["labels"]["host"] for a in by_name.get("NetcheckAgentNeverRegistered", [])}
+    assert "cloud-mgr" in never and "pio-1" not in never
