@@ -72,7 +72,8 @@ Key = tuple[int, int, int]  # (site generation, store version, time bucket)
 
 def evaluate_store(spec: Spec, inventory: Inventory, store: Store, now: float) -> Evaluation:
     """Expand, read everything from the store and judge it (blocking: run it in a thread)."""
-    return evaluate(spec, expected(spec, inventory), store.snapshot(), now)
+    observed = store.snapshot(now, spec.policy.flap_window_seconds)
+    return evaluate(spec, expected(spec, inventory), observed, now)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ class EvaluationCache:
                 with self._cond:  # the site and its key together (use() swaps both)
                     site = self._site
                     key, now = self._key_now()
-                observed = without_retired(self._store.snapshot(), site.retired)
+                snap = self._store.snapshot(now, site.spec.policy.flap_window_seconds)
+                observed = without_retired(snap, site.retired)
                 ev = evaluate(site.spec, site.expected, observed, now)
                 gen = Generation(key, ev, site.spec, site.inventory)
                 recent = time.monotonic() - self._recent

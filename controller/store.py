@@ -452,7 +452,8 @@ class Store:
                 raise
             rec.apply(staged)
             self._recorder, self._expected = rec, ids
-        self.version += 1
+        if staged.changes:  # readers' caches: history changed
+            self.version += 1
 
     def ingest_group(
         self, batches: Sequence[ResultBatch], now: float, rejected: Sequence[str] = ()
