@@ -127,7 +127,8 @@ def _trust_ctx(pki: str | Path, db: str | Path) -> Context:
 
 async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     """The store's single writer (group commit); closing it writes what is queued."""
-    writer = GroupWriter(app[STORE], app[CLOCK], expected_ids=app[LIVE].current.check_ids)
+    # The expected checks themselves: the store bounds the others and records history.
+    writer = GroupWriter(app[STORE], app[CLOCK], expected=app[LIVE].current.expected.checks)
     writer.start()
     app[WRITER] = writer
     try:
@@ -165,7 +166,7 @@ def _reload_ctx(signal_: bool, watch_seconds: float) -> Context:
         live, store, cache = app[LIVE], app[STORE], app[EVALUATION]
 
         async def to_store(site: SiteConfig, retired: frozenset[str]) -> None:
-            await asyncio.to_thread(store.set_expected, site.check_ids)
+            await asyncio.to_thread(store.expect, site.expected.checks)
 
         async def to_cache(site: SiteConfig, retired: frozenset[str]) -> None:
             cache.use(site.spec, site.inventory, site.expected, site.generation, retired)
