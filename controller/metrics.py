@@ -58,7 +58,8 @@ def check_families(
     )
     tls = GaugeMetricFamily(
         "netcheck_tls_cert_not_after_timestamp_seconds",
-        "Earliest TLS certificate expiry seen on the port (min over hosts), unix time.",
+        "Earliest TLS certificate expiry seen on the port (min over hosts), unix time; per "
+        "certificate and host: netcheck_tls_certificate_not_after_timestamp_seconds.",
         labels=["interaction", "dst_role", "port"],
     )
     by_pair: dict[tuple[str, str, str], dict[str, int]] = defaultdict(
