@@ -258,6 +258,29 @@ async def report(request: web.Request) -> web.Response:
     return _send(request, doc, MEDIA_TYPES[fmt])
 
 
+@routes.get("/api/v1/history")
+async def history_endpoint(request: web.Request) -> web.Response:
+    """A check's or an interaction's changes and outages (:mod:`controller.history_api`)."""
+    from netcheck.controller import history_api
+
+    try:
+        q = history_api.parse(request.query, list(request.query.keys()))
+    except history_api.BadQuery as exc:
+        return _error(400, str(exc))
+    store = request.app[STORE]
+
+    def work() -> dict[str, Any] | None:
+        if not store.history_knows(q):
+            return None
+        return history_api.answer(*store.history_of(q))
+
+    body = await asyncio.to_thread(work)
+    if body is None:
+        what = f"check {q.check!r}" if q.check is not None else f"interaction {q.interaction}"
+        return _error(400, f"no {what}: neither expected at this site nor in history")
+    return web.json_response(body)
+
+
 @routes.get("/api/v1/gate")
 async def gate_endpoint(request: web.Request) -> web.Response:
     mode = request.query.get("mode", "")
