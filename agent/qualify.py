@@ -2,74 +2,20 @@
 
 :class:`PathSpec` is what the controller asks of an agent for one host pair of a qualified
 interaction (topology.yaml ``qualification:``); :class:`PathMeasurement` is what the agent
-reports back. Both are wire classes (the same rules as :mod:`agent.wire`: unknown fields
-refused, numbers bounded). :func:`measure` runs the probes of :mod:`agent.probes.pmtu`,
+reports back. Both are wire classes, defined in :mod:`agent.wire` (unknown fields refused,
+numbers bounded). :func:`measure` runs the probes of :mod:`agent.probes.pmtu`,
 :mod:`agent.probes.rtt` and :mod:`agent.probes.throughput` one after the other (never two
 measurements of one path at once, so they do not disturb each other), each bounded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Annotated
 
 from netcheck.agent.probes import pmtu, rtt, throughput
-from netcheck.agent.wire import _FORBID, InteractionId, Limit, Port, Seconds
+from netcheck.agent.wire import MAX_PATHS, MAX_THROUGHPUT_PORTS, PathMeasurement, PathSpec
 
-MAX_PATHS = 256
-MAX_THROUGHPUT_PORTS = throughput.MAX_STREAMS
-Mtu = Annotated[int, Limit(ge=68, le=65535)]
-Ratio = Annotated[float, Limit(ge=0, le=1)]
-Mbit = Annotated[float, Limit(ge=0, le=1e7)]
-Text = Annotated[str, Limit(max_length=512)]
-Name = Annotated[str, Limit(max_length=128)]
-
-
-@dataclasses.dataclass(frozen=True)
-class PathSpec:
-    """One path to qualify: from this agent to (dst_host, dst_address) on `port`."""
-
-    __pydantic_config__ = _FORBID
-
-    interaction: InteractionId
-    dst_role: Name
-    dst_host: Name
-    dst_address: Name
-    port: Port
-    throughput_ports: Annotated[tuple[Port, ...], Limit(max_length=MAX_THROUGHPUT_PORTS)] = ()
-    rtt_samples: Annotated[int, Limit(ge=1, le=1000)] = 10
-    throughput_seconds: Annotated[float, Limit(ge=0.1, le=throughput.MAX_SECONDS)] = 10.0
-    throughput_bytes_per_stream: Annotated[int, Limit(ge=1, le=16 * 2**30)] = 256 * 2**20
-
-
-@dataclasses.dataclass(frozen=True)
-class PathMeasurement:
-    """What the agent measured on one path (None: not measured this time)."""
-
-    __pydantic_config__ = _FORBID
-
-    interaction: InteractionId
-    src_host: Name
-    dst_host: Name
-    dst_address: Name
-    port: Port
-    at: float
-    mtu: Mtu | None = None
-    route_mtu: Mtu | None = None
-    icmp: bool | None = None
-    black_hole: bool = False
-    mtu_probes: Annotated[int, Limit(ge=0, le=1000)] = 0
-    rtt_avg_s: Seconds | None = None
-    rtt_min_s: Seconds | None = None
-    rtt_max_s: Seconds | None = None
-    jitter_s: Seconds | None = None
-    loss: Ratio | None = None
-    rtt_samples: Annotated[int, Limit(ge=0, le=1000)] = 0
-    up_mbit_s: Mbit | None = None
-    down_mbit_s: Mbit | None = None
-    throughput_streams: Annotated[int, Limit(ge=0, le=MAX_THROUGHPUT_PORTS)] = 0
-    error: Text = ""
+__all__ = ["MAX_PATHS", "MAX_THROUGHPUT_PORTS", "PathMeasurement", "PathSpec", "measure"]
 
 
 def measure(

@@ -72,7 +72,30 @@ async def exposure(req: AgentRequest, ctx: Context, deadline_s: float) -> Reques
     return RequestReport(req.id, req.kind, "done", time.time(), detail, tuple(swept), tuple(ports))
 
 
-HANDLERS: dict[str, Handler] = {"exposure": exposure}
+async def interconnect(req: AgentRequest, ctx: Context, deadline_s: float) -> RequestReport:
+    """Qualify each data path of the plan (agent.qualify): path MTU and round trip, and
+    throughput both ways when the request says ``throughput`` 1. One path at a time; the
+    paths left when the deadline comes are not measured (said in the detail)."""
+    from netcheck.agent.qualify import measure
+
+    n = numbers(req)
+    with_tp = n.get("throughput", 0) >= 1
+    end = time.monotonic() + deadline_s
+    out = []
+    for spec in ctx.plan.paths:
+        # a path costs at most its MTU search, its samples and both throughput runs
+        need = 35.0 + spec.rtt_samples * 2.1 + (2 * spec.throughput_seconds + 12 if with_tp else 0)
+        if time.monotonic() + need > end:
+            break
+        out.append(await asyncio.to_thread(measure, spec, ctx.plan.host, with_tp, ctx.bind_address))
+    left = len(ctx.plan.paths) - len(out)
+    detail = f"{len(out)} path(s) measured" + (" with throughput" if with_tp else "")
+    if left:
+        detail += f"; {left} not measured before the deadline"
+    return RequestReport(req.id, req.kind, "done", time.time(), detail, paths=tuple(out))
+
+
+HANDLERS: dict[str, Handler] = {"exposure": exposure, "interconnect": interconnect}
 
 
 class Requests:

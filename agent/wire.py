@@ -191,6 +191,9 @@ class Plan:
     # sha256 (hex) of this plan's canonical encoding (:func:`plan_digest`), set by the
     # controller; every answer to the agent carries its current one, so a stale plan shows.
     plan_digest: Digest = ""
+    # Data paths to qualify (issue 16): measured when the controller asks (an "interconnect"
+    # request), never on their own.
+    paths: Annotated[tuple[PathSpec, ...], Limit(max_length=MAX_PATHS)] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +336,7 @@ class ResultBatch:
 # state "running"), and reports once more when it is done or failed. To add a kind: its name
 # in RequestKind, its result fields (a tuple, bounded, default empty) in RequestReport, its
 # handler in agent/requests.py HANDLERS, its checks in controller/requests.py CHECKERS.
-RequestKind = Literal["exposure"]
+RequestKind = Literal["exposure", "interconnect"]
 REQUEST_KINDS: tuple[str, ...] = get_args(RequestKind)
 RequestState = Literal["running", "done", "failed"]
 RequestId = Annotated[str, Limit(max_length=64)]
@@ -405,6 +408,62 @@ class OpenPort:
     banner: Banner = ""
 
 
+# interconnect (issue 16): one data path to qualify (a host pair of a qualified interaction,
+# topology.yaml ``qualification:``), and what the agent measured on it (agent/qualify.py).
+MAX_PATHS = 256
+MAX_THROUGHPUT_PORTS = 64
+Mtu = Annotated[int, Limit(ge=68, le=65535)]
+Ratio = Annotated[float, Limit(ge=0, le=1)]
+Mbit = Annotated[float, Limit(ge=0, le=1e7)]
+
+
+@dataclasses.dataclass(frozen=True)
+class PathSpec:
+    """One path to qualify: from this agent to (dst_host, dst_address) on `port`; throughput
+    over `throughput_ports` (one stream each)."""
+
+    __pydantic_config__ = _FORBID
+
+    interaction: InteractionId
+    dst_role: Name
+    dst_host: Name
+    dst_address: Name
+    port: Port
+    throughput_ports: Annotated[tuple[Port, ...], Limit(max_length=MAX_THROUGHPUT_PORTS)] = ()
+    rtt_samples: Annotated[int, Limit(ge=1, le=1000)] = 10
+    throughput_seconds: Annotated[float, Limit(ge=0.1, le=60)] = 10.0
+    throughput_bytes_per_stream: Annotated[int, Limit(ge=1, le=16 * 2**30)] = 256 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class PathMeasurement:
+    """What an agent measured on one path (None: not measured this time)."""
+
+    __pydantic_config__ = _FORBID
+
+    interaction: InteractionId
+    src_host: Name
+    dst_host: Name
+    dst_address: Name
+    port: Port
+    at: float
+    mtu: Mtu | None = None
+    route_mtu: Mtu | None = None
+    icmp: bool | None = None
+    black_hole: bool = False
+    mtu_probes: Annotated[int, Limit(ge=0, le=1000)] = 0
+    rtt_avg_s: Seconds | None = None
+    rtt_min_s: Seconds | None = None
+    rtt_max_s: Seconds | None = None
+    jitter_s: Seconds | None = None
+    loss: Ratio | None = None
+    rtt_samples: Annotated[int, Limit(ge=0, le=1000)] = 0
+    up_mbit_s: Mbit | None = None
+    down_mbit_s: Mbit | None = None
+    throughput_streams: Annotated[int, Limit(ge=0, le=MAX_THROUGHPUT_PORTS)] = 0
+    error: Detail = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestReport:
     """What an agent says about one request: "running" acknowledges it, "done" or "failed"
@@ -420,6 +479,8 @@ class RequestReport:
     # kind "exposure"
     swept: Annotated[tuple[SweptHost, ...], Limit(max_length=MAX_SWEPT_HOSTS)] = ()
     open_ports: Annotated[tuple[OpenPort, ...], Limit(max_length=MAX_OPEN_PORTS)] = ()
+    # kind "interconnect"
+    paths: Annotated[tuple[PathMeasurement, ...], Limit(max_length=MAX_PATHS)] = ()
 
 
 @dataclasses.dataclass(frozen=True)

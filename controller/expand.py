@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, Service, check_id
+from netcheck.controller.interconnect import plan_paths
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.sourced import InputError, Problem
 from netcheck.controller.spec import FlowRef, Spec
@@ -213,6 +214,8 @@ def plan_from_checks(
 ) -> Plan:
     """The plan of one agent from its expected checks (already expanded, see :func:`by_source`)."""
     p = spec.policy
+    checks = tuple(checks)
+    inters = {i.id: i for i in spec.interactions}
     return Plan(
         role=role,
         host=host,
@@ -225,4 +228,5 @@ def plan_from_checks(
         retries=p.probe_retries,
         period_s=p.probe_period_seconds,
         concurrency=p.probe_concurrency,
+        paths=plan_paths(spec.qualification, inters, checks),
     )

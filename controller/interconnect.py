@@ -17,13 +17,16 @@ when ``unmeasured: block`` (the shipped policy warns: see topology.yaml).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from netcheck.agent.qualify import MAX_THROUGHPUT_PORTS, PathMeasurement
+from netcheck.agent.wire import MAX_PATHS, MAX_THROUGHPUT_PORTS, PathMeasurement, PathSpec
 from netcheck.controller.sourced import Problem, Sourced
+
+if TYPE_CHECKING:
+    from netcheck.controller.expand import ExpectedCheck
 
 MAX_PATH_POLICIES = 64
 PathVerdictKind = Literal["pass", "fail", "unknown"]
@@ -102,14 +105,15 @@ def _range(text: str) -> range | None:
 
 def path_ports(policy: PathPolicy, inter: _InteractionLike) -> tuple[int, tuple[int, ...]]:
     """The port an interaction's paths are measured on, and its throughput ports: the
-    policy's, else the first plain-TCP flow's first port and that flow's range (0, (): none)."""
+    policy's, else the first plain-TCP flow's first port and (with a throughput threshold)
+    that flow's range (0, (): none)."""
     tcp = [f for f in inter.flows if f.service == "tcp"]
     port = policy.port or (tcp[0].port_range.start if tcp else 0)
     ports: tuple[int, ...] = ()
     if policy.throughput_ports is not None:
         r = _range(policy.throughput_ports)
         ports = tuple(r) if r is not None else ()
-    elif tcp:
+    elif tcp and policy.min_throughput_mbit is not None:
         ports = tuple(tcp[0].port_range)[:MAX_THROUGHPUT_PORTS]
     return port, ports
 
@@ -363,3 +367,89 @@ def gate_findings(
             block = p.required and qualification.unmeasured == "block"
             (blocking if block else warnings).append(f"{where}: {p.reason}")
     return blocking, warnings
+
+
+def _qualified(
+    q: Qualification,
+    interactions: Mapping[int, _InteractionLike],
+    checks: Iterable[ExpectedCheck],
+) -> Iterator[tuple[ExpectedCheck, PathPolicy, tuple[int, ...]]]:
+    """The checks that are a qualified path: an open check of a qualified interaction on the
+    port its paths are measured on (one per host pair and direction)."""
+    ports: dict[int, tuple[PathPolicy, int, tuple[int, ...]]] = {}
+    for p in q.paths:
+        inter = interactions.get(p.interaction)
+        if inter is not None:
+            port, tp = path_ports(p, inter)
+            ports[p.interaction] = (p, port, tp)
+    for c in checks:
+        found = ports.get(c.spec.interaction)
+        if found is not None and c.spec.port == found[1] and c.spec.expect == "open":
+            yield c, found[0], found[2]
+
+
+def plan_paths(
+    q: Qualification,
+    interactions: Mapping[int, _InteractionLike],
+    checks: Iterable[ExpectedCheck],
+) -> tuple[PathSpec, ...]:
+    """The paths one agent qualifies, from its expected checks (at most MAX_PATHS)."""
+    out = [
+        PathSpec(
+            interaction=c.spec.interaction,
+            dst_role=c.spec.dst_role,
+            dst_host=c.spec.dst_host,
+            dst_address=c.spec.dst_address,
+            port=c.spec.port,
+            throughput_ports=tp,
+            rtt_samples=q.rtt_samples,
+            throughput_seconds=q.throughput_seconds,
+            throughput_bytes_per_stream=q.throughput_bytes_per_stream,
+        )
+        for c, _, tp in _qualified(q, interactions, checks)
+    ]
+    return tuple(out[:MAX_PATHS])
+
+
+def path_keys(
+    q: Qualification,
+    interactions: Mapping[int, _InteractionLike],
+    checks: Iterable[ExpectedCheck],
+) -> tuple[PathKey, ...]:
+    """Every qualified path of a site (what :func:`verdicts` judges)."""
+    return tuple(
+        PathKey(
+            c.spec.interaction,
+            c.src_role,
+            c.src_host,
+            c.spec.dst_role,
+            c.spec.dst_host,
+            c.spec.port,
+        )
+        for c, _, _ in _qualified(q, interactions, checks)
+    )
+
+
+def newest_measurements(
+    reports: Iterable[Sequence[PathMeasurement]],
+) -> dict[tuple[int, str, str], PathMeasurement]:
+    """The newest measurement per (interaction, src_host, dst_host) from the agents' reports;
+    a throughput figure survives a newer measurement without one."""
+    out: dict[tuple[int, str, str], PathMeasurement] = {}
+    for paths in reports:
+        for m in paths:
+            key = (m.interaction, m.src_host, m.dst_host)
+            old = out.get(key)
+            if old is None:
+                out[key] = m
+                continue
+            new, prev = (m, old) if m.at >= old.at else (old, m)
+            if new.up_mbit_s is None and prev.up_mbit_s is not None:
+                new = dataclasses.replace(
+                    new,
+                    up_mbit_s=prev.up_mbit_s,
+                    down_mbit_s=prev.down_mbit_s,
+                    throughput_streams=prev.throughput_streams,
+                )
+            out[key] = new
+    return out
