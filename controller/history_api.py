@@ -22,7 +22,7 @@ read as "no history".
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -58,9 +58,9 @@ def _time(text: str) -> float:
     return value
 
 
-def parse(query: Mapping[str, str], keys: list[str]) -> Query:
+def parse(query: Mapping[str, str], keys: Sequence[str]) -> Query:
     """The query of ``GET /api/v1/history`` (``keys``: every parameter name as sent, repeats
-    included), or :class:`BadQuery`."""
+    included: ``[k for k, _ in request.query.items()]``), or :class:`BadQuery`."""
     unknown = sorted({k for k in keys if k not in PARAMETERS})
     if unknown:
         raise BadQuery(
