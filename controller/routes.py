@@ -38,6 +38,7 @@ from netcheck.controller.appkeys import (
     WRITER,
 )
 from netcheck.controller.auth import bearer_matches, denied_response, source_of
+from netcheck.controller.awaited import never_registered
 from netcheck.controller.evalcache import Generation
 from netcheck.controller.gate import GateError, decision_to_dict, gate
 from netcheck.controller.ingest import (
@@ -53,6 +54,15 @@ from netcheck.controller.metrics import METRICS_SLOT, evaluation_families
 from netcheck.controller.model import Evaluation
 from netcheck.controller.refusals import Denied, RefusedRegistration
 from netcheck.controller.reload import ConfigStatus
+from netcheck.controller.render.page_data import (
+    FAILURES_SHOWN,
+    failure_runs,
+    failures_page,
+    interaction_details,
+    page_summary,
+    role_details,
+)
+from netcheck.controller.render.page_rows import PageRow
 from netcheck.controller.store import sent
 from netcheck.controller.trust import Trust, peer_identity
 from netcheck.controller.writer import Unstorable
@@ -264,7 +274,7 @@ async def history_endpoint(request: web.Request) -> web.Response:
     from netcheck.controller import history_api
 
     try:
-        q = history_api.parse(request.query, [k for k, _ in request.query.items()])
+        q = history_api.parse(request.query, list(request.query.keys()))
     except history_api.BadQuery as exc:
         return _error(400, str(exc))
     store = request.app[STORE]
@@ -304,8 +314,27 @@ async def gate_endpoint(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-def page_maker(app: web.Application) -> Callable[[Generation], Rendered]:
-    """The rendered page of a generation (with its gates)."""
+def _page_runs(g: Generation) -> list[PageRow]:
+    """The failing runs the page's table lists, once per generation."""
+    return g.derive(("page-runs",), lambda g: failure_runs(g.ev))
+
+
+def _page_extra(g: Generation, config: ConfigStatus | None) -> dict[str, Any]:
+    """The page's blocks besides the evaluation: the configuration's status (a refused
+    reload) and the expected agents that never registered."""
+    return {
+        "config": config.to_dict() if config is not None else None,
+        "never_registered": [
+            {"role": a.role, "host": a.host, "address": a.address}
+            for a in never_registered(g.spec, g.ev)
+        ],
+    }
+
+
+def page_maker(
+    app: web.Application, config: ConfigStatus | None = None
+) -> Callable[[Generation], Rendered]:
+    """The rendered page of a generation (with its gates, and the configuration's status)."""
     from netcheck.controller.render import render_page
 
     refresh = app[REFRESH] or None
@@ -313,7 +342,24 @@ def page_maker(app: web.Application) -> Callable[[Generation], Rendered]:
 
     def make(g: Generation) -> Rendered:
         gates = g.derive(("gates",), gates_of)
-        return _rendered(render_page(g.spec, g.ev, gates, refresh_seconds=refresh))
+        runs, extra = _page_runs(g), _page_extra(g, config)
+        return _rendered(
+            render_page(g.spec, g.ev, gates, refresh_seconds=refresh, runs=runs, extra=extra)
+        )
+
+    return make
+
+
+def page_data_maker(
+    app: web.Application, config: ConfigStatus | None = None
+) -> Callable[[Generation], Rendered]:
+    """What the page's script polls (render.page_data.page_summary), as JSON."""
+    gates_of = app[EVALUATION].gates_of()
+
+    def make(g: Generation) -> Rendered:
+        gates = g.derive(("gates",), gates_of)
+        data = page_summary(g.spec, g.ev, gates, _page_runs(g), _page_extra(g, config))
+        return _rendered(json.dumps(data, separators=(",", ":")))
 
     return make
 
@@ -321,8 +367,84 @@ def page_maker(app: web.Application) -> Callable[[Generation], Rendered]:
 @routes.get("/")
 async def page(request: web.Request) -> web.Response:
     app = request.app
-    doc = await _derived(app, ("page",), page_maker(app))
+    config = app[LIVE].status
+    doc = await _derived(app, ("page", config), page_maker(app, config))
     return _send(request, doc, "text/html")
+
+
+@routes.get("/api/v1/page")
+async def page_data(request: web.Request) -> web.Response:
+    """The page's data: gates, roll-ups, the first failing runs (small on any site)."""
+    app = request.app
+    config = app[LIVE].status
+    doc = await _derived(app, ("page-data", config), page_data_maker(app, config))
+    return _send(request, doc, "application/json")
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit() or len(text) > 9:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be a whole number, got {text[:40]!r}"}),
+            content_type="application/json",
+        )
+    return int(text)
+
+
+@routes.get("/api/v1/page/failures")
+async def page_failures(request: web.Request) -> web.Response:
+    """A page of the failing runs (``offset``, ``limit`` up to page_data.MAX_PAGE)."""
+    app = request.app
+    offset = _query_int(request, "offset", 0)
+    limit = _query_int(request, "limit", FAILURES_SHOWN)
+
+    def work() -> dict[str, Any]:
+        _, runs = app[EVALUATION].derived_with(("page-runs",), lambda g: failure_runs(g.ev))
+        return failures_page(runs, offset, limit)
+
+    return web.json_response(await asyncio.to_thread(work))
+
+
+_NO_DETAILS = Rendered(b"", b"")  # the generation's topology has no such interaction or role
+
+
+def _details_maker(kind: str, key: str | int) -> Callable[[Generation], Rendered]:
+    def make(g: Generation) -> Rendered:
+        if kind == "interaction":
+            doc = interaction_details(g.spec, g.ev, int(key))
+        else:
+            doc = role_details(g.spec, g.ev, str(key))
+        return _NO_DETAILS if doc is None else _rendered(json.dumps(doc, separators=(",", ":")))
+
+    return make
+
+
+async def _details(request: web.Request, kind: str, key: str | int) -> web.Response:
+    doc = await _derived(request.app, ("page-details", kind, key), _details_maker(kind, key))
+    if doc is _NO_DETAILS:
+        return _error(404, f"no {kind} {key!r} in the running topology")
+    return _send(request, doc, "application/json")
+
+
+@routes.get("/api/v1/page/interaction/{id}")
+async def page_interaction(request: web.Request) -> web.Response:
+    """One interaction's details: per port range, its counts and failing runs (bounded)."""
+    text = request.match_info["id"]
+    known = {str(i.id) for i in request.app[LIVE].current.spec.interactions}
+    if text not in known:  # bounded slots: only the topology's interactions
+        return _error(404, f"no interaction {text[:40]!r} in the running topology")
+    return await _details(request, "interaction", int(text))
+
+
+@routes.get("/api/v1/page/role/{role}")
+async def page_role(request: web.Request) -> web.Response:
+    """One role's details: its hosts, listeners, ports and failing runs (bounded)."""
+    key = request.match_info["role"]
+    if key not in request.app[LIVE].current.spec.roles:
+        return _error(404, f"no role {key[:40]!r} in the running topology")
+    return await _details(request, "role", key)
 
 
 @routes.get("/metrics")
@@ -336,8 +458,10 @@ async def metrics(request: web.Request) -> web.Response:
 def prime(app: web.Application) -> None:
     """Compute the first evaluation in the background, with the page, the JSON report (what
     the page's script fetches) and the metrics families already derived."""
+    config = app[LIVE].status
     app[EVALUATION].prime(
-        (("page",), page_maker(app)),
+        (("page", config), page_maker(app, config)),
+        (("page-data", config), page_data_maker(app, config)),
         (("report", "json", (), app[LIVE].status), report_maker(app, "json", (), app[LIVE].status)),
         (METRICS_SLOT, evaluation_families(app[EVALUATION])),
     )

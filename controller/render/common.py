@@ -71,6 +71,21 @@ def counts_text(r: Rollup) -> str:
     return f"{r.passed}/{r.total}"
 
 
+def _short(n: int, up: bool) -> str:
+    if n < 10_000:
+        return str(n)
+    tenths = -(-n // 100) if up else n // 100
+    return f"{tenths / 10:g}k"
+
+
+def short_counts(r: Rollup) -> str:
+    """:func:`counts_text` in at most 12 characters (an edge label): from 10,000 on in
+    thousands, passed rounded down and expected up, so a failure never reads as all pass."""
+    if r.passed == r.total:
+        return f"{_short(r.passed, False)}/{_short(r.total, False)}"
+    return f"{_short(r.passed, False)}/{_short(r.total, True)}"
+
+
 def not_passing(rows: Iterable[CheckRow]) -> list[CheckRow]:
     """Failing checks first, then unknown ones, each in the evaluation's order."""
     rows = list(rows)

@@ -14,33 +14,88 @@ from dataclasses import dataclass
 
 from netcheck.controller.spec import Spec
 
-BOX_W, BOX_H = 210, 62
-WIDTH = 1420
-REGION_TOP, REGION_BOTTOM = 140, 730
+BOX_W, BOX_H = 176, 70
+# The picture is drawn in these units and scaled to the width it gets on the page; at its
+# narrowest (a 1,024 px window) a unit is ~0.9 px, so no text is smaller than 12.5 units.
+WIDTH = 1088
+COL_A, COL_B, COL_C, COL_D = 106, 390, 698, 982  # box centres: two columns per site
+ROW_0, ROW_1, ROW_2, ROW_3, ROW_4 = 56, 181, 317, 453, 589
+REGION_TOP, REGION_BOTTOM = 118, 638
 # Centre of each known role's box.
 POSITIONS: dict[str, tuple[float, float]] = {
-    "user": (500, 72),
-    "prem_vcenter": (145, 210),
-    "pio": (500, 210),
-    "prem_vm": (145, 360),
-    "prem_esxi_manager": (145, 510),
-    "prem_manager": (500, 510),
-    "prem_esxi": (145, 660),
-    "cloud_vcenter": (1285, 210),
-    "cloud_cache": (1085, 360),
-    "cloud_manager": (895, 510),
-    "cloud_esxi": (1285, 510),
-    "cloud_vm": (1085, 660),
+    "user": (COL_B, ROW_0),
+    "prem_vcenter": (COL_A, ROW_1),
+    "pio": (COL_B, ROW_1),
+    "prem_vm": (COL_A, ROW_2),
+    "prem_esxi_manager": (COL_A, ROW_3),
+    "prem_manager": (COL_B, ROW_3),
+    "prem_esxi": (COL_A, ROW_4),
+    "cloud_vcenter": (COL_C, ROW_1),
+    "cloud_esxi": (COL_D, ROW_1),
+    "cloud_cache": (COL_D, ROW_2),
+    "cloud_manager": (COL_C, ROW_3),
+    "cloud_vm": (COL_D, ROW_3),
 }
 # Where the label of an edge sits along it (0 = source end, 1 = destination end).
-LABEL_AT: dict[int, float] = {1: 0.5, 3: 0.42, 6: 0.3}
+LABEL_AT: dict[int, float] = {5: 0.4, 6: 0.53}
 # x range of each site's region (the user side sits above the on-premise site).
 SITE_X: dict[str, tuple[float, float]] = {
-    "user": (20, 620),
-    "on_prem": (20, 620),
-    "cloud": (770, 1400),
+    "user": (8, 488),
+    "on_prem": (8, 488),
+    "cloud": (600, 1080),
 }
-INTERCONNECT_X = (632, 758)
+INTERCONNECT_X = (496, 592)
+# An edge label's pill: at most this wide (its text: "2: 1000/1000"), this high.
+LABEL_W_MAX, LABEL_H = 102, 24
+# Text sizes of the picture, in its units (see page.css; tests read these).
+NAME_SIZE, META_SIZE, LABEL_SIZE = 13.0, 12.5, 12.5
+NAME_LINES = 3
+_PAD = 12  # inside a box: left of the status dot, right of the text
+
+
+def text_width(text: str, size: float, bold: bool = True) -> float:
+    """An upper estimate of the width of ``text`` in the page's sans-serif font (DejaVu Sans
+    when nothing else is installed; Helvetica-like fonts are narrower)."""
+    em = 0.0
+    for ch in text:
+        if ch == " ":
+            em += 0.35
+        elif ch.isupper():
+            em += 0.78
+        elif ch.isdigit():
+            em += 0.70
+        elif ch.isalpha():
+            em += 0.64
+        else:
+            em += 0.46
+    return em * size * (1.0 if bold else 0.9)
+
+
+def wrap(text: str, width: float, size: float, lines: int, bold: bool = True) -> tuple[str, ...]:
+    """``text`` in at most ``lines`` lines of at most ``width`` units (words kept whole; a
+    last line that does not fit ends with an ellipsis)."""
+    out: list[str] = []
+    for word in text.split():
+        if out and text_width(f"{out[-1]} {word}", size, bold) <= width:
+            out[-1] = f"{out[-1]} {word}"
+        else:
+            out.append(word)
+    if len(out) > lines:
+        out = [*out[: lines - 1], " ".join(out[lines - 1 :])]
+    last = out[-1] if out else ""
+    while last and text_width(last, size, bold) > width:
+        last = last[:-2] + "…"
+    return (*out[:-1], last) if out else ()
+
+
+def name_lines(name: str) -> tuple[str, ...]:
+    """A role's name as its box shows it."""
+    return wrap(name, BOX_W - 22 - _PAD / 2, NAME_SIZE, NAME_LINES)
+
+
+def label_width(text: str) -> float:
+    """The pill of an edge label around ``text``."""
+    return min(LABEL_W_MAX, round(text_width(text, LABEL_SIZE) + 14))
 
 
 @dataclass(frozen=True)
@@ -111,26 +166,32 @@ def _place_extra(spec: Spec, height: float) -> tuple[dict[str, Box], float]:
             continue
         site = role.site if role.site in SITE_X else "on_prem"
         lo, hi = SITE_X[site]
-        per_row = max(1, int((hi - lo) // (BOX_W + 30)))
+        per_row = max(1, int((hi - lo) // (BOX_W + 40)))
         k = per_site[site]
         per_site[site] += 1
         row, col = divmod(k, per_row)
-        cx = lo + 30 + BOX_W / 2 + col * (BOX_W + 30)
-        cy = REGION_BOTTOM + 60 + row * 130
+        cx = lo + 20 + BOX_W / 2 + col * (BOX_W + 40)
+        cy = REGION_BOTTOM + 50 + row * 130
         boxes[name] = Box(name, cx, cy)
-        bottom = max(bottom, cy + BOX_H / 2 + 40)
+        bottom = max(bottom, cy + BOX_H / 2 + 14)
     return boxes, bottom
+
+
+def _span(xs: tuple[float, float]) -> tuple[float, float]:
+    return xs[0], xs[1] - xs[0]
 
 
 def layout(spec: Spec) -> Layout:
     boxes = {name: Box(name, *POSITIONS[name]) for name in spec.roles if name in POSITIONS}
     extra, bottom = _place_extra(spec, REGION_BOTTOM)
     boxes.update(extra)
-    height = bottom + 70  # room for the legend
+    height = bottom + 8  # (the legend is the page's, under the picture)
     sites = {r.site for r in spec.roles.values()}
+    (ux, uw), (px, pw) = _span(SITE_X["user"]), _span(SITE_X["on_prem"])
+    cx, cw = _span(SITE_X["cloud"])
     regions = [
-        Region("user", "User side", 20, 20, 600, 104),
-        Region("on_prem", "On-premise site", 20, REGION_TOP, 600, bottom - REGION_TOP),
+        Region("user", "User side", ux, 8, uw, REGION_TOP - 16),
+        Region("on_prem", "On-premise site", px, REGION_TOP, pw, bottom - REGION_TOP),
         Region(
             "interconnect",
             "Site-to-site interconnect",
@@ -139,7 +200,7 @@ def layout(spec: Spec) -> Layout:
             INTERCONNECT_X[1] - INTERCONNECT_X[0],
             bottom - REGION_TOP,
         ),
-        Region("cloud", "Cloud site", 770, REGION_TOP, 630, bottom - REGION_TOP),
+        Region("cloud", "Cloud site", cx, REGION_TOP, cw, bottom - REGION_TOP),
     ]
     regions = [r for r in regions if r.key == "interconnect" or r.key in sites]
     pairs: Counter[frozenset[str]] = Counter()

@@ -2,38 +2,47 @@
 details panel and the table of failures, in one self-contained HTML document.
 
 The server renders everything (the page reads without JavaScript, e.g. an exported file);
-a small inline script then re-applies the JSON report, fetched every ``refresh_seconds``
-from ``/api/v1/report?format=json`` on the live page, so a selected edge stays selected.
+a small inline script then re-applies the page's data (:mod:`page_data`: gates, roll-ups,
+the first failing runs; kilobytes, not the whole report), fetched every ``refresh_seconds``
+from ``/api/v1/page`` on the live page, so a selected edge stays selected. A click fetches
+the details of what it selected; an exported page (no controller behind it) carries every
+interaction's and role's details instead.
 """
 
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from netcheck.controller.model import CheckRow, Evaluation, GateDecision, Verdict
 from netcheck.controller.render.common import (
-    check_label,
-    counts_text,
     flow_directions,
     iso,
     not_passing,
     rollup_of,
+    short_counts,
     summary,
 )
 from netcheck.controller.render.gates import gate_who
-from netcheck.controller.render.json_report import report_dict
-from netcheck.controller.render.layout import Box, Layout, layout
+from netcheck.controller.render.layout import Box, Layout, label_width, layout, name_lines
+from netcheck.controller.render.page_data import (
+    LINKS,
+    failure_runs,
+    page_summary,
+    snapshot_details,
+)
+from netcheck.controller.render.page_rows import PageRow
 from netcheck.controller.spec import Spec
 
 _HERE = Path(__file__).resolve().parent.parent
-REPORT_URL = "/api/v1/report?format=json"
+# The failing runs the table shows without JavaScript (an exported page: all up to this).
+TABLE_ROWS_LIVE, TABLE_ROWS_SNAPSHOT = 100, 2000
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class EdgeView:
     label: str
     label_x: float
     label_y: float
+    label_w: float
     verdict: Verdict
     forward: bool
     reverse: bool
@@ -89,12 +99,12 @@ def _roles(spec: Spec, ev: Evaluation, lay: Layout) -> list[RoleView]:
             if key in (i.source, i.destination) and rollup_of(ev, i).total
         ]
         n = len(hosts.get(key, ()))
-        meta = f"{key} · {n} host{'s' if n != 1 else ''}"
+        meta = f"{n:,} host{'s' if n != 1 else ''}" + ("" if role.agent else " · no agent")
         out.append(
             RoleView(
                 key=key,
                 box=lay.boxes[key],
-                name_lines=tuple(textwrap.wrap(role.name, 22))[:2],
+                name_lines=name_lines(role.name),
                 meta=meta,
                 agent=role.agent,
                 verdict=_worst(verdicts),
@@ -110,14 +120,16 @@ def _edges(spec: Spec, ev: Evaluation, lay: Layout) -> list[EdgeView]:
         r = rollup_of(ev, inter)
         g = geo[inter.id]
         fwd, rev = flow_directions(inter)
+        label = f"{inter.id}: {short_counts(r)}"
         out.append(
             EdgeView(
                 interaction=inter.id,
                 title=inter.title,
                 path=g.path,
-                label=f"{inter.id}: {counts_text(r)}",
+                label=label,
                 label_x=g.label_x,
                 label_y=g.label_y,
+                label_w=label_width(label),
                 verdict=r.verdict if r.total else "unknown",
                 forward=fwd,
                 reverse=rev,
@@ -159,16 +171,38 @@ def failure_rows(ev: Evaluation) -> list[CheckRow]:
     return not_passing(ev.rows)
 
 
+@dataclass(frozen=True)
+class TableRow:
+    run: PageRow
+    ports: str
+    diagnosis: str
+    hop: str
+
+
+def _table(runs: Sequence[PageRow], n: int) -> list[TableRow]:
+    from netcheck.controller.render.page_rows import hop_words
+
+    return [TableRow(r, r.ports, r.diagnosis, hop_words(r.first)) for r in runs[:n]]
+
+
 def render_page(
     spec: Spec,
     ev: Evaluation,
     gates: Sequence[GateDecision],
     *,
     refresh_seconds: int | None,
+    runs: Sequence[PageRow] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """The page as one HTML document (no external assets)."""
+    """The page as one HTML document (no external assets). ``runs``: the failing runs
+    (:func:`page_data.failure_runs`, when already computed); ``extra``: the blocks of
+    :func:`page_data.page_summary` (``config``, ``never_registered``)."""
     lay = layout(spec)
     s = summary(ev)
+    runs = failure_runs(ev) if runs is None else runs
+    data = page_summary(spec, ev, gates, runs, extra)
+    live = bool(refresh_seconds)
+    shown = _table(runs, TABLE_ROWS_LIVE if live else TABLE_ROWS_SNAPSHOT)
     return (
         _env()
         .get_template("page.html.j2")
@@ -180,10 +214,15 @@ def render_page(
             roles=_roles(spec, ev, lay),
             edges=_edges(spec, ev, lay),
             gates=_gates(gates),
-            failures=[(r, check_label(r)) for r in failure_rows(ev)],
+            failures=shown,
+            failures_total=len(runs),
+            failing_checks=data["failures"]["checks"],
+            config=data.get("config"),
+            never_registered=data.get("never_registered"),
             refresh_seconds=refresh_seconds,
-            report_url=REPORT_URL,
-            report_json=_script_json(report_dict(spec, ev, gates)),
+            links=LINKS,
+            page_json=_script_json(data),
+            details_json=None if live else _script_json(snapshot_details(spec, ev)),
             css=_static("page.css"),
             js=_static("page.js"),
         )

@@ -1,20 +1,30 @@
-// netcheck topology page: re-applies the JSON report to the server-rendered picture.
-// Builds DOM with textContent only (report strings are never parsed as HTML).
+// netcheck topology page: re-applies the page's data (/api/v1/page) to the server-rendered
+// picture, and fetches what a click selects (an interaction's or a role's details, a check's
+// or an interaction's history). Builds DOM with textContent only (data strings are never
+// parsed as HTML). An exported page (no controller) reads the details it carries instead.
 (function () {
   "use strict";
   const body = document.body;
   const refresh = parseInt(body.dataset.refresh || "", 10);
-  const reportUrl = body.dataset.reportUrl;
-  let data = JSON.parse(document.getElementById("report-data").textContent);
+  const live = refresh > 0;
+  let data = JSON.parse(document.getElementById("page-data").textContent);
+  const embedded = document.getElementById("page-details");
+  const snapshot = embedded ? JSON.parse(embedded.textContent) : null;
+  const links = data.links;
   let selected = null; // {kind: "edge"|"role", key: string}
+  let picked = null; // the check id whose history is shown
+  let shownRows = null; // the failures table's rows beyond the first page (null: none loaded)
+  const details = {}; // "interaction:4" -> {at: the data's version, doc}
+  let version = 0; // one more at each refresh of the data
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined) continue;
       if (k === "class") node.className = v; else node.setAttribute(k, v);
     }
     for (const c of children) {
-      if (c === null || c === undefined) continue;
+      if (c === null || c === undefined || c === false) continue;
       node.append(typeof c === "string" || typeof c === "number" ? String(c) : c);
     }
     return node;
@@ -24,28 +34,63 @@
     node.classList.remove("verdict-pass", "verdict-fail", "verdict-unknown", "verdict-none");
     node.classList.add("verdict-" + v);
   };
-  const interactionVerdict = (i) => (i.total ? i.verdict : "unknown");
-
-  function roleVerdict(role) {
-    const vs = data.interactions
-      .filter((i) => (i.source === role || i.destination === role) && i.total)
-      .map((i) => i.verdict);
-    if (!vs.length) return "none";
-    if (vs.includes("fail")) return "fail";
-    return vs.includes("unknown") ? "unknown" : "pass";
+  async function getJSON(url) {
+    const resp = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+    if (!resp.ok) {
+      const err = new Error("HTTP " + resp.status);
+      err.status = resp.status;
+      throw err;
+    }
+    return resp.json();
   }
+
+  // -- counts as the edge labels show them (render/common.py short_counts) ------------------
+  function short(n, up) {
+    if (n < 10000) return String(n);
+    const tenths = up ? Math.ceil(n / 100) : Math.floor(n / 100);
+    return String(tenths / 10) + "k";
+  }
+  const shortCounts = (i) => short(i.passed, false) + "/" + short(i.total, i.passed !== i.total);
 
   function applyPicture() {
     for (const i of data.interactions) {
-      const v = interactionVerdict(i);
-      document.querySelectorAll('[data-interaction="' + i.id + '"]').forEach((n) => setVerdict(n, v));
-      const label = document.querySelector('.edge-label[data-interaction="' + i.id + '"] text');
-      if (label) label.textContent = i.id + ": " + i.passed + "/" + i.total;
+      document.querySelectorAll('svg [data-interaction="' + i.id + '"]').forEach((n) => setVerdict(n, i.verdict));
+      const g = document.querySelector('.edge-label[data-interaction="' + i.id + '"]');
+      if (!g) continue;
+      const text = g.querySelector("text");
+      const rect = g.querySelector("rect");
+      text.textContent = i.id + ": " + shortCounts(i);
+      const w = Math.min(102, Math.ceil(text.getComputedTextLength() + 14));
+      const cx = parseFloat(rect.getAttribute("x")) + parseFloat(rect.getAttribute("width")) / 2;
+      rect.setAttribute("x", (cx - w / 2).toFixed(1));
+      rect.setAttribute("width", w);
     }
     for (const r of data.roles) {
       const g = document.querySelector('.role[data-role="' + r.role + '"]');
-      if (g) setVerdict(g, roleVerdict(r.role));
+      if (g) setVerdict(g, r.verdict);
     }
+  }
+
+  function applyBanners() {
+    const cfg = document.getElementById("config-error");
+    const err = data.config && data.config.error;
+    if (err) {
+      cfg.replaceChildren(
+        el("strong", {}, "The last configuration reload was refused"), "; the previous configuration keeps running.",
+        el("span", { class: "mono where" }, (err.file || "") + (err.line ? ":" + err.line : "")),
+        el("span", { class: "message" }, err.message || ""),
+        err.at ? el("span", { class: "muted" }, "at " + err.at) : null);
+    }
+    cfg.hidden = !err;
+    const nr = document.getElementById("never-registered");
+    const agents = data.never_registered || [];
+    if (agents.length) {
+      nr.replaceChildren(
+        el("strong", {}, agents.length + " expected agent" + (agents.length !== 1 ? "s" : "") + " never registered:"),
+        ...agents.slice(0, 20).map((a) => el("span", { class: "agent mono" }, a.host + " (" + a.role + ", " + a.address + ")")),
+        agents.length > 20 ? el("span", { class: "muted" }, "and " + (agents.length - 20) + " more") : null);
+    }
+    nr.hidden = !agents.length;
   }
 
   function applyHeader() {
@@ -57,135 +102,247 @@
     document.getElementById("generated-at").textContent = data.generated_at;
     document.getElementById("site").textContent = data.site;
     const banner = document.getElementById("gate-banner");
-    const items = data.gates.map((g) => {
-      const who = g.vm ? g.mode + " (" + g.vm + ")" : g.mode;
-      const node = el("div", { class: "gate decision-" + g.decision, "data-mode": who, title: g.reasons.slice(0, 5).join("\n") },
-        el("span", { class: "gate-mode" }, who),
-        el("span", { class: "gate-decision" }, g.decision.toUpperCase()),
-        g.decision !== "go" ? el("span", { class: "gate-blocking" }, g.blocking.length + " blocking") : null);
-      return node;
-    });
+    const items = data.gates.map((g) => el("div", { class: "gate decision-" + g.decision, "data-mode": g.who, title: g.reasons.join("\n") },
+      el("span", { class: "gate-mode" }, g.who),
+      el("span", { class: "gate-decision" }, g.decision.toUpperCase()),
+      g.decision !== "go" ? el("span", { class: "gate-blocking" }, g.blocking + " blocking") : null));
     banner.replaceChildren(...(items.length ? items : [el("div", { class: "gate none" }, "no gate decision")]));
+    applyBanners();
   }
 
-  function notPassing(checks) {
-    return checks.filter((c) => c.verdict === "fail").concat(checks.filter((c) => c.verdict === "unknown"));
+  const hostCell = (host, address) => el("td", { class: "host" }, el("span", { class: "mono" }, host), el("span", { class: "addr mono" }, address));
+
+  function failureRow(c) {
+    return el("tr", { class: "verdict-" + c.verdict + (picked === c.check_id ? " picked" : ""), "data-check": c.check_id, "data-interaction": c.interaction },
+      el("td", {}, pill(c.verdict)), el("td", {}, c.interaction),
+      hostCell(c.src_host, c.src_address), hostCell(c.dst_host, c.dst_address),
+      el("td", { class: "mono" }, c.ports, c.count > 1 ? el("span", { class: "muted" }, " (" + c.count + ")") : null),
+      el("td", { class: "mono" }, c.cause), el("td", {}, c.hop), el("td", {}, c.diagnosis));
   }
-  const checkLabel = (c) => c.src_host + " -> " + c.dst_host + ":" + c.port + " (" + c.service + ")";
 
   function applyFailures() {
-    const rows = notPassing(data.checks);
-    document.getElementById("failures-count").textContent = rows.length;
+    const f = data.failures;
+    const rows = f.rows.concat(shownRows || []);
+    document.getElementById("failures-count").textContent = f.checks;
+    document.getElementById("failures-runs").textContent = f.total + " row" + (f.total !== 1 ? "s" : "") + ": consecutive ports of a host pair with one cause merged";
     const tbody = document.querySelector("#failures tbody");
-    const trs = rows.map((c) => el("tr", { class: "verdict-" + c.verdict, "data-check": c.check_id },
-      el("td", {}, pill(c.verdict)), el("td", {}, c.interaction),
-      el("td", { class: "mono" }, checkLabel(c)), el("td", { class: "mono" }, c.cause),
-      el("td", {}, c.diagnosis)));
-    tbody.replaceChildren(...(trs.length ? trs : [el("tr", { class: "empty" }, el("td", { colspan: "5" }, "Every expected check passes."))]));
+    const trs = rows.map(failureRow);
+    tbody.replaceChildren(...(trs.length ? trs : [el("tr", { class: "empty" }, el("td", { colspan: "8" }, "Every expected check passes."))]));
+    const more = document.getElementById("failures-more");
+    more.hidden = f.total <= rows.length;
+    document.getElementById("failures-shown").textContent = rows.length;
+  }
+
+  async function moreFailures() {
+    const have = data.failures.rows.length + (shownRows ? shownRows.length : 0);
+    try {
+      const page = await getJSON(links.failures + "?offset=" + have + "&limit=200");
+      shownRows = (shownRows || []).concat(page.rows);
+      applyFailures();
+    } catch (err) {
+      document.getElementById("failures-shown").textContent += " (could not load more: " + err.message + ")";
+    }
+  }
+  async function reloadFailures() { // after a refresh: the rows the person had opened, again
+    if (!shownRows) return;
+    const n = shownRows.length;
+    try {
+      const page = await getJSON(links.failures + "?offset=" + data.failures.rows.length + "&limit=" + Math.min(500, n));
+      shownRows = page.rows;
+    } catch (err) { shownRows = null; }
+    applyFailures();
   }
 
   const roleName = (key) => (data.roles.find((r) => r.role === key) || { name: key }).name;
 
   function pairLine(c) {
     const extra = c.verdict === "pass"
-      ? (c.latency_s !== null ? " · " + (c.latency_s * 1000).toFixed(1) + " ms" : "")
+      ? (c.latency_ms ? " · " + c.latency_ms[0].toFixed(1) + (c.latency_ms[1] !== c.latency_ms[0] ? "–" + c.latency_ms[1].toFixed(1) : "") + " ms" : "")
       : " · " + c.cause + (c.side ? " · " + c.side : "");
     const stated = c.direction_stated === false ? " · direction not stated by the spec" : "";
-    return el("div", { class: "pair verdict-" + c.verdict, "data-check": c.check_id },
-      pill(c.verdict), " ", el("span", { class: "mono" }, c.src_host + " → " + c.dst_host + ":" + c.port),
+    return el("div", { class: "pair verdict-" + c.verdict + (picked === c.check_id ? " picked" : ""), "data-check": c.check_id },
+      pill(c.verdict), " ", el("span", { class: "mono" }, c.src_host + " → " + c.dst_host + ":" + c.ports),
+      c.count > 1 ? el("span", { class: "muted" }, " (" + c.count + " ports)") : null,
       el("span", { class: "muted" }, extra + stated),
-      c.verdict !== "pass" ? el("div", { class: "diagnosis" }, c.diagnosis) : null);
+      el("div", { class: "addr mono" }, c.src_address + " → " + c.dst_address),
+      c.verdict !== "pass" ? el("div", { class: "diagnosis" }, c.diagnosis) : null,
+      c.hop ? el("div", { class: "hop" }, "stopped at: " + c.hop) : null);
   }
 
-  function edgeDetails(id) {
-    const i = data.interactions.find((x) => String(x.id) === id);
-    // who connects to whom, from the flows (the title's order is not the direction)
-    const connects = (x) => [...new Set(x.flows.flatMap((f) =>
+  function connects(x) {
+    return [...new Set(x.flows.flatMap((f) =>
       f.direction === "reverse" ? [roleName(x.destination) + " → " + roleName(x.source)]
         : f.direction === "both" ? [roleName(x.source) + " → " + roleName(x.destination), roleName(x.destination) + " → " + roleName(x.source)]
           : [roleName(x.source) + " → " + roleName(x.destination)]))].join(", ");
-    if (!i) return [el("p", { class: "hint" }, "Interaction " + id + " is no longer in the report.")];
-    const checks = data.checks.filter((c) => c.interaction === i.id);
+  }
+
+  function edgeDetails(i) {
     const out = [
       el("h2", {}, "Interaction " + i.id + ": " + i.title),
       el("dl", { class: "facts" },
-        el("dt", {}, "verdict"), el("dd", {}, pill(interactionVerdict(i)), " " + i.passed + "/" + i.total + " pass, " + i.failed + " fail, " + i.unknown + " unknown"),
+        el("dt", {}, "verdict"), el("dd", {}, pill(i.verdict), " " + i.passed + "/" + i.total + " pass, " + i.failed + " fail, " + i.unknown + " unknown"),
         el("dt", {}, "connects"), el("dd", {}, connects(i)),
         el("dt", {}, "modes"), el("dd", {}, i.modes.join(", ") || "none"),
         i.interconnect ? el("dt", {}, "path") : null, i.interconnect ? el("dd", {}, "across the site-to-site interconnect") : null),
+      el("div", { id: "history" }),
       el("h3", {}, "Ports"),
     ];
     for (const f of i.flows) {
-      const [lo, hi] = f.ports.split("-").map(Number);
       const who = f.direction === "reverse" ? roleName(i.destination) + " connects"
         : f.direction === "both" ? "either side connects: direction not stated by the spec"
           : roleName(i.source) + " connects";
-      const inFlow = checks.filter((c) => c.port >= lo && c.port <= (hi || lo) && (f.direction === "both" || c.direction === f.direction));
-      const bad = notPassing(inFlow);
-      const passed = inFlow.length - bad.length;
       const box = el("div", { class: "port", "data-ports": f.ports },
         el("div", { class: "port-head" }, el("span", { class: "ports" }, "TCP " + f.ports), el("span", { class: "muted" }, f.service + " · " + who + (f.expect === "closed" ? " · must be closed" : ""))),
-        el("div", { class: "muted" }, passed + "/" + inFlow.length + " host pairs × ports pass"),
+        el("div", { class: "muted" }, f.passed + "/" + f.checks + " host pairs × ports pass"),
         f.purpose ? el("div", { class: "muted" }, f.purpose) : null);
-      for (const c of bad) box.append(pairLine(c));
-      if (!inFlow.length) box.append(el("div", { class: "muted" }, "no host pair in the inventory"));
-      else if (!bad.length && inFlow.length <= 6) for (const c of inFlow) box.append(pairLine(c));
+      for (const c of f.rows) box.append(pairLine(c));
+      if (!f.checks) box.append(el("div", { class: "muted" }, "no host pair in the inventory"));
+      else if (f.runs > f.rows.length) box.append(el("div", { class: "muted" }, (f.runs - f.rows.length) + " more rows in the table below"));
       out.push(box);
     }
     return out;
   }
 
-  function roleDetails(key) {
-    const r = data.roles.find((x) => x.role === key);
-    if (!r) return [el("p", { class: "hint" }, "Role " + key + " is no longer in the report.")];
-    const inters = data.interactions.filter((i) => i.source === key || i.destination === key);
+  function roleDetails(r) {
     const out = [
       el("h2", {}, r.name),
       el("dl", { class: "facts" },
         el("dt", {}, "role"), el("dd", { class: "mono" }, r.role),
         el("dt", {}, "site"), el("dd", {}, r.site),
-        el("dt", {}, "agent"), el("dd", {}, r.agent ? r.agents_reporting + " of " + r.hosts.length + " hosts reporting" : "none: probed as it is")),
-      el("h3", {}, "Hosts"),
+        el("dt", {}, "agent"), el("dd", {}, r.agent ? r.agents_reporting + " of " + r.hosts_total + " hosts reporting" : "none: probed as it is")),
+      el("h3", {}, "Hosts (" + r.hosts_total + ")"),
     ];
-    out.push(r.hosts.length ? el("ul", {}, ...r.hosts.map((h) => {
-      const ls = data.listeners[h.name] || [];
-      const bad = ls.filter((l) => l.state !== "listening");
-      return el("li", {}, el("span", { class: "mono" }, h.name + " " + h.address),
-        ls.length ? el("span", { class: "muted" }, " · " + (ls.length - bad.length) + "/" + ls.length + " listeners up" + (bad.length ? " (" + bad.map((l) => l.port + " " + l.state).join(", ") + ")" : "")) : null);
-    })) : el("p", { class: "muted" }, "no host of this role in the inventory"));
+    out.push(r.hosts.length ? el("ul", {}, ...r.hosts.map((h) => el("li", {}, el("span", { class: "mono" }, h.name + " " + h.address),
+      h.listeners ? el("span", { class: "muted" }, " · " + (h.listeners - h.down.length) + "/" + h.listeners + " listeners up" + (h.down.length ? " (" + h.down.join(", ") + ")" : "")) : null)))
+      : el("p", { class: "muted" }, "no host of this role in the inventory"));
+    if (r.hosts_total > r.hosts.length) out.push(el("p", { class: "muted" }, (r.hosts_total - r.hosts.length) + " more hosts"));
     out.push(el("h3", {}, "Ports it must accept"));
-    const ports = [];
-    for (const i of inters) for (const f of i.flows) {
-      const listener = f.direction === "reverse" ? i.source : i.destination;
-      if (listener === key) ports.push("TCP " + f.ports + " (" + f.service + ", interaction " + i.id + ")");
-    }
-    out.push(ports.length ? el("ul", {}, ...ports.map((p) => el("li", { class: "mono" }, p))) : el("p", { class: "muted" }, "none"));
+    out.push(r.ports.length ? el("ul", {}, ...r.ports.map((p) => el("li", { class: "mono" }, "TCP " + p.ports + " (" + p.service + ", interaction " + p.interaction + ")"))) : el("p", { class: "muted" }, "none"));
     out.push(el("h3", {}, "Interactions"));
-    out.push(el("ul", {}, ...inters.map((i) => el("li", {}, pill(interactionVerdict(i)), " " + i.id + ": " + i.title + " (" + i.passed + "/" + i.total + ")"))));
-    const bad = notPassing(data.checks.filter((c) => c.src_role === key || c.dst_role === key));
-    out.push(el("h3", {}, "Failing and unknown checks (" + bad.length + ")"));
-    for (const c of bad.slice(0, 200)) out.push(pairLine(c));
-    if (bad.length > 200) out.push(el("p", { class: "muted" }, (bad.length - 200) + " more in the table below"));
+    out.push(el("ul", {}, ...r.interactions.map((i) => el("li", {}, pill(i.verdict), " " + i.id + ": " + i.title + " (" + i.passed + "/" + i.total + ")"))));
+    out.push(el("div", { id: "history" }));
+    out.push(el("h3", {}, "Failing and unknown checks (" + r.failing_total + " rows)"));
+    for (const c of r.failing) out.push(pairLine(c));
+    if (r.failing_total > r.failing.length) out.push(el("p", { class: "muted" }, (r.failing_total - r.failing.length) + " more in the table below"));
     return out;
   }
 
-  function applyDetails() {
-    document.querySelectorAll(".selected").forEach((n) => n.classList.remove("selected"));
-    if (!selected) return;
-    const panel = document.getElementById("details");
-    if (selected.kind === "edge") {
-      document.querySelectorAll('[data-interaction="' + selected.key + '"]').forEach((n) => n.classList.add("selected"));
-      panel.replaceChildren(...edgeDetails(selected.key));
-    } else {
-      const g = document.querySelector('.role[data-role="' + selected.key + '"]');
-      if (g) g.classList.add("selected");
-      panel.replaceChildren(...roleDetails(selected.key));
+  // -- history: a timeline of outages and the changes (GET /api/v1/history) -----------------
+  const when = (iso) => Date.parse(iso);
+  function timeline(h, title) {
+    const changes = (h.changes || []).slice().sort((a, b) => when(a.at) - when(b.at));
+    const outages = h.outages || [];
+    const now = Date.parse(data.generated_at) || Date.now();
+    const times = changes.map((c) => when(c.at)).concat(outages.map((o) => when(o.start)));
+    const start = times.length ? Math.min(...times) : now - 3600e3;
+    const span = Math.max(1, now - start);
+    const pct = (t) => (Math.max(0, Math.min(1, (t - start) / span)) * 100).toFixed(2) + "%";
+    const lanes = [...new Set(outages.map((o) => o.check_id).concat(changes.map((c) => c.check_id)))];
+    const box = el("div", { class: "timeline" }, el("h3", {}, title));
+    if (!lanes.length) { box.append(el("p", { class: "muted" }, "no change recorded yet")); return box; }
+    for (const id of lanes.slice(0, 8)) {
+      const lane = el("div", { class: "lane", "data-check": id, title: id });
+      for (const o of outages.filter((x) => x.check_id === id)) {
+        const end = o.end ? when(o.end) : now;
+        const seg = el("span", { class: "outage" + (o.end ? "" : " open"), title: "outage " + o.start + " – " + (o.end || "now") });
+        seg.style.left = pct(when(o.start));
+        seg.style.width = "calc(" + pct(end) + " - " + pct(when(o.start)) + " + 2px)";
+        lane.append(seg);
+      }
+      for (const c of changes.filter((x) => x.check_id === id)) {
+        const tick = el("span", { class: "change", title: c.at + " " + c.verdict + " " + (c.cause || "") });
+        tick.style.left = pct(when(c.at));
+        lane.append(tick);
+      }
+      box.append(lane);
+    }
+    if (lanes.length > 8) box.append(el("p", { class: "muted" }, (lanes.length - 8) + " more checks changed"));
+    box.append(el("div", { class: "axis" }, el("span", {}, new Date(start).toISOString().replace(".000", "")), el("span", {}, "now")));
+    const open = outages.filter((o) => !o.end);
+    box.append(el("p", { class: "muted" }, outages.length + " outage" + (outages.length !== 1 ? "s" : "") + (open.length ? ", " + open.length + " still open (failing since " + open.map((o) => o.start).sort()[0] + ")" : "") + " · " + changes.length + " change" + (changes.length !== 1 ? "s" : "")));
+    box.append(el("ol", {}, ...changes.slice(-12).reverse().map((c) => el("li", {}, el("span", { class: "mono" }, c.at), " ", pill(c.verdict), " " + (c.state || "") + (c.cause ? " · " + c.cause : ""), lanes.length > 1 ? el("span", { class: "muted" }, " " + c.check_id) : null))));
+    return box;
+  }
+
+  async function showHistory() {
+    const slot = document.getElementById("history");
+    if (!slot || !live || !links.history) return;
+    let query, title;
+    if (picked) { query = "check=" + encodeURIComponent(picked); title = "History of " + picked; }
+    else if (selected && selected.kind === "edge") { query = "interaction=" + encodeURIComponent(selected.key); title = "History of interaction " + selected.key; }
+    else return;
+    try {
+      const h = await getJSON(links.history + "?" + query);
+      const now = document.getElementById("history");
+      if (now) now.replaceChildren(timeline(h, title));
+    } catch (err) {
+      const now = document.getElementById("history");
+      if (now) now.replaceChildren(el("p", { class: "muted" }, err.status === 404 ? "no history on this controller" : "history not available (" + err.message + ")"));
     }
   }
 
-  function apply() { applyHeader(); applyPicture(); applyFailures(); applyDetails(); }
+  async function detailsOf(kind, key) {
+    const name = (kind === "edge" ? "interaction:" : "role:") + key;
+    if (snapshot) return snapshot[name] || null;
+    const have = details[name];
+    if (have && have.at === version) return have.doc;
+    const url = (kind === "edge" ? links.interaction : links.role) + encodeURIComponent(key);
+    try {
+      const doc = await getJSON(url);
+      details[name] = { at: version, doc };
+      return doc;
+    } catch (err) {
+      if (err.status === 404) return null;
+      if (have) return have.doc; // the last one, while the controller does not answer
+      throw err;
+    }
+  }
 
-  function select(kind, key) { selected = { kind, key }; applyDetails(); }
+  function markSelected() {
+    document.querySelectorAll(".selected").forEach((n) => n.classList.remove("selected"));
+    if (!selected) return;
+    if (selected.kind === "edge") document.querySelectorAll('svg [data-interaction="' + selected.key + '"]').forEach((n) => n.classList.add("selected"));
+    else {
+      const g = document.querySelector('.role[data-role="' + selected.key + '"]');
+      if (g) g.classList.add("selected");
+    }
+  }
+
+  let asked = 0;
+  async function applyDetails(scroll) {
+    markSelected();
+    if (!selected) return;
+    const panel = document.getElementById("details");
+    const mine = ++asked;
+    const { kind, key } = selected;
+    let doc;
+    try { doc = await detailsOf(kind, key); } catch (err) {
+      if (mine === asked) panel.replaceChildren(el("p", { class: "hint" }, "details not available (" + err.message + ")"));
+      return;
+    }
+    if (mine !== asked) return; // another click came first
+    if (!doc) {
+      panel.replaceChildren(el("p", { class: "hint" }, (kind === "edge" ? "Interaction " : "Role ") + key + " is no longer in the report."));
+      return;
+    }
+    panel.replaceChildren(...(kind === "edge" ? edgeDetails(doc) : roleDetails(doc)));
+    if (scroll) {
+      const r = panel.getBoundingClientRect();
+      if (r.top > window.innerHeight || r.bottom < 0) panel.scrollIntoView({ block: "start", behavior: "instant" });
+    }
+    showHistory();
+  }
+
+  function apply() { applyHeader(); applyPicture(); applyFailures(); applyDetails(false); }
+
+  function select(kind, key) { selected = { kind, key }; picked = null; applyDetails(true); }
+  function pick(checkId, interaction) {
+    picked = checkId;
+    document.querySelectorAll(".picked").forEach((n) => n.classList.remove("picked"));
+    document.querySelectorAll('[data-check="' + checkId + '"]').forEach((n) => n.classList.add("picked"));
+    if (!selected || document.getElementById("history") === null) { selected = { kind: "edge", key: String(interaction) }; applyDetails(true); }
+    else showHistory();
+  }
   const svg = document.getElementById("topology");
   function onPick(ev) {
     const edge = ev.target.closest(".edges .edge, .edge-label");
@@ -195,21 +352,31 @@
   }
   svg.addEventListener("click", onPick);
   svg.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onPick(ev); } });
+  document.getElementById("failures").addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr[data-check]");
+    if (tr && live) pick(tr.dataset.check, tr.dataset.interaction);
+  });
+  document.getElementById("details").addEventListener("click", (ev) => {
+    const p = ev.target.closest(".pair[data-check]");
+    if (p && live && selected) pick(p.dataset.check, selected.kind === "edge" ? selected.key : "");
+  });
+  document.getElementById("failures-next").addEventListener("click", moreFailures);
 
   async function poll() {
-    const live = document.getElementById("live");
+    const status = document.getElementById("live");
     try {
-      const resp = await fetch(reportUrl, { cache: "no-store", headers: { Accept: "application/json" } });
-      if (!resp.ok) throw new Error("HTTP " + resp.status);
-      data = await resp.json();
-      apply();
-      live.classList.remove("stale");
-      live.textContent = "live · refreshes every " + refresh + " s · updated " + new Date().toLocaleTimeString();
+      data = await getJSON(links.summary);
+      version += 1;
+      applyHeader(); applyPicture(); applyFailures();
+      await reloadFailures();
+      applyDetails(false);
+      status.classList.remove("stale");
+      status.textContent = "live · refreshes every " + refresh + " s · updated " + new Date().toLocaleTimeString();
     } catch (err) {
-      live.classList.add("stale");
-      live.textContent = "controller unreachable (" + err.message + ") · retrying every " + refresh + " s";
+      status.classList.add("stale");
+      status.textContent = "controller unreachable (" + err.message + ") · retrying every " + refresh + " s";
     }
   }
   apply();
-  if (refresh > 0) setInterval(poll, refresh * 1000);
+  if (live) setInterval(poll, refresh * 1000);
 })();
