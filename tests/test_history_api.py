@@ -85,7 +85,8 @@ async def test_changes_and_outages_of_a_flapping_check(
     t0 = time.time() - 100
     try:
         await register(client)
-        for i, state in enumerate(["open", "filtered", "filtered", "open", "refused", "open"]):
+        states: list[ProbeState] = ["open", "filtered", "filtered", "open", "refused", "open"]
+        for i, state in enumerate(states):
             await post_round(client, checks, t0 + i * 10, cid, state)
         answer = await get(client, f"check={cid}")
         assert set(answer) == {"changes", "outages"}
