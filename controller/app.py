@@ -71,6 +71,7 @@ from netcheck.controller.reload import (
     stamp,
     watch,
 )
+from netcheck.controller.requests import OPERATOR_WRITES, book_ctx, request_routes
 from netcheck.controller.routes import MAX_BODY, prime, routes
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
@@ -270,6 +271,7 @@ def make_app(
             _config_ctx,
             _store_ctx(db),
             *trust,
+            book_ctx(db),
             _writer_ctx,
             _collector_ctx,
             _reload_ctx(reload_signal, watch_seconds),
@@ -277,4 +279,7 @@ def make_app(
         ]
     )
     app.add_routes(routes)
+    app.add_routes(request_routes)
+    # Requests (an exposure sweep, ...) may be created over HTTP only behind the read token.
+    app[OPERATOR_WRITES] = read_token is not None
     return app

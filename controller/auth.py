@@ -27,7 +27,14 @@ from netcheck.controller.refusals import Denied, Refusals
 from netcheck.controller.trust import peer_identity
 
 AGENT_PATHS = frozenset(
-    {"/api/v1/register", "/api/v1/results", "/api/v1/plan", "/api/v1/enrol", "/api/v1/renew"}
+    {
+        "/api/v1/register",
+        "/api/v1/results",
+        "/api/v1/plan",
+        "/api/v1/enrol",
+        "/api/v1/renew",
+        "/api/v1/agent-requests",
+    }
 )
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REALM = 'Basic realm="netcheck", charset="UTF-8"'

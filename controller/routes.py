@@ -63,6 +63,7 @@ from netcheck.controller.render.page_data import (
     role_details,
 )
 from netcheck.controller.render.page_rows import PageRow
+from netcheck.controller.requests import BOOK, encode_requests
 from netcheck.controller.store import sent
 from netcheck.controller.trust import Trust, peer_identity
 from netcheck.controller.writer import Unstorable
@@ -174,6 +175,15 @@ async def results(request: web.Request) -> web.Response:
     # digest is of the sender's plan in the configuration running now: a stale one shows.
     digest = app[LIVE].current.digest_of(batch.role, batch.host).encode()
     answer = b'{"accepted": %d, "plan_digest": "%s"}' % (accepted, digest)
+    pending = app[BOOK].pending(batch.role, batch.host) if BOOK in app else ()
+    if pending:  # the request channel (controller.requests): this agent's pending requests
+        return web.json_response(
+            {
+                "accepted": accepted,
+                "plan_digest": digest.decode(),
+                "requests": encode_requests(pending),
+            }
+        )
     return web.Response(body=answer, content_type="application/json")
 
 
@@ -233,19 +243,30 @@ def report_maker(
 ) -> Callable[[Generation], Rendered]:
     """The rendered report in ``fmt`` of a generation (JSON: with ``refused`` and the
     running configuration's ``config`` status)."""
+    from netcheck.controller import exposure
     from netcheck.controller.render import json_report, render_report
 
     gates_of = app[EVALUATION].gates_of()
     status = config.to_dict() if config is not None else None
+    audit = exposure.current(app[BOOK], app[LIVE].current.by_source) if BOOK in app else None
 
     def make(g: Generation) -> Rendered:
         gates = g.derive(("gates",), gates_of)
         if fmt == "json":  # with the registrations refused for their address
             text = json_report.render(
-                g.spec, g.ev, gates, refused_registrations=refused, compact=True, config=status
+                g.spec,
+                g.ev,
+                gates,
+                refused_registrations=refused,
+                compact=True,
+                config=status,
+                exposure=exposure.to_dict(audit) if audit is not None else None,
             )
             return _rendered(text)
-        return _rendered(render_report(g.spec, g.ev, gates, fmt))
+        text = render_report(g.spec, g.ev, gates, fmt)
+        if fmt == "markdown" and audit is not None:
+            text = exposure.with_markdown(text, audit)
+        return _rendered(text)
 
     return make
 
@@ -263,7 +284,9 @@ async def report(request: web.Request) -> web.Response:
     make = report_maker(app, fmt, refused, config)
     # Rendered once per evaluation (and, for JSON, per list of refused registrations and
     # configuration status: a refused reload shows without a new evaluation).
-    slot = ("report", fmt, refused, config) if fmt == "json" else ("report", fmt)
+    # And per version of the request book (the exposure audit).
+    book = app[BOOK].version if BOOK in app else 0
+    slot = ("report", fmt, refused, config, book) if fmt == "json" else ("report", fmt, book)
     doc = await _derived(app, slot, make)
     return _send(request, doc, MEDIA_TYPES[fmt])
 

@@ -167,6 +167,7 @@ def report_dict(
     gates: Sequence[GateDecision],
     refused_registrations: Sequence[RefusedRegistration] = (),
     config: dict[str, Any] | None = None,
+    exposure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole report as JSON-ready data. ``config``: a running controller's configuration
     status (:meth:`controller.reload.ConfigStatus.to_dict`); null in reports made from --db."""
@@ -226,6 +227,9 @@ def report_dict(
         "vms": vm_dicts(spec, ev),
         "refused_registrations": [_refused(r) for r in refused_registrations],
         "config": config,
+        # The exposure audit (controller.exposure.to_dict): every agent's newest sweep and
+        # the open ports the spec does not list for their pair.
+        "exposure": exposure or {"sweeps": [], "findings": [], "close": []},
     }
 
 
@@ -237,10 +241,11 @@ def render(
     *,
     compact: bool = False,
     config: dict[str, Any] | None = None,
+    exposure: dict[str, Any] | None = None,
 ) -> str:
     """The report as JSON text: indented for people, or ``compact`` (one line, the same
     data; what the API serves: the C encoder, several times faster on a big site)."""
-    data = report_dict(spec, ev, gates, refused_registrations, config)
+    data = report_dict(spec, ev, gates, refused_registrations, config, exposure)
     if compact:
         return json.dumps(data) + "\n"
     return json.dumps(data, indent=2, sort_keys=False) + "\n"

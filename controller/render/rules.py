@@ -2,18 +2,23 @@
 
 One :class:`Rule` per (enforcing device, action, source host, destination host, interaction,
 direction), its ports merged into ranges; the Markdown ticket and the JSON report's
-``rules`` list are both made from :func:`rules`.
+``rules`` list are both made from :func:`rules`. The exposure audit's undocumented open
+ports become "close these" rules (:func:`close_rules`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from netcheck.controller.evaluate import device_words
 from netcheck.controller.model import CheckRow, Device, Side
 from netcheck.controller.ports import port_ranges
 from netcheck.controller.spec import Spec
+
+if TYPE_CHECKING:
+    from netcheck.controller.exposure import Finding
 
 # The words a ticket uses for a flow whose direction the spec does not state.
 NOT_STATED = "direction not stated by the spec"
@@ -138,4 +143,36 @@ def rules(spec: Spec, failing: Sequence[CheckRow]) -> list[Rule]:
             x.action,
         )
     )
+    return out
+
+
+@dataclass(frozen=True)
+class CloseRule:
+    """One "close these" line of a ticket: source -> destination, the ports merged."""
+
+    src_host: str
+    src_address: str
+    dst_host: str
+    dst_address: str
+    ports: str
+    banners: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return f"block TCP {self.src_address} -> {self.dst_address} port {self.ports}"
+
+
+def close_rules(findings: Iterable[Finding]) -> list[CloseRule]:
+    """Exposure findings (:mod:`~netcheck.controller.exposure`) as the rules to request
+    ("close these"): one per host pair, its ports merged into ranges, with the banners."""
+    pairs: dict[tuple[str, str, str, str], list[Finding]] = {}
+    for f in findings:
+        pairs.setdefault((f.src_host, f.src_address, f.dst_host, f.dst_address), []).append(f)
+    out = []
+    for (sh, sa, dh, da), group in sorted(pairs.items()):
+        ports = sorted({f.port for f in group})
+        banners = tuple(
+            f"{f.port}: {f.banner}" for f in sorted(group, key=lambda f: f.port) if f.banner
+        )
+        out.append(CloseRule(sh, sa, dh, da, port_ranges(ports), banners))
     return out
