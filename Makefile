@@ -40,10 +40,15 @@ demo: system-deps setup
 # Lint the Python files git tracks (that still exist), never scratch files left in the tree.
 PY_FILES = $(shell git ls-files '*.py' 2>/dev/null | while read -r f; do [ -e "$$f" ] && echo "$$f"; done)
 
+# The guest agent's archive (deploy/zipapp/build.py --guest): what vermin checks for 3.6.
+GUEST_FILES = agent/guest netcheck/__init__.py agent/__init__.py
+
 lint: setup-dev
 	@echo "ruff check + format --check: $(words $(PY_FILES)) files git tracks"
 	@ruff check $(PY_FILES)
 	@ruff format --check $(PY_FILES)
+	@echo "vermin: the guest agent (agent/guest, one file on the guests) runs on Python 3.6+"
+	@vermin -t=3.6- --violations --no-tips --eval-annotations -q $(GUEST_FILES)
 
 typecheck: setup-dev
 	mypy
