@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
+from netcheck.controller import interconnect
 from netcheck.controller.expand import Expected, ExpectedCheck
 from netcheck.controller.model import (
     Cause,
@@ -601,4 +602,12 @@ def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> 
         sent_by=observed.sent_by,
         guest_facts=observed.guest_facts,
         history=observed.history,
+        paths=interconnect.verdicts(
+            spec.qualification,
+            interconnect.path_keys(
+                spec.qualification, {i.id: i for i in spec.interactions}, checks
+            ),
+            observed.paths,
+            now,
+        ),
     )

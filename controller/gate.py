@@ -37,6 +37,7 @@ from typing import Any
 
 from netcheck.controller import readiness
 from netcheck.controller.errors import Undecided
+from netcheck.controller.interconnect import gate_findings
 from netcheck.controller.inventory import Host, Inventory, unknown_to_matrix
 from netcheck.controller.model import CheckRow, Decision, Evaluation, GateDecision, MatrixFinding
 from netcheck.controller.spec import Spec
@@ -233,6 +234,23 @@ def gate(
         else:
             warns += [_step(p) for p in prepare if p.status == "unknown" and p.facts]
         findings, reasons, warnings = found, [*blocks, *reasons], [*warns, *warnings]
+    # "interconnect qualified" (controller.interconnect): the mode's measured data paths;
+    # with a VM, the infrastructure's paths and the VM's own.
+    paths = [
+        p
+        for p in evaluation.paths
+        if vm is None
+        or vm in (p.src_host, p.dst_host)
+        or (p.src_role not in VM_ROLES and p.dst_role not in VM_ROLES)
+    ]
+    path_blocks, path_warns = gate_findings(
+        spec.qualification, paths, spec.modes[mode].interactions
+    )
+    reasons, warnings = [*reasons, *path_blocks], [*warnings, *path_warns]
+    mode_ids = set(spec.modes[mode].interactions)
+    path_failed = any(
+        p.verdict == "fail" and p.required and p.interaction in mode_ids for p in paths
+    )
     if spec.policy.warnings_block:
         reasons = [*reasons, *(f"warning (policy: warnings block): {w}" for w in warnings)]
     decision: Decision
@@ -251,6 +269,8 @@ def gate(
         decision = "no-go" if reasons else "go"
         if unknown_os is not None:
             warnings = [unknown_os, *warnings]
+    if path_failed and decision == "undecided":
+        decision = "no-go"  # a measured path failure is known, like a failing check
     young = _young_reasons(spec, evaluation, rows)
     if young:
         decision = "undecided" if decision == "go" else decision

@@ -351,21 +351,28 @@ def verdicts(
 def gate_findings(
     qualification: Qualification, paths: Sequence[PathVerdict], interactions: Iterable[int]
 ) -> tuple[list[str], list[str]]:
-    """(blocking reasons, warnings) of "interconnect qualified" for a mode's interactions."""
+    """(blocking reasons, warnings) of "interconnect qualified" for a mode's interactions.
+
+    A failing required path blocks (a path with ``required: false`` warns). A path without a
+    fresh measurement blocks with ``unmeasured: block``; otherwise it warns, once some path
+    of the mode has been measured (before the first qualification the report's section says
+    "not measured", and the gate's list is not filled with one line per path)."""
     wanted = set(interactions)
+    mine = [p for p in paths if p.interaction in wanted]
+    measured = any(p.verdict != "unknown" for p in mine)
     blocking: list[str] = []
     warnings: list[str] = []
-    for p in paths:
-        if p.interaction not in wanted:
-            continue
+    for p in mine:
         where = (
             f"interconnect not qualified: interaction {p.interaction} {p.src_host} -> {p.dst_host}"
         )
         if p.verdict == "fail":
             (blocking if p.required else warnings).append(f"{where}: {p.reason}")
         elif p.verdict == "unknown":
-            block = p.required and qualification.unmeasured == "block"
-            (blocking if block else warnings).append(f"{where}: {p.reason}")
+            if p.required and qualification.unmeasured == "block":
+                blocking.append(f"{where}: {p.reason}")
+            elif measured:
+                warnings.append(f"{where}: {p.reason}")
     return blocking, warnings
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult
+from netcheck.agent.wire import ListenerStatus, PathMeasurement, PeerSeen, ProbeResult
 from netcheck.controller.expand import ExpectedCheck
 from netcheck.controller.facts import GuestFacts
+from netcheck.controller.interconnect import PathVerdict
 from netcheck.controller.readiness import StepFinding
 
 Verdict = Literal["pass", "fail", "unknown"]
@@ -173,6 +174,10 @@ class Observed:
     guest_facts: Mapping[str, GuestFacts] = field(default_factory=lambda: MappingProxyType({}))
     # check id -> its history in brief (checks with at least one result since history began).
     history: Mapping[str, CheckHistory] = field(default_factory=_no_history)
+    # (interaction, src_host, dst_host) -> the newest path measurement (controller.pathstore).
+    paths: Mapping[tuple[int, str, str], PathMeasurement] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,8 @@ class Evaluation:
     guest_facts: Mapping[str, GuestFacts] = field(default_factory=lambda: MappingProxyType({}))
     # check id -> its history in brief (Observed.history).
     history: Mapping[str, CheckHistory] = field(default_factory=_no_history)
+    # Every qualified data path judged against its thresholds (controller.interconnect).
+    paths: tuple[PathVerdict, ...] = ()
 
 
 @dataclass(frozen=True)

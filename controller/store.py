@@ -82,6 +82,7 @@ from netcheck.controller.limits import (
     UNEXPECTED_ROWS,
 )
 from netcheck.controller.model import AgentSeen, Observed
+from netcheck.controller.pathstore import read_paths
 from netcheck.controller.schema import RESULT_COLUMNS, prepare, refuse_newer
 
 PEERS_PER_PORT = 32
@@ -542,6 +543,7 @@ class Store:
                     sent_by=MappingProxyType(_sent_by_check(c)),
                     history=MappingProxyType(history.summaries(c, now, flap_window)),
                     guest_facts=MappingProxyType(read_facts(c)),
+                    paths=MappingProxyType(read_paths(c)),
                 )
             finally:
                 c.execute("COMMIT")

@@ -213,6 +213,9 @@ def test_verdicts_and_the_gate() -> None:
     assert len(warnings) == 1 and "interaction 11" in warnings[0]  # not required: a warning
     assert gate_findings(q, vs, [1, 2]) == ([], [])
     unmeasured = verdicts(q, [KEY], {}, 1000.0)
-    assert gate_findings(q, unmeasured, [9])[0] == []
+    # nothing measured yet: the report says so; the gate neither blocks nor lists each path
+    assert gate_findings(q, unmeasured, [9]) == ([], [])
+    half = verdicts(q, [KEY, k11], {(11, "em", "esx"): ms[(11, "em", "esx")]}, 1000.0)
+    assert gate_findings(q, half, [9, 11])[1][0].endswith("pm -> cm: not measured yet")
     strict = q.model_copy(update={"unmeasured": "block"})
     assert len(gate_findings(strict, unmeasured, [9])[0]) == 1
