@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -115,16 +116,40 @@ def connections(inter: Interaction) -> list[tuple[str, str]]:
     return out
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A plain aligned text table (for terminals)."""
+def text_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    width: int | None = None,
+    wrap: Sequence[int] = (),
+) -> list[str]:
+    """A plain aligned text table (for terminals). With ``width``, the columns ``wrap``
+    (indexes) are narrowed, the widest by one character at a time, until a line fits (each
+    at least 16 characters), and their cells wrapped onto more lines of the row."""
     widths = [len(h) for h in header]
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
+    floor = 16
+    while width is not None and sum(widths) + 2 * (len(widths) - 1) > width:
+        narrow = [i for i in wrap if widths[i] > max(floor, len(header[i]))]
+        if not narrow:
+            break
+        widths[max(narrow, key=lambda k: widths[k])] -= 1
 
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    def lines(cells: Sequence[str]) -> list[str]:
+        parts = [
+            textwrap.wrap(c, w, break_on_hyphens=False) or [""] if i in wrap else [c]
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        height = max(len(p) for p in parts)
+        return [
+            "  ".join(
+                (p[k] if k < len(p) else "").ljust(w) for p, w in zip(parts, widths, strict=True)
+            ).rstrip()
+            for k in range(height)
+        ]
 
-    out = [line(header), line(["-" * w for w in widths])]
-    out.extend(line(r) for r in rows)
+    out = lines(header) + lines(["-" * w for w in widths])
+    for r in rows:
+        out.extend(lines(r))
     return out

@@ -1,7 +1,8 @@
-"""The plain text report, for a terminal."""
+"""The plain text report, for a terminal: at most :data:`WIDTH` columns (long cells wrap)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from netcheck.controller.model import Evaluation, GateDecision
@@ -17,6 +18,14 @@ from netcheck.controller.render.common import (
 from netcheck.controller.render.common import text_table as table
 from netcheck.controller.render.gates import gate_headline
 from netcheck.controller.spec import Spec
+
+WIDTH = 120
+
+
+def _wrapped(text: str, lead: str) -> str:
+    return textwrap.fill(
+        text, WIDTH, initial_indent=lead, subsequent_indent=" " * len(lead), break_on_hyphens=False
+    )
 
 
 def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
@@ -42,7 +51,7 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
                 inter.title,
             ]
         )
-    out += table(["#", "verdict", "pass", "fail", "unknown", "roles", "title"], rows)
+    out += table(["#", "verdict", "pass", "fail", "unknown", "roles", "title"], rows, WIDTH, (5, 6))
     bad = not_passing(ev.rows)
     out += ["", f"Failing and unknown checks ({len(bad)})"]
     if bad:
@@ -58,14 +67,16 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
                 ]
                 for r in bad
             ],
+            WIDTH,
+            (3, 4),
         )
     else:
         out.append("none")
     out += ["", "Gates"]
     for g in gates:
         out.append(f"  {gate_headline(g)}")
-        out.extend(f"    - {reason}" for reason in g.reasons)
-        out.extend(f"    ! {w}" for w in g.warnings)
+        out.extend(_wrapped(reason, "    - ") for reason in g.reasons)
+        out.extend(_wrapped(w, "    ! ") for w in g.warnings)
     if not gates:
         out.append("  none asked")
     return "\n".join(out) + "\n"

@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,53 @@ from netcheck.controller.sourced import InputError
 from netcheck.controller.spec import Spec, load_spec
 
 ROUND_MAX_S = 6.0
+WIDTH = 120  # the console output fits this many columns
+
+
+def _fit(line: str) -> list[str]:
+    """A line of prose in lines of at most WIDTH columns, continued one step further in."""
+    if len(line) <= WIDTH:
+        return [line]
+    lead = line[: len(line) - len(line.lstrip())]
+    return textwrap.wrap(
+        line.strip(),
+        WIDTH,
+        initial_indent=lead,
+        subsequent_indent=lead + "  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    print("\n".join(x for line in text.split("\n") for x in _fit(line)), flush=True)
+
+
+def command_lines(command: str, indent: str = "  ") -> list[str]:
+    """A shell command in lines of at most WIDTH columns, continued with a backslash; an
+    option stays on the line of its value (one word longer than the line stays whole)."""
+    words = shlex.split(command)
+    groups: list[list[str]] = []
+    for w in words:
+        if groups and groups[-1][-1].startswith("--") and not w.startswith("--"):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    lines: list[str] = []
+    cur = indent
+    for g in groups:
+        part = shlex.join(g)
+        if cur.strip() and len(cur) + 1 + len(part) + 2 > WIDTH:
+            lines.append(cur + " \\")
+            cur = indent + "    " + part
+        else:
+            cur = f"{cur} {part}" if cur.strip() else cur + part
+    lines.append(cur)
+    return lines
+
+
+def _say_command(command: str) -> None:
+    print("\n".join(command_lines(command)), flush=True)
 
 
 def reader_flags(lab: labmod.Lab) -> list[str]:
@@ -60,13 +104,14 @@ def audit(lab: labmod.Lab, out_dir: Path) -> tuple[int, Path | None]:
         _say(f"warning: no complete probe round yet from: {', '.join(late)}")
     _say(f"probe round complete ({time.monotonic() - t0:.1f} s after start)\n")
     table = controller_cli(lab, "report", "--format", "table")
-    _say(table.stdout.rstrip() or table.stderr.rstrip())
-    _say("\nGate per migration mode:")
+    # The table without its own gates: they follow once, with each gate command's exit code.
+    _say((table.stdout.split("\nGates\n", 1)[0]).rstrip() or table.stderr.rstrip())
+    _say("\nGate per migration mode (netcheck-controller gate --mode MODE):")
     worst = 0
     for mode in spec.modes:
         gate = controller_cli(lab, "gate", "--mode", mode)
         first = (gate.stdout.strip().splitlines() or [gate.stderr.strip()])[0]
-        _say(f"  {mode:<11} exit {gate.returncode}  {first}")
+        _say(f"  {first} (exit {gate.returncode})")
         worst = max(worst, gate.returncode)
     status, html = lab.get("/api/v1/report?format=html", 15.0)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +199,7 @@ def _say_next(lab: labmod.Lab, spec: Spec, report: Path | None) -> None:
         + "):"
     )
     for line in offline_commands(lab, spec):
-        _say(f"  {line}")
+        _say_command(line)
 
 
 def _trust_line(lab: labmod.Lab) -> str:
@@ -195,7 +240,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _say(f"state, logs, inventory, CA and tokens: {lab.state}")
     _say("While it runs (`python -m deploy.lab down` ends it):")
     for line in live_commands(lab, spec):
-        _say(f"  {line}")
+        _say_command(line)
     _say_next(lab, spec, None)
     return 0
 
@@ -291,7 +336,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if keep:
             _say(f"\nserving the topology page at {lab.page_url}; meanwhile also:")
             for line in live_commands(lab, spec):
-                _say(f"  {line}")
+                _say_command(line)
             _say("Ctrl-C stops and tears down")
             _wait_for_ctrl_c()
         # The audit ran: that is success, whatever the gates say, unless --strict asks for
