@@ -17,8 +17,8 @@ when ``unmeasured: block`` (the shipped policy warns: see topology.yaml).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -459,4 +459,102 @@ def newest_measurements(
                     throughput_streams=prev.throughput_streams,
                 )
             out[key] = new
+    return out
+
+
+_MEASURED = (
+    "mtu",
+    "route_mtu",
+    "icmp",
+    "black_hole",
+    "mtu_probes",
+    "rtt_avg_s",
+    "rtt_min_s",
+    "rtt_max_s",
+    "jitter_s",
+    "loss",
+    "rtt_samples",
+    "up_mbit_s",
+    "down_mbit_s",
+    "throughput_streams",
+    "error",
+)
+
+
+def to_dict(p: PathVerdict, iso: Callable[[float | None], str | None]) -> dict[str, Any]:
+    """One path as the JSON report has it (report.schema.json, ``paths``)."""
+    m = p.measurement
+    return {
+        "interaction": p.interaction,
+        "src_role": p.src_role,
+        "src_host": p.src_host,
+        "dst_role": p.dst_role,
+        "dst_host": p.dst_host,
+        "port": p.port,
+        "verdict": p.verdict,
+        "required": p.required,
+        "reason": p.reason,
+        "measured_at": iso(m.at) if m is not None else None,
+        "figures": [
+            {
+                "figure": f.figure,
+                "value": f.value,
+                "threshold": f.threshold,
+                "margin": f.margin,
+                "ok": f.ok,
+                "unit": f.unit,
+                "text": f.describe(),
+            }
+            for f in p.figures
+        ],
+        "measured": {k: getattr(m, k) for k in _MEASURED} if m is not None else None,
+    }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _figure_cell(p: PathVerdict, name: Figure) -> str:
+    f = p.figure(name)
+    if f is None or f.value is None:
+        return "-"
+    v = _fmt(f.value, f.unit)
+    if f.margin is None:
+        return v
+    sign = "+" if f.margin >= 0 else "-"
+    return f"{v} ({sign}{_fmt(abs(f.margin), f.unit)}{'' if f.ok else ' FAIL'})"
+
+
+def markdown_section(paths: Sequence[PathVerdict]) -> list[str]:
+    """The report's "Interconnect qualification" section: one row per path, each figure
+    with its distance to its threshold (+ inside, - beyond)."""
+    out = [f"## Interconnect qualification ({len(paths)} paths)", ""]
+    if not paths:
+        return [*out, "No qualified data path in this site."]
+    counts = {v: sum(p.verdict == v for p in paths) for v in ("pass", "fail", "unknown")}
+    out += [
+        f"{counts['pass']} pass, {counts['fail']} fail, {counts['unknown']} not measured. "
+        "Each figure is followed by its distance to the threshold (+ inside, - beyond).",
+        "",
+        "| interaction | from | to | port | verdict | MTU | RTT | loss | up | down | why |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in paths:
+        hole = " (black hole)" if p.measurement is not None and p.measurement.black_hole else ""
+        verdict = p.verdict + ("" if p.required else ", not required")
+        cells = [
+            str(p.interaction),
+            p.src_host,
+            p.dst_host,
+            str(p.port),
+            verdict,
+            _figure_cell(p, "mtu") + hole,
+            _figure_cell(p, "rtt"),
+            _figure_cell(p, "loss"),
+            _figure_cell(p, "throughput_up"),
+            _figure_cell(p, "throughput_down"),
+            p.reason,
+        ]
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return out

@@ -62,3 +62,41 @@ def test_a_measured_black_hole_on_the_interconnect_blocks_the_cold_gate(tmp_path
     # the deployment mode does not include interaction 9: not its concern
     dep = gate(spec, inv, ev, "deployment")
     assert not any("interconnect" in r for r in (*dep.reasons, *dep.warnings))
+
+
+def test_reports_show_each_path_against_its_thresholds(tmp_path: Path) -> None:
+    import jsonschema
+
+    from netcheck.controller.render import json_report, render_report
+
+    spec = load_spec(ROOT / "topology.yaml")
+    inv = load_inventory(ROOT / "inventory.example.yaml", spec)
+    pm, cm = inv.of_role("prem_manager")[0], inv.of_role("cloud_manager")[0]
+    db = tmp_path / "store.db"
+    store = Store.open(db)
+    now = time.time()
+    slow = PathMeasurement(9, pm.name, cm.name, cm.address, 6000, now - 5, mtu=1400,
+                           route_mtu=1500, icmp=True, rtt_avg_s=0.0123, loss=0.0,
+                           up_mbit_s=640.0, down_mbit_s=1210.0, throughput_streams=11)  # fmt: skip
+    _store_report(db, pm.name, [slow], now - 5)
+    try:
+        ev = evaluate(spec, expected(spec, inv), store.snapshot(now), now)
+    finally:
+        store.close()
+    gates = [gate(spec, inv, ev, "cold_vcd")]
+    data = json.loads(json_report.render(spec, ev, gates))
+    schema = json.loads((ROOT / "controller/render/report.schema.json").read_text())
+    jsonschema.validate(data, schema)
+    (nine,) = [p for p in data["paths"] if p["interaction"] == 9]
+    assert nine["verdict"] == "fail" and nine["measured"]["up_mbit_s"] == 640.0
+    up = next(f for f in nine["figures"] if f["figure"] == "throughput_up")
+    assert up["margin"] == -360.0 and up["ok"] is False
+    assert up["text"] == "throughput_up 640 Mbit/s, 360 Mbit/s below the 1000 Mbit/s threshold"
+    assert all(p["verdict"] == "unknown" and p["measured"] is None
+               for p in data["paths"] if p["interaction"] != 9)  # fmt: skip
+    md = render_report(spec, ev, gates, "markdown")
+    assert "## Interconnect qualification (" in md
+    section = md[md.index("## Interconnect qualification (") :]
+    row = next(line for line in section.splitlines() if line.startswith(f"| 9 | {pm.name} |"))
+    assert "1400 bytes (+120 bytes)" in row and "12.3 ms (+17.7 ms)" in row
+    assert "640 Mbit/s (-360 Mbit/s FAIL)" in row and "1210 Mbit/s (+210 Mbit/s)" in row

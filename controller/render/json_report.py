@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from netcheck.agent.wire import encode
+from netcheck.controller import interconnect
 from netcheck.controller.awaited import never_registered
 from netcheck.controller.gate import decision_to_dict
 from netcheck.controller.model import (
@@ -230,6 +231,9 @@ def report_dict(
         # The exposure audit (controller.exposure.to_dict): every agent's newest sweep and
         # the open ports the spec does not list for their pair.
         "exposure": exposure or {"sweeps": [], "findings": [], "close": []},
+        # Interconnect qualification (controller.interconnect): every qualified data path,
+        # its verdict and each figure against its threshold.
+        "paths": [interconnect.to_dict(p, iso) for p in ev.paths],
     }
 
 

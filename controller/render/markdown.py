@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from netcheck.controller import interconnect
 from netcheck.controller.model import CheckRow, Device, Evaluation, GateDecision, Side
 from netcheck.controller.render.common import (
     connections,
@@ -179,6 +180,7 @@ def render(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
     else:
         out.append("Every check has a fresh result.")
     out += ["", *markdown_section(spec, ev)]
+    out += ["", *interconnect.markdown_section(ev.paths)]
     if gates:
         out += ["", "## Gates", ""]
         for g in gates:
