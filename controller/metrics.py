@@ -23,6 +23,7 @@ from netcheck.controller.gate import gate
 from netcheck.controller.hostmetrics import host_families
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import AgentSeen, Decision, Evaluation, GateDecision
+from netcheck.controller.pathmetrics import path_families
 from netcheck.controller.refusals import REASONS, Refusals
 from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
@@ -112,6 +113,7 @@ def check_families(
     unexpected.add_metric([], len(ev.unexpected))
     yield from (checks, ports, up, tls, go, state, blocking, unexpected)
     yield from host_families(spec, ev)
+    yield from path_families(ev.paths)
 
 
 def agent_families(ev: Evaluation, now: float) -> Iterator[Metric]:
