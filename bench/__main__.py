@@ -18,7 +18,7 @@ from bench import machine
 from bench.report import Section, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("sweep", "ingest", "footprint", "flood", "audit", "interconnect")
+SECTIONS = ("sweep", "exposure", "ingest", "footprint", "flood", "audit", "interconnect")
 
 
 def _log(msg: str) -> None:
@@ -87,8 +87,19 @@ def _runners(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
         cfg = InterconnectConfig(repeats=repeats, seconds=2.0 if args.quick else 5.0)
         return run_interconnect(cfg, _log)
 
+    def exposure() -> Section:
+        from bench.exposure import ExposureConfig, run_exposure
+
+        cfg = (
+            ExposureConfig(repeats, lo=1, hi=10_000, nmap_bound_s=20.0)
+            if args.quick
+            else ExposureConfig(repeats)
+        )
+        return run_exposure(cfg, _log)
+
     return {
         "sweep": sweep,
+        "exposure": exposure,
         "ingest": ingest,
         "footprint": footprint,
         "flood": flood,

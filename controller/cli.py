@@ -592,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=_ttl, default=3600.0, help="lifetime: 600, 30m, 1h (default)")
     p.set_defaults(func=cmd_enrol)
 
+    from netcheck.controller.request_cli import add_parsers as request_parsers
+
+    request_parsers(add, _source_args)
+
     p = add("revoke", "revoke a host's client certificates (a running controller sees it)")
     p.add_argument("--db", required=True, help="the controller's SQLite file")
     p.add_argument("--host", required=True)

@@ -101,6 +101,11 @@ class RequestError(NetcheckError):
         self.message = message
 
 
+def num(x: float) -> str:
+    """A bound in words: 1000000 -> "1000000", 0.05 -> "0.05"."""
+    return str(int(x)) if x == int(x) else f"{x:g}"
+
+
 def new_id() -> str:
     return secrets.token_hex(16)
 
@@ -124,7 +129,7 @@ def params_for(kind: str, given: Mapping[str, Any]) -> tuple[RequestParam, ...]:
         if not rule.lo <= value <= rule.hi:
             raise RequestError(
                 400,
-                f"{kind}: {name} {value!r} is not within {rule.lo:g}-{rule.hi:g}",
+                f"{kind}: {name} {value!r} is not within {num(rule.lo)}-{num(rule.hi)}",
             )
         if rule.integer and value != int(value):
             raise RequestError(400, f"{kind}: {name} {value!r} is not a whole number")

@@ -123,3 +123,13 @@ async def test_request_queue_acknowledges_runs_once_and_refuses_expired() -> Non
     queue.offer([live], now=now)  # handed over again: not run twice
     assert [(r.id, r.state) for r in reports] == [("r1", "running"), ("r2", "failed")]
     assert "deadline" in reports[1].detail
+
+
+def test_syn_template_matches_the_packet_builder() -> None:
+    from netcheck.agent.probes import packets
+    from netcheck.agent.probes.exposure import SynTemplate
+
+    t = SynTemplate("198.18.1.2", "198.18.3.2", 40000, 0xDEADBEEF)
+    for port in range(1, 65536):  # every port: the checksum folds the same way for all
+        want = packets.tcp_segment("198.18.1.2", "198.18.3.2", 40000, port, 0xDEADBEEF, "S")
+        assert bytes(t.at(port)) == want, port

@@ -107,9 +107,7 @@ async def test_requests_go_to_the_agent_and_its_report_becomes_findings(
         OpenPort(dst["dst_host"], dst["dst_address"], 2222, "SSH-2.0-OpenSSH_9.2"),
         OpenPort(dst["dst_host"], dst["dst_address"], 8081),
     )
-    done = RequestReport(
-        made["id"], "exposure", "done", time.time(), "ok", (swept,), ports
-    )
+    done = RequestReport(made["id"], "exposure", "done", time.time(), "ok", (swept,), ports)
     resp = await _exchange(client, host, done)
     assert resp.status == 200, await resp.text()
     # the same end sent again (an agent that did not see the answer) is taken, not doubled
@@ -138,8 +136,10 @@ async def _report(client: Client, fmt: str) -> Any:
     for _ in range(50):  # the report follows the request book within its refresh
         resp = await client.get(f"/api/v1/report?format={fmt}", headers=OPERATOR)
         text = await resp.text()
-        found = json.loads(text).get("exposure", {}).get("sweeps") if fmt == "json" else (
-            "Exposure audit" in text
+        found = (
+            json.loads(text).get("exposure", {}).get("sweeps")
+            if fmt == "json"
+            else ("Exposure audit" in text)
         )
         if found:
             return json.loads(text) if fmt == "json" else text
@@ -237,3 +237,35 @@ def test_params_defaults_and_bounds() -> None:
     assert got["timeout"] == 0.5 and got["last_port"] == 65535 and got["retries"] == 1
     with pytest.raises(RequestError, match="first_port is above last_port"):
         params_for("exposure", {"first_port": 100, "last_port": 10})
+
+
+def _cli(*args: str, cwd: Path = REPO) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "netcheck.controller", *args],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_cli_writes_requests_the_book_hands_over(inv: Inventory, tmp_path: Path) -> None:
+    db = tmp_path / "cli.sqlite"
+    example = str(REPO / "inventory.example.yaml")
+    done = _cli("request", "exposure", "--db", str(db), "--inventory", example,
+                "--role", "pio", "--rate", "1000", "--timeout", "0.5")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    rid, kind, role, host = line.split()
+    assert (kind, role, host) == ("exposure", "pio", _pio(inv)[0])
+    book = RequestBook.open(db)
+    try:
+        (req,) = book.pending(role, host)
+        assert req.id == rid
+        assert {p.name: p.value for p in req.params}["rate"] == 1000
+    finally:
+        book.close()
+    listed = _cli("request", "list", "--db", str(db))
+    assert listed.returncode == 0 and f"{rid} exposure pio {host} pending" in listed.stdout
+    bad = _cli("request", "exposure", "--db", str(db), "--inventory", example, "--rate", "0")
+    assert bad.returncode == 2 and "rate 0 is not within 1-1000000" in bad.stderr
