@@ -6,6 +6,14 @@ and renews its certificate in the background (:func:`agent.enrol.keep_renewed`),
 the link's TLS context in place: the buffered results stay where they are. A refused
 credential at registration (401/403, or a controller certificate our CA does not vouch for)
 ends ``--once`` with exit 1 and the reason; a serving agent retries it slowly.
+
+Plans follow the site without a restart: before each round the agent asks the controller
+(a batch, empty when nothing waits) and every answer carries the digest of this agent's
+current plan; a stale plan is fetched again (:meth:`Link.refresh`) and reconciled by
+difference (:class:`_Applied`): listeners for ports no longer planned are closed (reported
+``closed`` once), new ones opened, the others keep their sockets; the round runs the new
+checks. Between rounds, a new plan learnt from an answer reconciles the listeners at once.
+Buffered results stay where they are.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ from netcheck.agent.errors import AuthError, EnrolError, InputError
 from netcheck.agent.health import AgentState, start_health_server
 from netcheck.agent.link import Backoff, HttpTransport, Link, LinkError, Transport
 from netcheck.agent.listeners import ListenerSet
-from netcheck.agent.runner import choose_mode, run_plan, schedule
+from netcheck.agent.runner import choose_mode, diff_checks, run_plan, schedule
 from netcheck.agent.spool import Spool
 from netcheck.agent.watch import SynWatcher
-from netcheck.agent.wire import ProbeMode, Registration
+from netcheck.agent.wire import Plan, ProbeMode, Registration
 
 log = logging.getLogger(__name__)
+# Before each round, the plan is checked with the controller for at most this long.
+PLAN_CHECK_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +202,7 @@ async def _flush_loop(
             continue
         try:
             await link.flush()
+            await link.refresh()  # an answer said the plan is stale: fetch the new one
             backoff.reset()
         except LinkError as exc:
             delay = backoff.next_delay()
@@ -239,6 +250,77 @@ async def _settle(link: Link, listeners: ListenerSet, stop: asyncio.Event, settl
     return await _wait(stop, deadline - loop.time())
 
 
+class _Applied:
+    """The plan the listeners (and the SYN watcher) hold now; :meth:`follow` reconciles them
+    with the link's newest plan by difference, and reports what changed at once."""
+
+    def __init__(
+        self, link: Link, listeners: ListenerSet, watcher: SynWatcher | None, wake: asyncio.Event
+    ) -> None:
+        self.link, self.listeners, self.watcher, self.wake = link, listeners, watcher, wake
+        self.plan: Plan | None = None
+        self.version = -1
+
+    async def follow(self) -> Plan:
+        link = self.link
+        assert link.plan is not None
+        link.plan_changed.clear()
+        if link.plan_version == self.version and self.plan is not None:
+            return self.plan
+        new, old = link.plan, self.plan
+        await self.listeners.reconcile(new.listen)
+        if self.watcher is not None:
+            self.watcher.watch(s.port for s in new.listen)
+        self.plan, self.version = new, link.plan_version
+        if old is not None:
+            diff = self.listeners.last_diff
+            added, removed, _ = diff_checks(old.checks, new.checks)
+            log.info(
+                "new plan %s: listeners %d opened, %d closed, %d kept; checks %d new, "
+                "%d removed, %d in all (from the next round)",
+                new.plan_digest[:12] or "without a digest",
+                len(diff.start),
+                len(diff.close),
+                len(diff.keep) + len(diff.update),
+                len(added),
+                len(removed),
+                len(new.checks),
+            )
+            # The new picture now (the released ports "closed", once), not at the round.
+            link.add(listeners=self.listeners.statuses())
+            self.listeners.forget_released()
+            self.wake.set()
+        return new
+
+
+async def _idle(stop: asyncio.Event, delay: float, applied: _Applied) -> bool:
+    """Wait `delay` seconds between rounds, reconciling the listeners as soon as the link
+    brings a new plan (learnt from an answer); True when stopping."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, delay)
+    while not stop.is_set():
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        stopping = asyncio.ensure_future(stop.wait())
+        changed = asyncio.ensure_future(applied.link.plan_changed.wait())
+        await asyncio.wait({stopping, changed}, timeout=left, return_when="FIRST_COMPLETED")
+        stopping.cancel()
+        changed.cancel()
+        if applied.link.plan_changed.is_set() and not stop.is_set():
+            await applied.follow()
+    return True
+
+
+async def _check_plan(link: Link, budget_s: float) -> None:
+    """Before a round: ask the controller whether the plan is still current (and fetch it
+    when not), within `budget_s`; an unreachable controller leaves the plan as it is."""
+    try:
+        await asyncio.wait_for(link.check_plan(), budget_s)
+    except (LinkError, TimeoutError) as exc:
+        log.info("plan not checked before the round (%s): probing the plan held", exc or "timeout")
+
+
 async def _probe_loop(
     cfg: DaemonConfig,
     mode: ProbeMode,
@@ -250,22 +332,17 @@ async def _probe_loop(
     watcher: SynWatcher | None = None,
 ) -> None:
     assert link.plan is not None
-    await listeners.reconcile(link.plan.listen)
-    if watcher is not None:
-        watcher.watch(s.port for s in link.plan.listen)
-    plan_version = link.plan_version
+    applied = _Applied(link, listeners, watcher, wake)
+    await applied.follow()
     delays = schedule(link.plan.period_s, random.Random(), cfg.first_run_cap_s)
     if cfg.once and cfg.settle_s > 0 and await _settle(link, listeners, stop, cfg.settle_s):
         return
-    if not cfg.once and await _wait(stop, next(delays)):
+    if not cfg.once and await _idle(stop, next(delays), applied):
         return
     while not stop.is_set():
-        plan = link.plan
-        if link.plan_version != plan_version:
-            await listeners.reconcile(plan.listen)
-            if watcher is not None:
-                watcher.watch(s.port for s in plan.listen)
-            plan_version = link.plan_version
+        if not cfg.once:
+            await _check_plan(link, min(PLAN_CHECK_S, max(1.0, link.plan.period_s / 2)))
+        plan = await applied.follow()
         try:
             results = await run_plan(plan, mode)
         except Exception:  # a bug or the host's trouble: logged, and the next round runs
@@ -276,7 +353,7 @@ async def _probe_loop(
             state.count(results)
         link.add(results, listeners.statuses(), listeners.take_peers())
         wake.set()
-        if cfg.once or await _wait(stop, next(delays)):
+        if cfg.once or await _idle(stop, next(delays), applied):
             return
 
 

@@ -11,6 +11,13 @@ directory: they survive a restart, ``kill -9`` included); each batch is read fro
 records, and only the records the controller answered for are deleted. Nothing is lost
 silently: records beyond the bound are dropped oldest first and counted by kind, and the
 count of dropped results travels in ``ResultBatch.dropped``.
+
+Plans follow the site: every answer of the controller carries the digest of this agent's
+current plan (``plan_digest``: in the plan itself at registration, in the answer to a batch,
+:class:`~netcheck.agent.wire.ResultsAck`). An answer whose digest is not the plan's marks the
+plan :attr:`Link.stale`; :meth:`Link.refresh` then registers again for the new plan (the
+buffered results stay as they are), and :attr:`Link.plan_changed` tells the daemon to
+reconcile its listeners and checks. :meth:`Link.check_plan` asks on purpose: before a round.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import time
 from collections import Counter
@@ -54,6 +62,7 @@ MAX_REPORTS = 256
 T = TypeVar("T")
 __all__ = ["AuthError", "HttpTransport", "Link", "LinkError", "Transport", "TransportError"]
 REFUSED = (401, 403)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class Transport(Protocol):
@@ -143,6 +152,10 @@ class Link:
         self.batch_size = max(1, batch_size)
         self.plan: Plan | None = None
         self.plan_version = 0
+        # An answer carried another digest than the plan's: fetch the plan again.
+        self.stale = False
+        # Set when a registration brought a plan that differs from the one before.
+        self.plan_changed = asyncio.Event()
         self._listeners: tuple[ListenerStatus, ...] = ()
         self._listeners_dirty = False
         self._lock = asyncio.Lock()
@@ -191,17 +204,55 @@ class Link:
             plan = decode(Plan, body)
         except WireError as exc:
             raise LinkError(f"the controller sent an invalid plan: {exc}") from exc
-        if plan != self.plan:
+        changed = plan != self.plan
+        if changed:
             self.plan = plan
             self.plan_version += 1
+            self.plan_changed.set()
+        self.stale = False
         log.info(
-            "registered as %s/%s: %d listeners, %d checks",
+            "registered as %s/%s: %d listeners, %d checks (plan %s%s)",
             plan.role,
             plan.host,
             len(plan.listen),
             len(plan.checks),
+            plan.plan_digest[:12] or "without a digest",
+            "" if changed else ", as before",
         )
         return plan
+
+    def note_digest(self, body: Any) -> None:
+        """Read the plan digest of a controller's answer: one that differs from the plan's
+        marks the plan stale. An answer without one (an older controller) says nothing."""
+        digest = body.get("plan_digest") if isinstance(body, dict) else None
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest) or self.plan is None:
+            return
+        if digest != self.plan.plan_digest and not self.stale:
+            log.info(
+                "the controller's plan for this agent changed (%s, ours %s): fetching it",
+                digest[:12],
+                self.plan.plan_digest[:12] or "without a digest",
+            )
+            self.stale = True
+
+    async def refresh(self) -> bool:
+        """Fetch the plan again when it is stale (registering again); True when it changed.
+        Raises :class:`LinkError` when the controller cannot be reached (still stale)."""
+        if not self.stale:
+            return False
+        version = self.plan_version
+        await self.register()
+        return self.plan_version != version
+
+    async def check_plan(self) -> bool:
+        """Deliver what is buffered, or an empty batch (the listener states), learning the
+        plan's digest from the answer; fetch the plan when it is stale. True when the plan
+        changed; raises :class:`LinkError` when the controller cannot be reached."""
+        async with self._lock:
+            await self._send_one()
+            while self.pending:
+                await self._send_one()
+        return await self.refresh()
 
     def add(
         self,
@@ -250,6 +301,7 @@ class Link:
         answered = [i for i, _ in rows] + [i for i, _ in peer_rows]
         if status == 200:
             self._offer(body)
+            self.note_digest(body)
             self.spool.delete(answered, batch.dropped, unreadable)
             self.accepted_results += len(results)
             self._listeners_dirty = False

@@ -29,7 +29,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from netcheck.agent import measure
@@ -145,6 +145,31 @@ class _Standin(asyncio.Protocol):
         self.done()
 
 
+@dataclasses.dataclass(frozen=True)
+class ListenerDiff:
+    """What a new plan changes in the listeners (:func:`diff_listeners`)."""
+
+    close: tuple[int, ...]  # held (or tried) and no longer planned
+    start: tuple[ListenSpec, ...]  # planned and not listening: new, or a bind to try again
+    update: tuple[ListenSpec, ...]  # listening and still planned, its spec changed: in place
+    keep: tuple[int, ...]  # listening, planned as it is: untouched
+
+
+def diff_listeners(
+    listening: Mapping[int, ListenSpec], known: Iterable[int], wanted: Iterable[ListenSpec]
+) -> ListenerDiff:
+    """Reconcile by difference (pure): `listening` the ports held now with their specs,
+    `known` every port with a state (held, or a bind that failed), `wanted` the new plan's.
+    A port listening now and still planned is never closed, whatever else changed about it
+    (its service or interactions are swapped in place: no flapping)."""
+    want = {s.port: s for s in wanted}
+    close = tuple(sorted((set(known) | set(listening)) - set(want)))
+    start = tuple(want[p] for p in sorted(set(want) - set(listening)))
+    update = tuple(want[p] for p in sorted(set(want) & set(listening)) if want[p] != listening[p])
+    keep = tuple(p for p in sorted(set(want) & set(listening)) if want[p] == listening[p])
+    return ListenerDiff(close, start, update, keep)
+
+
 @dataclasses.dataclass
 class _Held:
     """One port being held: its listening socket and spec."""
@@ -184,6 +209,7 @@ class ListenerSet:
         self.capped: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._live: set[asyncio.Transport] = set()
+        self.last_diff = ListenerDiff((), (), (), ())
         self._tls_slots: asyncio.Semaphore | None = None
 
     def statuses(self) -> tuple[ListenerStatus, ...]:
@@ -205,18 +231,30 @@ class ListenerSet:
         return tuple(out)
 
     async def reconcile(self, specs: Iterable[ListenSpec]) -> tuple[ListenerStatus, ...]:
-        """Start listeners the plan adds, stop those it removes; keep the others running."""
-        wanted = {s.port: s for s in specs}
-        current = {p: h.spec for p, h in self._held.items()}
-        for port in sorted(set(self._status) - set(wanted)):
+        """Start listeners the plan adds (and retry binds that failed), stop those it
+        removes (reported ``closed``); the others keep their sockets (:func:`diff_listeners`)."""
+        self.last_diff = diff = self.diff(specs)
+        for port in diff.close:
             self._stop(port, released=True)
-        for port, spec in sorted(wanted.items()):
-            if current.get(port) == spec and self._status[port].state == "listening":
-                continue
-            self._stop(port)
-            self._closed.pop(port, None)
-            self._status[port] = self._start(spec)
+        for spec in diff.update:  # the next connection is served as the new spec says
+            self._held[spec.port].spec = spec
+        for spec in diff.start:
+            self._stop(spec.port)
+            self._closed.pop(spec.port, None)
+            self._status[spec.port] = self._start(spec)
         return self.statuses()
+
+    def diff(self, specs: Iterable[ListenSpec]) -> ListenerDiff:
+        """What :meth:`reconcile` would change for `specs`."""
+        listening = {
+            p: h.spec for p, h in self._held.items() if self._status[p].state == "listening"
+        }
+        return diff_listeners(listening, self._status, specs)
+
+    def forget_released(self) -> None:
+        """Stop reporting the ports a plan dropped (their ``closed`` state, once reported, is
+        old news: the controller no longer expects anything of them)."""
+        self._closed.clear()
 
     async def close(self) -> None:
         """Stop every listener and drop open conversations; the ports held until now are

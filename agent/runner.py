@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from netcheck.agent.probes import RUNNERS, ProbeOptions
-from netcheck.agent.wire import Plan, ProbeMode, ProbeResult
+from netcheck.agent.wire import CheckSpec, Plan, ProbeMode, ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,19 @@ async def run_plan(plan: Plan, mode: ProbeMode, bind_address: str = "") -> list[
     CAP_NET_RAW)."""
     opts = options_for(plan, bind_address)
     return await RUNNERS[mode](plan.checks, opts, plan.concurrency)
+
+
+def diff_checks(
+    old: Iterable[CheckSpec], new: Iterable[CheckSpec]
+) -> tuple[tuple[CheckSpec, ...], tuple[CheckSpec, ...], tuple[CheckSpec, ...]]:
+    """A new plan's checks against the old ones by id (pure): (added, removed, kept). The
+    next round runs the new plan's checks; results of removed ones already buffered stay."""
+    before = {c.check_id: c for c in old}
+    after = {c.check_id: c for c in new}
+    added = tuple(c for i, c in after.items() if i not in before)
+    removed = tuple(c for i, c in before.items() if i not in after)
+    kept = tuple(c for i, c in after.items() if i in before)
+    return added, removed, kept
 
 
 def schedule(period_s: float, rng: random.Random, first_cap_s: float = 60.0) -> Iterator[float]:

@@ -502,13 +502,24 @@ def check_id(interaction: int, src_host: str, dst_host: str, port: int) -> str:
 
 
 def plan_digest(plan: Plan) -> str:
-    """sha256 (hex) of the plan's canonical encoding: its JSON with sorted keys and no
-    spaces, its own ``plan_digest`` left out. The controller computes it; an agent compares
-    the digests it is sent (it never needs to recompute one)."""
+    """sha256 (hex) of the plan's canonical encoding: its JSON with sorted keys, no spaces,
+    a whole float written as an integer (JSON does not tell ``2`` from ``2.0``), its own
+    ``plan_digest`` left out. The controller computes it; an agent compares the digests it
+    is sent (it never needs to recompute one, but would find the same)."""
     data = encode(plan)
     data.pop("plan_digest", None)
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def encode(obj: Any) -> Any:

@@ -339,6 +339,7 @@ class LiveConfig:
             self.error, self.last_ok = None, True
             return True
         retired = _retire(self.retired, old.check_ids, new.check_ids)
+        new = dataclasses.replace(new, scopes=widened(new.scopes, old.scopes))
         done: list[Apply] = []
         try:
             for apply in self._apply:
@@ -395,6 +396,25 @@ class LiveConfig:
                 return True
         self._tried = now_stats  # only times moved (a touch): nothing to load
         return self.error is not None
+
+
+def widened(
+    new: dict[tuple[str, str], Scope], old: dict[tuple[str, str], Scope]
+) -> dict[tuple[str, str], Scope]:
+    """Each host's new scope, also taking what its earlier plans had it probe and hold (a
+    host still in the inventory): results buffered before it fetched its new plan, and the
+    ``closed`` state of a port it no longer holds, are its own, not refused (bounded:
+    :data:`MAX_RETIRED` earlier check ids per host at most)."""
+    out = dict(new)
+    for key, scope in new.items():
+        before = old.get(key)
+        if before is None or before.address != scope.address:
+            continue
+        ids = scope.check_ids | before.check_ids
+        if len(ids) - len(scope.check_ids) > MAX_RETIRED:
+            ids = scope.check_ids
+        out[key] = dataclasses.replace(scope, check_ids=ids, ports=scope.ports | before.ports)
+    return out
 
 
 def _stats(paths: Sequence[str]) -> dict[str, tuple[int, int] | None]:

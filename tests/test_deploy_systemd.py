@@ -179,3 +179,8 @@ def test_security_exposure_is_low(tmp_path: Path, index: int, threshold: int) ->
     unit = _installable_copies(tmp_path)[index]
     out = analyze("security", "--offline=yes", f"--threshold={threshold}", str(unit))
     assert out.returncode == 0, out.stdout[-2000:]
+
+
+def test_controller_reloads_its_site_on_systemctl_reload() -> None:
+    """`systemctl reload` sends SIGHUP: the controller reads topology and inventory again."""
+    assert one(CONTROLLER, "ExecReload") == "/bin/kill -HUP $MAINPID"
