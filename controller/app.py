@@ -62,6 +62,7 @@ from netcheck.controller.auth import guard
 from netcheck.controller.evalcache import EvaluationCache
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.metrics import RefusalCollector, StoreCollector
+from netcheck.controller.qualify_schedule import schedule_ctx
 from netcheck.controller.refusals import Refusals
 from netcheck.controller.reload import (
     ConfigCollector,
@@ -272,6 +273,7 @@ def make_app(
             _store_ctx(db),
             *trust,
             book_ctx(db),
+            schedule_ctx(),
             _writer_ctx,
             _collector_ctx,
             _reload_ctx(reload_signal, watch_seconds),

@@ -15,10 +15,13 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from netcheck.controller.errors import CliError, Unreachable
+from netcheck.controller.inventory import Inventory
+from netcheck.controller.model import Evaluation, GateDecision
 from netcheck.controller.requests import (
     DEFAULT_DEADLINE_S,
     PARAMS,
@@ -27,6 +30,7 @@ from netcheck.controller.requests import (
     make_requests,
     num,
 )
+from netcheck.controller.spec import Spec
 
 # --flag -> parameter name (exposure), as the issue names them.
 EXPOSURE_FLAGS = {
@@ -79,6 +83,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         for flag, name in EXPOSURE_FLAGS.items()
         if getattr(args, flag, None) is not None
     }
+    if kind == "interconnect":
+        params = {"throughput": 1 if args.throughput else 0}
     if args.controller:
         body = {"kind": kind, "params": params, "deadline_s": args.deadline}
         body.update({k: getattr(args, k) for k in ("role", "host") if getattr(args, k)})
@@ -162,6 +168,53 @@ def add_parsers(add: Any, source_args: Any) -> None:
         help=f"seconds the agents have to finish (default {DEFAULT_DEADLINE_S:g})",
     )
     e.set_defaults(func=cmd_request, kind="exposure")
+    q = sub.add_parser(
+        "interconnect",
+        help="qualify the data paths: path MTU, round trip and loss (and throughput)",
+        description="One interconnect request per agent host matching --role/--host: the "
+        "agent measures each data path of its plan (topology.yaml qualification:) on the "
+        "interaction's own port, against the destination's stand-in: path MTU with DF set "
+        "(ICMP fragmentation-needed or a black hole), round trip, jitter and loss; with "
+        "--throughput also Mbit/s both ways over the interaction's port range (it loads the "
+        "link). The report, the gate and the metrics judge them against the thresholds.",
+    )
+    source_args(q)
+    q.add_argument("--role", help="only agents of this role")
+    q.add_argument("--host", help="only this agent host")
+    q.add_argument("--throughput", action="store_true", help="also measure throughput both ways")
+    q.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE_S,
+        help=f"seconds the agents have to finish (default {DEFAULT_DEADLINE_S:g})",
+    )
+    q.set_defaults(func=cmd_request, kind="interconnect")
     ls = sub.add_parser("list", help="the requests, newest first, with state and open ports")
     source_args(ls)
     ls.set_defaults(func=cmd_request_list)
+
+
+def with_exposure(
+    text: str,
+    args: argparse.Namespace,
+    spec: Spec,
+    inv: Inventory,
+    ev: Evaluation,
+    gates: Sequence[GateDecision],
+) -> str:
+    """A report made from ``--db`` with the exposure audit of that database's requests (JSON:
+    its ``exposure`` block; Markdown: its section; other formats as they are)."""
+    from netcheck.controller import exposure
+    from netcheck.controller.expand import by_source, expected
+    from netcheck.controller.render import json_report
+
+    if args.format not in ("json", "markdown"):
+        return text
+    book = RequestBook.open(args.db)
+    try:
+        audit = exposure.audit(book.ended(), by_source(expected(spec, inv).checks))
+    finally:
+        book.close()
+    if args.format == "markdown":
+        return exposure.with_markdown(text, audit)
+    return json_report.render(spec, ev, gates, exposure=exposure.to_dict(audit))
