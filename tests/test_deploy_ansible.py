@@ -81,9 +81,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def controller(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+def controller(
+    tmp_path: Path, role: str = "pio", name: str = "pio-1", address: str = "127.18.1.10"
+) -> Iterator[tuple[str, Path, str]]:
     """A real controller on HTTPS (a CA from the project's own `ca init`): (URL, its CA file,
-    one join token for pio-1 from `netcheck-controller enrol`)."""
+    one join token for the host `name` of `role` from `netcheck-controller enrol`)."""
     import time
     import urllib.request
 
@@ -91,16 +93,16 @@ def controller(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
     site.mkdir()
     inv = site / "inventory.yaml"
     inv.write_text(
-        "version: 1\nsite: t\nhosts:\n  pio:\n    - {name: pio-1, address: 127.18.1.10}\n"
+        f"version: 1\nsite: t\nhosts:\n  {role}:\n    - {{name: {name}, address: {address}}}\n"
     )
     ctl = [sys.executable, "-m", "netcheck.controller"]
     files = ["--topology", str(REPO / "topology.yaml"), "--inventory", str(inv)]
     db = str(site / "netcheck.db")
     run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=60, check=True)
     run([*ctl, "ca", "init", "--pki", str(site / "pki"), "--address", "127.0.0.1"])
-    out = run([*ctl, "enrol", "--db", db, *files, "--role", "pio", "--host", "pio-1"]).stdout
+    out = run([*ctl, "enrol", "--db", db, *files, "--role", role, "--host", name]).stdout
     host, token = out.split()
-    assert host == "pio-1"
+    assert host == name
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
     serve = [*ctl, "serve", *files, "--db", db, "--listen", f"127.0.0.1:{port}"]
@@ -189,3 +191,93 @@ def test_role_lays_down_the_agent_and_is_idempotent(tmp_path: Path) -> None:
 
         second = play()  # the token is spent: a second enrolment would fail the play
         assert re.search(r"pio-1\s+: ok=\d+\s+changed=0\s", second), second[-1500:]
+
+
+@pytest.mark.skipif(LINT is None, reason="ansible-lint is not installed (pip install ansible-lint)")
+def test_ansible_lint_the_guest_playbook() -> None:
+    assert LINT is not None
+    out = subprocess.run(
+        [LINT, "--offline", "--nocolor", "--profile", "production", "guests.yml"],
+        cwd=ANSIBLE, capture_output=True, text=True, timeout=300, env=env(), check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+SYSTEM_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
+def _guest_play(
+    inventory: Path, extra: dict[str, object] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [PLAYBOOK or "ansible-playbook", "-i", str(inventory), str(ANSIBLE / "guests.yml")]
+    if extra:
+        argv += ["-e", json.dumps(extra)]
+    return subprocess.run(
+        argv, cwd=ANSIBLE, capture_output=True, text=True, timeout=300, env=env(), check=False
+    )
+
+
+@pytest.mark.slow
+@needs_playbook
+def test_guest_role_installs_the_single_file_with_the_systems_python(tmp_path: Path) -> None:
+    """The guest play on this machine, into a scratch tree, twice: the real
+    netcheck-guest.pyz copied, run by the system's python3 (found by the role, no
+    virtualenv), enrolled against a real controller, a systemd unit naming that python; the
+    second run changes nothing. A guest with no Python 3.6+ stops with the README's advice."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "netcheck_zipapp_build_g", REPO / "deploy" / "zipapp" / "build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build
+    spec.loader.exec_module(build)
+    pyz = build.build_guest(tmp_path / "netcheck-guest.pyz")
+    root = tmp_path / "root"
+    (root / "units").mkdir(parents=True)
+    with controller(tmp_path, "cloud_vm", "cloud-vm-1", "127.18.2.101") as (url, ca, token):
+        host = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "ansible_become": False,
+            "netcheck_guest_role": "cloud_vm",
+            "netcheck_guest_controller_url": url,
+            "netcheck_guest_ca_file": str(ca),
+            "netcheck_guest_address": "127.18.2.101",
+            "netcheck_guest_pyz": str(pyz),
+            "netcheck_guest_pyz_dest": str(root / "lib" / "netcheck-guest.pyz"),
+            "netcheck_guest_pythons": ["/nonexistent/python3", SYSTEM_PYTHON],
+            "netcheck_guest_config_dir": str(root / "etc"),
+            "netcheck_guest_state_dir": str(root / "state"),
+            "netcheck_guest_unit_dir": str(root / "units"),
+            "netcheck_guest_manage_service": False,
+            "netcheck_guest_join_token": token,
+        }
+        inventory = tmp_path / "inventory.json"
+        inventory.write_text(json.dumps({"netcheck_guests": {"hosts": {"cloud-vm-1": host}}}))
+        first = _guest_play(inventory)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert token not in first.stdout + first.stderr
+        assert re.search(r"cloud-vm-1\s+: ok=\d+\s+changed=[1-9]", first.stdout)
+        dest = root / "lib" / "netcheck-guest.pyz"
+        assert dest.read_bytes() == pyz.read_bytes() and dest.stat().st_mode & 0o777 == 0o644
+        identity = root / "state" / "agent.pem"
+        assert identity.stat().st_mode & 0o777 == 0o600
+        assert b"BEGIN CERTIFICATE" in identity.read_bytes()
+        assert (root / "state").stat().st_mode & 0o777 == 0o700
+        assert (root / "etc" / "guest.join-token").stat().st_mode & 0o777 == 0o600
+        unit = (root / "units" / "netcheck-guest.service").read_text()
+        found = shutil.which(SYSTEM_PYTHON) or SYSTEM_PYTHON
+        assert f"ExecStart={found} {dest} serve --controller {url} --role cloud_vm" in unit
+        assert "--host cloud-vm-1 --address 127.18.2.101 --state-dir" in unit
+        directives = [line.split("=", 1)[0] for line in unit.splitlines() if "=" in line]
+        for newer in ("StateDirectory", "LoadCredential", "DynamicUser"):  # systemd 219
+            assert newer not in directives
+        second = _guest_play(inventory)
+        assert second.returncode == 0, second.stdout[-3000:]
+        assert re.search(r"cloud-vm-1\s+: ok=\d+\s+changed=0\s", second.stdout), second.stdout
+        none = _guest_play(inventory, {"netcheck_guest_pythons": ["/nonexistent/python3"]})
+        assert none.returncode != 0
+        assert "has no Python 3.6 or newer" in none.stdout
+        assert "vendor's optional repository or EPEL" in none.stdout
