@@ -1,11 +1,12 @@
 """What runs in the source namespace for the exposure benchmark:
 ``python -m bench.exposure_worker KIND @ARGS_FILE``; prints one JSON line.
 
-Kinds: ``sweep`` (netcheck's exposure sweep, agent.probes.exposure, in ``mode``), and
-``floor-syn``: the raw floor, one hand-built SYN per port (all built before the clock
-starts), sent as fast as the socket takes them, then the replies read until ``timeout_s``
-after the last one; nothing else (no pacing, no retry, no banner, no bookkeeping beyond one
-byte per port).
+Kinds: ``sweep`` (netcheck's exposure sweep, agent.probes.exposure, in ``mode``);
+``runner`` (the agent's probe runner for ``mode``, connect or syn, on a Plan file: the wide
+sweep's SYN-mode row, bench/sweep.py); ``floor-syn``: the raw floor, one hand-built SYN per
+port (all built before the clock starts), sent as fast as the socket takes them, then the
+replies read until ``timeout_s`` after the last one; nothing else (no pacing, no retry, no
+banner, no bookkeeping beyond one byte per port).
 """
 
 from __future__ import annotations
@@ -101,6 +102,29 @@ def sweep(args: dict[str, Any]) -> dict[str, Any]:
     return {"probe_s": took, "counts": counts, "banners": banners, "complete": host.complete}
 
 
+def runner(args: dict[str, Any]) -> dict[str, Any]:
+    from collections import Counter
+
+    from netcheck.agent.probes import RUNNERS
+    from netcheck.agent.runner import options_for
+    from netcheck.agent.wire import Plan, ProbeResult, decode
+
+    plan = decode(Plan, json.loads(Path(args["plan"]).read_text()))
+    opts = options_for(plan, service_checks=bool(args.get("service_checks", True)))
+
+    async def go() -> list[ProbeResult]:
+        return await RUNNERS[args["mode"]](plan.checks, opts, plan.concurrency)
+
+    t0 = time.monotonic()
+    results = asyncio.run(go())
+    took = time.monotonic() - t0
+    return {
+        "probe_s": took,
+        "counts": dict(Counter(r.state for r in results)),
+        "errors": dict(Counter(r.error for r in results if r.state == "error").most_common(3)),
+    }
+
+
 def main(argv: list[str]) -> int:
     kind, raw = argv[0], argv[1]
     if raw.startswith("@"):
@@ -110,6 +134,8 @@ def main(argv: list[str]) -> int:
         out = floor_syn(args["dst"], int(args["lo"]), int(args["hi"]), float(args["timeout_s"]))
     elif kind == "sweep":
         out = sweep(args)
+    elif kind == "runner":
+        out = runner(args)
     else:
         print(f"unknown kind {kind!r}", file=sys.stderr)
         return 2

@@ -436,7 +436,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         spec, inv, ev = _local(args)
         gates = [gate(spec, inv, ev, m) for m in spec.modes]
-        text = render_report(spec, ev, gates, args.format)
+        from netcheck.controller.request_cli import with_exposure
+
+        text = with_exposure(
+            render_report(spec, ev, gates, args.format), args, spec, inv, ev, gates
+        )
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     else:

@@ -269,3 +269,28 @@ def test_cli_writes_requests_the_book_hands_over(inv: Inventory, tmp_path: Path)
     assert listed.returncode == 0 and f"{rid} exposure pio {host} pending" in listed.stdout
     bad = _cli("request", "exposure", "--db", str(db), "--inventory", example, "--rate", "0")
     assert bad.returncode == 2 and "rate 0 is not within 1-1000000" in bad.stderr
+
+
+def test_report_from_a_database_has_the_exposure(
+    spec: Spec, inv: Inventory, tmp_path: Path
+) -> None:
+    from netcheck.agent.wire import RequestExchange
+    from netcheck.controller.expand import by_source, expected
+
+    db = tmp_path / "local.sqlite"
+    book = RequestBook.open(db)
+    (req,) = make_requests(spec, inv, "exposure", {}, time.time(), host=_pio(inv)[0])
+    book.add([req], "cli")
+    plan = by_source(expected(spec, inv).checks)[(req.role, req.host)]
+    dst = plan[0].spec
+    found = OpenPort(dst.dst_host, dst.dst_address, 3389, "")
+    rep = RequestReport(req.id, "exposure", "done", time.time(), "", (), (found,))
+    book.take(RequestExchange(req.role, req.host, (rep,)), plan, time.time())
+    book.close()
+    example = str(REPO / "inventory.example.yaml")
+    done = _cli("report", "--format", "json", "--db", str(db), "--inventory", example)
+    assert done.returncode == 0, done.stderr
+    (finding,) = json.loads(done.stdout)["exposure"]["findings"]
+    assert (finding["dst_host"], finding["port"]) == (dst.dst_host, 3389)
+    md = _cli("report", "--format", "markdown", "--db", str(db), "--inventory", example)
+    assert "port 3389" in md.stdout and "### Close these" in md.stdout
