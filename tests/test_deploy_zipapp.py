@@ -464,3 +464,52 @@ def test_isolated_enrol_then_serve_once_over_mutual_tls(pyz: Path, workdir: Path
     assert len(set(ctl.serials)) == 1 and len(ctl.serials) >= 2  # one identity throughout
     [result] = [r for b in ctl.batches for r in b["results"]]
     assert result["state"] == "open" and result["service_check"]["outcome"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def guest_pyz(workdir: Path) -> Path:
+    out: Path = zipapp_build.build_guest(workdir / "netcheck-guest.pyz")
+    out.chmod(0o644)
+    return out
+
+
+def test_the_guest_archive_holds_only_the_guest_agent(guest_pyz: Path) -> None:
+    """Python 3.6+: the guest package, the two __init__ files above it and facts.ps1; not one
+    module of the appliance agent (3.11)."""
+    import zipfile
+
+    names = set(zipfile.ZipFile(guest_pyz).namelist())
+    assert {"__main__.py", "netcheck/__init__.py", "netcheck/agent/__init__.py"} <= names
+    assert "netcheck/agent/guest/facts.ps1" in names
+    outside = {n for n in names if n.endswith(".py") and "/guest/" not in n}
+    assert outside == {"__main__.py", "netcheck/__init__.py", "netcheck/agent/__init__.py"}
+    assert "netcheck-guest as one file" in zipfile.ZipFile(guest_pyz).read("__main__.py").decode()
+    assert guest_pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+
+
+def test_the_guest_archive_runs_isolated_and_unprivileged(guest_pyz: Path, workdir: Path) -> None:
+    proc = subprocess.run(
+        [*ISOLATED, str(guest_pyz), "facts", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=workdir, check=False,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+        **as_unprivileged_user(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    names = {f["name"] for f in json.loads(proc.stdout)["facts"]}
+    assert {"os.name", "boot.matrix", "vmware_tools.running", "iscsi.initrd_module"} <= names
+    bad = subprocess.run(
+        [*ISOLATED, str(guest_pyz), "serve", "--controller", "ftp://x", "--role", "cloud_vm",
+         "--host", "h", "--address", "127.0.0.1", "--token-file", "/dev/null"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "netcheck-guest:" in bad.stderr
+
+
+def test_the_guest_build_command(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "deploy/zipapp/build.py"), "--guest", "--out",
+         str(tmp_path / "g.pyz")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "the guest agent, Python 3.6+" in proc.stdout and (tmp_path / "g.pyz").is_file()
