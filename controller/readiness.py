@@ -39,8 +39,8 @@ NO_PYTHON3: tuple[tuple[str, str], ...] = (
     (r"^(rhel|oraclelinux)6", "Python 2.6 only: no guest agent (unsupported)"),
     (
         r"^(rhel|centos)7\.[0-6](\(|$)",
-        "Python 2.7 only in the base install: python3 (3.6) from the vendor's optional "
-        "repository (rhel-7-server-optional-rpms) or EPEL",
+        "Python 2.7 only in the base install: a Python 3.6 from the vendor's optional "
+        "repositories (rh-python36) or EPEL (python36)",
     ),
     (r"^sles12", "python3 is 3.4: a Python 3.6+ package from SUSE's modules, else no agent"),
     (r"^ubuntuserver16\.04", "python3 is 3.5: a Python 3.6+ package, else no guest agent"),

@@ -280,4 +280,4 @@ def test_guest_role_installs_the_single_file_with_the_systems_python(tmp_path: P
         none = _guest_play(inventory, {"netcheck_guest_pythons": ["/nonexistent/python3"]})
         assert none.returncode != 0
         assert "has no Python 3.6 or newer" in none.stdout
-        assert "vendor's optional repository or EPEL" in none.stdout
+        assert "optional repositories (rh-python36) or EPEL" in none.stdout
