@@ -27,6 +27,8 @@ from netcheck.controller.limits import skew_message, skew_problem
 from netcheck.controller.spec import Spec
 
 Reason = Literal["auth", "schema", "role", "size", "skew"]
+# The roles whose agents may send facts (a guest agent's, controller/facts.py).
+GUEST_ROLES: tuple[str, ...] = ("prem_vm", "cloud_vm")
 T = TypeVar("T")
 
 _REGISTRATION = TypeAdapter(Registration)
@@ -102,6 +104,9 @@ def check_batch(batch: ResultBatch, spec: Spec, inventory: Inventory) -> None:
         problem = _result_problem(r, batch.host)
         if problem:
             raise Refused(400, "schema", f"results[{i}] ({r.check_id}): {problem}")
+    if batch.facts and batch.role not in GUEST_ROLES:
+        roles = ", ".join(GUEST_ROLES)
+        raise Refused(400, "schema", f"facts: a guest VM's ({roles}), not a {batch.role}'s")
 
 
 def check_clock(batch: ResultBatch, now: float) -> None:
