@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _site(
-    tmp_path: Path, *, wait_s: float = 5.0, duty: float = 0.0
+    tmp_path: Path, *, wait_s: float = 5.0, duty: float = 0.0, max_stale_s: float = 30.0
 ) -> tuple[EvaluationCache, Store, list[float]]:
     spec = load_spec(REPO / "topology.yaml")
     inv = load_inventory(REPO / "inventory.example.yaml", spec)
@@ -30,7 +30,7 @@ def _site(
     store = Store.open(tmp_path / "netcheck.db")
     clock = [time.time()]
     cache = EvaluationCache(
-        spec, exp, store, lambda: clock[0], max_stale_s=30.0, wait_s=wait_s, duty=duty
+        spec, exp, store, lambda: clock[0], max_stale_s=max_stale_s, wait_s=wait_s, duty=duty
     )
     return cache, store, clock
 
@@ -75,7 +75,8 @@ def test_a_reader_waits_at_most_wait_s_then_gets_the_previous_one(tmp_path: Path
 def test_the_duty_cycle_spaces_computations(tmp_path: Path) -> None:
     cache, store, clock = _site(tmp_path, wait_s=0.05, duty=1_000.0)
     previous = cache.get()
-    gap, ended = 1_000.0 * cache._took, cache._ended  # the next one starts after the gap
+    # the next one starts after the gap (duty x its duration, within half of max_stale_s)
+    gap, ended = min(1_000.0 * cache._took, 15.0 - 2 * cache._took), cache._ended
     assert gap > 0.1  # (the example site's evaluation takes more than 0.1 ms)
     _write(store, cache, clock[0])
     t0 = time.monotonic()
@@ -85,6 +86,23 @@ def test_the_duty_cycle_spaces_computations(tmp_path: Path) -> None:
     assert cache.computed == 2
     assert cache._ended - cache._took - ended >= gap * 0.99  # it started after the gap
     assert cache.get() is not previous
+    store.close()
+
+
+def test_the_pause_keeps_generations_younger_than_half_of_max_stale(tmp_path: Path) -> None:
+    """A duty cycle that would pause past max_stale_s / 2 is cut short: readers of a slow
+    evaluation never find the current generation too old to answer at once."""
+    cache, store, clock = _site(tmp_path, wait_s=0.05, duty=1_000_000.0, max_stale_s=2.0)
+    cache.get()
+    assert 1_000_000.0 * cache._took > 60  # uncut, the pause would be a minute or more
+    ended = cache._ended
+    _write(store, cache, clock[0])
+    cache.get()
+    t0 = time.monotonic()
+    while cache.computed == 1 and time.monotonic() - t0 < 30:
+        time.sleep(0.01)
+    assert cache.computed == 2
+    assert cache._ended - cache._took - ended <= 1.0 + 0.5  # paused at most 1 s (2.0 / 2)
     store.close()
 
 

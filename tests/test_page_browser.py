@@ -10,6 +10,7 @@ call (render.page, render.page_data); tests/test_page_api.py reads those routes 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -447,6 +448,8 @@ async def test_reload_error_never_registered_and_a_timeline(served: tuple[str, S
             assert "not an IP address" in text and "previous configuration" in text
             nr = pg.locator("#never-registered")
             assert "vm-9 (prem_vm, 198.18.1.99)" in await nr.inner_text()
+            for banner in (err, nr):  # re-rendered by the script: no "null", "undefined"
+                assert not re.search(r"\bnull\b|undefined", await banner.inner_text())
             await pg.locator(f'#failures tr[data-check="{DOCKER}"]').click()
             timeline = pg.locator("#details .timeline")
             await timeline.wait_for()

@@ -75,20 +75,20 @@
     const cfg = document.getElementById("config-error");
     const err = data.config && data.config.error;
     if (err) {
-      cfg.replaceChildren(
-        el("strong", {}, "The last configuration reload was refused"), "; the previous configuration keeps running.",
-        el("span", { class: "mono where" }, (err.file || "") + (err.line ? ":" + err.line : "")),
-        el("span", { class: "message" }, err.message || ""),
-        err.at ? el("span", { class: "muted" }, "at " + err.at) : null);
+      cfg.replaceChildren(...[
+        el("strong", {}, "The last configuration reload was refused"), "; the previous configuration keeps running. ",
+        el("span", { class: "mono where" }, (err.file || "") + (err.line ? ":" + err.line : "")), " ",
+        el("span", { class: "message" }, err.message || ""), " ",
+        err.at ? el("span", { class: "muted" }, "at " + err.at) : null].filter((c) => c !== null));
     }
     cfg.hidden = !err;
     const nr = document.getElementById("never-registered");
     const agents = data.never_registered || [];
     if (agents.length) {
-      nr.replaceChildren(
+      nr.replaceChildren(...[
         el("strong", {}, agents.length + " expected agent" + (agents.length !== 1 ? "s" : "") + " never registered:"),
         ...agents.slice(0, 20).map((a) => el("span", { class: "agent mono" }, a.host + " (" + a.role + ", " + a.address + ")")),
-        agents.length > 20 ? el("span", { class: "muted" }, "and " + (agents.length - 20) + " more") : null);
+        agents.length > 20 ? el("span", { class: "muted" }, "and " + (agents.length - 20) + " more") : null].filter((c) => c !== null));
     }
     nr.hidden = !agents.length;
   }
@@ -238,7 +238,7 @@
     const span = Math.max(1, now - start);
     const pct = (t) => (Math.max(0, Math.min(1, (t - start) / span)) * 100).toFixed(2) + "%";
     const lanes = [...new Set(outages.map((o) => o.check_id).concat(changes.map((c) => c.check_id)))];
-    const box = el("div", { class: "timeline" }, el("h3", {}, title));
+    const box = el("div", { class: "timeline" }, el("h3", { class: "named" }, title));
     if (!lanes.length) { box.append(el("p", { class: "muted" }, "no change recorded yet")); return box; }
     for (const id of lanes.slice(0, 8)) {
       const lane = el("div", { class: "lane", "data-check": id, title: id });
