@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -146,3 +147,53 @@ def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
     boot = next(f["value"] for f in here if f["name"] == "boot.matrix")
     assert f"the inventory says RHEL 8.3 UEFI, the guest reports {mine} {boot}" in g.stdout
     assert "no guest agent report" not in g.stdout
+
+
+@needs_openssl
+def test_the_guest_serves_until_sigterm_then_reports_its_listeners_closed(
+    tmp_path: Path, controller: tuple[str, Path, Path, Path]
+) -> None:
+    url, ca, db, inv = controller
+    pyz = tmp_path / "netcheck-guest.pyz"
+    subprocess.run(
+        [sys.executable, str(REPO / "deploy/zipapp/build.py"), "--guest", "--out", str(pyz)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    spec_args = ("--topology", str(REPO / "topology.yaml"), "--inventory", str(inv))
+    out = cli("enrol", "--db", str(db), *spec_args, "--role", "cloud_vm", "--host", "cloud-vm-1")
+    (tmp_path / "token").write_text(out.stdout.split()[1] + "\n")
+    guest = [SYSTEM_PYTHON, "-I", "-S", str(pyz)]
+    ident = ("--role", "cloud_vm", "--host", "cloud-vm-1")
+    genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    state = tmp_path / "state"
+    subprocess.run(
+        [*guest, "enrol", "--controller", url, "--ca", str(ca), "--join-token-file",
+         str(tmp_path / "token"), "--state-dir", str(state), *ident],
+        capture_output=True, timeout=60, env=genv, check=True,
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [*guest, "serve", "--controller", url, "--state-dir", str(state), *ident,
+         "--address", "127.0.0.1"],
+        env=genv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+    def states() -> set[str]:
+        with closing(sqlite3.connect(db)) as c:
+            rows = c.execute("SELECT state FROM listeners WHERE host = 'cloud-vm-1'")
+            return {r[0] for r in rows}
+
+    try:
+        for _ in range(300):
+            if states() == {"listening"}:
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        assert states() == {"listening"}
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    assert states() == {"closed"}
