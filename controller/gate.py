@@ -233,6 +233,8 @@ def gate(
             warns.append(readiness.no_agent_note(vm_host[1], len(own) - guest_side, guest_side))
         else:
             warns += [_step(p) for p in prepare if p.status == "unknown" and p.facts]
+            stale = readiness.stale_note(facts, evaluation.generated_at, spec.policy)
+            warns += [stale] if stale else []
         findings, reasons, warnings = found, [*blocks, *reasons], [*warns, *warnings]
     # "interconnect qualified" (controller.interconnect): the mode's measured data paths;
     # with a VM, the infrastructure's paths and the VM's own.

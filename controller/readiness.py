@@ -23,7 +23,7 @@ from typing import Literal
 
 from netcheck.controller.facts import GuestFacts
 from netcheck.controller.inventory import Host
-from netcheck.controller.spec import Spec, matrix_key
+from netcheck.controller.spec import Policy, Spec, matrix_key
 
 StepStatus = Literal["ok", "blocks", "warns", "unknown"]
 MiB = 1024 * 1024
@@ -262,6 +262,18 @@ def effective(host: Host, facts: GuestFacts | None) -> tuple[Host, list[str]]:
                 f"the guest reports {'a static IP' if static else 'DHCP only'}: the guest's is used"
             )
     return (host.model_copy(update=update) if update else host), warnings
+
+
+def stale_note(facts: GuestFacts, now: float, policy: Policy) -> str | None:
+    """A warning when the guest's newest facts are older than the results' freshness limit
+    (its agent stopped reporting: what it said may have changed since)."""
+    age = now - facts.reported_at
+    if age <= policy.freshness_seconds:
+        return None
+    return (
+        f"{facts.host}: its guest agent's facts are {age:,.0f} s old (freshness limit "
+        f"{policy.freshness_seconds:g} s): the guest may have changed since"
+    )
 
 
 def no_python3(os_name: str | None) -> str | None:

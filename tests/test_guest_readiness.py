@@ -206,3 +206,16 @@ def test_the_reports_list_every_vms_readiness(
     assert "## VM readiness (2)" in md
     assert "warm_vcd: step 1 (VMware tools installed and running) blocks" in md
     assert "no guest agent report" in md
+
+
+def test_old_facts_are_used_with_a_warning(
+    spec: Spec, inv: Inventory, healthy: list[dict[str, Any]]
+) -> None:
+    limit = spec.policy.freshness_seconds
+    fresh = {"web-01": guest_facts("web-01", healthy, NOW - limit + 1)}
+    old = {"web-01": guest_facts("web-01", healthy, NOW - limit - 60)}
+    d = gate(spec, inv, evaluation(spec, inv, fresh), "cold_vcd", "web-01")
+    assert not [w for w in d.warnings if "facts are" in w]
+    d = gate(spec, inv, evaluation(spec, inv, old), "cold_vcd", "web-01")
+    assert d.decision == "go"
+    assert any(f"facts are {limit + 60:,.0f} s old" in w for w in d.warnings), d.warnings
