@@ -35,6 +35,7 @@ import socket
 import ssl
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -205,21 +206,40 @@ class Measured:
     burst_wall_s: list[float] = dataclasses.field(default_factory=list)
     # path -> latencies of the reader's GETs while the bursts ran
     reader_rtt: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # path -> (bytes as sent, bytes decoded, the reader's seconds to decode them)
+    reader_sizes: dict[str, tuple[int, int, float]] = dataclasses.field(default_factory=dict)
 
 
 async def _read_while(
-    session: aiohttp.ClientSession, base: str, stop: Any, out: dict[str, list[float]]
+    session: aiohttp.ClientSession,
+    base: str,
+    stop: Any,
+    out: dict[str, list[float]],
+    last: dict[str, tuple[str, bytes]],
 ) -> None:
-    """GET each of READ_PATHS in turn until `stop` is set, recording each latency."""
+    """GET each of READ_PATHS in turn until `stop` is set, recording each latency: request
+    sent to the last byte of the body as sent (gzip, as a browser or Prometheus asks for it;
+    decompressing is the client's work, measured apart: :func:`_inflate`)."""
     while not stop.is_set():
         for path in READ_PATHS:
             t0 = time.perf_counter()
-            async with session.get(base + path) as r:
-                await r.read()
+            async with session.get(base + path, auto_decompress=False) as r:
+                body = await r.read()
                 status = r.status
             if status != 200:
                 raise BenchError(f"GET {path} while ingesting: HTTP {status}")
             out.setdefault(path, []).append(time.perf_counter() - t0)
+            last[path] = (r.headers.get("Content-Encoding", ""), body)
+
+
+def _inflate(last: dict[str, tuple[str, bytes]]) -> dict[str, tuple[int, int, float]]:
+    """path -> (bytes as sent, bytes decoded, seconds this client took to decode them)."""
+    sizes = {}
+    for path, (encoding, body) in last.items():
+        t0 = time.perf_counter()
+        decoded = zlib.decompress(body, 16 + zlib.MAX_WBITS) if encoding == "gzip" else body
+        sizes[path] = (len(body), len(decoded), time.perf_counter() - t0)
+    return sizes
 
 
 def _reader_process(
@@ -229,14 +249,15 @@ def _reader_process(
     are the controller's, not those of the agents' client loop it would otherwise share
     (over TLS the page's records were decrypted between 1,000 agents' callbacks)."""
 
-    async def main() -> dict[str, list[float]]:
+    async def main() -> tuple[dict[str, list[float]], dict[str, tuple[int, int, float]]]:
         ctx = ssl.create_default_context(cafile=ca_file) if ca_file else None
         out: dict[str, list[float]] = {}
-        async with _session({}, ctx) as session:
+        last: dict[str, tuple[str, bytes]] = {}
+        async with _session({"Accept-Encoding": "gzip"}, ctx) as session:
             ready.set()
             go.wait()
-            await _read_while(session, base, stop, out)
-        return out
+            await _read_while(session, base, stop, out, last)
+        return out, _inflate(last)
 
     try:
         conn.send(asyncio.run(main()))
@@ -335,9 +356,15 @@ async def drive(
             reader.join(30)
             if isinstance(got_reads, Exception):
                 raise got_reads
-            m.reader_rtt.update(got_reads)
+            m.reader_rtt.update(got_reads[0])
+            m.reader_sizes.update(got_reads[1])
             for path, rtts in m.reader_rtt.items():
-                log(f"{tag}: GET {path} during bursts p50/p99 {_p50_p99(rtts)} ms")
+                sent, decoded, inflate_s = m.reader_sizes[path]
+                log(
+                    f"{tag}: GET {path} during bursts p50/p99 {_p50_p99(rtts)} ms"
+                    f" ({sent:,} bytes as sent, {decoded:,} decoded by the client in"
+                    f" {inflate_s * 1e3:.0f} ms)"
+                )
             now = time.time()
             bodies = [batch_body(plans[i], repeats, now) for i in range(n)]
             start = time.perf_counter()
@@ -444,9 +471,11 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
         f"{cfg.paced_window_s:g} s. Round trips are client-side, request sent to JSON answer "
         "read. Server CPU is the controller process's user+system time over the burst rounds. "
         f"During the bursts one more client GETs {', '.join(READ_PATHS)} in turn without pause "
-        "(reader p99: request sent to body read), from a process of its own (as a browser or "
-        "Prometheus is: not queued behind the agents' client-side work). The clients (and their "
-        "TLS) share the 2 cores with the controller."
+        "(reader p99: request sent to the last byte of the body as sent, gzip-compressed as a "
+        "browser or Prometheus accepts it; the client's own decompression is logged apart), "
+        "from a process of its own (as a browser or Prometheus is: not queued behind the "
+        "agents' client-side work). The clients (and their TLS) share the 2 cores with the "
+        "controller."
     )
     return Section(
         title="Controller ingest",
