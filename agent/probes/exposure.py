@@ -205,13 +205,16 @@ def syn_sweep(
 
         pacer = _Pacer(opts.rate)
         complete = True
+        # Interleave the targets: one port of each in turn (no host sees a burst). A position
+        # in (port x target) order, not a list of them: 65,535 ports of ten hosts as tuples
+        # would be tens of megabytes.
+        addrs = [t.address for t in v4]
+        total = n * len(addrs)
         for _attempt in range(opts.retries + 1):
-            # Interleave the targets: one port of each in turn (no host sees a burst).
-            todo = [(t.address, base + i) for i in range(n) for t in v4 if not found[t.address][i]]
-            if not todo:
+            if not any(0 in f for f in found.values()):
                 break
-            k = 0
-            while k < len(todo):
+            pos = 0
+            while pos < total:
                 if time.monotonic() >= stop_at:
                     complete = False
                     break
@@ -219,15 +222,22 @@ def syn_sweep(
                 if not allowed:
                     wait(time.monotonic() + pacer.wait_s())
                     continue
-                for addr, port in todo[k : k + min(allowed, 512)]:
+                budget = min(allowed, 512)
+                while budget and pos < total:
+                    i, j = divmod(pos, len(addrs))
+                    addr = addrs[j]
+                    if found[addr][i]:  # answered already: no retry
+                        pos += 1
+                        continue
                     try:
-                        out.sendto(syns[addr].at(port), (addr, 0))
+                        out.sendto(syns[addr].at(base + i), (addr, 0))
                     except OSError as exc:
                         if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
                             raise
                         wait(time.monotonic() + 0.001)
                         break
-                    k += 1
+                    pos += 1
+                    budget -= 1
                     pacer.sent += 1
                 drain()
             if not complete:
@@ -249,19 +259,17 @@ def syn_sweep(
 
 async def _worker(
     items: Iterator[tuple[Target, int]],
-    silent: list[tuple[Target, int]],
     one: Callable[[Target, int], Awaitable[bool]],
     pacer: _Pacer,
     stop_at: float,
 ) -> None:
     """One of connect_sweep's workers: the next (target, port) of `items`, paced, until none
-    is left or `stop_at`; the silent ones go to `silent`."""
+    is left or `stop_at`."""
     for t, p in items:
         if time.monotonic() >= stop_at:
             return
         await pacer.turn()
-        if not await one(t, p):
-            silent.append((t, p))
+        await one(t, p)
 
 
 async def connect_sweep(
@@ -305,18 +313,31 @@ async def connect_sweep(
             on_open(t, port)
         return True
 
-    # A fixed pool of workers over one list (not a task per port: 65,535 tasks would cost
-    # the agent far more memory than its budget).
-    todo: list[tuple[Target, int]] = [(t, p) for p in opts.ports for t in targets]
-    for _attempt in range(opts.retries + 1):
-        silent: list[tuple[Target, int]] = []
-        items = iter(todo)
+    # A fixed pool of workers over one lazy sequence of (target, port), the answered ones
+    # skipped (not a task per port, nor a list: 65,535 of either would cost the agent far
+    # more memory than its budget).
+    base = opts.ports.start
+    answered = {t: bytearray(len(opts.ports)) for t in targets}
 
-        count = min(workers, len(todo))
-        await asyncio.gather(*(_worker(items, silent, one, pacer, stop_at) for _ in range(count)))
+    def pending() -> Iterator[tuple[Target, int]]:
+        for p in opts.ports:
+            for t in targets:
+                if not answered[t][p - base]:
+                    yield t, p
+
+    async def mark(t: Target, p: int) -> bool:
+        got = await one(t, p)
+        if got:
+            answered[t][p - base] = 1
+        return got
+
+    for _attempt in range(opts.retries + 1):
+        if all(0 not in a for a in answered.values()):
+            break
+        items = pending()
+        await asyncio.gather(*(_worker(items, mark, pacer, stop_at) for _ in range(workers)))
         complete = complete and time.monotonic() < stop_at
-        todo = silent
-        if not todo or not complete:
+        if not complete:
             break
     return Swept(opened, refused, time.monotonic() - t0, complete, "connect")
 
