@@ -183,3 +183,13 @@ def test_facts_json_on_this_machine_from_the_single_file(tmp_path: Path) -> None
         timeout=120, check=True,
     ).stdout  # fmt: skip
     assert "boot.mode" in text and "file:/etc/os-release" in text
+
+
+def test_the_initrd_is_listed_again_only_when_it_changes(tmp_path: Path) -> None:
+    image = tmp_path / "boot" / "initrd.img-1"
+    image.parent.mkdir()
+    image.write_bytes(initrd("1", False))
+    root = Root(str(tmp_path), kernel="1")
+    assert initrd_facts.module_fact(root, "iscsi_tcp")["value"] is False
+    image.write_bytes(initrd("1", True, compress="xz"))  # a rebuilt initrd: size differs
+    assert initrd_facts.module_fact(root, "iscsi_tcp")["value"] is True

@@ -7,6 +7,7 @@ root) is ``denied``. Peers are kept one per (port, address), the latest time, at
 """
 
 import errno
+import os
 import selectors
 import socket
 import threading
@@ -51,7 +52,8 @@ class StandIns:
     def _open(self, port: int, now: float) -> Dict[str, Any]:
         family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name != "nt":  # on Windows SO_REUSEADDR would let it take a port in use
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.bind, port))
             sock.listen(128)

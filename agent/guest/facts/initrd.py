@@ -6,7 +6,8 @@ early-microcode archive first). Bounded: at most :data:`MAX_IMAGE` bytes unpacke
 import gzip
 import io
 import lzma
-from typing import List, Optional, Tuple
+import os
+from typing import Dict, List, Optional, Tuple
 
 from netcheck.agent.guest import commands
 from netcheck.agent.guest.facts.base import Fact, Root, fact
@@ -75,8 +76,27 @@ def read_image(data: bytes) -> List[str]:
     return names[:MAX_NAMES]
 
 
+# (path, size, mtime) of an image -> what listing() found: a serving guest reports its facts
+# every round, and the initrd changes only when a kernel or dracut rewrites it.
+_LISTED: Dict[Tuple[str, int, float], Tuple[Optional[List[str]], str]] = {}
+
+
 def listing(root: Root, image: str) -> Tuple[Optional[List[str]], str]:
-    """(names in the image, how they were found), names None when nothing could read it."""
+    """(names in the image, how they were found), names None when nothing could read it;
+    remembered while the image's size and modification time stay."""
+    try:
+        st = os.stat(root.join(image))
+    except OSError:
+        return None, "file:/" + image
+    key = (root.join(image), st.st_size, st.st_mtime)
+    if key not in _LISTED:
+        if len(_LISTED) >= 8:
+            _LISTED.clear()
+        _LISTED[key] = _listing(root, image)
+    return _LISTED[key]
+
+
+def _listing(root: Root, image: str) -> Tuple[Optional[List[str]], str]:
     if root.live:
         for tool in ("lsinitrd", "lsinitramfs"):
             exe = commands.which(tool)
