@@ -205,6 +205,8 @@ class ResultsAck:
 
     accepted: Annotated[int, Limit(ge=0, le=MAX_BATCH_RESULTS)]
     plan_digest: Digest = ""
+    # The request channel: this agent's pending requests (see AgentRequest below), if any.
+    requests: Annotated[tuple[AgentRequest, ...], Limit(max_length=MAX_REQUESTS)] = ()
 
 
 @dataclasses.dataclass(frozen=True)
