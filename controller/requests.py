@@ -437,7 +437,15 @@ class RequestBook:
         return len(exchange.reports)
 
     def _expire(self, now: float) -> None:
+        """Mark what is past its deadline expired (a write only when there is such a row)."""
         with self._lock:
+            due = self._conn.execute(
+                "SELECT 1 FROM requests WHERE state IN ('pending', 'running') AND deadline < ? "
+                "LIMIT 1",
+                (now,),
+            ).fetchone()
+            if due is None:
+                return
             self._conn.execute(
                 "UPDATE requests SET state = 'expired', updated_at = ?, detail = CASE "
                 "WHEN detail = '' THEN 'the deadline passed before the agent ended it' "
