@@ -166,7 +166,7 @@
       el("span", { class: "muted" }, extra + stated),
       el("div", { class: "addr mono" }, c.src_address + " → " + c.dst_address),
       c.verdict !== "pass" ? el("div", { class: "diagnosis" }, c.diagnosis) : null,
-      c.hop ? el("div", { class: "hop" }, "stopped at: " + c.hop) : null);
+      c.hop ? el("div", { class: "hop" }, c.hop) : null);
   }
 
   function connects(x) {
