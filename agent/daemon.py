@@ -339,9 +339,11 @@ async def _probe_loop(
         return
     if not cfg.once and await _idle(stop, next(delays), applied):
         return
+    rounds = 0
     while not stop.is_set():
-        if not cfg.once:
+        if rounds and not cfg.once:  # the first round's plan was fetched at registration
             await _check_plan(link, min(PLAN_CHECK_S, max(1.0, link.plan.period_s / 2)))
+        rounds += 1
         plan = await applied.follow()
         try:
             results = await run_plan(plan, mode)
