@@ -236,6 +236,7 @@ def test_guest_role_installs_the_single_file_with_the_systems_python(tmp_path: P
     pyz = build.build_guest(tmp_path / "netcheck-guest.pyz")
     root = tmp_path / "root"
     (root / "units").mkdir(parents=True)
+    (root / "bin").mkdir()
     with controller(tmp_path, "cloud_vm", "cloud-vm-1", "127.18.2.101") as (url, ca, token):
         host = {
             "ansible_connection": "local",
@@ -247,6 +248,7 @@ def test_guest_role_installs_the_single_file_with_the_systems_python(tmp_path: P
             "netcheck_guest_address": "127.18.2.101",
             "netcheck_guest_pyz": str(pyz),
             "netcheck_guest_pyz_dest": str(root / "lib" / "netcheck-guest.pyz"),
+            "netcheck_guest_bin": str(root / "bin" / "netcheck-guest"),
             "netcheck_guest_pythons": ["/nonexistent/python3", SYSTEM_PYTHON],
             "netcheck_guest_config_dir": str(root / "etc"),
             "netcheck_guest_state_dir": str(root / "state"),
@@ -274,6 +276,11 @@ def test_guest_role_installs_the_single_file_with_the_systems_python(tmp_path: P
         directives = [line.split("=", 1)[0] for line in unit.splitlines() if "=" in line]
         for newer in ("StateDirectory", "LoadCredential", "DynamicUser"):  # systemd 219
             assert newer not in directives
+        facts = subprocess.run(
+            [str(root / "bin" / "netcheck-guest"), "facts", "--json"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert any(f["name"] == "os.name" for f in json.loads(facts.stdout)["facts"])
         second = _guest_play(inventory)
         assert second.returncode == 0, second.stdout[-3000:]
         assert re.search(r"cloud-vm-1\s+: ok=\d+\s+changed=0\s", second.stdout), second.stdout
