@@ -40,7 +40,8 @@ site, never one of the old site again. Each generation carries the spec and inve
 judged against (:attr:`Generation.spec`, :attr:`Generation.inventory`): what is derived from
 it (page, reports, gates, metrics) reads them there, never a site captured earlier. Results of
 checks the site no longer expects (``retired``: expected by an earlier site of this process)
-are left out of the evaluation: a removed check disappears, it does not turn "unexpected".
+are left out of the evaluation: a removed check disappears, it does not turn "unexpected";
+so do the agents, listeners and peers of hosts the inventory no longer has.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeGuard, TypeVar, cast
 
 from netcheck.controller.evaluate import evaluate
@@ -113,12 +115,31 @@ def _newer_or_same(have: Key, want: Key) -> bool:
     return have[0] >= want[0] and have[1] >= want[1] and have[2] >= want[2]
 
 
-def without_retired(observed: Observed, retired: frozenset[str]) -> Observed:
-    """`observed` without the results of `retired` check ids (checks a reload removed)."""
-    if not retired:
+def without_retired(
+    observed: Observed, retired: frozenset[str], inventory: Inventory | None = None
+) -> Observed:
+    """`observed` without the results of `retired` check ids (checks a reload removed) and,
+    given the `inventory`, without the agents, listeners and peers of hosts it no longer has
+    (a decommissioned agent's report age would otherwise grow for ever)."""
+    if retired:
+        kept = tuple(r for r in observed.results if r.check_id not in retired)
+        observed = dataclasses.replace(observed, results=kept)
+    if inventory is None:
         return observed
-    kept = tuple(r for r in observed.results if r.check_id not in retired)
-    return dataclasses.replace(observed, results=kept)
+    names = {h.name for hosts in inventory.hosts.values() for h in hosts}
+    agents = tuple(a for a in observed.agents if inventory.has(a.role, a.host))
+    if (
+        len(agents) == len(observed.agents)
+        and names.issuperset(observed.listeners)
+        and names.issuperset(observed.peers)
+    ):
+        return observed
+    return dataclasses.replace(
+        observed,
+        agents=agents,
+        listeners=MappingProxyType({h: v for h, v in observed.listeners.items() if h in names}),
+        peers=MappingProxyType({h: v for h, v in observed.peers.items() if h in names}),
+    )
 
 
 class EvaluationCache:
@@ -215,7 +236,7 @@ class EvaluationCache:
                     site = self._site
                     key, now = self._key_now()
                 snap = self._store.snapshot(now, site.spec.policy.flap_window_seconds)
-                observed = without_retired(snap, site.retired)
+                observed = without_retired(snap, site.retired, site.inventory)
                 ev = evaluate(site.spec, site.expected, observed, now)
                 gen = Generation(key, ev, site.spec, site.inventory)
                 recent = time.monotonic() - self._recent

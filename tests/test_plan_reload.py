@@ -108,6 +108,9 @@ def test_sighup_reloads_the_site_and_refuses_a_broken_edit(tmp_path: Path) -> No
                 assert ids[i]["cause"] == "not_tested", ids[i]
         # Removed checks disappear: not unexpected (pio-1's old round may still arrive).
         assert after["summary"]["unexpected"] == 0 and after["unexpected"] == []
+        # So does the removed host (its agent still runs: refused, not shown).
+        assert "pio-2" not in after["listeners"]
+        assert "pio-2" not in {a["host"] for a in after["agents"]}
         assert after["config"]["error"] is None
 
         site.start_agent("pio-3")
