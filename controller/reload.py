@@ -144,10 +144,11 @@ class SiteConfig:
         loaded_at: float = 0.0,
         generation: int = 0,
     ) -> SiteConfig:
-        """Expand `spec` x `inventory` (blocking: the expansion of a big site takes a while)."""
+        """Expand `spec` x `inventory`, with every agent's plan digest (blocking: a big site
+        takes a while, 1.6 s for 1,000 PIOs)."""
         exp = expected(spec, inventory)
         index = by_source(exp.checks)
-        return cls(
+        site = cls(
             spec,
             inventory,
             exp,
@@ -158,6 +159,9 @@ class SiteConfig:
             loaded_at,
             generation,
         )
+        for role, host in site.scopes:  # every agent's digest now, off the event loop
+            site.digest_of(role, host)
+        return site
 
     @functools.cached_property
     def check_ids(self) -> frozenset[str]:
