@@ -6,18 +6,20 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from guest_trees import guests
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from netcheck.agent.guest import payloads, probes
 from netcheck.agent.guest.facts import collect
 from netcheck.agent.guest.facts.base import Root
 from netcheck.agent.guest.listeners import StandIns
 from netcheck.agent.guest.plan import Plan
-from netcheck.agent.wire import Registration, ResultBatch, decode
-from netcheck.controller.ingest import parse_batch, parse_registration
+from netcheck.agent.wire import Registration, ResultBatch, WireError, decode
+from netcheck.controller.ingest import Refused, parse_batch, parse_registration
 from netcheck.controller.inventory import load_inventory
 from netcheck.controller.spec import load_spec
 
@@ -81,3 +83,45 @@ def test_refused_connect_states() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert probes.connect_once("127.0.0.1", port, 1.0)[0] == "refused"
+
+
+FACTS = [
+    ({"name": "boot.secure_boot", "value": True, "source": "file:/sys"}, True),
+    ({"name": "space.boot_free_bytes", "value": 2**40, "source": "statvfs:/boot"}, True),
+    (
+        {"name": "os.name", "value": "RHEL 7.4", "source": "file:/etc/os-release", "detail": ""},
+        True,
+    ),
+    ({"name": "iscsi.initrd_module", "value": None, "source": "file:/boot"}, True),
+    ({"name": "x", "value": 1.5, "source": "s"}, False),  # no floats
+    ({"name": "x", "value": [1], "source": "s"}, False),
+    ({"name": "x" * 129, "value": 1, "source": "s"}, False),
+    ({"name": "x", "value": "v" * 1025, "source": "s"}, False),
+    ({"name": "x", "value": 1, "source": "s" * 257}, False),
+    ({"name": "x", "value": 1}, False),  # how it was found is required
+    ({"name": "x", "value": 1, "source": "s", "extra": 1}, False),
+]
+
+
+@pytest.mark.parametrize(("fact", "good"), FACTS)
+def test_facts_through_both_decoders(fact: dict[str, object], good: bool) -> None:
+    body = {"role": "cloud_vm", "host": "cloud-vm-1", "facts": [fact]}
+    outcomes = []
+    readers: list[Callable[[], object]] = [
+        lambda: decode(ResultBatch, body),
+        lambda: TypeAdapter(ResultBatch).validate_json(json.dumps(body)),
+    ]
+    for read in readers:
+        try:
+            read()
+            outcomes.append(True)
+        except (WireError, ValidationError):
+            outcomes.append(False)
+    assert outcomes == [good, good]
+
+
+def test_at_most_512_facts_a_batch() -> None:
+    many = [{"name": f"n{i}", "value": i, "source": "s"} for i in range(513)]
+    with pytest.raises(Refused) as err:
+        parse_batch(json.dumps({"role": "cloud_vm", "host": "cloud-vm-1", "facts": many}))
+    assert err.value.status == 413
