@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -184,6 +185,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.pki and args.token_file:
         raise CliError("--token-file is for --insecure-http (with --pki agents enrol)")
+    # Until the app's own handler is installed (after the files are loaded and expanded), a
+    # reload (SIGHUP's default: end the process) must not stop a controller that is starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     read_token = _read_token(args)
     spec, inv = _load(args)
     token, ssl_context = None, None
