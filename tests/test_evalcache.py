@@ -22,7 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _site(
-    tmp_path: Path, *, wait_s: float = 5.0, duty: float = 0.0, max_stale_s: float = 30.0
+    tmp_path: Path,
+    *,
+    wait_s: float = 5.0,
+    duty: float = 0.0,
+    max_stale_s: float = 30.0,
+    recent_s: float = 60.0,
 ) -> tuple[EvaluationCache, Store, list[float]]:
     spec = load_spec(REPO / "topology.yaml")
     inv = load_inventory(REPO / "inventory.example.yaml", spec)
@@ -30,7 +35,14 @@ def _site(
     store = Store.open(tmp_path / "netcheck.db")
     clock = [time.time()]
     cache = EvaluationCache(
-        spec, exp, store, lambda: clock[0], max_stale_s=max_stale_s, wait_s=wait_s, duty=duty
+        spec,
+        exp,
+        store,
+        lambda: clock[0],
+        max_stale_s=max_stale_s,
+        wait_s=wait_s,
+        duty=duty,
+        recent_s=recent_s,
     )
     return cache, store, clock
 
@@ -104,6 +116,27 @@ def test_the_pause_keeps_generations_younger_than_half_of_max_stale(tmp_path: Pa
     assert cache.computed == 2
     assert cache._ended - cache._took - ended <= 1.0 + 0.5  # paused at most 1 s (2.0 / 2)
     store.close()
+
+
+def test_a_generation_read_lately_is_followed_without_a_reader(tmp_path: Path) -> None:
+    """Writes go on, nobody asks: a slot read lately keeps generations coming once the
+    current one is a third of max_stale_s old, with the slot derived; with no recent reader
+    nothing is computed."""
+    for recent_s, follows in ((60.0, True), (0.0, False)):
+        (tmp_path / str(recent_s)).mkdir()
+        cache, store, clock = _site(tmp_path / str(recent_s), max_stale_s=0.6, recent_s=recent_s)
+        cache.derived(("rows",), lambda g: len(g.ev.rows))
+        assert cache.computed == 1
+        _write(store, cache, clock[0])
+        clock[0] += 0.3  # (the cache's clock) older than 0.6 / 3
+        t0 = time.monotonic()
+        while cache.computed == 1 and time.monotonic() - t0 < 3.0:
+            time.sleep(0.02)
+        assert (cache.computed == 2) is follows, recent_s
+        if follows:  # ready for the next reader, slot and all
+            gen = cache._gen
+            assert gen is not None and ("rows",) in gen._derived
+        store.close()
 
 
 def test_a_slot_is_derived_once_per_generation_and_ready_before_publication(
