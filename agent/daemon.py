@@ -334,7 +334,9 @@ async def _probe_loop(
     assert link.plan is not None
     applied = _Applied(link, listeners, watcher, wake)
     await applied.follow()
-    delays = schedule(link.plan.period_s, random.Random(), cfg.first_run_cap_s)
+    rng = random.Random()
+    period = link.plan.period_s
+    delays = schedule(period, rng, cfg.first_run_cap_s)
     if cfg.once and cfg.settle_s > 0 and await _settle(link, listeners, stop, cfg.settle_s):
         return
     if not cfg.once and await _idle(stop, next(delays), applied):
@@ -345,6 +347,9 @@ async def _probe_loop(
             await _check_plan(link, min(PLAN_CHECK_S, max(1.0, link.plan.period_s / 2)))
         rounds += 1
         plan = await applied.follow()
+        if plan.period_s != period:  # a new plan's period: from this round on
+            period, delays = plan.period_s, schedule(plan.period_s, rng, 0.0)
+            next(delays)  # its first offset (0): the rounds go on at the new period
         try:
             results = await run_plan(plan, mode)
         except Exception:  # a bug or the host's trouble: logged, and the next round runs
