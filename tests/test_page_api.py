@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -23,6 +25,9 @@ from netcheck.controller.expand import expand
 from netcheck.controller.inventory import Inventory, load_inventory
 from netcheck.controller.render.page_data import MAX_PAGE
 from netcheck.controller.spec import Spec, load_spec
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -140,3 +145,37 @@ async def test_bad_requests_say_why(
     r = await client.get(url)
     assert r.status == status
     assert (await r.json())["error"]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"needs Chromium at {CHROMIUM}")
+async def test_the_live_page_on_the_controller(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """The page as the controller serves it, in real Chromium: its script polls /api/v1/page,
+    a click fetches the interaction's details, a click on a failing row its history."""
+    from playwright.async_api import async_playwright
+
+    await _fresh(client)
+    asked: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            pg = await browser.new_page(viewport={"width": 1280, "height": 900})
+            pg.on("request", lambda r: asked.append(r.url))
+            await pg.goto(str(client.make_url("/")))
+            row = pg.locator('#failures tr[data-check="4:pio-1>prem-mgr:8000"]')
+            assert "8000-8010" in await row.inner_text()
+            await pg.locator('.edge-label[data-interaction="4"]').click()
+            port = pg.locator('#details .port[data-ports="8000-8010"] .pair.verdict-fail')
+            await port.wait_for()
+            assert "11 ports" in await port.inner_text()
+            await row.click()
+            await pg.locator("#details .timeline").wait_for()
+            lanes = pg.locator("#details .timeline .lane .outage.open")
+            assert await lanes.count() == 1  # failing since the batch: one open outage
+        finally:
+            await browser.close()
+    paths = {urlsplit(u).path for u in asked}
+    assert {"/api/v1/page/interaction/4", "/api/v1/history"} <= paths, paths
+    assert "/api/v1/report" not in paths
