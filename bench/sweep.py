@@ -212,10 +212,11 @@ def _section(
         f"{shipped / floor:.2f} x ({secs(shipped)})",
         met=syn <= 1.5 * floor,
         gap=(
-            "connect mode stays above: 3 staggered attempts per check are 3 sockets and 3 "
-            "asyncio connects each (the event loop, about 11,000-13,000 connects/s here, is "
-            "the cost), and a silent check's traceroute task waits for a slot; the agent "
-            "with CAP_NET_RAW (its systemd unit) probes in SYN mode"
+            f"connect mode stays above: the policy's concurrency ({conc}) and the open-file "
+            f"cap (3 staggered sockets per check) leave part of the {n} checks for a second "
+            f"{timeout:g} s window, and each check costs 3 asyncio connects (the event loop, "
+            "about 11,000-13,000 connects/s here, is the cost; its traceroutes about 5 %); "
+            "the agent with CAP_NET_RAW (its systemd unit) probes in SYN mode"
         ),
     )
     method = (
