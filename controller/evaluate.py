@@ -511,7 +511,10 @@ def judge_alone(check: ExpectedCheck, r: ProbeResult) -> CheckRow:
     """The verdict of one result by itself: what its source saw, without the destination's
     evidence (listeners, captures, NAT) and without ageing (history's verdicts,
     :mod:`controller.history`). A reset is ``rejected`` or ``nothing_listening`` only when the
-    result itself tells (its responder or its TTL), else ``refused``."""
+    result itself tells (its responder or its TTL), else ``refused``. Its verdict and cause
+    depend only on the check's ``expect`` and the result's state, service-check outcome,
+    whether a responder is the destination or another address, and ``rst_from_firewall``
+    (history caches them by that key; ``tests/test_history.py`` holds it to that)."""
     return judge(check, r, _ALONE)
 
 

@@ -46,7 +46,6 @@ policy's ``flap_window_seconds`` (changes still kept: at most ``HISTORY_ROWS_PER
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,11 +62,16 @@ from netcheck.controller.limits import (
     OUTAGE_ROWS,
 )
 from netcheck.controller.model import CheckHistory, Verdict
+from netcheck.controller.sqlrows import Upsert
 
-# What a result's judgment alone depends on, besides its check's expectation.
+# A result's raw observation: state, service-check outcome, responder, reset TTL verdict. A
+# change of it (and only of it) can change the result's judgment.
 Raw = tuple[str, str | None, str | None, bool | None]
-# A judgment is cached per (check id, raw observation); the cache is emptied past this size.
-JUDGED_CACHE = 500_000
+# The judgment alone depends on the check's expectation and on the raw observation with the
+# responder reduced to "none, the destination, another address" (see evaluate.judge_alone):
+# a handful of keys, so it is computed once per key, whatever the number of checks.
+Judged = tuple[str, str, str | None, bool | None, bool | None]
+JUDGED_CACHE = 10_000  # far more than the keys there are; emptied past it all the same
 _FLAPPING = frozenset({"pass", "fail"})
 
 
@@ -90,32 +94,27 @@ class Entry(NamedTuple):
 
 @dataclass
 class Staged:
-    """What one transaction adds: applied to the recorder only after it committed."""
+    """What one transaction writes. The recorder's mirror already holds it (a steady result
+    then costs two dictionary lookups); a transaction that fails marks the mirror stale
+    (:meth:`Recorder.invalidate`), and the next one reads it again from the file."""
 
-    seen: dict[str, float] = field(default_factory=dict)
-    last: dict[str, Entry] = field(default_factory=dict)
+    last: dict[str, Entry] = field(default_factory=dict)  # the changed checks' new state
     changes: list[tuple[str, float, str, str, str, int]] = field(default_factory=list)
-    changed: set[str] = field(default_factory=set)
     outages: list[tuple[str, float, float]] = field(default_factory=list)
     dv: int | None = None
 
 
-_INSERT_CHANGES = (
-    "INSERT INTO history_changes (check_id, at, verdict, state, cause, flap) "
-    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 "
-    "FROM json_each(?)"
+_INSERT_CHANGES = Upsert(
+    "INSERT INTO history_changes (check_id, at, verdict, state, cause, flap)", 6
 )
-_UPSERT_CHECKS = """INSERT INTO history_checks
-    (check_id, first_seen, last_change, verdict, state, cause, since)
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-        value ->> 6 FROM json_each(?) WHERE true
-    ON CONFLICT (check_id) DO UPDATE SET first_seen = excluded.first_seen,
-        last_change = excluded.last_change, verdict = excluded.verdict, state = excluded.state,
-        cause = excluded.cause, since = excluded.since"""
-_INSERT_OUTAGES = (
-    "INSERT INTO outages (check_id, start_at, end_at) "
-    "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)"
+_UPSERT_CHECKS = Upsert(
+    "INSERT INTO history_checks (check_id, first_seen, last_change, verdict, state, cause, since)",
+    7,
+    """ON CONFLICT (check_id) DO UPDATE SET first_seen = excluded.first_seen,
+    last_change = excluded.last_change, verdict = excluded.verdict, state = excluded.state,
+    cause = excluded.cause, since = excluded.since""",
 )
+_INSERT_OUTAGES = Upsert("INSERT INTO outages (check_id, start_at, end_at)", 3)
 _SUMMARIES = (
     "SELECT check_id, first_seen, last_change, verdict, state, cause, since FROM history_checks"
 )
@@ -130,16 +129,19 @@ class Recorder:
         self._expect: dict[str, ExpectedCheck] = {}
         self._seen: dict[str, float] = {}  # check id -> started_at of its stored result
         self._last: dict[str, Entry] = {}
-        self._judged: dict[tuple[str, Raw], tuple[str, str]] = {}
+        self._judged: dict[Judged, tuple[str, str]] = {}
         self._dv = -1  # the file's data_version as last seen (another writer changes it)
         self.written = 0  # changes written since the last prune
+        self.stale = False  # a transaction failed: read the mirror again before the next
 
     @property
     def expected(self) -> Mapping[str, ExpectedCheck]:
         return self._expect
 
     def _judge(self, check: ExpectedCheck, r: ProbeResult, key: Raw) -> tuple[str, str]:
-        k = (check.spec.check_id, key)
+        responder = key[2]
+        same = None if responder is None else responder == check.spec.dst_address
+        k = (check.spec.expect, key[0], key[1], same, key[3])
         got = self._judged.get(k)
         if got is None:
             row = judge_alone(check, r)
@@ -149,55 +151,58 @@ class Recorder:
             self._judged[k] = got
         return got
 
-    def _step(self, s: Staged, check: ExpectedCheck, r: ProbeResult, force: bool = False) -> None:
-        """One result that is the newest of its check: record a change if it makes one."""
+    def _step(
+        self, s: Staged, check: ExpectedCheck, r: ProbeResult, key: Raw, e: Entry | None
+    ) -> None:
+        """The newest result of its check, whose raw observation differs from the last one
+        judged (``e``: the check's last recorded state): record a change if it makes one."""
         cid = r.check_id
-        key = raw(r)
-        e = s.last.get(cid) or self._last.get(cid)
-        if e is not None and e.key == key and not force:
-            return
         verdict, cause = self._judge(check, r, key)
         t = r.started_at
         if e is None:
-            s.last[cid] = Entry(key, verdict, r.state, cause, t, t, t)
+            self._last[cid] = s.last[cid] = Entry(key, verdict, r.state, cause, t, t, t)
             s.changes.append((cid, t, verdict, r.state, cause, 0))
-            s.changed.add(cid)
             return
         if (verdict, r.state, cause) == (e.verdict, e.state, e.cause):
-            s.last[cid] = e._replace(key=key)
+            self._last[cid] = e._replace(key=key)
             return
         t = max(t, e.last_change)  # never before the last change (a result re-judged)
         flap = int(verdict != e.verdict and {verdict, e.verdict} <= _FLAPPING)
         since = e.since if verdict == e.verdict else t
         if e.verdict == "fail" and verdict != "fail":
             s.outages.append((cid, e.since, t))
-        s.last[cid] = Entry(key, verdict, r.state, cause, since, e.first_seen, t)
+        self._last[cid] = s.last[cid] = Entry(key, verdict, r.state, cause, since, e.first_seen, t)
         s.changes.append((cid, t, verdict, r.state, cause, flap))
-        s.changed.add(cid)
 
     def observe(self, results: Iterable[ProbeResult], into: Staged | None = None) -> Staged:
         """The changes a group of results makes (in the order the store writes them), added
         to ``into`` when given (staged earlier in the same transaction)."""
         s = into if into is not None else Staged()
-        expect, seen, new_seen = self._expect, self._seen, s.seen
+        expect, seen, last, step = self._expect, self._seen, self._last, self._step
         for r in results:
-            check = expect.get(r.check_id)
-            if check is None:
-                continue
             cid, t = r.check_id, r.started_at
-            before = new_seen.get(cid)
-            if before is None:
-                before = seen.get(cid)
+            before = seen.get(cid)
             if before is not None and t <= before:
                 continue  # superseded: the store keeps the newer one
-            new_seen[cid] = t
-            self._step(s, check, r)
+            sc = r.service_check
+            key = (r.state, None if sc is None else sc.outcome, r.responder, r.rst_from_firewall)
+            e = last.get(cid)
+            if e is not None and e.key == key:
+                seen[cid] = t
+                continue  # the same observation as the last one judged
+            check = expect.get(cid)
+            if check is None:
+                continue  # not expected: no history
+            seen[cid] = t
+            step(s, check, r, key, e)
         return s
+
+    def invalidate(self) -> None:
+        """The transaction that staged changes failed: the mirror is read again."""
+        self.stale = True
 
     def apply(self, s: Staged) -> None:
         """After the transaction holding ``s`` committed."""
-        self._seen.update(s.seen)
-        self._last.update(s.last)
         self.written += len(s.changes)
         if s.dv is not None:
             self._dv = s.dv
@@ -225,12 +230,13 @@ class Recorder:
             for cid, first, last, verdict, state, cause, since in c.execute(_SUMMARIES)
         }
         self._seen = {}
+        self.stale = False
         s = Staged()
         for r in results:
             check = self._expect.get(r.check_id)
             if check is not None:
-                s.seen[r.check_id] = r.started_at
-                self._step(s, check, r, force=True)
+                self._seen[r.check_id] = r.started_at
+                self._step(s, check, r, raw(r), self._last.get(r.check_id))
         (dv,) = c.execute("PRAGMA data_version").fetchone()
         s.dv = int(dv)
         return s
@@ -256,16 +262,13 @@ class Recorder:
 
 def write(c: sqlite3.Connection, s: Staged) -> None:
     """Write what was staged (in the caller's transaction): a few statements in all."""
-    if s.changes:
-        c.execute(_INSERT_CHANGES, (json.dumps(s.changes),))
-    rows = []
-    for cid in s.changed:
-        e = s.last[cid]
-        rows.append((cid, e.first_seen, e.last_change, e.verdict, e.state, e.cause, e.since))
-    if rows:
-        c.execute(_UPSERT_CHECKS, (json.dumps(rows),))
-    if s.outages:
-        c.execute(_INSERT_OUTAGES, (json.dumps(s.outages),))
+    _INSERT_CHANGES.run(c, s.changes)
+    rows = [
+        (cid, e.first_seen, e.last_change, e.verdict, e.state, e.cause, e.since)
+        for cid, e in s.last.items()
+    ]
+    _UPSERT_CHECKS.run(c, rows)
+    _INSERT_OUTAGES.run(c, s.outages)
 
 
 _TRIM_PER_CHECK = """

@@ -84,6 +84,7 @@ from netcheck.controller.limits import (
 from netcheck.controller.model import AgentSeen, Observed
 from netcheck.controller.pathstore import read_paths
 from netcheck.controller.schema import RESULT_COLUMNS, prepare, refuse_newer
+from netcheck.controller.sqlrows import Upsert as _Upsert
 
 PEERS_PER_PORT = 32
 
@@ -96,30 +97,6 @@ _values = operator.attrgetter(*_FIELDS)
 _COLS = ", ".join(_FIELDS)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Upsert:
-    """An ``INSERT ... VALUES (row), (row), ... ON CONFLICT ...`` for many rows at once."""
-
-    head: str
-    width: int
-    tail: str
-
-    def run(self, c: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
-        """Write ``rows`` with one statement per :data:`_PARAMS` parameters.
-
-        Not ``executemany``: the sqlite3 module lets go of the GIL around every step, so a
-        worker thread doing one step per row waits for the event loop's thread again and
-        again (up to the 5 ms switch interval each time); one statement per chunk does not.
-        """
-        per = max(1, _PARAMS // self.width)
-        one = "(" + ", ".join("?" * self.width) + ")"
-        for i in range(0, len(rows), per):
-            chunk = rows[i : i + per]
-            values = ", ".join([one] * len(chunk))
-            c.execute(f"{self.head} VALUES {values} {self.tail}", [v for r in chunk for v in r])
-
-
-_PARAMS = 30_000  # below SQLite's limit on bound parameters per statement (32,766)
 _RESULTS_UPSERT = _Upsert(
     f"INSERT INTO results ({_COLS}, received_at, sent_by)",
     len(_FIELDS) + 2,
@@ -311,6 +288,17 @@ def _peers(c: sqlite3.Connection) -> dict[str, tuple[PeerSeen, ...]]:
     return {h: tuple(v) for h, v in out.items()}
 
 
+@contextlib.contextmanager
+def _invalidating(rec: history.Recorder | None) -> Iterator[None]:
+    """A transaction that fails leaves history's mirror stale (read again next time)."""
+    try:
+        yield
+    except BaseException:
+        if rec is not None:
+            rec.invalidate()
+        raise
+
+
 class Store:
     """One SQLite file. Open with :meth:`open`; every method is one short transaction."""
 
@@ -442,7 +430,7 @@ class Store:
             c.execute(_EXPECTED_TABLE)
             rec = self._recorder or history.Recorder()
             c.execute("BEGIN IMMEDIATE")
-            try:
+            try:  # the mirror is read again after a failure (_invalidating)
                 c.execute("DELETE FROM temp.expected_ids")
                 c.executemany("INSERT INTO temp.expected_ids VALUES (?)", ((i,) for i in ids))
                 staged = rec.reload(c, _results(c), checks)
@@ -450,6 +438,7 @@ class Store:
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
+                rec.invalidate()
                 raise
             rec.apply(staged)
             self._recorder, self._expected = rec, ids
@@ -465,12 +454,14 @@ class Store:
         whole group back: nothing of it is kept.
         """
         rec, staged = self._recorder, None
-        with self._lock, self._conn:
+        with self._lock, self._conn, _invalidating(rec):
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             if rec is not None and batches:
                 # Results another process wrote first (import), then the group's own.
-                if rec.foreign(c):
+                if rec.stale:
+                    staged = rec.reload(c, _results(c))
+                elif rec.foreign(c):
                     staged = rec.catch_up(c, _results_of(c, rec.newer(c)))
                 staged = rec.observe((r for b in batches for r in b.results), staged)
             _write_group(c, batches, now, rejected)

@@ -5,8 +5,10 @@ of it."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sqlite3
+import typing
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,9 @@ import jsonschema
 import pytest
 from check_helpers import result_for
 
-from netcheck.agent.wire import ProbeResult, ProbeState, ResultBatch
+from netcheck.agent.wire import ProbeResult, ProbeState, ResultBatch, ServiceCheck, ServiceOutcome
 from netcheck.controller import history, schema
-from netcheck.controller.evaluate import evaluate
+from netcheck.controller.evaluate import evaluate, judge_alone
 from netcheck.controller.expand import ExpectedCheck, expected
 from netcheck.controller.gate import gate
 from netcheck.controller.history import Query
@@ -434,3 +436,36 @@ def test_reports_carry_history(
     assert (untested["first_seen"], untested["last_change"], untested["flaps"]) == (None, None, 0)
     md = markdown.render(spec, ev, [])
     assert "failing since 2027-01-15T08:03:00Z (40 min); flapped 3 times in the window" in md
+
+
+def test_a_results_judgment_alone_depends_only_on_the_key_history_caches_it_by(
+    checks: tuple[ExpectedCheck, ...],
+) -> None:
+    """history.Recorder caches judge_alone by (expect, state, service outcome, responder is
+    the destination or not, rst_from_firewall): every other field must not matter."""
+    states: tuple[ProbeState, ...] = typing.get_args(ProbeState)
+    outcomes = (None, *typing.get_args(ServiceOutcome))
+    sample = [c for i, c in enumerate(checks) if i % 7 == 0]
+    judged: dict[tuple[Any, ...], set[tuple[str, str]]] = {}
+    for c in sample:
+        for state, outcome, responder, rst, mode, hop, error in itertools.product(
+            states,
+            outcomes,
+            (None, c.spec.dst_address, "198.18.9.1", "198.18.9.2"),
+            (None, True, False),
+            ("connect", "syn"),
+            (None, "198.18.9.3"),
+            ("", "no route"),
+        ):
+            sc = ServiceCheck(c.spec.service, outcome, "detail") if outcome else None
+            r = res(
+                c, state, T0, service_check=sc, responder=responder, rst_from_firewall=rst,
+                mode=mode, last_hop=hop, error=error,
+            )  # fmt: skip
+            row = judge_alone(c, r)
+            same = None if responder is None else responder == c.spec.dst_address
+            key = (c.spec.expect, state, outcome, same, rst)
+            judged.setdefault(key, set()).add((row.verdict, row.cause))
+    assert judged and all(len(v) == 1 for v in judged.values()), {
+        k: v for k, v in judged.items() if len(v) > 1
+    }
