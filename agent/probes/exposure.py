@@ -134,7 +134,8 @@ class _Pacer:
 
     async def turn(self) -> None:
         """Wait for the next send's slot, and take it."""
-        await asyncio.sleep(self.wait_s() if not self.allowed() else 0)
+        if not self.allowed():  # no turn of the event loop when the pace allows it now
+            await asyncio.sleep(self.wait_s())
         self.sent += 1
 
 
@@ -302,7 +303,8 @@ async def connect_sweep(
             try:
                 if opts.bind_address:
                     sock.bind((opts.bind_address, 0))
-                await asyncio.wait_for(loop.sock_connect(sock, (t.address, port)), left)
+                async with asyncio.timeout(left):  # no task per connect (wait_for makes one)
+                    await loop.sock_connect(sock, (t.address, port))
             except ConnectionRefusedError:
                 refused[t] += 1
                 return True
