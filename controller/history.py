@@ -14,21 +14,24 @@ reset TTL), without the other end's evidence and without ageing. A change is a d
 may refine a cause with the destination agent's evidence (a ``refused`` that its listener
 shows to be a firewall's ``rejected``), and says ``stale`` when results stop coming, which is
 no change in history (nothing was observed). The judgment of a result depends only on its
-check's expectation, so only results whose raw observation (state, service-check outcome,
-responder, reset TTL verdict) differs from the previous one are judged again: a steady
-result costs a dictionary lookup.
+check's expectation and its raw observation (state, service-check outcome, responder, reset
+TTL verdict), so only a result whose raw observation differs from the previous one is
+judged again (and judgments are cached by that key): a steady result costs two dictionary
+lookups in the writer's mirror of the last recorded state (:class:`Recorder`; updated in
+place, and read again from the file after a transaction that failed).
 
-When the spec changes (the writer is given new expected checks: :meth:`Recorder.load`, at
-start and at every reload), the newest stored result of every expected check is judged
-again under the new expectation; a different judgment is a change at that result's time
-(the same rule as for a new result: the newest observation, judged by today's expectation).
+When the spec changes (the writer is given new expected checks: :meth:`Recorder.reload`
+through :meth:`controller.store.Store.expect`, at start and at every reload), the newest
+stored result of every expected check is judged again under the new expectation; a
+different judgment is a change at that result's time (the same rule as for a new result:
+the newest observation, judged by today's expectation).
 A check that first appears gets its first entry from its newest stored result; a check
 that disappears keeps its history until retention. The same pass reads in what another
 process wrote into the file (``netcheck-controller import`` beside a running server):
 SQLite's ``data_version`` tells the writer, which then takes the newer results of the file
 as observations before its own.
 
-What is kept (tables of :mod:`controller.schema` version 6):
+What is kept (tables of :mod:`controller.schema` version 7):
 
 - ``history_checks``: per check, ``first_seen`` (its first result), ``last_change``, the last
   recorded verdict, state and cause, and ``since`` (since when it has had that verdict: for
