@@ -143,7 +143,14 @@ async def _collector_ctx(app: web.Application) -> AsyncIterator[None]:
     """The shared evaluation cache, and the metrics collectors that read it (and the running
     configuration) at each scrape."""
     site, store, clock = app[LIVE].current, app[STORE], app[CLOCK]
-    cache = EvaluationCache(site.spec, site.expected, store, clock, inventory=site.inventory)
+    cache = EvaluationCache(
+        site.spec,
+        site.expected,
+        store,
+        clock,
+        inventory=site.inventory,
+        plan_fetched=app[LIVE].plan_fetched,
+    )
     app[EVALUATION] = cache
     collector = StoreCollector(site.spec, site.inventory, store, cache, clock)
     app[REGISTRY].register(collector)

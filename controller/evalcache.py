@@ -41,24 +41,25 @@ checks: a reload of topology.yaml or the inventory, :mod:`controller.reload`): t
 generation number is part of the cache key, so the next reader gets an evaluation of the new
 site, never one of the old site again. Each generation carries the spec and inventory it was
 judged against (:attr:`Generation.spec`, :attr:`Generation.inventory`): what is derived from
-it (page, reports, gates, metrics) reads them there, never a site captured earlier. Results of
-checks the site no longer expects (``retired``: expected by an earlier site of this process)
-are left out of the evaluation: a removed check disappears, it does not turn "unexpected";
-so do the agents, listeners and peers of hosts the inventory no longer has.
+it (page, reports, gates, metrics) reads them there, never a site captured earlier. What an
+earlier configuration left in the store is left out of the evaluation (:func:`current_only`):
+a removed check disappears, it does not turn "unexpected".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeGuard, TypeVar, cast
 
+from netcheck.agent.wire import ProbeResult
 from netcheck.controller.evaluate import evaluate
 from netcheck.controller.expand import Expected, expected
 from netcheck.controller.gate import gate
@@ -72,6 +73,7 @@ MAX_STALE_SECONDS = 30.0
 WAIT_SECONDS = 0.1
 DUTY = 3.0
 RECENT_SECONDS = 60.0
+PLAN_FETCH_GRACE_SECONDS = 10.0
 log = logging.getLogger("netcheck.controller")
 T = TypeVar("T")
 Key = tuple[int, int, int]  # (site generation, store version, time bucket)
@@ -92,6 +94,10 @@ class _Site:
     expected: Expected
     generation: int = 0
     retired: frozenset[str] = frozenset()
+
+    @functools.cached_property
+    def expected_ids(self) -> frozenset[str]:
+        return frozenset(c.spec.check_id for c in self.expected.checks)
 
 
 @dataclass
@@ -118,18 +124,49 @@ def _newer_or_same(have: Key, want: Key) -> bool:
     return have[0] >= want[0] and have[1] >= want[1] and have[2] >= want[2]
 
 
-def without_retired(
-    observed: Observed, retired: frozenset[str], inventory: Inventory | None = None
+def current_only(
+    observed: Observed,
+    retired: frozenset[str] = frozenset(),
+    inventory: Inventory | None = None,
+    expected_ids: frozenset[str] | None = None,
+    plan_fetched: Mapping[str, float] | None = None,
 ) -> Observed:
-    """`observed` without the results of `retired` check ids (checks a reload removed) and,
-    given the `inventory`, without the agents, listeners and peers of hosts it no longer has
-    (a decommissioned agent's report age would otherwise grow for ever)."""
-    if retired:
-        kept = tuple(r for r in observed.results if r.check_id not in retired)
-        observed = dataclasses.replace(observed, results=kept)
-    if inventory is None:
+    """`observed` without what earlier configurations left behind, so that a removed check
+    disappears instead of turning "unexpected":
+
+    - results of `retired` check ids (a reload of this process removed them);
+    - given `expected_ids`, results of other ids from a host the `inventory` no longer has,
+      or started more than :data:`PLAN_FETCH_GRACE_SECONDS` before their agent last fetched
+      its plan (`plan_fetched`: host -> when it registered, by the controller's clock): an
+      older plan's, as after a restart with an edited site once the agent fetched its new
+      plan (the grace: the agent's clock may be a little behind);
+    - given the `inventory`, the agents, listeners and peers of hosts it no longer has (a
+      decommissioned agent's report age would otherwise grow for ever).
+
+    What is left of another id is unexpected (an agent probing what its plan never said)."""
+    names = (
+        {h.name for hosts in inventory.hosts.values() for h in hosts}
+        if inventory is not None
+        else None
+    )
+    fetched = plan_fetched or {}
+
+    def leftover(r: ProbeResult) -> bool:
+        if r.check_id in retired:
+            return True
+        if expected_ids is None or r.check_id in expected_ids:
+            return False
+        if names is not None and r.src_host not in names:
+            return True
+        at = fetched.get(r.src_host)
+        return at is not None and r.started_at < at - PLAN_FETCH_GRACE_SECONDS
+
+    if retired or expected_ids is not None:
+        kept = tuple(r for r in observed.results if not leftover(r))
+        if len(kept) != len(observed.results):
+            observed = dataclasses.replace(observed, results=kept)
+    if inventory is None or names is None:
         return observed
-    names = {h.name for hosts in inventory.hosts.values() for h in hosts}
     agents = tuple(a for a in observed.agents if inventory.has(a.role, a.host))
     if (
         len(agents) == len(observed.agents)
@@ -161,8 +198,11 @@ class EvaluationCache:
         recent_s: float = RECENT_SECONDS,
         *,
         inventory: Inventory | None = None,
+        plan_fetched: Mapping[str, float] | None = None,
     ) -> None:
         self._site = _Site(spec, inventory, expected)
+        # host -> when its agent last fetched its plan (see current_only); None: not known.
+        self._plan_fetched: Mapping[str, float] = plan_fetched if plan_fetched is not None else {}
         self._spec, self._expected, self._store = spec, expected, store
         self._clock, self._bucket, self._max_stale = clock, bucket_s, max_stale_s
         self._wait, self._duty, self._recent = wait_s, duty, recent_s
@@ -269,7 +309,10 @@ class EvaluationCache:
                     site = self._site
                     key, now = self._key_now()
                 snap = self._store.snapshot(now, site.spec.policy.flap_window_seconds)
-                observed = without_retired(snap, site.retired, site.inventory)
+                fetched = dict(self._plan_fetched)  # written on the event loop meanwhile
+                observed = current_only(
+                    snap, site.retired, site.inventory, site.expected_ids, fetched
+                )
                 ev = evaluate(site.spec, site.expected, observed, now)
                 gen = Generation(key, ev, site.spec, site.inventory)
                 recent = time.monotonic() - self._recent

@@ -289,6 +289,9 @@ class LiveConfig:
         self.failures = 0  # reloads refused
         self.last_ok = True
         self.retired: frozenset[str] = frozenset()
+        # host -> when its agent last fetched its plan (registered), by the controller's clock:
+        # its results that started earlier are an older plan's (evalcache.current_only).
+        self.plan_fetched: dict[str, float] = {}
         self._generation = config.generation
         self._apply: list[Apply] = []
         self._lock: asyncio.Lock | None = None

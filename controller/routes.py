@@ -140,6 +140,9 @@ async def register(request: web.Request) -> web.Response:
             )
             app[REFUSALS].registration(refused)
         raise
+    # Its results started before now are an older plan's (set before the store's write, so
+    # the evaluation of that write sees it).
+    app[LIVE].plan_fetched[reg.host] = app[CLOCK]()
     await asyncio.to_thread(app[STORE].register, reg, app[CLOCK]())
     app[AGENTS][reg.host] = reg.role
     plan: Plan | None = site.plan(reg.role, reg.host)

@@ -11,6 +11,7 @@ import json
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 from reload_helpers import (
@@ -283,3 +284,63 @@ async def test_a_stale_agent_fetches_its_new_plan_and_keeps_its_buffered_results
     finally:
         await link.transport.close()
         await runner.cleanup()
+
+
+async def test_after_a_restart_with_an_edited_site_old_results_leave_once_the_plan_is_fetched(
+    tmp_path: Path,
+) -> None:
+    """A controller restarted on the same database with vc-1 and pio-2 gone: pio-2's stored
+    results leave at once (not a host of the site), pio-1's result for vc-1 is unexpected
+    only until pio-1 fetches its new plan; a stray result newer than that stays unexpected."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from netcheck.agent.wire import ProbeResult, Registration, ResultBatch
+    from netcheck.controller.app import make_app
+    from netcheck.controller.appkeys import EVALUATION
+
+    topo, inv = write_site(tmp_path, ["22"], ["pio-1", "pio-2"])
+    db, token = tmp_path / "nc.db", "restart-token"
+    auth = {"Authorization": f"Bearer {token}"}
+    now = time.time()
+
+    def result(src: str, dst: str, port: int, at: float) -> ProbeResult:
+        src_addr, dst_addr = PIO_ADDRESSES[src], "127.0.0.31"
+        cid = f"{2 if dst.startswith('vc') else 4}:{src}>{dst}:{port}"
+        return ProbeResult(cid, int(cid[0]), src, src_addr, dst, dst_addr, port, "refused",
+                           "connect", 1, at)  # fmt: skip
+
+    async def serve(at_db: Path) -> TestClient:  # type: ignore[type-arg]
+        site = load_config(topo, inv, time.time())
+        client = TestClient(TestServer(make_app(site.spec, site.inventory, at_db, token)))
+        await client.start_server()
+        return client
+
+    async def evaluation(client: TestClient) -> Any:  # type: ignore[type-arg]
+        assert client.app is not None
+        return await asyncio.to_thread(client.app[EVALUATION].get, True)
+
+    first = await serve(db)
+    try:
+        for host in ("pio-1", "pio-2"):
+            reg = Registration("pio", host, PIO_ADDRESSES[host], "t", "connect")
+            assert (await first.post("/api/v1/register", json=encode(reg), headers=auth)).ok
+        old = (result("pio-1", "vc-1", 9, now - 100), result("pio-2", "vc-1", 9, now - 100))
+        for r in old:
+            batch = ResultBatch("pio", r.src_host, (r,))
+            assert (await first.post("/api/v1/results", json=encode(batch), headers=auth)).ok
+    finally:
+        await first.close()
+    inv.write_text(inventory(["pio-1"], ["vc-2"]))
+    second = await serve(db)
+    try:
+        ev = await evaluation(second)
+        assert [r.src_host for r in ev.unexpected] == ["pio-1"]  # pio-2's left at once
+        reg = Registration("pio", "pio-1", PIO_ADDRESSES["pio-1"], "t", "connect")
+        assert (await second.post("/api/v1/register", json=encode(reg), headers=auth)).ok
+        assert (await evaluation(second)).unexpected == ()  # pio-1 fetched its new plan
+        stray = result("pio-1", "vc-1", 10, time.time())
+        batch = ResultBatch("pio", "pio-1", (stray,))
+        assert (await second.post("/api/v1/results", json=encode(batch), headers=auth)).ok
+        assert [r.check_id for r in (await evaluation(second)).unexpected] == [stray.check_id]
+    finally:
+        await second.close()
