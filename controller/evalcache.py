@@ -23,9 +23,7 @@ Computations run in one background thread at a time, never in a reader's:
 - **Bounded share (duty cycle).** A computation starts no sooner than ``duty`` (3) x the
   last one's duration after the last one ended, so under continuous readers and writes the
   evaluation takes at most 1/(1 + duty) of the time (a quarter of a core) and ingest the rest.
-  ``max_stale_s`` stays the bound: the gap is shortened so that the next generation is
-  published before the current one is half that old (a slow evaluation on a busy machine
-  takes a bigger share rather than letting readers wait).
+  ``max_stale_s`` stays the bound: the gap is ``duty`` x a duration far below it.
 - **Kept fresh while read.** While slots are read (within ``recent_s``), a generation a
   third of ``max_stale_s`` old is followed by the next one when the store or the clock moved,
   whether a reader asks or not: a reader after a long run of writes finds one to answer with.
@@ -275,13 +273,6 @@ class EvaluationCache:
             else:
                 self._arm()
 
-    def _gap(self) -> float:
-        """The pause after a computation (call with the lock held): ``duty`` x its duration,
-        but short enough that the next one is published while the current one is younger
-        than half of ``max_stale_s`` (its age then is the pause plus two durations), so
-        readers are never held up waiting for a generation because the pause was long."""
-        return max(0.0, min(self._duty * self._took, self._max_stale / 2 - 2 * self._took))
-
     def _start(self) -> None:
         """Start the background computation unless one runs (call with the lock held)."""
         if not self._computing:
@@ -299,7 +290,7 @@ class EvaluationCache:
                         self._computing = False
                         self._cond.notify_all()
                         return
-                    gap = self._ended + self._gap() - time.monotonic()
+                    gap = self._ended + self._duty * self._took - time.monotonic()
                 if gap > 0:  # the duty cycle: let ingest have the time in between
                     time.sleep(gap)
                 t0 = time.monotonic()
