@@ -19,12 +19,30 @@ ADDR = "127.0.0.1"
 BANNER = b"SSH-2.0-OpenSSH_9.2 test\r\n"
 
 
-def _listener() -> socket.socket:
+def _listener(port: int = 0) -> socket.socket:
     s = socket.socket()
-    s.bind((ADDR, 0))
+    s.bind((ADDR, port))
     s.listen(64)
     s.setblocking(False)
     return s
+
+
+def _neighbours(count: int) -> list[socket.socket]:
+    """`count` listeners on consecutive ports below the ephemeral range (a narrow window to
+    sweep: a wide one on a busy machine only costs time)."""
+    import random
+
+    for _ in range(100):
+        base = random.randrange(20_000, 30_000)
+        got: list[socket.socket] = []
+        try:
+            for i in range(count):
+                got.append(_listener(base + 2 * i))
+            return got
+        except OSError:
+            for s in got:
+                s.close()
+    raise AssertionError("no free consecutive ports")
 
 
 @contextlib.asynccontextmanager
@@ -61,9 +79,7 @@ def _window(*ports: int) -> tuple[int, int]:
 async def test_sweep_finds_open_ports_with_banners(mode: str) -> None:
     if mode == "syn" and os.geteuid() != 0:
         pytest.skip("SYN mode needs CAP_NET_RAW (root)")
-    talker, planned, quiet = _listener(), _listener(), _listener()
-    closed = socket.socket()
-    closed.bind((ADDR, 0))
+    talker, planned, quiet, closed = _neighbours(4)
     gone = int(closed.getsockname()[1])
     closed.close()  # bound once, nothing listens there now
     ports = [int(s.getsockname()[1]) for s in (talker, planned, quiet)]
