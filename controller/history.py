@@ -170,7 +170,8 @@ class Recorder:
             self._last[cid] = e._replace(key=key)
             return
         t = max(t, e.last_change)  # never before the last change (a result re-judged)
-        flap = int(verdict != e.verdict and {verdict, e.verdict} <= _FLAPPING)
+        old = e.verdict
+        flap = int(verdict != old and verdict in _FLAPPING and old in _FLAPPING)
         since = e.since if verdict == e.verdict else t
         if e.verdict == "fail" and verdict != "fail":
             s.outages.append((cid, e.since, t))
