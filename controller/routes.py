@@ -300,7 +300,7 @@ async def history_endpoint(request: web.Request) -> web.Response:
     from netcheck.controller import history_api
 
     try:
-        q = history_api.parse(request.query, list(request.query.keys()))
+        q = history_api.parse(request.query, [k for k, _ in request.query.items()])
     except history_api.BadQuery as exc:
         return _error(400, str(exc))
     store = request.app[STORE]
