@@ -23,7 +23,9 @@ Computations run in one background thread at a time, never in a reader's:
 - **Bounded share (duty cycle).** A computation starts no sooner than ``duty`` (3) x the
   last one's duration after the last one ended, so under continuous readers and writes the
   evaluation takes at most 1/(1 + duty) of the time (a quarter of a core) and ingest the rest.
-  ``max_stale_s`` stays the bound: the gap is ``duty`` x a duration far below it.
+  ``max_stale_s`` stays the bound: the gap is ``duty`` x a duration far below it, and it
+  ends early when a reader waits without bound (a generation past ``max_stale_s``, or a
+  fresh reader): the pause would only make that reader wait longer.
 - **Kept fresh while read.** While slots are read (within ``recent_s``), a generation a
   third of ``max_stale_s`` old is followed by the next one when the store or the clock moved,
   whether a reader asks or not: a reader after a long run of writes finds one to answer with.
@@ -214,6 +216,7 @@ class EvaluationCache:
         self._failure: BaseException | None = None
         self.computed = 0  # evaluations actually run (for tests)
         self._timer: threading.Timer | None = None  # the next look for a stale generation
+        self._blocked = 0  # readers waiting without bound for a newer generation
 
     def _key_now(self) -> tuple[Key, float]:
         now = self._clock()
@@ -290,9 +293,11 @@ class EvaluationCache:
                         self._computing = False
                         self._cond.notify_all()
                         return
-                    gap = self._ended + self._duty * self._took - time.monotonic()
-                if gap > 0:  # the duty cycle: let ingest have the time in between
-                    time.sleep(gap)
+                    # The duty cycle: let ingest have the time in between, unless a reader
+                    # waits for this generation (then the pause only makes it wait longer).
+                    until = self._ended + self._duty * self._took
+                    while self._blocked == 0 and (left := until - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 t0 = time.monotonic()
                 # The version is read before the data: a write landing meanwhile only makes
                 # the next generation's key newer.
@@ -380,7 +385,15 @@ class EvaluationCache:
                     return cur  # the previous one (or newer), while the new one is computed
                 if not self._computing:
                     self._start()  # the one running ended with an older key
-                self._cond.wait(left if fresh_enough else None)
+                if fresh_enough:
+                    self._cond.wait(left)
+                    continue
+                self._blocked += 1  # ends the duty-cycle pause: this reader waits for it
+                self._cond.notify_all()
+                try:
+                    self._cond.wait()
+                finally:
+                    self._blocked -= 1
 
     def ready(self, slot: Hashable, make: Callable[[Generation], T]) -> T | None:
         """The slot's value when it can be answered without waiting (on the event loop: no

@@ -100,6 +100,21 @@ def test_the_duty_cycle_spaces_computations(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_waiting_reader_ends_the_pause(tmp_path: Path) -> None:
+    """A reader that must wait for a new generation (the gate: fresh) does not wait out the
+    duty-cycle pause, which here would last far beyond the test."""
+    cache, store, clock = _site(tmp_path, wait_s=0.05, duty=1_000_000.0)
+    first = cache.get()
+    assert 1_000_000.0 * cache._took > 60  # the pause: a minute or more
+    _write(store, cache, clock[0])
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(cache.get(fresh=True)), daemon=True)
+    reader.start()
+    reader.join(30)
+    assert got and got[0] is not first and cache.computed == 2
+    store.close()
+
+
 def test_a_generation_read_lately_is_followed_without_a_reader(tmp_path: Path) -> None:
     """Writes go on, nobody asks: a slot read lately keeps generations coming once the
     current one is a third of max_stale_s old, with the slot derived; with no recent reader
