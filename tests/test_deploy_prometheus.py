@@ -5,11 +5,38 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from netcheck.agent.wire import (
+    AgentRequest,
+    OpenPort,
+    PathMeasurement,
+    RequestExchange,
+    RequestReport,
+    SweptHost,
+)
+from netcheck.controller.expand import by_source, expand
+from netcheck.controller.exposure import ExposureCollector
+from netcheck.controller.interconnect import (
+    PathKey,
+    PathPolicy,
+    PathVerdict,
+    Qualification,
+    verdicts,
+)
+from netcheck.controller.inventory import load_inventory
+from netcheck.controller.pathmetrics import path_families
+from netcheck.controller.requests import RequestBook
+from netcheck.controller.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 PROM = REPO / "deploy" / "prometheus"
@@ -160,3 +187,158 @@ def test_rules_use_only_contract_metrics() -> None:
     used = set(METRIC.findall(RULES.read_text()))
     assert used, "no netcheck_ metric in the rules"
     assert used <= contract_metrics(), sorted(used - contract_metrics())
+
+
+def _exposition_series(collector: Collector, minutes: int) -> list[dict[str, str]]:
+    """The collector's samples as promtool input series, each constant for `minutes`."""
+    reg = CollectorRegistry()
+    reg.register(collector)
+    text = generate_latest(reg).decode()
+    series = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            series.append({"series": f"{s.name}{{{labels}}}", "values": f"{s.value!r}x{minutes}"})
+    return series
+
+
+def _promtool_alert_test(tmp_path: Path, series: list[dict[str, str]], checks: list[Any]) -> str:
+    """promtool test rules of the shipped rules on `series`; its output (asserted to pass)."""
+    (tmp_path / RULES.name).write_text(RULES.read_text())
+    test = {
+        "rule_files": [RULES.name],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": checks}],
+    }
+    (tmp_path / "chain_test.yml").write_text(yaml.safe_dump(test, width=1000))
+    out = promtool("test", "rules", "chain_test.yml", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+class _Paths(Collector):
+    def __init__(self, paths: Sequence[PathVerdict]) -> None:
+        self.paths = paths
+
+    def collect(self) -> Iterator[Metric]:
+        yield from path_families(self.paths)
+
+
+@needs_promtool
+def test_path_alerts_name_each_figure_and_its_threshold_from_the_controllers_metrics(
+    tmp_path: Path,
+) -> None:
+    """The controller's own judgment (interconnect.verdicts) and families (pathmetrics) of a
+    path beyond every threshold, scraped as they are exported: one alert per figure, each
+    with the worst value and the threshold in the figure's unit, and a black-hole alert."""
+    policy = PathPolicy(
+        interaction=9, min_mtu=1400, max_rtt_ms=30, max_loss_percent=1, min_throughput_mbit=1000
+    )
+    keys = [PathKey(9, "prem_manager", h, "cloud_manager", "cm", 6000) for h in ("pm0", "pm1")]
+    ms = {
+        (9, "pm0", "cm"): PathMeasurement(9, "pm0", "cm", "a", 6000, 100.0, mtu=1300,
+                                          black_hole=True, rtt_avg_s=0.05, loss=0.05,
+                                          up_mbit_s=900.0, down_mbit_s=800.0),
+        (9, "pm1", "cm"): PathMeasurement(9, "pm1", "cm", "a", 6000, 100.0, mtu=1500,
+                                          rtt_avg_s=0.01, loss=0.0, up_mbit_s=2000.0,
+                                          down_mbit_s=2000.0),
+    }  # fmt: skip
+    paths = verdicts(Qualification(paths=(policy,)), keys, ms, 100.0)
+    assert [p.verdict for p in paths] == ["fail", "pass"]
+    series = _exposition_series(_Paths(paths), 30)
+    worst = {
+        "mtu": "path MTU: 1300 bytes, under the minimum of 1400 bytes",
+        "rtt": "round trip: 50ms, over the maximum of 30ms",
+        "loss": "loss: 5%, over the maximum of 1%",
+        "throughput_up": "throughput up: 900Mbit/s, under the minimum of 1Gbit/s",
+        "throughput_down": "throughput down: 800Mbit/s, under the minimum of 1Gbit/s",
+    }
+    margins = {s["series"] for s in series if s["series"].startswith("netcheck_path_threshold")}
+    assert len(margins) == len(worst), f"a figure the alert does not know: {sorted(margins)}"
+    role_pair = {"interaction": "9", "src_role": "prem_manager", "dst_role": "cloud_manager"}
+    report = (
+        ' The netcheck report\'s "Interconnect qualification" section (GET '
+        "/api/v1/report?format=markdown) names each host pair and how far it is from the "
+        "threshold; the gate of every mode that needs the path counts it."
+    )
+    beyond = [
+        {
+            "exp_labels": {"severity": "warning", **role_pair, "figure": figure},
+            "exp_annotations": {
+                "summary": "Interconnect path of interaction 9 (prem_manager -> cloud_manager): "
+                f"{figure} beyond its threshold",
+                "description": "1 host pair(s) from prem_manager to cloud_manager of interaction "
+                f"9 fail their qualification. Worst {text}.{report}",
+            },
+        }
+        for figure, text in worst.items()
+    ]
+    hole = {
+        "exp_labels": {"severity": "warning", **role_pair},
+        "exp_annotations": {
+            "summary": "MTU black hole on interaction 9 (prem_manager -> cloud_manager)",
+            "description": "1 host pair(s) from prem_manager to cloud_manager of interaction 9 "
+            "drop packets larger than 1300 bytes without sending ICMP fragmentation-needed "
+            "back: large transfers stall while small packets pass. Clamp the TCP MSS on the "
+            "interconnect or let ICMP fragmentation-needed through. The netcheck report's "
+            '"Interconnect qualification" section names the host pairs.',
+        },
+    }
+    _promtool_alert_test(
+        tmp_path,
+        series,
+        [
+            {"eval_time": "20m", "alertname": "NetcheckPathBeyondThreshold", "exp_alerts": beyond},
+            {"eval_time": "20m", "alertname": "NetcheckPathMTUBlackHole", "exp_alerts": [hole]},
+        ],
+    )
+
+
+@needs_promtool
+def test_undocumented_port_alert_from_a_real_request_book(tmp_path: Path) -> None:
+    """An exposure sweep ended in a real request book (SQLite, the agent's report checked as
+    the API does) and the controller's ExposureCollector, scraped: one alert for the host
+    pair with undocumented open ports, naming both hosts and their count; none for a pair
+    swept clean or for the documented port."""
+    spec = load_spec(REPO / "topology.yaml")
+    inv = load_inventory(REPO / "inventory.example.yaml", spec)
+    sources = by_source(expand(spec, inv))
+    plan = sources[("pio", "pio-1")]
+    dsts = sorted({(c.spec.dst_host, c.spec.dst_address) for c in plan})
+    assert len(dsts) >= 2
+    (dst, addr), (clean, clean_addr) = dsts[0], dsts[1]
+    documented = next(c.spec.port for c in plan if c.spec.dst_host == dst)
+    book = RequestBook.open(tmp_path / "netcheck.db", clock=lambda: 60.0)
+    try:
+        req = AgentRequest("r1", "exposure", "pio", "pio-1", 3600.0, (), 0.0)
+        book.add([req], "test")
+        swept = (
+            SweptHost(dst, addr, 65535, "connect", 3.0, 65532),
+            SweptHost(clean, clean_addr, 65535, "connect", 3.0, 65535),
+        )
+        ports = (
+            OpenPort(dst, addr, documented),  # the spec lists it: not a finding
+            OpenPort(dst, addr, 2222, "SSH-2.0-x"),
+            OpenPort(dst, addr, 8081),
+        )
+        done = RequestReport("r1", "exposure", "done", 60.0, "ok", swept, ports)
+        assert book.take(RequestExchange("pio", "pio-1", (done,)), plan, 60.0) == 1
+        series = _exposition_series(ExposureCollector(book, lambda: sources), 10)
+    finally:
+        book.close()
+    assert any(s["series"].startswith("netcheck_exposure_sweep_timestamp_seconds") for s in series)
+    alert = {
+        "exp_labels": {"severity": "warning", "src_host": "pio-1", "dst_host": dst},
+        "exp_annotations": {
+            "summary": f"2 undocumented TCP port(s) open from pio-1 to {dst}",
+            "description": "The newest exposure sweep of the netcheck agent on pio-1 (ended "
+            f"1970-01-01 00:01:00 +0000 UTC) found 2 TCP port(s) open on {dst} that the HDM "
+            f"spec does not list for traffic from pio-1 to {dst}. The netcheck report's "
+            'exposure audit lists them under "Close these" (GET /api/v1/report?format=markdown; '
+            "JSON: exposure.close) with each port, the banner its service sent and the rule to "
+            "request; close them, then run `netcheck-controller request exposure --host pio-1` "
+            "again.",
+        },
+    }
+    check = {"eval_time": "5m", "alertname": "NetcheckUndocumentedPortOpen"}
+    _promtool_alert_test(tmp_path, series, [{**check, "exp_alerts": [alert]}])
