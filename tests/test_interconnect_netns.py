@@ -110,3 +110,13 @@ def test_round_trip_and_loss_on_a_delayed_lossy_link(lab: Lab) -> None:
     finally:
         linkshape.unshape(lab.ns["r1"], "v1")
     assert s.rtt_min_s is not None and s.rtt_min_s >= 0.04
+
+
+def test_a_path_mtu_learnt_before_counts_as_icmp(lab: Lab) -> None:
+    linkshape.allow_frag_needed(lab.ns["r1"])
+    first = _discover(lab)  # learns 1400 from the router's ICMP
+    again = call_in(lab.ns["c"], lambda: pmtu.discover(SERVER, 6003, timeout_s=0.5))
+    assert first.icmp is True and first.mtu == 1400
+    # the PMTU cache already holds 1400: one probe, and the interface's 1500 as route_mtu
+    assert (again.mtu, again.icmp, again.route_mtu, again.probes) == (1400, True, 1500, 1)
+    assert call_in(lab.ns["c"], lambda: pmtu.iface_mtu(SERVER)) == 1500

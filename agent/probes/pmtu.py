@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import os
 import socket
 import struct
 import time
@@ -38,6 +39,7 @@ IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
 IP_MTU = 14
 SIOCOUTQ = 0x5411  # TIOCOUTQ: bytes not yet acknowledged by the peer
+SIOCGIFMTU = 0x8921
 TCPI_OPT_TIMESTAMPS = 1
 IPV4_TCP_HEADERS = 40
 TIMESTAMP_OPTION = 12
@@ -56,10 +58,11 @@ class PmtuResult:
     port: int
     # The largest IP packet that passed with DF set (bytes), None when none did.
     mtu: int | None
-    # The route's MTU as this host saw it before sending (its interface, or a learnt value).
+    # The MTU of the interface towards the path (else the route's as seen before sending).
     route_mtu: int | None = None
-    # True: ICMP fragmentation-needed came back; False: large segments vanished silently;
-    # None: nothing larger than the path carries was sent (the path carries the route MTU).
+    # True: ICMP fragmentation-needed came back (now, or earlier: the route had learnt a
+    # smaller MTU than its interface's); False: large segments vanished silently; None:
+    # nothing larger than the path carries was sent (the path carries the route MTU).
     icmp: bool | None = None
     black_hole: bool = False
     probes: int = 0
@@ -91,6 +94,34 @@ def _unacked(sock: socket.socket) -> int:
 
 def _route_mtu(sock: socket.socket) -> int:
     return int(sock.getsockopt(socket.IPPROTO_IP, IP_MTU))
+
+
+def iface_mtu(address: str) -> int | None:
+    """The MTU of the interface the main routing table sends `address` out of (the longest
+    prefix of /proc/net/route), or None when it cannot be told."""
+    if address.startswith("127."):
+        return None  # the local table's loopback, not in /proc/net/route
+    try:
+        want = struct.unpack("<I", socket.inet_aton(address))[0]
+        # this thread's namespace (a thread may have moved: setns), else the process's
+        table = "/proc/thread-self/net/route"
+        with open(table if os.path.exists(table) else "/proc/net/route") as f:
+            rows = [line.split() for line in f.readlines()[1:1025]]
+        best: tuple[int, str] | None = None
+        for row in rows:
+            if len(row) < 8:
+                continue
+            dst, mask = int(row[1], 16), int(row[7], 16)
+            if want & mask == dst and (best is None or mask.bit_count() > best[0]):
+                best = (mask.bit_count(), row[0])
+        if best is None or len(best[1]) >= 16:
+            return None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifreq = struct.pack("16si", best[1].encode(), 0)
+            got = fcntl.ioctl(s.fileno(), SIOCGIFMTU, ifreq)
+        return int(struct.unpack("16si", got)[1])
+    except (OSError, ValueError, struct.error):
+        return None
 
 
 def _try(
@@ -167,8 +198,14 @@ def discover(
 
     if first.outcome == "error":
         return done(mtu=None, error=first.error)
+    link = iface_mtu(address)
     if first.outcome == "pass":
-        return done(mtu=first.packet)
+        # a route MTU below the interface's was learnt from an earlier ICMP
+        # fragmentation-needed (this host's PMTU cache): ICMP does come back
+        learnt = link is not None and route < min(link, 65535)
+        if learnt and link is not None:
+            route = link
+        return done(mtu=first.packet, icmp=True if learnt else None)
     icmp = first.outcome == "icmp"
     hi = first.mtu_after if icmp else first.packet  # the smallest size known not to pass as is
     if icmp:
