@@ -58,7 +58,8 @@ def test_stable_uid_and_datasource_variable() -> None:
 
 def test_panels_cover_the_issue() -> None:
     """Pass/fail per interaction, failing ranges per host pair, gate per mode, agent
-    freshness, agents never registered, TLS expiry per certificate."""
+    freshness, agents never registered, TLS expiry per certificate, undocumented open ports
+    per host pair."""
     exprs = "\n".join(queries(dashboard()))
     for metric in (
         "netcheck_checks",
@@ -69,6 +70,7 @@ def test_panels_cover_the_issue() -> None:
         "netcheck_agent_report_age_seconds",
         "netcheck_agent_registered",
         "netcheck_tls_certificate_not_after_timestamp_seconds",
+        "netcheck_exposure_open_ports",
     ):
         assert re.search(rf"\b{metric}\b", exprs), metric
 
@@ -243,6 +245,34 @@ def test_tls_panel_has_one_row_per_certificate(tmp_path: Path) -> None:
             f'{name}{{{cert},ports="443"}}': "2e9x10",
         },
         [f'{{{cert},ports="2376, 8000-8010"}}', f'{{{cert},ports="443"}}'],
+    )
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_exposure_panel_lists_only_host_pairs_with_undocumented_open_ports(
+    tmp_path: Path,
+) -> None:
+    name = "netcheck_exposure_open_ports"
+    run_panel(
+        tmp_path,
+        "Undocumented open ports per host pair",
+        {
+            name + '{src_host="pio-1",dst_host="prem-mgr"}': "2x10",
+            name + '{src_host="pio-1",dst_host="cloud-mgr"}': "0x10",  # swept clean
+            name + '{src_host="prem-mgr",dst_host="cloud-mgr"}': "1x10",
+        },
+        ['{src_host="pio-1",dst_host="prem-mgr"}', '{src_host="prem-mgr",dst_host="cloud-mgr"}'],
+    )
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_exposure_sweeps_panel_has_one_row_per_source(tmp_path: Path) -> None:
+    name = "netcheck_exposure_sweep_timestamp_seconds"
+    run_panel(
+        tmp_path,
+        "Exposure sweeps (time since each source's newest sweep ended)",
+        {name + '{src_host="pio-1"}': "60x10", name + '{src_host="prem-mgr"}': "0x10"},
+        ['{src_host="pio-1"}', '{src_host="prem-mgr"}'],
     )
 
 
