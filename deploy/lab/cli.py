@@ -25,7 +25,8 @@ WIDTH = 120  # the console output fits this many columns
 
 
 def _fit(line: str) -> list[str]:
-    """A line of prose in lines of at most WIDTH columns, continued one step further in."""
+    """A line of prose in lines of at most WIDTH columns; an indented one is continued one
+    step further in (a line starting with two spaces after a heading is a command)."""
     if len(line) <= WIDTH:
         return [line]
     lead = line[: len(line) - len(line.lstrip())]
@@ -33,7 +34,7 @@ def _fit(line: str) -> list[str]:
         line.strip(),
         WIDTH,
         initial_indent=lead,
-        subsequent_indent=lead + "  ",
+        subsequent_indent=lead + "  " if lead else "",  # indented lines are commands
         break_on_hyphens=False,
         break_long_words=False,
     )
@@ -193,11 +194,12 @@ def _say_next(lab: labmod.Lab, spec: Spec, report: Path | None) -> None:
         _say(f"HTML report: {report}")
     fresh = spec.policy.freshness_seconds
     _say(
-        "Report and gate from the database (they keep working after the lab is down, until "
-        f"the results are {fresh:g} s old and count as stale; the next `up` starts afresh"
+        "These keep working after the lab is down, until the results are "
+        f"{fresh:g} s old and count as stale; the next `up` starts afresh"
         + ("; the state dir is root's" if labmod.is_root() else "")
-        + "):"
+        + "."
     )
+    _say("Report and gate from the database:")
     for line in offline_commands(lab, spec):
         _say_command(line)
 
