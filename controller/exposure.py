@@ -54,6 +54,9 @@ class Sweep:
     swept: tuple[SweptHost, ...]
     documented_open: int  # open ports the spec lists for their pair
     findings: tuple[Finding, ...]
+    # The agent's newest sweep when it ended later than this one without being done (failed
+    # or expired: its findings are this one's until a sweep is done again), else None.
+    newer: StoredRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,31 @@ def documented(by_source: BySource, role: str, host: str) -> dict[str, frozenset
     return {k: frozenset(v) for k, v in out.items()}
 
 
-def audit(ended: Sequence[StoredRequest], by_source: BySource) -> Exposure:
-    """The exposure of the newest ended sweep of each agent (`ended`: the request book's)."""
+def _newest_per_agent(
+    ended: Sequence[StoredRequest], done: Sequence[StoredRequest]
+) -> list[tuple[StoredRequest, StoredRequest | None]]:
+    """(the sweep whose findings count, a newer sweep that was not done) per agent: the
+    newest done sweep counts, and a failed or expired one only for an agent never done."""
+    newest = {(s.request.role, s.request.host): s for s in ended if s.request.kind == "exposure"}
+    good = {(s.request.role, s.request.host): s for s in done if s.request.kind == "exposure"}
+    out = []
+    for key in sorted(newest.keys() | good.keys()):
+        base = good.get(key) or newest[key]
+        last = newest.get(key)
+        newer = last if last is not None and last.request.id != base.request.id else None
+        out.append((base, newer))
+    return out
+
+
+def audit(
+    ended: Sequence[StoredRequest], by_source: BySource, done: Sequence[StoredRequest] = ()
+) -> Exposure:
+    """The exposure of each agent's newest done sweep (`done`: the request book's), or of its
+    newest ended one (`ended`) when none was done; a later failed or expired sweep is named
+    beside the findings it did not replace."""
     sweeps = []
-    for s in ended:
+    for s, newer in _newest_per_agent(ended, done):
         req = s.request
-        if req.kind != "exposure":
-            continue
         listed = documented(by_source, req.role, req.host)
         src_address = next((c.src_address for c in by_source.get((req.role, req.host), ())), "")
         rep = s.report
@@ -119,6 +140,7 @@ def audit(ended: Sequence[StoredRequest], by_source: BySource) -> Exposure:
                 rep.swept if rep is not None else (),
                 ok,
                 tuple(findings),
+                newer,
             )
         )
     return Exposure(tuple(sweeps))
@@ -135,6 +157,14 @@ def to_dict(exposure: Exposure) -> dict[str, Any]:
                 "state": s.state,
                 "at": s.at,
                 "detail": s.detail,
+                "newer": None
+                if s.newer is None
+                else {
+                    "request_id": s.newer.request.id,
+                    "state": s.newer.state,
+                    "at": s.newer.updated_at,
+                    "detail": s.newer.detail,
+                },
                 "swept": [
                     {
                         "dst_host": h.dst_host,
@@ -186,9 +216,11 @@ def markdown_section(exposure: Exposure) -> list[str]:
             f"{h.dst_host} ({h.ports} ports, {h.mode}{'' if h.complete else ', cut short'})"
             for h in s.swept
         )
+        state = f"{s.state} {s.request_id[:8]}"
+        if s.newer is not None:
+            state += f" (newer sweep {s.newer.request.id[:8]} {s.newer.state}: {s.newer.detail})"
         out.append(
-            f"| {s.src_host} | {s.state} {s.request_id[:8]} | {hosts or '-'} | "
-            f"{s.documented_open} | {len(s.findings)} |"
+            f"| {s.src_host} | {state} | {hosts or '-'} | {s.documented_open} | {len(s.findings)} |"
         )
     out.append("")
     if not findings:
@@ -214,7 +246,7 @@ def current(book: RequestBook, by_source: BySource) -> Exposure:
     hit = _CACHE.get("current")
     if hit is not None and hit[0] == key:
         return hit[1]
-    found = audit(book.ended(), by_source)
+    found = audit(book.ended(), by_source, book.done())
     _CACHE["current"] = (key, found)
     return found
 
@@ -253,13 +285,25 @@ class ExposureCollector(Collector):
             "When the source agent's newest exposure sweep ended.",
             labels=["src_host"],
         )
+        dropped = GaugeMetricFamily(
+            "netcheck_exposure_series_dropped",
+            f"Host pairs netcheck_exposure_open_ports left out at this scrape (at most "
+            f"{MAX_SERIES} series; the report holds them all).",
+        )
         n = 0
+        # Pairs with findings first: past the bound, what is left out is a clean pair.
+        pairs: list[tuple[int, str, str]] = []
+        for s in found.sweeps:
+            per_dst = Counter(f.dst_host for f in s.findings)
+            pairs += [(per_dst.get(h.dst_host, 0), s.src_host, h.dst_host) for h in s.swept]
+        pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+        for count, src, dst in pairs:
+            if n < MAX_SERIES:
+                opened.add_metric([src, dst], count)
+            n += 1
         for s in found.sweeps:
             when.add_metric([s.src_host], s.at)
-            per_dst = Counter(f.dst_host for f in s.findings)
-            for h in s.swept:
-                if n < MAX_SERIES:
-                    opened.add_metric([s.src_host, h.dst_host], per_dst.get(h.dst_host, 0))
-                n += 1
+        dropped.add_metric([], max(0, n - MAX_SERIES))
         yield opened
         yield when
+        yield dropped

@@ -212,7 +212,7 @@ def with_exposure(
         return text
     book = RequestBook.open(args.db)
     try:
-        audit = exposure.audit(book.ended(), by_source(expected(spec, inv).checks))
+        audit = exposure.audit(book.ended(), by_source(expected(spec, inv).checks), book.done())
     finally:
         book.close()
     if args.format == "markdown":

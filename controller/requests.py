@@ -316,6 +316,7 @@ class RequestBook:
         self._clock = clock
         self._pending: dict[tuple[str, str], tuple[AgentRequest, ...]] = {}
         self._ended: tuple[StoredRequest, ...] = ()
+        self._done: tuple[StoredRequest, ...] = ()
         self._mark: tuple[Any, ...] | None = None
         self.version = 0  # grows whenever what the book holds changed
         self.refresh()
@@ -475,6 +476,11 @@ class RequestBook:
                 "FROM requests WHERE state IN ('done', 'failed', 'expired')) WHERE n = 1) "
                 "ORDER BY kind, role, host"
             ).fetchall()
+            done = self._conn.execute(
+                f"SELECT {_COLS} FROM requests WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
+                "row_number() OVER (PARTITION BY kind, role, host ORDER BY updated_at DESC) AS n "
+                "FROM requests WHERE state = 'done') WHERE n = 1) ORDER BY kind, role, host"
+            ).fetchall()
         pending: dict[tuple[str, str], list[AgentRequest]] = defaultdict(list)
         for row in rows:
             req = _row(row).request
@@ -482,6 +488,7 @@ class RequestBook:
                 pending[(req.role, req.host)].append(req)
         self._pending = {k: tuple(v) for k, v in pending.items()}
         self._ended = tuple(_row(r) for r in ended)
+        self._done = tuple(_row(r) for r in done)
         self.version += 1
 
     def pending(self, role: str, host: str) -> tuple[AgentRequest, ...]:
@@ -491,6 +498,11 @@ class RequestBook:
     def ended(self) -> tuple[StoredRequest, ...]:
         """The newest ended request per (kind, role, host) (in memory)."""
         return self._ended
+
+    def done(self) -> tuple[StoredRequest, ...]:
+        """The newest request that ended done per (kind, role, host) (in memory): a later
+        failed or expired one does not hide what it found."""
+        return self._done
 
     def all(self) -> list[StoredRequest]:
         with self._lock:

@@ -294,3 +294,45 @@ def test_report_from_a_database_has_the_exposure(
     assert (finding["dst_host"], finding["port"]) == (dst.dst_host, 3389)
     md = _cli("report", "--format", "markdown", "--db", str(db), "--inventory", example)
     assert "port 3389" in md.stdout and "### Close these" in md.stdout
+
+
+def test_a_failed_sweep_after_a_done_one_does_not_hide_its_findings(
+    spec: Spec, inv: Inventory, tmp_path: Path
+) -> None:
+    """An agent's sweep found an open port; its next sweep failed (or expired): the audit
+    keeps the done sweep's findings, names the failed one beside them, and the metric and
+    its alert stay on the open port instead of resolving."""
+    from netcheck.agent.wire import RequestExchange
+    from netcheck.controller import exposure
+    from netcheck.controller.expand import by_source, expected
+
+    book = RequestBook.open(tmp_path / "local.sqlite")
+    sources = by_source(expected(spec, inv).checks)
+    host = _pio(inv)[0]
+    (first,) = make_requests(spec, inv, "exposure", {}, time.time(), host=host)
+    book.add([first], "cli")
+    plan = sources[(first.role, first.host)]
+    dst = plan[0].spec
+    found = OpenPort(dst.dst_host, dst.dst_address, 3389, "")
+    swept = SweptHost(dst.dst_host, dst.dst_address, 65535, "syn", 1.0, 65534)
+    done = RequestReport(first.id, "exposure", "done", time.time(), "", (swept,), (found,))
+    book.take(RequestExchange(first.role, first.host, (done,)), plan, time.time())
+    (second,) = make_requests(spec, inv, "exposure", {}, time.time() + 1, host=host)
+    book.add([second], "cli")
+    failed = RequestReport(second.id, "exposure", "failed", time.time() + 2, "no raw socket")
+    book.take(RequestExchange(second.role, second.host, (failed,)), plan, time.time() + 2)
+    book.refresh()
+    try:
+        audit = exposure.current(book, sources)
+        (sweep,) = audit.sweeps
+        assert sweep.request_id == first.id and sweep.state == "done"
+        assert [(f.dst_host, f.port) for f in audit.findings] == [(dst.dst_host, 3389)]
+        assert sweep.newer is not None and sweep.newer.request.id == second.id
+        block = exposure.to_dict(audit)["sweeps"][0]["newer"]
+        assert block["state"] == "failed" and block["detail"] == "no raw socket"
+        assert "failed: no raw socket" in "\n".join(exposure.markdown_section(audit))
+        (opened, _, dropped) = exposure.ExposureCollector(book, lambda: sources).collect()
+        assert [(s.labels["dst_host"], s.value) for s in opened.samples] == [(dst.dst_host, 1)]
+        assert [s.value for s in dropped.samples] == [0]
+    finally:
+        book.close()
