@@ -461,11 +461,16 @@ async def watch(
             log.exception("watching the configuration files failed")
 
 
+# The refused reload's message in a label is cut to this many characters.
+ERROR_LABEL_CHARS = 200
+
+
 class ConfigCollector(Collector):
     """``netcheck_config_reload_ok`` (1: the last reload worked, or none was tried),
     ``netcheck_config_last_reload_timestamp_seconds`` (when the running configuration was
     loaded), ``netcheck_config_reloads_total`` and ``netcheck_config_reloads_failed_total``
-    (since the controller started)."""
+    (since the controller started), and ``netcheck_config_reload_error{file,line,message}``
+    while a reload is refused."""
 
     def __init__(self, live: LiveConfig) -> None:
         self._live = live
@@ -493,4 +498,15 @@ class ConfigCollector(Collector):
             "Configuration reloads refused (a bad edit), since the controller started.",
         )
         failed.add_metric([], live.failures)
-        yield from (ok, at, reloads, failed)
+        refused = GaugeMetricFamily(
+            "netcheck_config_reload_error",
+            "1 while the last reload is refused: the first problem's file and line, and its "
+            f"message (at most {ERROR_LABEL_CHARS} characters; the log and the report's "
+            "config.error have them all). No series while the configuration is good.",
+            labels=["file", "line", "message"],
+        )
+        err = live.error
+        if err is not None and not live.last_ok:
+            first = err.message.splitlines()[0] if err.message else ""
+            refused.add_metric([err.file, str(err.line), first[:ERROR_LABEL_CHARS]], 1.0)
+        yield from (ok, at, reloads, failed, refused)

@@ -165,6 +165,14 @@ def test_sighup_reloads_the_site_and_refuses_a_broken_edit(tmp_path: Path) -> No
         assert site.metric("netcheck_config_reload_ok") == 0
         assert site.metric("netcheck_config_reloads_failed_total") == 1
         assert site.metric("netcheck_config_reloads_total") == 1
+        # The refused edit's file and line in a series of its own (NetcheckConfigReloadRefused).
+        (series,) = [
+            x
+            for x in site.get("/metrics").decode().splitlines()
+            if x.startswith("netcheck_config_reload_error{")
+        ]
+        assert f'file="{site.inventory}"' in series and f'line="{line}"' in series, series
+        assert "duplicate host name" in series and series.endswith(" 1.0")
         log = site.log.read_text()
         assert "refused" in log and f"{site.inventory}:{line}: duplicate host name" in log
         # The agents keep probing the plan that runs.
@@ -176,6 +184,7 @@ def test_sighup_reloads_the_site_and_refuses_a_broken_edit(tmp_path: Path) -> No
         fixed = report_when(site, "the error cleared", lambda x: x["config"]["error"] is None, 15)
         assert fixed["config"]["digest"] == running["config"]["digest"]
         assert site.metric("netcheck_config_reload_ok") == 1
+        assert "netcheck_config_reload_error{" not in site.get("/metrics").decode()
     finally:
         site.close()
 
