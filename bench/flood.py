@@ -22,6 +22,8 @@ from pathlib import Path
 
 from bench.report import Section, Target
 from bench.stats import median
+from deploy.lab.argv import Insecure, agent_argv, controller_argv
+from deploy.lab.layout import LabHost
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -233,22 +235,26 @@ def run_flood(workdir: Path, connections: int = 10_000, prefix: str = "nct-flood
     """One flood of `connections` at the agent's ssh stand-in, in a namespace of its own."""
     token = _write_site(workdir)
     db, agent_log = workdir / "controller.sqlite", workdir / "agent.log"
-    controller = [PY, "-m", "netcheck.controller", "serve", "--topology"]
-    controller += [str(workdir / "topology.yaml"), "--inventory", str(workdir / "inventory.yaml")]
-    controller += ["--db", str(db), "--insecure-http", "--token-file", str(token)]
-    controller += ["--open-reads", "--listen", f"127.0.0.1:{CONTROLLER_PORT}"]
-    agent_argv = [PY, "-m", "netcheck.agent", "serve", "--controller"]
-    agent_argv += [f"http://127.0.0.1:{CONTROLLER_PORT}", "--token-file", str(token)]
-    agent_argv += ["--role", "pio", "--host", "pio-1", "--address", AGENT_ADDR]
-    agent_argv += ["--mode", "syn", "--splay", "0", "--spool-dir", str(workdir / "spool")]
-    agent_argv += ["--health-listen", f"127.0.0.1:{HEALTH_PORT}"]
+    url = f"http://127.0.0.1:{CONTROLLER_PORT}"
+    insecure = Insecure(token)
+    controller = controller_argv(
+        workdir / "topology.yaml",
+        workdir / "inventory.yaml",
+        f"127.0.0.1:{CONTROLLER_PORT}",
+        db,
+        insecure,
+    )
+    pio = LabHost("pio", "on_prem", "pio-1", 1, AGENT_ADDR, AGENT_ADDR, agent=True)
+    agent_argv_ = agent_argv(pio, url, insecure, mode="syn")
+    agent_argv_ += ["--splay", "0", "--spool-dir", str(workdir / "spool")]
+    agent_argv_ += ["--health-listen", f"127.0.0.1:{HEALTH_PORT}"]
     metrics = ""
     with _netns(prefix) as ns:
         ctl = _spawn(ns, controller, workdir / "controller.log")
         agent: subprocess.Popen[bytes] | None = None
         try:
             time.sleep(1.5)
-            agent = _spawn(ns, agent_argv, agent_log)
+            agent = _spawn(ns, agent_argv_, agent_log)
             for _ in range(100):  # 30 s at most for a first stored round
                 if _stored_starts(db):
                     break
