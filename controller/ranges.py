@@ -9,7 +9,7 @@ cause between them. A blocked range of eleven ports is one range, not eleven; a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from netcheck.controller.model import Cause, CheckRow
@@ -44,24 +44,39 @@ def _pair(row: CheckRow) -> _PairKey:
     return (c.spec.interaction, c.src_role, c.src_host, c.spec.dst_role, c.spec.dst_host)
 
 
+def runs(
+    rows: Iterable[CheckRow],
+    pair: Callable[[CheckRow], Hashable],
+    same: Callable[[CheckRow], Hashable],
+) -> list[list[CheckRow]]:
+    """``rows`` grouped by ``pair`` (groups in the order they first appear), each group's rows
+    by port cut into runs: a run ends where ``same`` changes or a port comes again."""
+    pairs: dict[Hashable, list[CheckRow]] = {}
+    for row in rows:
+        pairs.setdefault(pair(row), []).append(row)
+    out: list[list[CheckRow]] = []
+    for group in pairs.values():
+        group.sort(key=lambda r: r.check.spec.port)
+        run: list[CheckRow] = []
+        for row in group:
+            last = run[-1] if run else None
+            if last is not None and (
+                same(row) != same(last) or row.check.spec.port == last.check.spec.port
+            ):
+                out.append(run)
+                run = []
+            run.append(row)
+        if run:
+            out.append(run)
+    return out
+
+
 def failing_ranges(rows: Iterable[CheckRow]) -> list[FailingRange]:
     """The failing checks of ``rows`` (every verdict, so a passing port splits a run), merged
     into runs, ordered by interaction, source host, destination host and first port."""
-    pairs: dict[_PairKey, list[CheckRow]] = {}
-    for row in rows:
-        pairs.setdefault(_pair(row), []).append(row)
-    out: list[FailingRange] = []
-    for key in sorted(pairs):
-        run: list[CheckRow] = []
-        for row in sorted(pairs[key], key=lambda r: r.check.spec.port):
-            if run and (row.verdict != "fail" or row.cause != run[0].cause):
-                out.append(_range(run))
-                run = []
-            if row.verdict == "fail":
-                run.append(row)
-        if run:
-            out.append(_range(run))
-    return out
+    ordered = sorted(rows, key=_pair)
+    cut = runs(ordered, _pair, lambda r: (r.verdict, r.cause))
+    return [_range(run) for run in cut if run[0].verdict == "fail"]
 
 
 def _range(run: list[CheckRow]) -> FailingRange:
