@@ -370,7 +370,15 @@ def page_maker(
         gates = g.derive(("gates",), gates_of)
         runs, extra = _page_runs(g), _page_extra(g, config)
         return _rendered(
-            render_page(g.spec, g.ev, gates, refresh_seconds=refresh, runs=runs, extra=extra)
+            render_page(
+                g.spec,
+                g.ev,
+                gates,
+                refresh_seconds=refresh,
+                runs=runs,
+                extra=extra,
+                inventory=g.inventory,
+            )
         )
 
     return make
@@ -384,7 +392,8 @@ def page_data_maker(
 
     def make(g: Generation) -> Rendered:
         gates = g.derive(("gates",), gates_of)
-        data = page_summary(g.spec, g.ev, gates, _page_runs(g), _page_extra(g, config))
+        extra = _page_extra(g, config)
+        data = page_summary(g.spec, g.ev, gates, _page_runs(g), extra, g.inventory)
         return _rendered(json.dumps(data, separators=(",", ":")))
 
     return make
@@ -441,7 +450,7 @@ def _details_maker(kind: str, key: str | int) -> Callable[[Generation], Rendered
         if kind == "interaction":
             doc = interaction_details(g.spec, g.ev, int(key))
         else:
-            doc = role_details(g.spec, g.ev, str(key))
+            doc = role_details(g.spec, g.ev, str(key), g.inventory)
         return _NO_DETAILS if doc is None else _rendered(json.dumps(doc, separators=(",", ":")))
 
     return make

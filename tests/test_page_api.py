@@ -15,15 +15,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from check_helpers import result_for
 
-from netcheck.agent.wire import Registration, ResultBatch, encode
+from netcheck.agent.wire import Fact, Registration, ResultBatch, encode
 from netcheck.controller.app import make_app
 from netcheck.controller.expand import expand
 from netcheck.controller.inventory import Inventory, load_inventory
 from netcheck.controller.render.page_data import MAX_PAGE
+from netcheck.controller.render.page_vms import ROLE_VMS, VMS_SHOWN
 from netcheck.controller.spec import Spec, load_spec
 
 CHROMIUM = "/usr/bin/chromium"
@@ -126,6 +128,104 @@ async def test_details_and_pages(client: TestClient[web.Request, web.Application
     whole = await _json(client, "/api/v1/page/failures?offset=0&limit=99999")
     assert whole["limit"] == MAX_PAGE and len(whole["rows"]) == whole["total"]
     assert whole["rows"][1:3] == p["rows"]
+
+
+# What web-01's guest agent reports: RHEL 7.4 booted MBR (the inventory says UEFI), VMware
+# tools installed but not running (a warm migration's step 1 blocks).
+WEB01_FACTS = (
+    Fact("os.name", "RHEL 7.4", "file:/etc/os-release"),
+    Fact("boot.matrix", "MBR", "file:/sys/firmware/efi"),
+    Fact("vmware_tools.installed", True, "command:rpm"),
+    Fact("vmware_tools.running", False, "service:systemd"),
+)
+
+
+async def test_the_page_lists_vm_readiness_and_the_paths_of_an_interaction(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """web-01's guest agent reports its facts: the summary lists every VM with its state per
+    mode, the step that blocks, its OS and boot mode with their source and the inventory's
+    disagreement; a VM with no guest agent says which facts are unknown and why. The
+    interconnect's paths (not measured yet) are in interaction 9's details, counted in the
+    summary for the gate banner."""
+    await _fresh(client)
+    reg = encode(Registration("prem_vm", "web-01", "198.18.1.101", "0.1", "connect"))
+    assert (await client.post("/api/v1/register", json=reg, headers=AUTH)).status == 200
+    batch = encode(ResultBatch(role="prem_vm", host="web-01", facts=WEB01_FACTS))
+    assert (await client.post("/api/v1/results", json=batch, headers=AUTH)).status == 200
+    for _ in range(100):
+        data = await _json(client, "/api/v1/page")
+        vms = {v["host"]: v for v in data["vms"]["rows"]}
+        if vms["web-01"]["guest_agent"]:
+            break
+        await asyncio.sleep(0.05)
+    b = data["vms"]
+    assert b["total"] == 4 and set(vms) == {"web-01", "db-01", "cloud-vm-1", "cloud-vm-2"}
+    assert b["modes"] == ["cold_vcd", "cold_vcs", "warm_vcd", "warm_vcs"]
+    assert b["rows"][0]["host"] == "web-01"  # the least ready first
+    web = vms["web-01"]
+    assert web["os"] == {"value": "RHEL 7.4", "source": "guest",
+                         "detail": "file:/etc/os-release", "inventory": "RHEL 7.4"}  # fmt: skip
+    assert (web["boot"]["value"], web["boot"]["source"], web["boot"]["inventory"]) == (
+        "MBR", "guest", "UEFI")  # fmt: skip
+    assert web["mismatch"] and any("the inventory says RHEL 7.4 UEFI" in n for n in web["notes"])
+    warm = next(m for m in web["modes"] if m["mode"] == "warm_vcd")
+    assert warm["state"] == "blocks" and warm["step"]["step"] == 1
+    assert "not running" in warm["step"]["text"]
+    db = vms["db-01"]
+    assert not db["guest_agent"] and db["os"]["source"] == "inventory"
+    assert db["os"]["value"] == "Windows Server 2016 (64 bit)"
+    assert "vmware_tools.running" in db["unknown_facts"]
+    assert any("no guest agent report" in n and "appliance side" in n for n in db["notes"])
+    assert {m["state"] for m in db["modes"]} == {"unknown"}
+    cloud = vms["cloud-vm-1"]
+    assert cloud["os"] == {"value": None, "source": None, "detail": "", "inventory": None}
+    # the interconnect: counted in the summary, its figures in the interaction's details
+    ic = data["interconnect"]
+    assert ic["total"] >= 1 and ic["unknown"] == ic["total"] and ic["required_failing"] == 0
+    nine = next(i for i in data["interactions"] if i["id"] == 9)
+    assert nine["paths"]["total"] >= 1
+    assert next(i for i in data["interactions"] if i["id"] == 4)["paths"] is None
+    d = await _json(client, "/api/v1/page/interaction/9")
+    p = d["paths"]["rows"][0]
+    assert (p["src_host"], p["dst_host"], p["verdict"]) == ("prem-mgr", "cloud-mgr", "unknown")
+    assert p["reason"] == "not measured yet" and p["measured"] is None
+    r = await _json(client, "/api/v1/page/role/prem_vm")
+    assert [v["host"] for v in r["vms"]["rows"]] == ["web-01", "db-01"]
+    assert (await _json(client, "/api/v1/page/role/pio"))["vms"] is None
+
+
+async def test_the_vm_rows_are_bounded_on_a_big_site(
+    site: tuple[Spec, Inventory], tmp_path: Path
+) -> None:
+    """600 VMs: the summary lists the first VMS_SHOWN with the counts (kilobytes gzip'd), the
+    VM role's details the first ROLE_VMS; the JSON report keeps every one."""
+    spec, _ = site
+    doc = yaml.safe_load((REPO / "inventory.example.yaml").read_text())
+    doc["hosts"]["prem_vm"] += [
+        {"name": f"vm-{n:03d}", "address": f"198.18.{4 + n // 250}.{1 + n % 250}"}
+        for n in range(600)
+    ]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    inv = load_inventory(path, spec)
+    app = make_app(spec, inv, tmp_path / "nc.sqlite", TOKEN)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        gz = {"Accept-Encoding": "gzip"}
+        raw = await c.get("/api/v1/page", headers=gz, auto_decompress=False)
+        assert raw.status == 200
+        body = await raw.read()
+        data = json.loads(gzip.decompress(body))
+        b = data["vms"]
+        assert b["total"] == 604 and len(b["rows"]) == VMS_SHOWN
+        assert b["no_agent"] == 604 and b["states"]["unknown"] == 604
+        assert len(json.dumps(b)) < VMS_SHOWN * 2000  # each row a kilobyte or two
+        assert len(body) < 24_000, len(body)  # the VM block adds kilobytes, not the site
+        role = await c.get("/api/v1/page/role/prem_vm")
+        r = await role.json()
+        assert r["vms"]["total"] == 602 and len(r["vms"]["rows"]) == ROLE_VMS
+        report = await (await c.get("/api/v1/report?format=json")).json()
+        assert len(report["vms"]) == 604
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from typing import Any
 
 import jinja2
 
+from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import CheckRow, Evaluation, GateDecision, Verdict
 from netcheck.controller.render.common import (
     flow_directions,
@@ -193,14 +194,16 @@ def render_page(
     refresh_seconds: int | None,
     runs: Sequence[PageRow] | None = None,
     extra: Mapping[str, Any] | None = None,
+    inventory: Inventory | None = None,
 ) -> str:
     """The page as one HTML document (no external assets). ``runs``: the failing runs
     (:func:`page_data.failure_runs`, when already computed); ``extra``: the blocks of
-    :func:`page_data.page_summary` (``config``, ``never_registered``)."""
+    :func:`page_data.page_summary` (``config``, ``never_registered``); ``inventory``: the
+    VMs' OS and boot mode where their guest agent did not report them."""
     lay = layout(spec)
     s = summary(ev)
     runs = failure_runs(ev) if runs is None else runs
-    data = page_summary(spec, ev, gates, runs, extra)
+    data = page_summary(spec, ev, gates, runs, extra, inventory)
     live = bool(refresh_seconds)
     shown = _table(runs, TABLE_ROWS_LIVE if live else TABLE_ROWS_SNAPSHOT)
     return (
@@ -220,9 +223,11 @@ def render_page(
             config=data.get("config"),
             never_registered=data.get("never_registered"),
             refresh_seconds=refresh_seconds,
+            vms=data["vms"],
+            interconnect=data["interconnect"],
             links=LINKS,
             page_json=_script_json(data),
-            details_json=None if live else _script_json(snapshot_details(spec, ev)),
+            details_json=None if live else _script_json(snapshot_details(spec, ev, inventory)),
             css=_static("page.css"),
             js=_static("page.js"),
         )

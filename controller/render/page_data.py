@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from netcheck.controller.gate import VM_ROLES
+from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import CheckRow, Evaluation, GateDecision
 from netcheck.controller.render.common import (
     flow_directions,
@@ -24,6 +26,14 @@ from netcheck.controller.render.common import (
 )
 from netcheck.controller.render.gates import gate_headline, gate_who
 from netcheck.controller.render.page_rows import PageRow, merged, not_passing_merged, row_dict
+from netcheck.controller.render.page_vms import (
+    ROLE_VMS,
+    VMS_SHOWN,
+    path_counts,
+    path_rows,
+    vm_rows,
+    vms_block,
+)
 from netcheck.controller.spec import Spec
 
 PAGE_SCHEMA = 1
@@ -72,9 +82,15 @@ def _flows(spec: Spec, inter_id: int) -> list[dict[str, Any]]:
 
 def _interactions(spec: Spec, ev: Evaluation) -> list[dict[str, Any]]:
     out = []
+    measured = {p.interaction for p in ev.paths}
     for inter in spec.interactions:
         r = rollup_of(ev, inter)
         fwd, rev = flow_directions(inter)
+        paths = (
+            path_counts([p for p in ev.paths if p.interaction == inter.id])
+            if inter.id in measured
+            else None
+        )
         out.append(
             {
                 "id": inter.id,
@@ -91,6 +107,7 @@ def _interactions(spec: Spec, ev: Evaluation) -> list[dict[str, Any]]:
                 "unknown": r.unknown,
                 "total": r.total,
                 "verdict": r.verdict if r.total else "unknown",
+                "paths": paths,  # None: the interaction is not qualified
             }
         )
     return out
@@ -156,9 +173,11 @@ def page_summary(
     gates: Sequence[GateDecision],
     runs: Sequence[PageRow],
     extra: Mapping[str, Any] | None = None,
+    inventory: Inventory | None = None,
 ) -> dict[str, Any]:
     """The page's data: small whatever the site's size. ``runs``: :func:`failure_runs`.
-    ``extra``: blocks shown when present (``config``, ``never_registered``), JSON-ready."""
+    ``extra``: blocks shown when present (``config``, ``never_registered``), JSON-ready.
+    ``inventory``: where a VM's OS and boot mode come from when its guest did not say."""
     s = summary(ev)
     interactions = _interactions(spec, ev)
     out: dict[str, Any] = {
@@ -177,6 +196,8 @@ def page_summary(
         "interactions": interactions,
         "roles": _roles(spec, ev, interactions),
         "failures": failures_page(runs, 0, FAILURES_SHOWN),
+        "vms": vms_block(vm_rows(spec, ev, inventory), VMS_SHOWN),
+        "interconnect": path_counts(ev.paths),
         "links": LINKS,
     }
     out.update({k: v for k, v in (extra or {}).items() if v is not None})
@@ -230,12 +251,15 @@ def interaction_details(spec: Spec, ev: Evaluation, inter_id: int) -> dict[str, 
                 "rows": [row_dict(r) for r in shown],
             }
         )
-    return {"kind": "interaction", **inter, "flows": flows}
+    return {"kind": "interaction", **inter, "flows": flows, "paths": path_rows(ev.paths, inter_id)}
 
 
-def role_details(spec: Spec, ev: Evaluation, key: str) -> dict[str, Any] | None:
+def role_details(
+    spec: Spec, ev: Evaluation, key: str, inventory: Inventory | None = None
+) -> dict[str, Any] | None:
     """One role: its hosts (bounded) with their stand-in listeners, the ports it accepts, its
-    interactions, and its failing runs (bounded). None when the spec has no such role."""
+    interactions, its failing runs (bounded), and a VM role's VMs' readiness (bounded).
+    None when the spec has no such role."""
     role = spec.roles.get(key)
     if role is None:
         return None
@@ -272,15 +296,18 @@ def role_details(spec: Spec, ev: Evaluation, key: str) -> dict[str, Any] | None:
         ],
         "failing_total": len(bad),
         "failing": [row_dict(r) for r in bad[:ROLE_ROWS]],
+        "vms": vms_block(vm_rows(spec, ev, inventory, key), ROLE_VMS) if key in VM_ROLES else None,
     }
 
 
-def snapshot_details(spec: Spec, ev: Evaluation) -> dict[str, Any]:
+def snapshot_details(
+    spec: Spec, ev: Evaluation, inventory: Inventory | None = None
+) -> dict[str, Any]:
     """Every interaction's and role's details, for a page with no controller behind it (an
     exported file): keyed ``"interaction:<id>"`` and ``"role:<key>"``."""
     out: dict[str, Any] = {}
     for inter in spec.interactions:
         out[f"interaction:{inter.id}"] = interaction_details(spec, ev, inter.id)
     for key in spec.roles:
-        out[f"role:{key}"] = role_details(spec, ev, key)
+        out[f"role:{key}"] = role_details(spec, ev, key, inventory)
     return out

@@ -106,8 +106,97 @@
       el("span", { class: "gate-mode" }, g.who),
       el("span", { class: "gate-decision" }, g.decision.toUpperCase()),
       g.decision !== "go" ? el("span", { class: "gate-blocking" }, g.blocking + " blocking") : null));
-    banner.replaceChildren(...(items.length ? items : [el("div", { class: "gate none" }, "no gate decision")]));
+    const chip = interconnectChip();
+    banner.replaceChildren(...(items.length ? items : [el("div", { class: "gate none" }, "no gate decision")]), ...(chip ? [chip] : []));
     applyBanners();
+  }
+
+  // -- VM readiness (page_vms.py) and the interconnect's qualification -----------------------
+  function vmRows(block) {
+    const span = 4 + block.modes.length;
+    const said = (x) => el("td", { class: "said" }, x.value || "unknown", x.source ? " " : null, x.source ? el("span", { class: "src src-" + x.source }, x.source) : null);
+    const out = [];
+    for (const v of block.rows) {
+      out.push(el("tr", { class: "vm state-" + v.state, "data-vm": v.host },
+        el("td", { class: "host" }, el("span", { class: "mono" }, v.host), el("span", { class: "addr mono" }, v.role)),
+        el("td", {}, ...(v.guest_agent ? ["reported ", el("span", { class: "mono" }, v.reported_at)] : [el("strong", {}, "none"), ": facts unknown"])),
+        said(v.os), said(v.boot),
+        ...v.modes.map((m) => el("td", { class: "mode" }, el("span", { class: "state state-" + m.state }, m.state),
+          m.step ? " " : null, m.step ? el("span", { class: "step" }, "step " + m.step.step + " (" + m.step.title + "): " + m.step.text) : null))));
+      const unknown = v.unknown_facts.length && !v.guest_agent;
+      if (v.notes.length || unknown) {
+        out.push(el("tr", { class: "vm-notes" + (v.mismatch ? " mismatch" : ""), "data-vm": v.host }, el("td", { colspan: String(span) },
+          ...v.notes.map((n) => el("div", { class: "note" }, n)),
+          unknown ? el("div", { class: "note muted" }, "unknown: " + v.unknown_facts.join(", ") + (v.unknown_total > v.unknown_facts.length ? " and " + (v.unknown_total - v.unknown_facts.length) + " more" : "")) : null)));
+      }
+    }
+    if (!out.length) out.push(el("tr", { class: "empty" }, el("td", { colspan: String(span) }, "No guest VM in this site's checks.")));
+    return out;
+  }
+  function vmTable(block) {
+    return el("table", { class: "checks vms" },
+      el("thead", {}, el("tr", {}, ...["VM", "Guest agent", "OS", "Boot"].map((h) => el("th", {}, h)), ...block.modes.map((m) => el("th", { class: "mono" }, m)))),
+      el("tbody", {}, ...vmRows(block)));
+  }
+  const vmStates = (b) => b.states.blocks + " blocking · " + b.states.unknown + " unknown · " + b.states.warns + " warning · " + b.states.ready + " ready · " + b.no_agent + " without a guest agent";
+
+  function applyVms() {
+    const b = data.vms;
+    if (!b) return;
+    document.getElementById("vms-count").textContent = b.total;
+    document.getElementById("vms-states").textContent = vmStates(b);
+    document.getElementById("vms").replaceWith(Object.assign(vmTable(b), { id: "vms" }));
+    const more = document.getElementById("vms-more");
+    more.hidden = b.total <= b.rows.length;
+    more.textContent = b.rows.length + " of " + b.total + " VMs shown, the least ready first; select a VM role (a box) for its VMs, or read the JSON report.";
+  }
+
+  function interconnectChip() {
+    const ic = data.interconnect;
+    if (!ic || !ic.total) return null;
+    const cls = ic.required_failing ? "ic-fail" : ic.unknown ? "ic-unknown" : "ic-pass";
+    const word = ic.required_failing ? "NOT QUALIFIED" : !ic.unknown ? "QUALIFIED" : !ic.pass ? "NOT MEASURED" : "PARTLY MEASURED";
+    return el("div", { id: "interconnect-chip", class: "gate interconnect-chip " + cls, title: "measured data paths (MTU, round trip, loss, throughput) against their thresholds" },
+      el("span", { class: "gate-mode" }, "interconnect"), el("span", { class: "gate-decision" }, word),
+      el("span", { class: "gate-blocking" }, ic.pass + "/" + ic.total + " paths pass" + (ic.fail ? ", " + ic.fail + " fail" : "") + (ic.unknown ? ", " + ic.unknown + " not measured" : "")));
+  }
+
+  const FIGURES = { mtu: "MTU", rtt: "RTT", loss: "loss", throughput_up: "throughput up", throughput_down: "throughput down" };
+  function fmt(v, unit) {
+    if (v === null || v === undefined) return "–";
+    if (unit === "bytes") return Math.round(v) + " B";
+    if (unit === "ms" || unit === "%") return v.toFixed(1) + " " + unit;
+    return Math.round(v) + " " + unit;
+  }
+  function pathBox(p) {
+    const m = p.measured;
+    const rows = p.figures.map((f) => {
+      const state = f.ok === null ? "unknown" : f.ok ? "pass" : "fail";
+      const lower = f.figure === "mtu" || f.figure.startsWith("throughput");
+      const margin = f.margin === null ? "–" : (f.margin >= 0 ? "+" : "−") + fmt(Math.abs(f.margin), f.unit);
+      return el("tr", { class: "figure verdict-" + state, "data-figure": f.figure },
+        el("td", {}, FIGURES[f.figure] || f.figure), el("td", { class: "num" }, fmt(f.value, f.unit)),
+        el("td", { class: "num" }, f.threshold === null ? "not judged" : (lower ? "≥ " : "≤ ") + fmt(f.threshold, f.unit)),
+        el("td", { class: "num" }, margin), el("td", {}, pill(state)));
+    });
+    const extra = [];
+    if (m && m.jitter_s !== null && m.jitter_s !== undefined) extra.push("jitter " + (m.jitter_s * 1000).toFixed(1) + " ms");
+    if (m && m.rtt_min_s !== null && m.rtt_max_s !== null && m.rtt_min_s !== undefined) extra.push("RTT " + (m.rtt_min_s * 1000).toFixed(1) + "–" + (m.rtt_max_s * 1000).toFixed(1) + " ms");
+    if (m && m.black_hole) extra.push("MTU black hole (large packets vanish)");
+    if (m && m.error) extra.push(m.error);
+    return el("div", { class: "path pair verdict-" + p.verdict, "data-path": p.src_host + ">" + p.dst_host },
+      pill(p.verdict), " ", el("span", { class: "mono" }, p.src_host + " → " + p.dst_host + ":" + p.port),
+      el("span", { class: "muted" }, p.required ? "" : " · not required"),
+      el("div", { class: "muted" }, (p.measured_at ? "measured " + p.measured_at : "never measured") + (extra.length ? " · " + extra.join(" · ") : "")),
+      p.reason ? el("div", { class: "diagnosis" }, p.reason) : null,
+      rows.length ? el("table", { class: "figures" }, el("thead", {}, el("tr", {}, ...["figure", "value", "threshold", "margin", ""].map((h) => el("th", {}, h)))), el("tbody", {}, ...rows)) : null);
+  }
+  function pathsSection(ps) {
+    if (!ps || !ps.total) return [];
+    const out = [el("h3", {}, "Interconnect qualification (" + ps.pass + "/" + ps.total + " paths pass)")];
+    for (const p of ps.rows) out.push(pathBox(p));
+    if (ps.total > ps.rows.length) out.push(el("p", { class: "muted" }, (ps.total - ps.rows.length) + " more paths in the JSON report"));
+    return out;
   }
 
   const hostCell = (host, address) => el("td", { class: "host" }, el("span", { class: "mono" }, host), el("span", { class: "addr mono" }, address));
@@ -200,6 +289,7 @@
       else if (f.runs > f.rows.length) box.append(el("div", { class: "muted" }, (f.runs - f.rows.length) + " more rows in the table below"));
       out.push(box);
     }
+    out.push(...pathsSection(i.paths));
     return out;
   }
 
@@ -224,6 +314,10 @@
     out.push(el("h3", {}, "Failing and unknown checks (" + r.failing_total + " rows)"));
     for (const c of r.failing) out.push(pairLine(c));
     if (r.failing_total > r.failing.length) out.push(el("p", { class: "muted" }, (r.failing_total - r.failing.length) + " more in the table below"));
+    if (r.vms) {
+      out.push(el("h3", {}, "VM readiness (" + r.vms.total + ")"), el("p", { class: "muted" }, vmStates(r.vms)), el("div", { class: "scroll" }, vmTable(r.vms)));
+      if (r.vms.total > r.vms.rows.length) out.push(el("p", { class: "muted" }, (r.vms.total - r.vms.rows.length) + " more VMs in the JSON report"));
+    }
     return out;
   }
 
@@ -333,7 +427,7 @@
     showHistory();
   }
 
-  function apply() { applyHeader(); applyPicture(); applyFailures(); applyDetails(false); }
+  function apply() { applyHeader(); applyPicture(); applyVms(); applyFailures(); applyDetails(false); }
 
   function select(kind, key) { selected = { kind, key }; picked = null; applyDetails(true); }
   function pick(checkId, interaction) {
@@ -367,7 +461,7 @@
     try {
       data = await getJSON(links.summary);
       version += 1;
-      applyHeader(); applyPicture(); applyFailures();
+      applyHeader(); applyPicture(); applyVms(); applyFailures();
       await reloadFailures();
       applyDetails(false);
       status.classList.remove("stale");
