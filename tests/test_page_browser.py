@@ -20,9 +20,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from check_helpers import result_for
+from guest_helpers import guest_facts
+from guest_trees import guests
 from render_helpers import NOW, gates_for, load, make_evaluation
 
-from netcheck.agent.wire import ProbeState, check_id
+from netcheck.agent.guest.facts import collect
+from netcheck.agent.guest.facts.base import Root
+from netcheck.agent.wire import PathMeasurement, ProbeState, check_id
 from netcheck.controller.evaluate import evaluate
 from netcheck.controller.expand import expected
 from netcheck.controller.inventory import Inventory
@@ -82,7 +86,7 @@ def _json(doc: Any) -> web.Response:
 async def page(request: web.Request) -> web.Response:
     s = request.app[SITE]
     gates = gates_for(s.spec, s.inv, s.ev)
-    html = render_page(s.spec, s.ev, gates, refresh_seconds=1, extra=s.extra)
+    html = render_page(s.spec, s.ev, gates, refresh_seconds=1, extra=s.extra, inventory=s.inv)
     return web.Response(text=html, content_type="text/html")
 
 
@@ -90,7 +94,7 @@ async def summary(request: web.Request) -> web.Response:
     s = request.app[SITE]
     s.summary_fetches += 1
     gates = gates_for(s.spec, s.inv, s.ev)
-    doc = page_summary(s.spec, s.ev, gates, failure_runs(s.ev), s.extra)
+    doc = page_summary(s.spec, s.ev, gates, failure_runs(s.ev), s.extra, s.inv)
     if s.counts is not None:
         for i in doc["interactions"]:
             i.update(passed=s.counts - 1, total=s.counts, failed=1, verdict="fail")
@@ -104,7 +108,7 @@ async def interaction(request: web.Request) -> web.Response:
 
 async def role(request: web.Request) -> web.Response:
     s = request.app[SITE]
-    return _json(role_details(s.spec, s.ev, request.match_info["role"]))
+    return _json(role_details(s.spec, s.ev, request.match_info["role"], s.inv))
 
 
 async def failures(request: web.Request) -> web.Response:
@@ -507,3 +511,110 @@ async def test_an_exported_page_carries_its_details(served: tuple[str, Site]) ->
         finally:
             await browser.close()
             path.unlink()
+
+
+def _with_guest_and_path(site: Site, tmp: Path) -> Evaluation:
+    """The site with web-01's guest agent reporting (the real agent's facts from a RHEL 7.4
+    tree, booted MBR where the inventory says UEFI, VMware tools not running) and interaction
+    9's path measured: MTU and round trip inside their thresholds, throughput up 60 Mbit/s
+    short of the 1 Gbit/s."""
+    g = guests()[0]
+    root = g.write(tmp)
+    facts = collect(Root(str(root), proc=str(root / "no-proc"), kernel=g.kernel), user="hdm")
+    values = {"vmware_tools.running": False, "boot.matrix": "MBR", "net.static_ip": False}
+    facts = [{**f, "value": values[f["name"]]} if f["name"] in values else f for f in facts]
+    pm, cm = site.inv.of_role("prem_manager")[0], site.inv.of_role("cloud_manager")[0]
+    m = PathMeasurement(9, pm.name, cm.name, cm.address, 6000, NOW - 5, mtu=1400,
+                        route_mtu=1500, icmp=True, rtt_avg_s=0.0123, rtt_min_s=0.011,
+                        rtt_max_s=0.015, jitter_s=0.0008, loss=0.0, up_mbit_s=940.0,
+                        down_mbit_s=1210.0)  # fmt: skip
+    ev = site.ev
+    seen = Observed(
+        results=tuple(r.result for r in ev.rows if r.result is not None),
+        listeners=ev.listeners,
+        agents=ev.agents,
+        guest_facts={"web-01": guest_facts("web-01", facts, NOW - 5)},
+        paths={(9, pm.name, cm.name): m},
+    )
+    return evaluate(site.spec, expected(site.spec, site.inv), seen, NOW)
+
+
+# Every cell of the VM table and of the details' figure tables: its content within its box,
+# and each table within its card.
+CELLS = """() => {
+  const out = [];
+  for (const v of document.querySelectorAll("#details .vm-item")) {
+    const card = v.closest(".card").getBoundingClientRect();
+    const right = v.getBoundingClientRect().right - card.right;
+    const spill = Math.max(v.scrollWidth - v.clientWidth, right);
+    out.push({ what: "vm " + v.dataset.vm, spill });
+  }
+  for (const t of document.querySelectorAll("#vms, #details table.figures")) {
+    const card = t.closest(".card").getBoundingClientRect();
+    const r = t.getBoundingClientRect();
+    out.push({ what: "table " + (t.id || t.className), spill: r.right - card.right });
+    for (const td of t.querySelectorAll("td, th")) {
+      const spill = td.scrollWidth - td.clientWidth;
+      out.push({ what: td.textContent.trim().slice(0, 40), spill });
+    }
+  }
+  return out;
+}"""
+
+
+async def test_vm_readiness_and_path_figures_read_at_every_width(
+    served: tuple[str, Site], tmp_path: Path
+) -> None:
+    """The VM readiness table: web-01 blocks the warm modes at step 1 (VMware tools not
+    running), its OS and boot mode from the guest, the inventory's UEFI named; a VM with no
+    guest agent lists its unknown facts and why. The gate banner says the interconnect is not
+    qualified; interaction 9's details show each figure against its threshold with its
+    margin. At 1,024, 1,280 and 1,600 px: text at 11 px or more, no overlap, no cell spilling
+    out of its box; a VM role's details list its VMs."""
+    from playwright.async_api import async_playwright
+
+    url, site = served
+    site.ev = _with_guest_and_path(site, tmp_path)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            for width in WIDTHS:
+                pg = await browser.new_page(viewport={"width": width, "height": 900})
+                await pg.goto(url)
+                web01 = pg.locator('#vms tr.vm[data-vm="web-01"]')
+                text = await web01.inner_text()
+                for part in ("RHEL 7.4", "MBR", "guest", "blocks", "step 1", "not running"):
+                    assert part in text, (part, text)
+                notes = await pg.locator('#vms tr.vm-notes[data-vm="web-01"]').inner_text()
+                assert "the inventory says RHEL 7.4 UEFI" in notes
+                db = await pg.locator('#vms tr.vm[data-vm="db-01"]').inner_text()
+                assert "Windows Server 2016" in db and "inventory" in db and "unknown" in db
+                why = await pg.locator('#vms tr.vm-notes[data-vm="cloud-vm-1"]').inner_text()
+                assert "no guest agent report" in why and "vmware_tools.running" in why
+                assert await pg.locator("#vms tr.vm").count() == 4
+                chip = await pg.locator("#interconnect-chip").inner_text()
+                assert "NOT QUALIFIED" in chip and "1 fail" in chip
+                await pg.locator('.edge-label[data-interaction="9"]').click()
+                path = pg.locator('#details .path[data-path="prem-mgr>cloud-mgr"]')
+                await path.wait_for()
+                up = await path.locator('tr[data-figure="throughput_up"]').inner_text()
+                for part in ("940 Mbit/s", "≥ 1000", "−60", "fail"):
+                    assert part in up, (part, up)
+                rtt = await path.locator('tr[data-figure="rtt"]').inner_text()
+                assert "12.3 ms" in rtt and "≤ 30.0" in rtt and "+17.7" in rtt and "pass" in rtt
+                assert "jitter 0.8 ms" in await path.inner_text()
+                _assert_readable(await pg.evaluate(MEASURE), width)
+                spilled = [c for c in await pg.evaluate(CELLS) if c["spill"] > 1]
+                assert not spilled, (width, spilled)
+                await pg.screenshot(path=str(SHOTS / f"netcheck-vms-{width}.png"), full_page=True)
+                await pg.locator('.role[data-role="prem_vm"]').click()
+                await pg.locator("#details .vm-item").first.wait_for()
+                assert await pg.locator("#details .vm-item").count() == 2
+                item = await pg.locator('#details .vm-item[data-vm="web-01"]').inner_text()
+                assert "warm_vcd blocks" in item and "step 1" in item and "boot MBR (guest)" in item
+                _assert_readable(await pg.evaluate(MEASURE), width)
+                spilled = [c for c in await pg.evaluate(CELLS) if c["spill"] > 1]
+                assert not spilled, (width, "role details", spilled)
+                await pg.close()
+        finally:
+            await browser.close()

@@ -5,7 +5,10 @@ interaction and role, and the first :data:`FAILURES_SHOWN` failing runs (merged 
 :mod:`page_rows`) with their count, a few kilobytes whatever the size of the site. A click on
 an interaction or a role fetches its details (:func:`interaction_details`,
 :func:`role_details`), the table's next rows a page of :func:`failures_page`; each document
-is bounded (:data:`ROWS_PER_FLOW`, :data:`HOSTS_SHOWN`, :data:`MAX_PAGE`). The whole report
+is bounded (:data:`ROWS_PER_FLOW`, :data:`HOSTS_SHOWN`, :data:`MAX_PAGE`). The summary also
+carries the VMs' readiness (the least ready :data:`page_vms.VMS_SHOWN`, with counts; a VM
+role's details list more) and the interconnect's path counts; an interaction's details its
+measured paths, each figure against its threshold (:mod:`page_vms`). The whole report
 stays at ``/api/v1/report`` for machines. Pure.
 """
 

@@ -112,6 +112,9 @@
   }
 
   // -- VM readiness (page_vms.py) and the interconnect's qualification -----------------------
+  // A mode's step, unless the VM has no guest agent and the step is merely unknown (its notes
+  // say why every fact is).
+  const stepShown = (v, m) => m.step && (m.state !== "unknown" || v.guest_agent);
   function vmRows(block) {
     const span = 4 + block.modes.length;
     const said = (x) => el("td", { class: "said" }, x.value || "unknown", x.source ? " " : null, x.source ? el("span", { class: "src src-" + x.source }, x.source) : null);
@@ -122,7 +125,7 @@
         el("td", {}, ...(v.guest_agent ? ["reported ", el("span", { class: "mono" }, v.reported_at)] : [el("strong", {}, "none"), ": facts unknown"])),
         said(v.os), said(v.boot),
         ...v.modes.map((m) => el("td", { class: "mode" }, el("span", { class: "state state-" + m.state }, m.state),
-          m.step ? " " : null, m.step ? el("span", { class: "step" }, "step " + m.step.step + " (" + m.step.title + "): " + m.step.text) : null))));
+          stepShown(v, m) ? " " : null, stepShown(v, m) ? el("span", { class: "step" }, "step " + m.step.step + " (" + m.step.title + "): " + m.step.text) : null))));
       const unknown = v.unknown_facts.length && !v.guest_agent;
       if (v.notes.length || unknown) {
         out.push(el("tr", { class: "vm-notes" + (v.mismatch ? " mismatch" : ""), "data-vm": v.host }, el("td", { colspan: String(span) },
@@ -137,6 +140,18 @@
     return el("table", { class: "checks vms" },
       el("thead", {}, el("tr", {}, ...["VM", "Guest agent", "OS", "Boot"].map((h) => el("th", {}, h)), ...block.modes.map((m) => el("th", { class: "mono" }, m)))),
       el("tbody", {}, ...vmRows(block)));
+  }
+  function vmItems(block) { // the narrow details panel's form of the table: one block per VM
+    return block.rows.map((v) => {
+      const said = (what, x) => what + " " + (x.value || "unknown") + (x.source ? " (" + x.source + ")" : "");
+      const steps = [...new Set(v.modes.filter((m) => stepShown(v, m)).map((m) => "step " + m.step.step + " (" + m.step.title + "): " + m.step.text))];
+      return el("div", { class: "vm-item pair state-" + v.state, "data-vm": v.host },
+        el("span", { class: "mono" }, v.host), " ", el("span", { class: "muted" }, v.guest_agent ? "guest agent reported " + v.reported_at : "no guest agent"),
+        el("div", { class: "muted" }, said("OS", v.os) + " · " + said("boot", v.boot)),
+        el("div", { class: "modes" }, ...v.modes.map((m) => el("span", { class: "mode-state" }, m.mode + " ", el("span", { class: "state state-" + m.state }, m.state)))),
+        ...steps.slice(0, 4).map((t) => el("div", { class: "step" }, t)),
+        ...v.notes.map((n) => el("div", { class: "note" }, n)));
+    });
   }
   const vmStates = (b) => b.states.blocks + " blocking · " + b.states.unknown + " unknown · " + b.states.warns + " warning · " + b.states.ready + " ready · " + b.no_agent + " without a guest agent";
 
@@ -161,22 +176,21 @@
       el("span", { class: "gate-blocking" }, ic.pass + "/" + ic.total + " paths pass" + (ic.fail ? ", " + ic.fail + " fail" : "") + (ic.unknown ? ", " + ic.unknown + " not measured" : "")));
   }
 
-  const FIGURES = { mtu: "MTU", rtt: "RTT", loss: "loss", throughput_up: "throughput up", throughput_down: "throughput down" };
-  function fmt(v, unit) {
+  const FIGURES = { mtu: "MTU", rtt: "RTT", loss: "loss", throughput_up: "up", throughput_down: "down" };
+  function fmt(v, unit, bare) { // bare: the number only (the value's cell names the unit)
     if (v === null || v === undefined) return "–";
-    if (unit === "bytes") return Math.round(v) + " B";
-    if (unit === "ms" || unit === "%") return v.toFixed(1) + " " + unit;
-    return Math.round(v) + " " + unit;
+    const n = unit === "ms" || unit === "%" ? v.toFixed(1) : String(Math.round(v));
+    return bare ? n : n + " " + (unit === "bytes" ? "B" : unit);
   }
   function pathBox(p) {
     const m = p.measured;
     const rows = p.figures.map((f) => {
       const state = f.ok === null ? "unknown" : f.ok ? "pass" : "fail";
       const lower = f.figure === "mtu" || f.figure.startsWith("throughput");
-      const margin = f.margin === null ? "–" : (f.margin >= 0 ? "+" : "−") + fmt(Math.abs(f.margin), f.unit);
+      const margin = f.margin === null ? "–" : (f.margin >= 0 ? "+" : "−") + fmt(Math.abs(f.margin), f.unit, true);
       return el("tr", { class: "figure verdict-" + state, "data-figure": f.figure },
-        el("td", {}, FIGURES[f.figure] || f.figure), el("td", { class: "num" }, fmt(f.value, f.unit)),
-        el("td", { class: "num" }, f.threshold === null ? "not judged" : (lower ? "≥ " : "≤ ") + fmt(f.threshold, f.unit)),
+        el("td", { title: f.text }, FIGURES[f.figure] || f.figure), el("td", { class: "num" }, fmt(f.value, f.unit)),
+        el("td", { class: "num" }, f.threshold === null ? "not judged" : (lower ? "≥ " : "≤ ") + fmt(f.threshold, f.unit, true)),
         el("td", { class: "num" }, margin), el("td", {}, pill(state)));
     });
     const extra = [];
@@ -193,7 +207,8 @@
   }
   function pathsSection(ps) {
     if (!ps || !ps.total) return [];
-    const out = [el("h3", {}, "Interconnect qualification (" + ps.pass + "/" + ps.total + " paths pass)")];
+    const out = [el("h3", {}, "Interconnect qualification (" + ps.pass + "/" + ps.total + " paths pass)"),
+      el("p", { class: "muted" }, "each figure against its threshold; margin: + inside, − beyond; up / down: throughput per direction")];
     for (const p of ps.rows) out.push(pathBox(p));
     if (ps.total > ps.rows.length) out.push(el("p", { class: "muted" }, (ps.total - ps.rows.length) + " more paths in the JSON report"));
     return out;
@@ -315,7 +330,7 @@
     for (const c of r.failing) out.push(pairLine(c));
     if (r.failing_total > r.failing.length) out.push(el("p", { class: "muted" }, (r.failing_total - r.failing.length) + " more in the table below"));
     if (r.vms) {
-      out.push(el("h3", {}, "VM readiness (" + r.vms.total + ")"), el("p", { class: "muted" }, vmStates(r.vms)), el("div", { class: "scroll" }, vmTable(r.vms)));
+      out.push(el("h3", {}, "VM readiness (" + r.vms.total + ")"), el("p", { class: "muted" }, vmStates(r.vms)), ...vmItems(r.vms));
       if (r.vms.total > r.vms.rows.length) out.push(el("p", { class: "muted" }, (r.vms.total - r.vms.rows.length) + " more VMs in the JSON report"));
     }
     return out;
