@@ -443,7 +443,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from netcheck.controller.request_cli import with_exposure
 
         text = with_exposure(
-            render_report(spec, ev, gates, args.format), args, spec, inv, ev, gates
+            render_report(spec, ev, gates, args.format, inv), args, spec, inv, ev, gates
         )
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

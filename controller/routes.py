@@ -266,7 +266,7 @@ def report_maker(
                 exposure=exposure.to_dict(audit) if audit is not None else None,
             )
             return _rendered(text)
-        text = render_report(g.spec, g.ev, gates, fmt)
+        text = render_report(g.spec, g.ev, gates, fmt, g.inventory)
         if fmt == "markdown" and audit is not None:
             text = exposure.with_markdown(text, audit)
         return _rendered(text)

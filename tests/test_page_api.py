@@ -193,6 +193,10 @@ async def test_the_page_lists_vm_readiness_and_the_paths_of_an_interaction(
     r = await _json(client, "/api/v1/page/role/prem_vm")
     assert [v["host"] for v in r["vms"]["rows"]] == ["web-01", "db-01"]
     assert (await _json(client, "/api/v1/page/role/pio"))["vms"] is None
+    # The exported page (a file, no controller behind it) reads the inventory as well.
+    resp = await client.get("/api/v1/report?format=html", headers=AUTH)
+    assert resp.status == 200
+    assert "Windows Server 2016 (64 bit)" in await resp.text()
 
 
 async def test_the_vm_rows_are_bounded_on_a_big_site(

@@ -1,6 +1,7 @@
 """Rendering: the topology page and the reports. Pure functions of an evaluation.
 
-``render_report(spec, ev, gates, fmt)`` for fmt in table | json | markdown | junit | html,
+``render_report(spec, ev, gates, fmt, inventory)`` for fmt in table | json | markdown | junit |
+html,
 ``render_page(spec, ev, gates, refresh_seconds=...)`` for the live page served at ``/``.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import Evaluation, GateDecision
 from netcheck.controller.render import json_report, junit, markdown, table
 from netcheck.controller.render.page import render_page
@@ -25,21 +27,26 @@ MEDIA_TYPES: dict[str, str] = {
 _Renderer = Callable[[Spec, Evaluation, Sequence[GateDecision]], str]
 
 
-def _html(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision]) -> str:
-    return render_page(spec, ev, gates, refresh_seconds=None)
-
-
 _RENDERERS: dict[str, _Renderer] = {
     "table": table.render,
     "json": json_report.render,
     "markdown": markdown.render,
     "junit": junit.render,
-    "html": _html,
 }
 
 
-def render_report(spec: Spec, ev: Evaluation, gates: Sequence[GateDecision], fmt: str) -> str:
-    """The report in ``fmt`` (one of :data:`FORMATS`); ValueError for any other format."""
+def render_report(
+    spec: Spec,
+    ev: Evaluation,
+    gates: Sequence[GateDecision],
+    fmt: str,
+    inventory: Inventory | None = None,
+) -> str:
+    """The report in ``fmt`` (one of :data:`FORMATS`); ValueError for any other format. The
+    HTML page also reads the ``inventory`` (the VMs' OS and boot mode where no guest agent
+    reported them)."""
+    if fmt == "html":
+        return render_page(spec, ev, gates, refresh_seconds=None, inventory=inventory)
     try:
         renderer = _RENDERERS[fmt]
     except KeyError:
