@@ -18,14 +18,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
+from deploy.lab.pathlab import CLIENT as CLIENT  # the lab's addresses, for the tests
+from deploy.lab.pathlab import R1_RIGHT as R1_RIGHT
+from deploy.lab.pathlab import R2_LEFT as R2_LEFT
+from deploy.lab.pathlab import SERVER as SERVER
+from deploy.lab.pathlab import PathLab
 from netcheck.agent.wire import SERVICES, CheckSpec, ListenSpec, Plan, Service
 
 REPO = Path(__file__).resolve().parent.parent
-
-CLIENT = "198.18.1.2"
-R1_LEFT, R1_RIGHT = "198.18.1.1", "198.18.2.1"
-R2_LEFT, R2_RIGHT = "198.18.2.2", "198.18.3.1"
-SERVER = "198.18.3.2"
 
 
 def root_lab_skip_reason() -> str | None:
@@ -42,51 +42,17 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=20)
 
 
-class Lab:
-    """client -- r1 -- r2 -- server, each in its own namespace, routed over 198.18/15."""
+class Lab(PathLab):
+    """client -- r1 -- r2 -- server (:class:`deploy.lab.pathlab.PathLab`, named
+    ``nct-agent-<pid>-``), with the processes a test starts in them."""
 
     def __init__(self, icmp_ratelimit: bool = False) -> None:
-        """With `icmp_ratelimit`, the routers keep the kernel's ICMP rate limiting
-        (net.ipv4.icmp_ratelimit, icmp_msgs_per_sec: the namespace's defaults)."""
-        self.icmp_ratelimit = icmp_ratelimit
-        prefix = f"nct-agent-{os.getpid()}-"
-        self.ns = {name: prefix + name for name in ("c", "r1", "r2", "s")}
-        self.created: list[str] = []
+        super().__init__(f"nct-agent-{os.getpid()}-", icmp_ratelimit)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Lab:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _build(self) -> None:
-        for ns in self.ns.values():
-            sh("ip", "netns", "add", ns)
-            self.created.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        c, r1, r2, s = (self.ns[k] for k in ("c", "r1", "r2", "s"))
-        links = [(c, "v0", CLIENT, r1, "v0", R1_LEFT), (r1, "v1", R1_RIGHT, r2, "v0", R2_LEFT)]
-        links.append((r2, "v1", R2_RIGHT, s, "v0", SERVER))
-        for a, a_if, a_ip, b, b_if, b_ip in links:
-            sh("ip", "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b)
-            for ns, ifname, ip in ((a, a_if, a_ip), (b, b_if, b_ip)):
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", ifname)
-                sh("ip", "-n", ns, "link", "set", ifname, "up")
-        for router in (r1, r2):
-            sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            # Routers rate-limit ICMP errors per peer; a lab traceroute of many ports needs all.
-            if not self.icmp_ratelimit:
-                sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
-        sh("ip", "-n", c, "route", "add", "default", "via", R1_LEFT)
-        sh("ip", "-n", r1, "route", "add", "198.18.3.0/24", "via", R2_LEFT)
-        sh("ip", "-n", r2, "route", "add", "198.18.1.0/24", "via", R1_RIGHT)
-        sh("ip", "-n", s, "route", "add", "default", "via", R2_RIGHT)
 
     def nft(self, ns_key: str, ruleset: str) -> None:
         subprocess.run(
@@ -128,9 +94,7 @@ class Lab:
                 proc.kill()
             proc.wait(timeout=10)
         self.procs.clear()
-        for ns in reversed(self.created):
-            sh("ip", "netns", "delete", ns, check=False)
-        self.created.clear()
+        super().close()
 
 
 PYTHON = sys.executable

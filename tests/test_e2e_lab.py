@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,19 +183,9 @@ RUNS = [(name, "auto") for name in shipped()] + [("diagnosis", "connect")]
 
 @pytest.fixture(scope="module", params=RUNS, ids=[f"{n}-{m}" for n, m in RUNS])
 def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
-    from netcheck.controller.spec import load_spec
-
     name, mode = request.param
-    running: labmod.Lab | None = None
-    try:
-        running = labmod.up(name, "netns", state=STATE, prefix=PREFIX, probe_mode=mode)
-        spec = load_spec(REPO / "topology.yaml")
-        assert running.wait_listening(spec, 20.0) == []
-        since = time.time()
-        assert running.wait_round(since, 6.0, 3 * labmod.LAB_PERIOD_S + 20) == []
+    with labmod.ready_session(name, PREFIX, STATE, "netns", probe_mode=mode) as running:
         yield running
-    finally:
-        labmod.down(STATE, PREFIX)
 
 
 @pytest.fixture(scope="module")

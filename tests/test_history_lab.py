@@ -45,16 +45,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[labmod.Lab]:
-    from netcheck.controller.spec import load_spec
-
-    running: labmod.Lab | None = None
-    try:
-        running = labmod.up("clean", "netns", state=STATE, prefix=PREFIX)
-        assert running.wait_listening(load_spec(REPO / "topology.yaml"), 20.0) == []
-        assert running.wait_round(time.time(), 6.0, 3 * PERIOD_S + 20) == []
+    with labmod.ready_session("clean", PREFIX, STATE, "netns") as running:
         yield running
-    finally:
-        labmod.down(STATE, PREFIX)
 
 
 def get(lab: labmod.Lab, path: str) -> Any:

@@ -78,17 +78,8 @@ def query(lab: labmod.Lab, url: str, path: str) -> Any:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[labmod.Lab]:
-    from netcheck.controller.spec import load_spec
-
-    running: labmod.Lab | None = None
-    try:
-        running = labmod.up("audit", "netns", state=STATE, prefix=PREFIX)
-        assert running.wait_listening(load_spec(REPO / "topology.yaml"), 20.0) == []
-        since = time.time()
-        assert running.wait_round(since, 6.0, 3 * labmod.LAB_PERIOD_S + 20) == []
+    with labmod.ready_session("audit", PREFIX, STATE, "netns") as running:
         yield running
-    finally:
-        labmod.down(STATE, PREFIX)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -373,6 +374,29 @@ def session(
         )  # fmt: skip
     finally:
         down(state, prefix)
+
+
+@contextlib.contextmanager
+def ready_session(
+    scenario_name: str,
+    prefix: str,
+    state: Path,
+    kind: Kind | None = None,
+    probe_mode: str = "auto",
+    listen_s: float = 20.0,
+    round_max_s: float = 6.0,
+) -> Iterator[Lab]:
+    """:func:`session`, handed over once every host holds its ports and every agent reported
+    a round that began after that (:class:`~deploy.lab.netns.LabError` naming the missing
+    ones otherwise)."""
+    with session(scenario_name, prefix, state, kind, probe_mode=probe_mode) as lab:
+        missing = lab.wait_listening(load_spec(TOPOLOGY), listen_s)
+        if missing:
+            raise netns.LabError(f"not listening after {listen_s:g} s: {missing}")
+        late = lab.wait_round(time.time(), round_max_s, 3 * LAB_PERIOD_S + 20)
+        if late:
+            raise netns.LabError(f"no round reported by {late}")
+        yield lab
 
 
 def _build(

@@ -19,8 +19,13 @@ INTERCONNECT = (("r1", "v1"), ("r2", "v0"))
 
 
 class PathLab:
-    def __init__(self, prefix: str) -> None:
+    """With `icmp_ratelimit`, the routers keep the kernel's ICMP rate limiting
+    (net.ipv4.icmp_ratelimit, icmp_msgs_per_sec: the namespace's defaults); without, they
+    answer every packet (a lab traceroute of many ports needs every ICMP error)."""
+
+    def __init__(self, prefix: str, icmp_ratelimit: bool = False) -> None:
         self.ns = {k: f"{prefix}{k}" for k in ("c", "r1", "r2", "s")}
+        self.icmp_ratelimit = icmp_ratelimit
 
     def __enter__(self) -> PathLab:
         try:
@@ -49,7 +54,8 @@ class PathLab:
                 run(["ip", "-n", ns, "link", "set", ifname, "up"])
         for router in (r1, r2):
             run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])
+            if not self.icmp_ratelimit:
+                run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])
         run(["ip", "-n", c, "route", "add", "default", "via", R1_LEFT])
         run(["ip", "-n", r1, "route", "add", "198.18.3.0/24", "via", R2_LEFT])
         run(["ip", "-n", r2, "route", "add", "198.18.1.0/24", "via", R1_RIGHT])
