@@ -16,6 +16,7 @@ from typing import Any
 
 from netcheck.controller.model import CheckRow, Device
 from netcheck.controller.ports import port_ranges
+from netcheck.controller.ranges import runs
 from netcheck.controller.render.common import iso
 from netcheck.controller.render.rules import device_heading
 
@@ -79,21 +80,7 @@ def _run(row: CheckRow) -> _Key:
 def merged(rows: Iterable[CheckRow]) -> list[PageRow]:
     """``rows`` (any verdicts) merged into runs, each pair's runs by port, pairs in the
     order they first appear."""
-    pairs: dict[_Key, list[CheckRow]] = {}
-    for r in rows:
-        pairs.setdefault(_pair(r), []).append(r)
-    out: list[PageRow] = []
-    for group in pairs.values():
-        group.sort(key=lambda r: r.check.spec.port)
-        run: list[CheckRow] = []
-        for r in group:
-            if run and (_run(r) != _run(run[-1]) or r.check.spec.port == run[-1].check.spec.port):
-                out.append(PageRow(tuple(run)))
-                run = []
-            run.append(r)
-        if run:
-            out.append(PageRow(tuple(run)))
-    return out
+    return [PageRow(tuple(run)) for run in runs(rows, _pair, _run)]
 
 
 def not_passing_merged(rows: Sequence[CheckRow]) -> list[PageRow]:
