@@ -37,22 +37,12 @@ from netcheck.controller.expand import expand, expected
 from netcheck.controller.gctune import GC_THRESHOLD, tune_gc
 from netcheck.controller.inventory import Inventory, load_inventory
 from netcheck.controller.schema import SchemaError
-from netcheck.controller.spec import Spec, load_spec
+from netcheck.controller.spec import Spec
 from netcheck.controller.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(REPO / "topology.yaml")
-
-
-@pytest.fixture(scope="module")
-def inv(spec: Spec) -> Inventory:
-    return load_inventory(REPO / "inventory.example.yaml", spec)
 
 
 async def start(app: web.Application) -> TestClient[web.Request, web.Application]:

@@ -11,22 +11,12 @@ import pytest
 from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult, ServiceCheck, check_id
 from netcheck.controller.evaluate import evaluate
 from netcheck.controller.expand import expand, expected
-from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import AgentSeen, Observed
 from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(REPO / "topology.yaml")
-
-
-@pytest.fixture(scope="module")
-def inv(spec: Spec) -> Inventory:
-    return load_inventory(REPO / "inventory.example.yaml", spec)
 
 
 def result(inter: int, src: str, dst: str, port: int, state: str, **kw: Any) -> ProbeResult:

@@ -23,7 +23,7 @@ from netcheck.controller.evaluate import evaluate, judge_alone
 from netcheck.controller.expand import ExpectedCheck, expected
 from netcheck.controller.gate import gate
 from netcheck.controller.history import Query
-from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.inventory import Inventory
 from netcheck.controller.limits import HISTORY_RETENTION_SECONDS
 from netcheck.controller.render import json_report, markdown
 from netcheck.controller.sourced import InputError
@@ -43,16 +43,6 @@ V6_TABLES = {
     "requests",
 }
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(REPO / "topology.yaml")
-
-
-@pytest.fixture(scope="module")
-def inv(spec: Spec) -> Inventory:
-    return load_inventory(REPO / "inventory.example.yaml", spec)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from check_helpers import result_for
 from netcheck.agent.wire import ProbeState, Registration, ResultBatch, encode
 from netcheck.controller.app import make_app
 from netcheck.controller.expand import ExpectedCheck, expected
-from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.inventory import Inventory
 from netcheck.controller.limits import HISTORY_LIMIT_MAX
-from netcheck.controller.spec import Spec, load_spec
+from netcheck.controller.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -27,16 +27,6 @@ READ = "read-token-9876543210"
 AGENT = {"Authorization": f"Bearer {TOKEN}"}
 READER = {"Authorization": f"Bearer {READ}"}
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(REPO / "topology.yaml")
-
-
-@pytest.fixture(scope="module")
-def inv(spec: Spec) -> Inventory:
-    return load_inventory(REPO / "inventory.example.yaml", spec)
 
 
 def pio_checks(spec: Spec, inv: Inventory) -> list[ExpectedCheck]:

@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from netcheck.agent.wire import OpenPort, Registration, RequestReport, SweptHost, encode
 from netcheck.controller.app import make_app
-from netcheck.controller.inventory import Inventory, load_inventory
+from netcheck.controller.inventory import Inventory
 from netcheck.controller.requests import RequestBook, RequestError, make_requests, params_for
-from netcheck.controller.spec import Spec, load_spec
+from netcheck.controller.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -27,16 +27,6 @@ READ = "read-token-9876543210"
 AGENT = {"Authorization": f"Bearer {TOKEN}"}
 OPERATOR = {"Authorization": f"Bearer {READ}"}
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(REPO / "topology.yaml")
-
-
-@pytest.fixture(scope="module")
-def inv(spec: Spec) -> Inventory:
-    return load_inventory(REPO / "inventory.example.yaml", spec)
 
 
 async def _client(app: web.Application) -> Client:
