@@ -8,9 +8,10 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from netcheck.controller.model import CheckRow, Evaluation, Rollup, Verdict, rolled_up
-from netcheck.controller.spec import Interaction
+from netcheck.controller.spec import Flow, Interaction
 
 VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unknown")
 
@@ -162,3 +163,15 @@ def text_table(
     for r in rows:
         out.extend(lines(r))
     return out
+
+
+def flow_dict(f: Flow) -> dict[str, Any]:
+    """A flow of the spec as the reports and the page's data write it."""
+    return {
+        "ports": f.ports,
+        "service": f.service,
+        "direction": f.direction,
+        "reason": f.reason,
+        "expect": f.expect,
+        "purpose": f.purpose,
+    }

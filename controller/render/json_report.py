@@ -24,7 +24,7 @@ from netcheck.controller.model import (
     Rollup,
 )
 from netcheck.controller.refusals import RefusedRegistration
-from netcheck.controller.render.common import VERDICTS, iso, rollup_of, summary
+from netcheck.controller.render.common import VERDICTS, flow_dict, iso, rollup_of, summary
 from netcheck.controller.render.rules import Rule, rules
 from netcheck.controller.render.vms import vm_dicts
 from netcheck.controller.spec import Spec
@@ -185,17 +185,7 @@ def report_dict(
                 "destination": inter.destination,
                 "interconnect": inter.interconnect,
                 "modes": list(spec.modes_of(inter.id)),
-                "flows": [
-                    {
-                        "ports": f.ports,
-                        "service": f.service,
-                        "direction": f.direction,
-                        "reason": f.reason,
-                        "expect": f.expect,
-                        "purpose": f.purpose,
-                    }
-                    for f in inter.flows
-                ],
+                "flows": [flow_dict(f) for f in inter.flows],
                 "passed": r.passed,
                 "failed": r.failed,
                 "unknown": r.unknown,

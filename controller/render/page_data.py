@@ -21,6 +21,7 @@ from netcheck.controller.gate import VM_ROLES
 from netcheck.controller.inventory import Inventory
 from netcheck.controller.model import CheckRow, Evaluation, GateDecision
 from netcheck.controller.render.common import (
+    flow_dict,
     flow_directions,
     iso,
     rollup_of,
@@ -68,21 +69,6 @@ def _gate(g: GateDecision) -> dict[str, Any]:
     }
 
 
-def _flows(spec: Spec, inter_id: int) -> list[dict[str, Any]]:
-    inter = next(i for i in spec.interactions if i.id == inter_id)
-    return [
-        {
-            "ports": f.ports,
-            "service": f.service,
-            "direction": f.direction,
-            "reason": f.reason,
-            "expect": f.expect,
-            "purpose": f.purpose,
-        }
-        for f in inter.flows
-    ]
-
-
 def _interactions(spec: Spec, ev: Evaluation) -> list[dict[str, Any]]:
     out = []
     measured = {p.interaction for p in ev.paths}
@@ -104,7 +90,7 @@ def _interactions(spec: Spec, ev: Evaluation) -> list[dict[str, Any]]:
                 "forward": fwd,
                 "reverse": rev,
                 "modes": list(spec.modes_of(inter.id)),
-                "flows": _flows(spec, inter.id),
+                "flows": [flow_dict(f) for f in inter.flows],
                 "passed": r.passed,
                 "failed": r.failed,
                 "unknown": r.unknown,
