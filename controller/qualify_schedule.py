@@ -21,7 +21,6 @@ from aiohttp import web
 from netcheck.agent.wire import AgentRequest, RequestParam
 from netcheck.controller.appkeys import CLOCK, LIVE
 from netcheck.controller.interconnect import Qualification
-from netcheck.controller.reload import SiteConfig
 from netcheck.controller.requests import BOOK, RequestBook, new_id
 
 log = logging.getLogger("netcheck.controller")
@@ -79,17 +78,11 @@ def tick(app: web.Application) -> int:
     site = app[LIVE].current
     book = app[BOOK]
     q = site.spec.qualification
-    agents = [(role, host) for (role, host) in site.by_source if _has_paths(site, role, host)]
-    made = due(q, agents, _last(book), app[CLOCK]())
+    made = due(q, list(site.qualifying), _last(book), app[CLOCK]())
     if made:
         book.add(made, "schedule")
         log.info("qualification: %d interconnect request(s) made", len(made))
     return len(made)
-
-
-def _has_paths(site: SiteConfig, role: str, host: str) -> bool:
-    plan = site.plan(role, host)
-    return plan is not None and bool(plan.paths)
 
 
 Context = Callable[[web.Application], AsyncIterator[None]]

@@ -167,6 +167,16 @@ class SiteConfig:
     def check_ids(self) -> frozenset[str]:
         return frozenset(c.spec.check_id for c in self.expected.checks)
 
+    @functools.cached_property
+    def qualifying(self) -> tuple[tuple[str, str], ...]:
+        """The agents (role, host) whose plans have interconnect paths to qualify: computed
+        once per configuration (the qualification schedule asks every 30 s)."""
+        return tuple(
+            (role, host)
+            for role, host in self.by_source
+            if (plan := self.plan(role, host)) is not None and plan.paths
+        )
+
     def address_of(self, role: str, host: str) -> str | None:
         """The inventory's address of `host` as a `role` host, or None when there is none."""
         for h in self.inventory.of_role(role):
