@@ -20,23 +20,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from test_agent_link import MATRIX, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "reload-test-agent-token"
 PIO_ADDRESSES = {"pio-1": "127.0.0.21", "pio-2": "127.0.0.22", "pio-3": "127.0.0.23"}
 VC_ADDRESSES = {"vc-1": "127.0.0.31", "vc-2": "127.0.0.32"}
-
-MATRIX = """\
-version: 1
-rows:
-  - {family: RHEL, os: "RHEL 7.4", boot: UEFI, vcd_warm: "Qualified", vcs_warm: "Qualified",
-     any_cold: "Qualified", static_ip_vcd_cold: "Qualified", static_ip_vcd_warm: "Qualified"}
-"""
-
-
-def free_port(addr: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return int(s.getsockname()[1])
 
 
 def _bindable(port: int, addrs: Iterable[str]) -> bool:

@@ -83,11 +83,8 @@ def controller(tmp_path: Path) -> Iterator[tuple[str, Path, Path, Path]]:
         proc.communicate(timeout=15)
 
 
-@needs_openssl
-def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
-    tmp_path: Path, controller: tuple[str, Path, Path, Path]
-) -> None:
-    url, ca, db, inv = controller
+def _guest_and_token(tmp_path: Path, db: Path, inv: Path) -> tuple[Path, Path]:
+    """The guest archive, built, and a join token for cloud-vm-1 in a file (0600)."""
     pyz = tmp_path / "netcheck-guest.pyz"
     subprocess.run(
         [sys.executable, str(REPO / "deploy/zipapp/build.py"), "--guest", "--out", str(pyz)],
@@ -96,7 +93,19 @@ def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
     spec_args = ("--topology", str(REPO / "topology.yaml"), "--inventory", str(inv))
     out = cli("enrol", "--db", str(db), *spec_args, "--role", "cloud_vm", "--host", "cloud-vm-1")
     assert out.returncode == 0, out.stderr
-    (token_file := tmp_path / "token").write_text(out.stdout.split()[1] + "\n")
+    token_file = tmp_path / "token"
+    token_file.write_text(out.stdout.split()[1] + "\n")
+    token_file.chmod(0o600)
+    return pyz, token_file
+
+
+@needs_openssl
+def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
+    tmp_path: Path, controller: tuple[str, Path, Path, Path]
+) -> None:
+    url, ca, db, inv = controller
+    pyz, token_file = _guest_and_token(tmp_path, db, inv)
+    spec_args = ("--topology", str(REPO / "topology.yaml"), "--inventory", str(inv))
     state = tmp_path / "state"
     guest = [SYSTEM_PYTHON, "-I", "-S", str(pyz)]
     ident = ("--role", "cloud_vm", "--host", "cloud-vm-1")
@@ -154,21 +163,14 @@ def test_the_guest_serves_until_sigterm_then_reports_its_listeners_closed(
     tmp_path: Path, controller: tuple[str, Path, Path, Path]
 ) -> None:
     url, ca, db, inv = controller
-    pyz = tmp_path / "netcheck-guest.pyz"
-    subprocess.run(
-        [sys.executable, str(REPO / "deploy/zipapp/build.py"), "--guest", "--out", str(pyz)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    spec_args = ("--topology", str(REPO / "topology.yaml"), "--inventory", str(inv))
-    out = cli("enrol", "--db", str(db), *spec_args, "--role", "cloud_vm", "--host", "cloud-vm-1")
-    (tmp_path / "token").write_text(out.stdout.split()[1] + "\n")
+    pyz, token_file = _guest_and_token(tmp_path, db, inv)
     guest = [SYSTEM_PYTHON, "-I", "-S", str(pyz)]
     ident = ("--role", "cloud_vm", "--host", "cloud-vm-1")
     genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     state = tmp_path / "state"
     subprocess.run(
         [*guest, "enrol", "--controller", url, "--ca", str(ca), "--join-token-file",
-         str(tmp_path / "token"), "--state-dir", str(state), *ident],
+         str(token_file), "--state-dir", str(state), *ident],
         capture_output=True, timeout=60, env=genv, check=True,
     )  # fmt: skip
     proc = subprocess.Popen(

@@ -18,13 +18,13 @@ from reload_helpers import (
     PIO_ADDRESSES,
     VC_ADDRESSES,
     Site,
-    free_port,
     free_range,
     inventory,
     line_of,
     topology,
     wait_for,
 )
+from test_agent_link import free_port
 
 PERIOD = 2.0
 # The agent checks its plan before a round for at most max(1, period / 2) s (daemon).

@@ -15,14 +15,13 @@ from typing import Any
 
 import jsonschema
 from reload_helpers import (
-    MATRIX,
     PIO_ADDRESSES,
     REPO,
-    free_port,
     inventory,
     line_of,
     topology,
 )
+from test_agent_link import MATRIX, free_port
 
 from netcheck.agent.listeners import ListenerSet, diff_listeners
 from netcheck.agent.protocols import SSH_BANNER
