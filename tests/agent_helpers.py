@@ -112,31 +112,6 @@ time.sleep(120)
 """
 
 
-# A stand-in controller for one agent (stdlib only): answers registration with the plan in
-# argv[2], appends every results batch to argv[3] (one JSON line each). Port argv[1].
-FAKE_CONTROLLER = """
-import http.server, sys
-plan, out = open(sys.argv[2], "rb").read(), sys.argv[3]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path == "/api/v1/results":
-            with open(out, "ab") as f:
-                f.write(body + b"\\n")
-            answer = b'{"accepted": 0}'
-        else:
-            answer = plan
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
-
-
 ALL_SERVICES: tuple[Service, ...] = (
     "ssh",
     "tls",

@@ -3,15 +3,15 @@
 client -- r1 (NAT for two ports) -- r2 (drops one port) -- server (its own input chain drops
 two ports), in namespaces of 198.18.0.0/15 this module creates and always deletes; the
 routers keep the kernel's ICMP rate limiting on. The server runs a real ``serve`` agent (its
-controller: a stdlib stand-in in the server's namespace, on loopback) whose SYN watcher and
-listeners report who reached it; the client runs ``run`` in SYN and connect mode. Run under
+controller: a real ``netcheck-controller serve`` in the server's namespace, on loopback)
+whose SYN watcher and listeners report who reached it, read back from the controller's
+store; the client runs ``run`` in SYN and connect mode. Run under
 ``flock /tmp/netcheck-netns.lock``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from agent_helpers import (
     CLIENT,
-    FAKE_CONTROLLER,
     PYTHON,
     R1_RIGHT,
     R2_LEFT,
@@ -29,8 +28,12 @@ from agent_helpers import (
     Lab,
     root_lab_skip_reason,
 )
+from test_agent_link import MATRIX
 
-from netcheck.agent.wire import Plan, ResultBatch, decode, encode
+from deploy.lab.argv import Insecure, agent_argv, controller_argv
+from deploy.lab.layout import LabHost
+from netcheck.agent.wire import PeerSeen, Plan, ResultBatch, decode
+from netcheck.controller.store import Store
 
 pytestmark = [
     pytest.mark.root,
@@ -73,9 +76,43 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def server_plan() -> dict[str, Any]:
-    listen = [{"port": p, "service": "tcp", "interactions": [9]} for p in (*PLAIN, *NATTED)]
-    return {"role": "s", "host": "s", "address": SERVER, "listen": listen, "checks": []}
+def write_site(tmp: Path) -> tuple[Path, Path]:
+    """A site of two agents, c probing s on the plain and the NAT'd ports (interaction 9):
+    the server's plan holds exactly those ports."""
+    ports = f"{OPEN}-{NAT_HOST_DROP}"  # the five test ports follow each other
+    (tmp / "matrix.yaml").write_text(MATRIX)
+    (tmp / "topology.yaml").write_text(
+        f"""version: 1
+matrix: matrix.yaml
+policy:
+  probe_period_seconds: 300
+roles:
+  c: {{name: Client, site: on_prem, agent: true}}
+  s: {{name: Server, site: cloud, agent: true}}
+interactions:
+  - id: 9
+    title: client to server
+    source: c
+    destination: s
+    flows:
+      - {{ports: "{ports}", service: tcp}}
+modes:
+  deploy:
+    title: Deploy
+    interactions: [9]
+"""
+    )
+    (tmp / "inventory.yaml").write_text(
+        f"""version: 1
+site: watch
+hosts:
+  c:
+    - {{name: c, address: {CLIENT}}}
+  s:
+    - {{name: s, address: {SERVER}}}
+"""
+    )
+    return tmp / "topology.yaml", tmp / "inventory.yaml"
 
 
 def client_plan(ports: tuple[int, ...], timeout_s: float = 1.0) -> dict[str, Any]:
@@ -105,49 +142,58 @@ def run_client(lab: Lab, tmp: Path, mode: str, plan: dict[str, Any]) -> ResultBa
     return decode(ResultBatch, json.loads(out.read_text()))
 
 
-def batches(path: Path) -> list[ResultBatch]:
-    if not path.exists():
-        return []
-    return [decode(ResultBatch, json.loads(line)) for line in path.read_text().splitlines()]
+def stored_peers(db: Path) -> tuple[PeerSeen, ...] | None:
+    """The server's peers as the controller stored them (None before its first batch)."""
+    if not db.exists():
+        return None
+    try:
+        store = Store.open(db)
+    except Exception:  # the controller is still creating it
+        return None
+    try:
+        snap = store.snapshot()
+    finally:
+        store.close()
+    if "s" not in snap.listeners:
+        return None
+    return snap.peers.get("s", ())
 
 
-def serve_and_collect(lab: Lab, tmp: Path, mode: str) -> tuple[list[ResultBatch], str]:
-    """Start the server's agent, probe it from the client (the plain ports, then the
-    NAT'd ones), stop it: every batch it sent, and its log."""
-    plan_file, out, log = tmp / "server-plan.json", tmp / "server-batches.jsonl", tmp / "s.log"
-    plan_file.write_text(json.dumps(encode(decode(Plan, server_plan()))))
+def serve_and_collect(lab: Lab, tmp: Path, mode: str) -> tuple[tuple[PeerSeen, ...], str]:
+    """Start the controller and the server's agent, probe it from the client (the plain
+    ports, then the NAT'd ones), stop the agent: the peers the controller stored, and the
+    agent's log."""
+    topology, inventory = write_site(tmp)
+    token, db, log = tmp / "token", tmp / "controller.sqlite", tmp / "s.log"
+    token.write_text("watch-test-token\n")
+    token.chmod(0o600)
+    trust = Insecure(token)
+    listen = f"127.0.0.1:{CONTROLLER_PORT}"
     controller = lab.spawn(
-        "s", [PYTHON, "-c", FAKE_CONTROLLER, str(CONTROLLER_PORT), str(plan_file), str(out)]
+        "s", controller_argv(topology, inventory, listen, db, trust), stderr=tmp / "ctl.log"
     )
-    time.sleep(0.5)
-    os.environ["NETCHECK_TOKEN"] = "watch-test"
-    agent = lab.spawn(
-        "s",
-        [
-            *(PYTHON, "-m", "netcheck.agent", "serve", "--once", "--linger", "60"),
-            *("--controller", f"http://127.0.0.1:{CONTROLLER_PORT}"),
-            *("--role", "s", "--host", "s", "--address", SERVER),
-        ],
-        stderr=log,
-    )
-    for _ in range(100):  # the round of no checks is reported at once
-        if batches(out):
+    server = LabHost("s", "cloud", "s", 1, SERVER, SERVER, agent=True)
+    argv = agent_argv(server, f"http://{listen}", trust, once=True, linger_s=60)
+    agent = lab.spawn("s", argv, stderr=log)
+    for _ in range(150):  # the listeners are reported at once (a round of no checks)
+        if stored_peers(db) is not None:
             break
         time.sleep(0.1)
-    assert batches(out), log.read_text()
+    assert stored_peers(db) is not None, log.read_text() + (tmp / "ctl.log").read_text()
     run_client(lab, tmp, mode, client_plan(PLAIN))
     run_client(lab, tmp, mode, client_plan(NATTED))
     agent.send_signal(signal.SIGTERM)
     agent.wait(timeout=20)
-    controller.kill()
-    controller.wait(timeout=10)
-    return batches(out), log.read_text()
+    peers = stored_peers(db) or ()
+    controller.send_signal(signal.SIGTERM)
+    controller.wait(timeout=20)
+    return peers, log.read_text()
 
 
 @pytest.mark.parametrize("mode", ["syn", "connect"])
 def test_the_destination_agent_sees_who_reached_it(lab: Lab, tmp_path: Path, mode: str) -> None:
-    sent, log = serve_and_collect(lab, tmp_path, mode)
-    peers = {(p.port, p.src_address, p.how): p for b in sent for p in b.peers}
+    seen, log = serve_and_collect(lab, tmp_path, mode)
+    peers = {(p.port, p.src_address, p.how): p for p in seen}
     syn = {(port, src) for port, src, how in peers if how == "syn"}
     accepted = {(port, src) for port, src, how in peers if how == "accepted"}
     # The host's own input chain dropped these: the SYN reached the interface all the same.
