@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -128,12 +129,17 @@ async def test_answer_size_is_bounded() -> None:
 
 @contextlib.asynccontextmanager
 async def raw_server(answer: bytes | None) -> AsyncIterator[int]:
-    """A port that reads the request head, answers `answer` and closes (None: stays silent)."""
+    """A port that reads the request (head and body), answers `answer` and closes (None:
+    stays silent). The whole request is read first: closing with unread bytes would make the
+    kernel send a reset, and the client would see that instead of the broken answer."""
     writers: set[asyncio.StreamWriter] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.add(writer)
-        await reader.readuntil(b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if length:
+            await reader.readexactly(int(length.group(1)))
         if answer is not None:
             writer.write(answer)
             await writer.drain()
