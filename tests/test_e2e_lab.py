@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,19 @@ RUNS = [(name, "auto") for name in shipped()] + [("diagnosis", "connect")]
 def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
     name, mode = request.param
     with labmod.ready_session(name, PREFIX, STATE, "netns", probe_mode=mode) as running:
+        if _needs_destination_evidence(name):
+            # What a destination saw (peers, captured SYNs) travels in its agent's NEXT batch:
+            # a probe that reached it after it reported its round shows only one round later.
+            assert running.wait_round(time.time(), 6.0, 3 * labmod.LAB_PERIOD_S + 20) == []
         yield running
+
+
+def _needs_destination_evidence(scenario: str) -> bool:
+    """Whether the scenario's diagnosis rests on the destination agent's evidence: NAT (the
+    peers it saw) or a host firewall's drop (the SYN its interface captured)."""
+    scen = yaml.safe_load((REPO / "deploy/lab/scenarios" / f"{scenario}.yaml").read_text())
+    host_rule = any(r.get("at") == "host" for r in scen.get("rules") or [])
+    return bool(scen.get("nat")) or host_rule
 
 
 @pytest.fixture(scope="module")
