@@ -281,17 +281,23 @@ async def report(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in MEDIA_TYPES:
         return _error(400, f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
-    app = request.app
-    refused = tuple(app[REFUSALS].snapshot()[1])
+    doc = await _derived(request.app, *report_slot(request.app, fmt))
+    return _send(request, doc, MEDIA_TYPES[fmt])
+
+
+def report_slot(
+    app: web.Application, fmt: str
+) -> tuple[Hashable, Callable[[Generation], Rendered]]:
+    """The evaluation-cache slot of the report in ``fmt`` as of now, and its maker: rendered
+    once per evaluation (and, for JSON, per list of refused registrations and configuration
+    status: a refused reload shows without a new evaluation), and per version of the request
+    book (the exposure audit). The same slot for :func:`prime` and for readers, so the report
+    the background derives is the one a reader asks for (a different key rendered it twice)."""
+    refused = tuple(app[REFUSALS].snapshot()[1]) if fmt == "json" else ()
     config = app[LIVE].status
-    make = report_maker(app, fmt, refused, config)
-    # Rendered once per evaluation (and, for JSON, per list of refused registrations and
-    # configuration status: a refused reload shows without a new evaluation).
-    # And per version of the request book (the exposure audit).
     book = app[BOOK].version if BOOK in app else 0
     slot = ("report", fmt, refused, config, book) if fmt == "json" else ("report", fmt, book)
-    doc = await _derived(app, slot, make)
-    return _send(request, doc, MEDIA_TYPES[fmt])
+    return slot, report_maker(app, fmt, refused, config)
 
 
 @routes.get("/api/v1/history")
@@ -497,7 +503,7 @@ def prime(app: web.Application) -> None:
     app[EVALUATION].prime(
         (("page", config), page_maker(app, config)),
         (("page-data", config), page_data_maker(app, config)),
-        (("report", "json", (), app[LIVE].status), report_maker(app, "json", (), app[LIVE].status)),
+        report_slot(app, "json"),
         (METRICS_SLOT, evaluation_families(app[EVALUATION])),
     )
 

@@ -389,6 +389,40 @@ async def test_evaluation_is_cached_per_store_version_and_second(
         await client.close()
 
 
+async def test_the_primed_report_is_the_one_readers_get(
+    spec: Spec, inv: Inventory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background derives the JSON report in every generation (prime), under the same
+    slot a reader asks for: each generation renders it once, and a reader never renders it
+    again in its own thread (a different key rendered each generation's report twice)."""
+    from netcheck.controller.render import json_report
+
+    renders: list[float] = []
+    real = json_report.render
+
+    def counted(*args: Any, **kw: Any) -> str:
+        renders.append(time.time())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(json_report, "render", counted)
+    now = [time.time()]
+    app = make_app(spec, inv, tmp_path / "nc.sqlite", TOKEN, clock=lambda: now[0])
+    client = await start(app)
+    try:
+        cache = app[EVALUATION]
+        for _ in range(3):  # the primed generation: rendered once, before any reader
+            assert (await client.get("/api/v1/report?format=json")).status == 200
+        assert (cache.computed, len(renders)) == (1, 1)
+        await client.post("/api/v1/register", json=reg(), headers=AUTH)
+        await client.post("/api/v1/results", json=batch(spec, inv), headers=AUTH)
+        assert (await client.get("/api/v1/gate?mode=deployment")).status == 200  # fresh
+        for _ in range(3):
+            assert (await client.get("/api/v1/report?format=json")).status == 200
+        assert (cache.computed, len(renders)) == (2, 2)
+    finally:
+        await client.close()
+
+
 async def test_a_database_newer_than_the_code_stops_the_start(
     spec: Spec, inv: Inventory, tmp_path: Path
 ) -> None:
