@@ -176,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from netcheck.controller import pki
     from netcheck.controller.app import make_app
-    from netcheck.controller.gctune import tune_gc
+    from netcheck.controller.gctune import tune_gc, tune_switching
 
     if bool(args.pki) == bool(args.insecure_http):
         raise CliError(
@@ -216,7 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reload_signal=True,
         watch_seconds=args.watch_interval,
     )
-    app.on_startup.append(tune_gc)  # process-wide GC thresholds: serving only, not make_app
+    # Process-wide interpreter settings: serving only, not make_app.
+    app.on_startup.extend((tune_gc, tune_switching))
     try:
         web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None)
     except OSError as exc:

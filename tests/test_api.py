@@ -34,7 +34,7 @@ from netcheck.controller import schema
 from netcheck.controller.app import make_app
 from netcheck.controller.appkeys import EVALUATION, LIVE, STORE, WRITER
 from netcheck.controller.expand import expand, expected
-from netcheck.controller.gctune import GC_THRESHOLD, tune_gc
+from netcheck.controller.gctune import GC_THRESHOLD, SWITCH_INTERVAL_S, tune_gc, tune_switching
 from netcheck.controller.inventory import Inventory, load_inventory
 from netcheck.controller.schema import SchemaError
 from netcheck.controller.spec import Spec
@@ -446,9 +446,19 @@ async def test_a_database_newer_than_the_code_stops_the_start(
 async def test_the_app_leaves_the_garbage_collector_alone(
     client: TestClient[web.Request, web.Application],
 ) -> None:
-    before = gc.get_threshold()
+    before = gc.get_threshold(), sys.getswitchinterval()
     assert (await client.get("/healthz")).status == 200
-    assert gc.get_threshold() == before
+    assert (gc.get_threshold(), sys.getswitchinterval()) == before
+
+
+async def test_tune_switching_shortens_the_switch_interval() -> None:
+    before = sys.getswitchinterval()
+    try:
+        await tune_switching(web.Application())
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        assert before > SWITCH_INTERVAL_S
+    finally:
+        sys.setswitchinterval(before)
 
 
 async def test_tune_gc_raises_the_young_threshold() -> None:

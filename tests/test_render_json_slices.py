@@ -1,5 +1,5 @@
-"""The API's compact JSON report is encoded in slices (the C encoder holds the interpreter
-lock for a whole call): the text is exactly json.dumps' text."""
+"""The API's compact JSON report is encoded in many short calls (the C encoder holds the
+interpreter lock for a whole call): the text is exactly json.dumps' text."""
 
 from __future__ import annotations
 
@@ -23,7 +23,22 @@ def test_the_sliced_report_is_the_same_text(monkeypatch: pytest.MonkeyPatch, sli
     assert len(json.loads(whole)["checks"]) == 175
 
 
-def test_a_string_like_the_marker_stays_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(json_report, "SLICE", 2)
-    data = {"checks": [{"n": i, "s": '\x00"checks"\x00'} for i in range(5)], "x": "\x00"}
-    assert json_report.sliced_dumps(data, "checks") == json.dumps(data)
+@pytest.mark.parametrize("slice_", [1, 2, 3, 100])
+def test_any_json_document_is_the_same_text(monkeypatch: pytest.MonkeyPatch, slice_: int) -> None:
+    """Every shape the report has: nested dicts and lists, long lists inside short ones (a
+    gate's blocking checks), empty ones, tuples, keys that are not strings, odd strings."""
+    monkeypatch.setattr(json_report, "SLICE", slice_)
+    monkeypatch.setattr(json_report, "_SHORT", 2)
+    data = {
+        "checks": [{"n": i, "s": '\x00"checks"\x00', "t": (i, None)} for i in range(5)],
+        "gates": [{"blocking": [{"k": j} for j in range(7)], "e": []}, {"m": {}}],
+        1: True,
+        2.5: [1.5, -0.0, 1e300, "é\u2028"],
+        False: {"": ""},
+        None: [[[]], [[1, 2, 3]]],
+        "x": "\x00",
+    }
+    assert json_report.chunked_dumps(data) == json.dumps(data)
+    leaves: list[object] = [[], {}, [1] * 9, "s", 3, None]
+    for leaf in leaves:
+        assert json_report.chunked_dumps(leaf) == json.dumps(leaf)

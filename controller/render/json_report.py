@@ -6,7 +6,6 @@ Add fields, never rename or remove them; bump ``SCHEMA_VERSION`` only for a brea
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -242,26 +241,50 @@ def render(
     data; what the API serves: the C encoder, several times faster on a big site)."""
     data = report_dict(spec, ev, gates, refused_registrations, config, exposure)
     if compact:
-        return sliced_dumps(data, "checks") + "\n"
+        return chunked_dumps(data) + "\n"
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 SLICE = 2_000  # list items per call of the C encoder (a few ms each)
+_SHORT = 64  # a list this short is walked item by item (a gate's blocking list is inside one)
 
 
-def sliced_dumps(data: dict[str, Any], key: str) -> str:
-    """``json.dumps(data)``, the same text, with the list ``data[key]`` encoded ``SLICE``
-    items at a time: the C encoder holds the interpreter lock for a whole call, and one call
-    over a big site's checks (150 MB of JSON) held every other thread, the event loop
-    answering readers and agents included, for seconds."""
-    items = data[key]
-    if len(items) <= SLICE:
-        return json.dumps(data)
-    marker = f"\x00{secrets.token_hex(8)}\x00"
-    before, after = json.dumps({**data, key: marker}).split(json.dumps(marker), 1)
-    parts = [before, "["]
-    for i in range(0, len(items), SLICE):
-        parts += [json.dumps(items[i : i + SLICE])[1:-1], ", "]
-    parts[-1] = "]"
-    parts.append(after)
+def chunked_dumps(data: Any) -> str:
+    """``json.dumps(data)``, the same text, made of many short calls of the C encoder: it
+    holds the interpreter lock for a whole call, and one call over a big site's report (150 MB
+    of JSON: checks, and every gate's blocking checks) held every other thread, the event loop
+    answering readers and agents included, for seconds. Dicts, and lists of up to
+    :data:`_SHORT` items, are walked; a longer list is encoded :data:`SLICE` items at a time."""
+    parts: list[str] = []
+    _chunks(data, parts)
     return "".join(parts)
+
+
+def _key(k: Any) -> str:
+    """A dict key as json.dumps writes it (a number or a boolean becomes a string)."""
+    return json.dumps(k) if isinstance(k, str) else json.dumps({k: None})[1:-7]
+
+
+def _chunks(o: Any, out: list[str]) -> None:
+    if isinstance(o, dict) and o:
+        sep = "{"
+        for k, v in o.items():
+            out += [sep, _key(k), ": "]
+            _chunks(v, out)
+            sep = ", "
+        out.append("}")
+    elif isinstance(o, list | tuple) and len(o) > _SHORT:
+        sep = "["
+        for i in range(0, len(o), SLICE):
+            out += [sep, json.dumps(list(o[i : i + SLICE]))[1:-1]]
+            sep = ", "
+        out.append("]")
+    elif isinstance(o, list | tuple) and o:
+        sep = "["
+        for v in o:
+            out.append(sep)
+            _chunks(v, out)
+            sep = ", "
+        out.append("]")
+    else:
+        out.append(json.dumps(o))
