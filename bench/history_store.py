@@ -1,13 +1,13 @@
 """``python -m bench.history_store``: what history costs the store's writer, in process.
 
-The ingest section's load (1,000 PIO agents x 60 checks, every round half the checks change
-state: its ``batch_body`` pattern) and a steady one (every check open every round), written
-with :meth:`Store.ingest_group` in groups of 300 batches (18,000 results, below the writer's
-``GROUP_RESULTS``) to a real SQLite file (WAL, synchronous=FULL), with history off
-(:meth:`Store.set_expected`: ids only) and on (:meth:`Store.expect`), alternately in the same
-process. Figures are results per second of the writer thread's CPU time (``process_time``:
-the store runs in this one thread), so other load on the machine moves them less than wall
-time; each round separately (round 1: every check is new).
+The ingest section's churn load (1,000 PIO agents x 60 checks, every round half the checks
+change state: ``batch_body(..., churn=True)``) and a steady one (every check open every
+round), written with :meth:`Store.ingest_group` in groups of 300 batches (18,000 results,
+below the writer's ``GROUP_RESULTS``) to a real SQLite file (WAL, synchronous=FULL), with
+history off (:meth:`Store.set_expected`: ids only) and on (:meth:`Store.expect`),
+alternately in the same process. Figures are results per second of the writer thread's CPU
+time (``process_time``: the store runs in this one thread), so other load on the machine
+moves them less than wall time; each round separately (round 1: every check is new).
 """
 
 from __future__ import annotations
