@@ -16,7 +16,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from cryptography import x509
@@ -50,7 +50,7 @@ from netcheck.controller.ingest import (
     parse_registration,
 )
 from netcheck.controller.limits import MAX_BODY
-from netcheck.controller.metrics import METRICS_SLOT, evaluation_families
+from netcheck.controller.metrics import METRICS_TEXT_SLOT, evaluation_text
 from netcheck.controller.model import Evaluation
 from netcheck.controller.refusals import Denied, RefusedRegistration
 from netcheck.controller.reload import ConfigStatus
@@ -77,6 +77,7 @@ log = logging.getLogger("netcheck.controller")
 # library's newest default is, so every Prometheus version parses it the same way.
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 routes = web.RouteTableDef()
+T = TypeVar("T")
 
 
 async def current_evaluation(app: web.Application) -> Evaluation:
@@ -228,9 +229,7 @@ def _send(request: web.Request, doc: Rendered, content_type: str) -> web.Respons
     return resp
 
 
-async def _derived(
-    app: web.Application, slot: Hashable, make: Callable[[Generation], Rendered]
-) -> Rendered:
+async def _derived(app: web.Application, slot: Hashable, make: Callable[[Generation], T]) -> T:
     """A rendered document: a lookup on the event loop when it is ready (no thread hop, so a
     reader is not queued behind a burst of batches), else rendered in a worker thread."""
     cache = app[EVALUATION]
@@ -490,9 +489,22 @@ async def page_role(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    data = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
-    resp = web.Response(body=data)
+    """The evaluation's families as written once per evaluation, then what changes between
+    evaluations (agents' ages, counters, refusals, the configuration), gzip-compressed when
+    the scraper accepts it (Prometheus does)."""
+    app = request.app
+    evaluated = await _derived(app, METRICS_TEXT_SLOT, evaluation_text(app[EVALUATION]))
+    zipped = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+
+    def body() -> bytes:  # one thread hop for both
+        text = evaluated + generate_latest(app[REGISTRY])
+        return gzip.compress(text, GZIP_LEVEL, mtime=0) if zipped else text
+
+    resp = web.Response(body=await asyncio.to_thread(body))
     resp.headers["Content-Type"] = METRICS_TYPE
+    resp.headers["Vary"] = "Accept-Encoding"
+    if zipped:
+        resp.headers["Content-Encoding"] = "gzip"
     return resp
 
 
@@ -504,7 +516,7 @@ def prime(app: web.Application) -> None:
         (("page", config), page_maker(app, config)),
         (("page-data", config), page_data_maker(app, config)),
         report_slot(app, "json"),
-        (METRICS_SLOT, evaluation_families(app[EVALUATION])),
+        (METRICS_TEXT_SLOT, evaluation_text(app[EVALUATION])),
     )
 
 

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 from subprocess import PIPE, STDOUT
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -21,6 +22,7 @@ from netcheck.agent.wire import (
     encode,
 )
 from netcheck.controller.app import make_app
+from netcheck.controller.appkeys import EVALUATION
 from netcheck.controller.evaluate import evaluate
 from netcheck.controller.expand import expand, expected
 from netcheck.controller.inventory import load_inventory
@@ -172,6 +174,57 @@ async def test_metrics_follow_the_evaluation(tmp_path: Path) -> None:
     )
     out, _ = await asyncio.wait_for(proc.communicate(text.encode()), 30)
     assert proc.returncode == 0, out.decode()
+
+
+async def test_the_evaluation_is_written_once_per_generation_and_sent_gzipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluation's families become text once per evaluation, by the background (primed),
+    never in a scrape; a scraper that accepts gzip (Prometheus does) gets the same text
+    compressed, with the agents' ages as of its own scrape."""
+    import gzip
+
+    from netcheck.controller import metrics
+
+    written: list[int] = []
+    real = metrics.exposition
+
+    def counted(families: Any) -> bytes:
+        out = real(families)
+        written.append(len(out))
+        return out
+
+    monkeypatch.setattr(metrics, "exposition", counted)
+    spec = load_spec(REPO / "topology.yaml")
+    inv = load_inventory(REPO / "inventory.example.yaml", spec)
+    now = [time.time()]
+    app = make_app(spec, inv, tmp_path / "m.sqlite", TOKEN, clock=lambda: now[0])
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        reg = Registration("pio", "pio-1", "198.18.1.10", "0.1", "connect")
+        assert (await client.post("/api/v1/register", json=encode(reg), headers=AUTH)).ok
+        plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in plain.headers
+        text = await plain.text()
+        zipped = await client.get(
+            "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+        )
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        assert zipped.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        unzipped = gzip.decompress(await zipped.read()).decode()
+        cache = app[EVALUATION]
+        assert len(written) == cache.computed  # once per generation (primed, then this one)
+        for _ in range(3):
+            assert (await client.get("/metrics")).status == 200
+        assert len(written) == cache.computed  # more scrapes, no new write: nothing new
+    finally:
+        await client.close()
+    assert "netcheck_checks{" in text and "netcheck_results_ingested_total" in text
+    # The same families in both (the age of the agent differs between the two scrapes).
+    assert [f.name for f in text_string_to_metric_families(unzipped)] == [
+        f.name for f in text_string_to_metric_families(text)
+    ]
 
 
 def test_gate_state_tells_go_no_go_and_undecided_apart() -> None:
