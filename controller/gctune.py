@@ -31,10 +31,11 @@ async def tune_gc(_app: web.Application) -> None:
 # with the evaluation thread, which computes and renders a big site's evaluation for seconds.
 # A thread that gave the lock up (every socket read or write, every SQLite statement) gets it
 # back only once the holder is asked to let go, after the switch interval: at the default
-# 5 ms, a post's few hand-overs cost tens of milliseconds, and while the evaluation ran,
-# posts spread over 5 s from 1,000 agents took p50 1.7 s (bench, mutual TLS); at 0.5 ms,
-# about 40 ms.
-SWITCH_INTERVAL_S = 0.0005
+# 5 ms, a post's few hand-overs cost tens of milliseconds, and while the evaluation ran, posts
+# spread over 5 s from 1,000 agents took p50 1.7 s (bench, mutual TLS). At 0.5 ms: p50 40 ms,
+# p99 58-173 ms; at 0.1 ms: p99 14 ms, with the same ingest rate (python -m bench --only
+# ingest, back to back).
+SWITCH_INTERVAL_S = 0.0001
 
 
 async def tune_switching(_app: web.Application) -> None:
