@@ -309,8 +309,11 @@ class Store:
         self.version = 0  # bumped after every commit
         self._ckpt: sqlite3.Connection | None = None
         self._ckpt_lock = threading.Lock()
-        self._reader: sqlite3.Connection | None = None
-        self._rlock = threading.Lock()
+        # Two read-only connections, each for one read at a time: one for evaluation's long
+        # reads (a snapshot of a big site takes seconds), one for small ones (counters, the
+        # health figures) that a scrape or /healthz must not queue behind a snapshot.
+        self._readers: dict[bool, sqlite3.Connection] = {}
+        self._rlocks = {False: threading.Lock(), True: threading.Lock()}
         self._expected: frozenset[str] | None = None
         self._expired_at = 0.0  # when unexpected results were last expired
         self._recorder: history.Recorder | None = None  # from the first expect()
@@ -354,32 +357,34 @@ class Store:
             self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The read-only connection (opened at first use), for one read at a time.
+    def _reading(self, small: bool = False) -> Iterator[sqlite3.Connection]:
+        """A read-only connection (opened at first use), for one read at a time: the one for
+        ``small`` reads, or the one for the others.
 
         A database in memory has no second connection: reads share the writer's."""
         if self.path == ":memory:":
             with self._lock:
                 yield self._conn
             return
-        with self._rlock:
-            if self._reader is None:
+        with self._rlocks[small]:
+            conn = self._readers.get(small)
+            if conn is None:
                 uri = "file:" + urllib.parse.quote(str(Path(self.path).resolve())) + "?mode=ro"
-                self._reader = sqlite3.connect(
-                    uri, uri=True, check_same_thread=False, isolation_level=None
-                )
-                self._reader.execute("PRAGMA busy_timeout=5000")
-            yield self._reader
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA busy_timeout=5000")
+                self._readers[small] = conn
+            yield conn
 
     def close(self) -> None:
         with self._ckpt_lock:
             if self._ckpt is not None:
                 self._ckpt.close()
                 self._ckpt = None
-        with self._rlock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+        for small, lock in self._rlocks.items():
+            with lock:
+                conn = self._readers.pop(small, None)
+                if conn is not None:
+                    conn.close()
         with self._lock:
             self._conn.close()
 
@@ -490,8 +495,8 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self._reading() as c:
+    def _all(self, sql: str, args: tuple[Any, ...] = (), small: bool = False) -> list[Any]:
+        with self._reading(small) as c:
             return c.execute(sql, args).fetchall()
 
     def agents(self) -> list[AgentSeen]:
@@ -567,14 +572,14 @@ class Store:
             return read_facts(c)
 
     def counters(self) -> dict[str, float]:
-        return dict(self._all("SELECT name, value FROM counters"))
+        return dict(self._all("SELECT name, value FROM counters", small=True))
 
     def ping(self) -> None:
         """One read through the read-only connection (readiness); sqlite3.Error if it fails."""
-        self._all("SELECT 1 FROM counters LIMIT 1")
+        self._all("SELECT 1 FROM counters LIMIT 1", small=True)
 
     def stats(self) -> dict[str, Any]:
         """Small facts for /healthz."""
-        (n,) = self._all("SELECT count(*) FROM results")[0]
-        (a,) = self._all("SELECT count(*) FROM agents")[0]
+        (n,) = self._all("SELECT count(*) FROM results", small=True)[0]
+        (a,) = self._all("SELECT count(*) FROM agents", small=True)[0]
         return {"results": n, "agents": a}

@@ -69,7 +69,7 @@ def test_a_reader_waits_at_most_wait_s_then_gets_the_previous_one(tmp_path: Path
     previous = cache.get()
     _write(store, cache, clock[0])
     answers: list[object] = []
-    with store._rlock:  # the background computation cannot read the store meanwhile
+    with store._rlocks[False]:  # the background computation cannot read the store meanwhile
         t0 = time.monotonic()
         assert cache.get() is previous  # answered after the bounded wait
         assert 0.15 <= time.monotonic() - t0 < 2.0
@@ -171,7 +171,7 @@ def test_a_slow_sites_reader_does_not_wait_at_all(tmp_path: Path) -> None:
     assert cache.derived(("n",), lambda g: len(g.ev.rows)) > 0
     previous = cache.get()
     _write(store, cache, clock[0])
-    with store._rlock:  # the new computation is held up
+    with store._rlocks[False]:  # the new computation is held up
         t0 = time.monotonic()
         assert cache.get() is previous
         assert cache.ready(("n",), lambda g: -1) == len(previous.rows)
@@ -186,7 +186,7 @@ def test_a_fresh_reader_sees_every_write_made_before_it_asked(tmp_path: Path) ->
     previous = cache.get()
     _write(store, cache, clock[0])
     answers: list[object] = []
-    with store._rlock:  # the new generation cannot be computed yet
+    with store._rlocks[False]:  # the new generation cannot be computed yet
         assert cache.get() is previous  # an ordinary reader: the previous one, after the wait
         reader = threading.Thread(target=lambda: answers.append(cache.get(fresh=True)))
         reader.start()
