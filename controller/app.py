@@ -152,7 +152,7 @@ async def _collector_ctx(app: web.Application) -> AsyncIterator[None]:
         plan_fetched=app[LIVE].plan_fetched,
     )
     app[EVALUATION] = cache
-    collector = StoreCollector(site.spec, site.inventory, store, cache, clock)
+    collector = StoreCollector(store, cache, clock)
     app[REGISTRY].register(collector)
     refused = RefusalCollector(app[REFUSALS])
     app[REGISTRY].register(refused)

@@ -409,6 +409,12 @@ class EvaluationCache:
     def get(self, fresh: bool = False) -> Evaluation:
         return self.generation(fresh).ev
 
+    def latest(self) -> Generation | None:
+        """The newest generation computed, whatever its age, without waiting or asking for a
+        new one (None before the first): for what may run on the event loop."""
+        with self._cond:
+            return self._gen
+
     def derived(self, slot: Hashable, make: Callable[[Generation], T]) -> T:
         """``make(generation)`` for the current generation, computed once per generation.
 
