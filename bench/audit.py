@@ -181,9 +181,14 @@ def warm_rounds(
         mark = time.time()
         for r in range(cfg.repeats + 1):  # the first complete round is a warm-up
             deadline = time.monotonic() + 10 * WARM_PERIOD_S + 30
+            # Each host's round as first seen: a later poll could pair its results with the
+            # commit of a later batch (an agent's next round starts with one), 3 s late.
+            rounds: dict[str, tuple[float, float, float]] = {}
             while time.monotonic() < deadline:
-                rounds = _rounds(store)
-                if probing <= set(rounds) and all(rounds[h][0] > mark for h in probing):
+                for h, seen in _rounds(store).items():
+                    if h in probing and h not in rounds and seen[0] > mark:
+                        rounds[h] = seen
+                if probing <= set(rounds):
                     break
                 time.sleep(cfg.poll_s)
             else:
@@ -448,7 +453,8 @@ def _section(
         f"run `netcheck-agent serve` (plan period {WARM_PERIOD_S:g} s) and hold their "
         "listeners; for each round, the slowest agent's time from its first probe start to "
         "the controller's commit of its batch (the newest results' `started_at` and the "
-        "agent's `last_report`, read through the store's Python API); after a warm-up "
+        "agent's `last_report`, read through the store's Python API, each host's round as "
+        "first seen, before its next batch moves `last_report`); after a warm-up "
         "round, median of "
         f"{len(warm_walls)}. **Cold**: every agent `serve --once --settle {COLD_SETTLE_S:g} "
         f"--linger {COLD_LINGER_S:g}` launched at the same moment (each holds its listeners, "
