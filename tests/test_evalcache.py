@@ -64,6 +64,20 @@ def test_recomputed_once_per_version_and_bucket(tmp_path: Path) -> None:
     store.close()
 
 
+def test_latest_never_waits_nor_asks_for_a_generation(tmp_path: Path) -> None:
+    """What the event loop may call (the scrape's ages): the newest generation as it is."""
+    cache, store, clock = _site(tmp_path)
+    assert cache.latest() is None and cache.computed == 0  # nothing computed, none started
+    first = cache.generation()
+    _write(store, cache, clock[0])
+    clock[0] += 1.5
+    assert cache.latest() is first  # older than the store and the clock: still no new one
+    time.sleep(0.2)
+    assert cache.computed == 1
+    assert cache.generation() is not first and cache.latest() is not first
+    store.close()
+
+
 def test_a_reader_waits_at_most_wait_s_then_gets_the_previous_one(tmp_path: Path) -> None:
     cache, store, clock = _site(tmp_path, wait_s=0.2)
     previous = cache.get()
