@@ -275,7 +275,13 @@ async def test_the_live_page_on_the_controller(
             await port.wait_for()
             assert "11 ports" in await port.inner_text()
             await row.click()
-            await pg.locator("#details .timeline").wait_for()
+            # The check's own history (the interaction's, asked for by the first click, may
+            # answer after it: the page drops that older answer).
+            await pg.locator(
+                "#details .timeline h3", has_text="History of 4:pio-1>prem-mgr:8000"
+            ).wait_for()
+            await pg.wait_for_timeout(300)  # an older answer arriving now must not replace it
+            assert "prem-mgr:8000" in await pg.locator("#details .timeline h3").inner_text()
             lanes = pg.locator("#details .timeline .lane .outage.open")
             assert await lanes.count() == 1  # failing since the batch: one open outage
         finally:

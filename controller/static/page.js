@@ -373,6 +373,7 @@
     return box;
   }
 
+  let historyAsked = 0; // the newest history asked for: an older answer arriving later is dropped
   async function showHistory() {
     const slot = document.getElementById("history");
     if (!slot || !live || !links.history) return;
@@ -380,11 +381,14 @@
     if (picked) { query = "check=" + encodeURIComponent(picked); title = "History of " + picked; }
     else if (selected && selected.kind === "edge") { query = "interaction=" + encodeURIComponent(selected.key); title = "History of interaction " + selected.key; }
     else return;
+    const mine = ++historyAsked;
     try {
       const h = await getJSON(links.history + "?" + query);
+      if (mine !== historyAsked) return;
       const now = document.getElementById("history");
       if (now) now.replaceChildren(timeline(h, title));
     } catch (err) {
+      if (mine !== historyAsked) return;
       const now = document.getElementById("history");
       if (now) now.replaceChildren(el("p", { class: "muted" }, err.status === 404 ? "no history on this controller" : "history not available (" + err.message + ")"));
     }
