@@ -9,8 +9,6 @@ SQLite file has its results (sent by its certificate) and its facts, the JSON re
 VM as reporting, and `gate --vm` judges the guest's own OS.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -23,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,10 +38,31 @@ hosts:
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
 
 
+def _run(argv: "list[str]", **kw: Any) -> "subprocess.CompletedProcess[str]":
+    """``argv`` run with its output captured as text. Written for the oldest Python a guest
+    ships (3.6: no ``capture_output``, no ``text``), like the guest's own code."""
+    return subprocess.run(  # noqa: UP022
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,  # noqa: UP021
+        **kw,
+    )
+
+
+def _guest_command(pyz: Path) -> "tuple[list[str], tuple[str, ...], dict[str, str]]":
+    """How a guest runs the archive (its system python3, isolated, no site-packages), as
+    cloud-vm-1, in a bare environment."""
+    guest = [SYSTEM_PYTHON, "-I", "-S", str(pyz)]
+    ident = ("--role", "cloud_vm", "--host", "cloud-vm-1")
+    genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    return guest, ident, genv
+
+
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return _run(
         [sys.executable, "-m", "netcheck.controller", *argv],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO, env=ENV, timeout=60, check=False,
     )  # fmt: skip
 
 
@@ -86,9 +106,9 @@ def controller(tmp_path: Path) -> Iterator[tuple[str, Path, Path, Path]]:
 def _guest_and_token(tmp_path: Path, db: Path, inv: Path) -> tuple[Path, Path]:
     """The guest archive, built, and a join token for cloud-vm-1 in a file (0600)."""
     pyz = tmp_path / "netcheck-guest.pyz"
-    subprocess.run(
+    _run(
         [sys.executable, str(REPO / "deploy/zipapp/build.py"), "--guest", "--out", str(pyz)],
-        check=True, capture_output=True, timeout=60,
+        check=True, timeout=60,
     )  # fmt: skip
     spec_args = ("--topology", str(REPO / "topology.yaml"), "--inventory", str(inv))
     out = cli("enrol", "--db", str(db), *spec_args, "--role", "cloud_vm", "--host", "cloud-vm-1")
@@ -107,20 +127,18 @@ def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
     pyz, token_file = _guest_and_token(tmp_path, db, inv)
     spec_args = ("--topology", str(REPO / "topology.yaml"), "--inventory", str(inv))
     state = tmp_path / "state"
-    guest = [SYSTEM_PYTHON, "-I", "-S", str(pyz)]
-    ident = ("--role", "cloud_vm", "--host", "cloud-vm-1")
-    genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    done = subprocess.run(
+    guest, ident, genv = _guest_command(pyz)
+    done = _run(
         [*guest, "enrol", "--controller", url, "--ca", str(ca), "--join-token-file",
          str(token_file), "--state-dir", str(state), *ident],
-        capture_output=True, text=True, timeout=60, env=genv, check=False,
+        timeout=60, env=genv, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (state / "agent.pem").stat().st_mode & 0o077 == 0
-    done = subprocess.run(
+    done = _run(
         [*guest, "serve", "--controller", url, "--state-dir", str(state), *ident,
          "--address", "127.0.0.1", "--once"],
-        capture_output=True, text=True, timeout=120, env=genv, check=False,
+        timeout=120, env=genv, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     with closing(sqlite3.connect(db)) as c:
@@ -141,7 +159,7 @@ def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
     assert sorted(p for p, _ in listeners) == [9001, 9002]
     assert "os.name" in facts and "boot.matrix" in facts and "net.static_ip" in facts
     here = json.loads(
-        subprocess.run([*guest, "facts", "--json"], capture_output=True, text=True,
+        _run([*guest, "facts", "--json"],
                        timeout=60, env=genv, check=True).stdout
     )["facts"]  # fmt: skip
     assert json.loads(facts["os.name"]) == next(f["value"] for f in here if f["name"] == "os.name")
@@ -164,14 +182,12 @@ def test_the_guest_serves_until_sigterm_then_reports_its_listeners_closed(
 ) -> None:
     url, ca, db, inv = controller
     pyz, token_file = _guest_and_token(tmp_path, db, inv)
-    guest = [SYSTEM_PYTHON, "-I", "-S", str(pyz)]
-    ident = ("--role", "cloud_vm", "--host", "cloud-vm-1")
-    genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    guest, ident, genv = _guest_command(pyz)
     state = tmp_path / "state"
-    subprocess.run(
+    _run(
         [*guest, "enrol", "--controller", url, "--ca", str(ca), "--join-token-file",
          str(token_file), "--state-dir", str(state), *ident],
-        capture_output=True, timeout=60, env=genv, check=True,
+        timeout=60, env=genv, check=True,
     )  # fmt: skip
     proc = subprocess.Popen(
         [*guest, "serve", "--controller", url, "--state-dir", str(state), *ident,
