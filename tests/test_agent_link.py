@@ -46,6 +46,18 @@ def free_port(addr: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, addr: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free ports: their sockets are held until all are chosen."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((addr, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def write_site(
     tmp_path: Path,
     pio_flows: list[tuple[int, str]],
@@ -293,7 +305,8 @@ async def test_a_server_error_keeps_the_results_for_later() -> None:
 
 def agent_site(tmp_path: Path, period_s: float = 300) -> tuple[Controller, list[int]]:
     """pio-1 holds an ssh and a tls port and probes them, and a port of vc-1 (refused)."""
-    ports = [free_port(AGENT_ADDR), free_port(AGENT_ADDR), free_port(VC_ADDR)]
+    # held together while chosen: two free_port() calls in a row can give the same port
+    ports = [*free_ports(2, AGENT_ADDR), free_port(VC_ADDR)]
     site = write_site(tmp_path, [(ports[0], "ssh"), (ports[1], "tls")], ports[2], period_s=period_s)
     return Controller(tmp_path, *site), ports
 

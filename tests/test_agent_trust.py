@@ -14,7 +14,6 @@ import dataclasses
 import datetime
 import os
 import signal
-import socket
 import sqlite3
 import stat
 import sys
@@ -29,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from test_agent_link import free_ports
 from test_enrol import HOSTS, Controller, make_app
 
 from netcheck.agent import enrol as agent_enrol
@@ -50,17 +50,6 @@ IDENT = ("--role", ROLE, "--host", HOST)
 needs_openssl = pytest.mark.skipif(
     not any((Path(d) / "openssl").exists() for d in os.get_exec_path()), reason="no openssl"
 )
-
-
-def free_ports(n: int, addr: str = "127.0.0.1") -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((addr, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def self_probing_plan(ports: list[int], period_s: float = 300.0) -> Plan:
