@@ -187,6 +187,7 @@ async def run_offline(
         if listen:
             await listeners.reconcile(plan.listen)
         results = await run_plan(plan, mode)
+        until = time.time()
         return ResultBatch(
             role=plan.role,
             host=plan.host,
@@ -194,6 +195,7 @@ async def run_offline(
             listeners=listeners.statuses(),
             peers=listeners.take_peers(),
             sent_at=time.time(),
+            peers_until=until,
         )
     finally:
         await listeners.close()

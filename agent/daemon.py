@@ -427,6 +427,8 @@ async def serve(cfg: DaemonConfig, transport: Transport | None = None) -> int:
             cert = StandinCert(cfg.host or socket.gethostname())
             listeners = ListenerSet(cfg.bind, cert.server_context())
             state.listeners = listeners
+            # Every batch carries the peers seen up to the moment it is built (peers_until).
+            link.peer_source = listeners.take_peers
             # The SYNs that reach this host for its planned ports go to the same peer log.
             watcher = SynWatcher(listeners.saw_syn)
             wake = asyncio.Event()

@@ -166,6 +166,9 @@ class Link:
         # `on_requests`; reports wait in `_reports` until the controller took them.
         self.on_requests: Callable[[list[AgentRequest]], None] | None = None
         self._reports: list[RequestReport] = []
+        # The listeners' peer log (ListenerSet.take_peers): taken into the spool as each batch
+        # is built, so the batch can say up to when its peers are complete (peers_until).
+        self.peer_source: Callable[[], Iterable[PeerSeen]] | None = None
 
     @property
     def buffered(self) -> int:
@@ -282,8 +285,14 @@ class Link:
                 await self._send_one()
 
     async def _send_one(self) -> None:
+        until = 0.0
+        if self.peer_source is not None:
+            until = time.time()  # every peer seen before now is taken, below
+            self.add(peers=self.peer_source())
         rows = self.spool.oldest("result", self.batch_size)
         peer_rows = self.spool.oldest("peer", self.batch_size)
+        if self.spool.count("peer") > len(peer_rows):
+            until = 0.0  # older peers than this batch's wait for the next ones: incomplete
         results, peers = _decode_rows(ProbeResult, rows), _decode_rows(PeerSeen, peer_rows)
         unreadable = Counter(
             {"result": len(rows) - len(results), "peer": len(peer_rows) - len(peers)}
@@ -295,6 +304,7 @@ class Link:
             listeners=self._listeners,
             peers=tuple(peers),
             sent_at=time.time(),
+            peers_until=until,
             dropped=self.dropped_unsent,
         )
         status, body = await self._post_batch(batch)  # an exception: nothing was removed

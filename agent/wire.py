@@ -323,6 +323,9 @@ class ResultBatch:
     listeners: Annotated[tuple[ListenerStatus, ...], Limit(max_length=MAX_BATCH_LISTENERS)] = ()
     peers: Annotated[tuple[PeerSeen, ...], Limit(max_length=MAX_BATCH_PEERS)] = ()
     sent_at: float = 0.0
+    # Every peer this agent saw (accepted, or its SYN captured) before this time is in this
+    # batch or an earlier one: what its silence about a source means (0: not stated).
+    peers_until: float = 0.0
     # Results the agent had to drop because its buffer was full while the controller was away.
     dropped: Dropped = 0
     wire_version: WireVersion = WIRE_VERSION

@@ -43,6 +43,7 @@ from netcheck.controller import interconnect
 from netcheck.controller.expand import Expected, ExpectedCheck
 from netcheck.controller.model import (
     Cause,
+    CheckHistory,
     CheckRow,
     Device,
     Evaluation,
@@ -87,9 +88,12 @@ class _Context:
     capture_hosts: frozenset[str] = frozenset()
     # host -> every (port, source address) it saw, accepted or SYN (fresh): NAT per host pair.
     seen_at: Mapping[str, frozenset[tuple[int, str]]] = field(default_factory=dict)
-    last_report: Mapping[str, float] = field(default_factory=dict)  # host -> its agent's
+    # host -> up to when its agent's peers are all reported (AgentSeen.peers_until)
+    peers_until: Mapping[str, float] = field(default_factory=dict)
     names: Mapping[str, str] = field(default_factory=dict)  # device address -> name
     probe_timeout: float = 0.0
+    # check id -> its history in brief (the last change of its state: _stand_in_since)
+    history: Mapping[str, CheckHistory] = field(default_factory=dict)
 
 
 def newest_by_check(results: Iterable[ProbeResult]) -> dict[str, ProbeResult]:
@@ -232,8 +236,9 @@ class _Arrival:
     """What the destination's capture says about this check's SYN.
 
     ``state``: "arrived" (a SYN from the source's address), "nat" (SYNs only from other
-    addresses), "missing" (the destination captures and reported after the probe, and saw no
-    SYN for it), "unknown" (no capture there, or no report since the probe).
+    addresses), "missing" (the destination captures, its peers are reported up to past the
+    probe, and it saw no SYN for it), "unknown" (no capture there, or its peers are not known
+    that far: a batch built before the SYN arrived says nothing of it).
     """
 
     state: Literal["arrived", "nat", "missing", "unknown"]
@@ -243,7 +248,15 @@ class _Arrival:
 
 def _arrival(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Arrival:
     key = (check.spec.dst_host, check.spec.port)
+    until = ctx.peers_until.get(check.spec.dst_host)
+    covered = (
+        check.spec.dst_host in ctx.capture_hosts
+        and until is not None
+        and until >= r.started_at + ctx.probe_timeout
+    )
     since = r.started_at - LISTEN_TOLERANCE_S
+    if not covered:
+        since = _stand_in_since(check, r, ctx, since)
     syns = [p for p in ctx.syns.get(key, ()) if p.at >= since]
     mine = [p for p in syns if p.src_address == check.src_address]
     if mine:
@@ -253,14 +266,24 @@ def _arrival(check: ExpectedCheck, r: ProbeResult, ctx: _Context) -> _Arrival:
     if others:
         hops = hops_of_ttl(next(p.ttl for p in syns if p.src_address == others[0]))
         return _Arrival("nat", hops, others)
-    reported = ctx.last_report.get(check.spec.dst_host)
-    if (
-        check.spec.dst_host in ctx.capture_hosts
-        and reported is not None
-        and reported >= r.started_at + ctx.probe_timeout
-    ):
-        return _Arrival("missing")
-    return _Arrival("unknown")
+    # Silence is evidence only once the destination's capture is reported past the probe
+    # (not merely a later batch: one built before the SYN arrived says nothing of it).
+    return _Arrival("missing" if covered else "unknown")
+
+
+def _stand_in_since(check: ExpectedCheck, r: ProbeResult, ctx: _Context, since: float) -> float:
+    """Before the destination reports its capture past the newest probe (up to a round
+    later), the SYNs of the probes before it stand in, as far back as they saw the same: the
+    check's verdict, state and cause unchanged since (its history's last change), so the
+    diagnosis does not flip each round. Without history, none stand in.
+
+    What this cannot tell: a drop that moved from the host to the network with the state
+    unchanged (still ``filtered``) reads "host" again between the first probe whose silence
+    is reported and its next, until the older SYNs leave the freshness window."""
+    h = ctx.history.get(check.spec.check_id)
+    if h is None or h.last_change > r.started_at:
+        return since
+    return min(since, h.last_change - LISTEN_TOLERANCE_S)
 
 
 def _device(
@@ -574,9 +597,10 @@ def evaluate(spec: Spec, expected: Expected, observed: Observed, now: float) -> 
         syns={k: tuple(v) for k, v in syns.items()},
         capture_hosts=frozenset(h for h, _ in syns),
         seen_at={h: frozenset(v) for h, v in seen_at.items()},
-        last_report={a.host: a.last_report for a in observed.agents if a.last_report},
+        peers_until={a.host: a.peers_until for a in observed.agents if a.peers_until},
         names=expected.devices,
         probe_timeout=spec.policy.probe_timeout_seconds,
+        history=observed.history,
     )
     rows = tuple(judge(c, newest.get(c.spec.check_id), ctx) for c in checks)
     known = {c.spec.check_id for c in checks}

@@ -5,11 +5,12 @@
   (``agent.wire``'s Limits section, ``MAX_BATCH_*``, honoured by both decoders); the
   controller answers 413 naming the field and its limit. Every integer of the wire format is
   bounded there too, within what SQLite holds.
-- Clocks: every time an agent reports (``started_at``, ``since``, ``at``, ``sent_at``) lies
-  within a window around the controller's clock: at most :data:`FUTURE_SECONDS` ahead (like
-  Prometheus refusing samples too far in the future) and, except a listener's ``since``
-  (a listener may hold its port for months), at most :data:`PAST_SECONDS` behind. A skewed
-  agent is refused 400 with its skew in the reason, counted as reason ``skew``.
+- Clocks: every time an agent reports (``started_at``, ``since``, ``at``, ``sent_at``,
+  ``peers_until``) lies within a window around the controller's clock: at most
+  :data:`FUTURE_SECONDS` ahead (like Prometheus refusing samples too far in the future)
+  and, except a listener's ``since`` (a listener may hold its port for months), at most
+  :data:`PAST_SECONDS` behind. A skewed agent is refused 400 with its skew in the reason,
+  counted as reason ``skew``.
   Why: the store keeps the newest result per check by ``started_at``; a time in the future
   would stay "the newest" and hide every real result after it. Inside the window, one
   future result can hide later ones for at most :data:`FUTURE_SECONDS`.
@@ -63,6 +64,8 @@ def skew_problem(batch: ResultBatch, now: float) -> tuple[str, float] | None:
     lo, hi = now - PAST_SECONDS, now + FUTURE_SECONDS
     if batch.sent_at and not lo <= batch.sent_at <= hi:  # 0: not given
         return "sent_at", batch.sent_at - now
+    if batch.peers_until and not lo <= batch.peers_until <= hi:
+        return "peers_until", batch.peers_until - now
     for i, r in enumerate(batch.results):
         if not lo <= r.started_at <= hi:
             return f"results[{i}].started_at", r.started_at - now

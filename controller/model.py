@@ -120,6 +120,8 @@ class AgentSeen:
     mode: str
     version: str
     last_report: float | None
+    # Every peer it saw before this time is reported (ResultBatch.peers_until); None: unknown.
+    peers_until: float | None = None
 
 
 @dataclass(frozen=True)

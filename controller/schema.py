@@ -27,6 +27,9 @@ The versions:
    end), :mod:`~netcheck.controller.history`. Files of version 6 start with empty history.
 8. Guest facts (issue 15): ``guest_facts``, each guest VM's newest facts (name, value as
    JSON, how it was found, when reported), :mod:`~netcheck.controller.facts`.
+9. ``agents.peers_until``: up to when each agent's peers (accepted, and SYNs its interface
+   captured) are all reported; before it, its silence about a source is evidence (NULL: not
+   stated, e.g. an agent older than the field).
 
 Files made before the number existed carry ``user_version`` 0. :func:`unnumbered` tells
 their two layouts apart once, by the results table (a ``body`` column: version 1), and
@@ -76,7 +79,8 @@ AGENTS = """CREATE TABLE agents (
     mode TEXT NOT NULL,
     version TEXT NOT NULL,
     registered_at REAL NOT NULL,
-    last_report REAL
+    last_report REAL,
+    peers_until REAL
 )"""
 LISTENERS = """CREATE TABLE listeners (
     host TEXT NOT NULL,
@@ -195,7 +199,7 @@ GUEST_FACTS = """CREATE TABLE guest_facts (
     PRIMARY KEY (host, name)
 )"""
 
-VERSION = 8
+VERSION = 9
 TABLES: dict[str, str] = {
     "agents": AGENTS,
     "results": RESULTS,
@@ -358,6 +362,17 @@ _TO_5 = (
     "DROP TABLE peers_v4",
 )
 
+# The agents table of versions 1-8 (the step to 9 adds peers_until).
+_AGENTS_8 = """CREATE TABLE agents (
+    host TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    address TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    version TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_report REAL
+)"""
+
 # version -> the step that makes it from the version before.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _run(_TO_2),
@@ -367,6 +382,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     6: _run((REQUESTS, REQUESTS_TARGET)),
     7: _run(HISTORY),
     8: _run((GUEST_FACTS,)),
+    9: _run(("ALTER TABLE agents ADD COLUMN peers_until REAL",)),
 }
 
 

@@ -137,6 +137,7 @@ _BUMPS = _Upsert(
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
 )
 _LAST_REPORT = "UPDATE agents SET last_report = ? WHERE host IN (SELECT value FROM json_each(?))"
+_PEERS_UNTIL = "UPDATE agents SET peers_until = MAX(COALESCE(peers_until, 0), ?2) WHERE host = ?1"
 
 _SERVICE_CHECK = TypeAdapter(ServiceCheck)
 
@@ -217,6 +218,11 @@ def _write_group(
         c.execute(_TRIM_PEERS, (host, port, host, port, PEERS_PER_PORT))
     if batches:
         c.execute(_LAST_REPORT, (now, json.dumps(sorted({b.host for b in batches}))))
+    until: dict[str, float] = {}  # host -> up to when its peers are all reported
+    for b in batches:
+        if b.peers_until:
+            until[b.host] = max(b.peers_until, until.get(b.host, 0.0))
+    c.executemany(_PEERS_UNTIL, sorted(until.items()))
     bumps: dict[str, float] = defaultdict(float)
     if batches:
         bumps["results_ingested"] = stored
@@ -244,7 +250,7 @@ def _bound_unexpected(c: sqlite3.Connection, rows: int, expire_before: float | N
     return dropped
 
 
-_AGENT_COLS = "role, host, address, mode, version, last_report"
+_AGENT_COLS = "role, host, address, mode, version, last_report, peers_until"
 
 
 def _agents(c: sqlite3.Connection) -> list[AgentSeen]:

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from netcheck.agent.link import HttpTransport, Link, LinkError
+from netcheck.agent.listeners import ListenerSet
 from netcheck.agent.wire import ProbeResult, Registration, ResultBatch, check_id, decode, encode
 from netcheck.controller.app import make_app
 from netcheck.controller.inventory import load_inventory
@@ -263,6 +264,43 @@ async def test_unknown_agent_reregisters_and_bad_batch_is_dropped(
     stored, counters = controller.stored()
     assert sorted(ports_of(stored)) == [*range(5), *range(15, 25)]
     assert counters["rejected:schema"] == 1
+
+
+async def test_each_batch_says_up_to_when_its_peers_are_complete(
+    controller: Controller,
+) -> None:
+    """A SYN seen after a round's peers were taken travels in the very next batch, even an
+    empty one between rounds, and the batch says so (peers_until); a batch that leaves older
+    peers in the buffer says nothing, and the controller keeps the newest time stated."""
+    await controller.start()
+    listeners = ListenerSet(AGENT_ADDR, None)
+    link = Link(HttpTransport(controller.url, TOKEN), REG, batch_size=2)
+    link.peer_source = listeners.take_peers
+    try:
+        await link.register()
+        link.add(peers=listeners.take_peers())  # a round's end: nothing seen yet
+        listeners.saw_syn(1001, "198.18.1.40", 63)  # between rounds
+        before = time.time()
+        await link.check_plan()  # a batch between rounds
+        first = controller.batches[-1]
+        assert [(p.port, p.src_address, p.how) for p in first.peers] == [
+            (1001, "198.18.1.40", "syn")
+        ]
+        assert before <= first.peers_until <= time.time()
+        for i in range(5):  # five sources, two per batch: only the last batch is complete
+            listeners.saw_syn(1002, f"198.18.1.{50 + i}", 63)
+        await link.check_plan()
+    finally:
+        await link.transport.close()
+    rest = controller.batches[controller.batches.index(first) + 1 :]
+    assert [len(b.peers) for b in rest] == [2, 2, 1]
+    assert [bool(b.peers_until) for b in rest] == [False, False, True]
+    store = Store.open(controller.db)
+    try:
+        seen = store.agent("pio-1")
+    finally:
+        store.close()
+    assert seen is not None and seen.peers_until == rest[-1].peers_until > first.peers_until
 
 
 async def test_bad_token_is_an_error_and_keeps_results(controller: Controller) -> None:

@@ -3,6 +3,7 @@ and the address NAT showed, from both ends of the path; and only what the eviden
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from netcheck.agent.wire import ListenerStatus, PeerSeen, ProbeResult, check_id
 from netcheck.controller.evaluate import evaluate
 from netcheck.controller.expand import expected
 from netcheck.controller.inventory import Inventory, load_inventory
-from netcheck.controller.model import AgentSeen, Device
+from netcheck.controller.model import AgentSeen, CheckHistory, Device
 from netcheck.controller.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,7 @@ class Case:
     listeners: dict[str, list[ListenerStatus]] = field(default_factory=dict)
     peers: dict[str, list[PeerSeen]] = field(default_factory=dict)
     agents: list[AgentSeen] = field(default_factory=lambda: [PIO, MGR])
+    history: dict[str, CheckHistory] = field(default_factory=dict)
 
 
 def r22(state: str, **kw: object) -> list[ProbeResult]:
@@ -109,7 +111,31 @@ CASES = [
         Device("198.18.1.1", None, "prem-rt", "after"),
         "last hop that answered 198.18.1.1 (prem-rt)",
         peers=CAPTURING,
-        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 9)],
+        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 9, NOW - 9)],
+    ),
+    Case(
+        # A batch after the probe, built before its SYN arrived (an empty one that carried
+        # older peers): it says nothing of the SYN.
+        "drop, the destination reported since the probe but not its peers since",
+        SSH,
+        r22("filtered", mode="syn", last_hop="198.18.1.1"),
+        "dropped",
+        None,
+        Device("198.18.1.1", None, "prem-rt", "after"),
+        "last hop that answered 198.18.1.1 (prem-rt)",
+        peers=CAPTURING,
+        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1, NOW - 9)],
+    ),
+    Case(
+        "drop, an older agent that does not say up to when its peers are complete",
+        SSH,
+        r22("filtered", mode="syn", last_hop="198.18.1.1"),
+        "dropped",
+        None,
+        Device("198.18.1.1", None, "prem-rt", "after"),
+        "last hop that answered 198.18.1.1 (prem-rt)",
+        peers=CAPTURING,
+        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1)],
     ),
     Case(
         "old agent in connect mode, nothing else known",
@@ -130,6 +156,44 @@ CASES = [
         "dropped by the destination's own firewall: prem-mgr's interface saw the SYN from "
         "198.18.1.10",
         peers={"prem-mgr": [syn(22, PIO_ADDR)]},
+    ),
+    # The newest probe (NOW - 10) is not covered yet: prem-mgr's peers are reported up to
+    # NOW - 9 only. An earlier probe's SYN (one period of 300 s back) may stand in.
+    Case(
+        "host-firewall drop, the newest probe's SYN not reported yet: an earlier one stands in",
+        SSH,
+        r22("filtered", mode="syn", last_hop="198.18.1.1", last_hop_hops=1),
+        "dropped",
+        "host",
+        Device(MGR_ADDR, 2, "prem-mgr"),
+        "dropped by the destination's own firewall: prem-mgr's interface saw the SYN from "
+        "198.18.1.10",
+        peers={"prem-mgr": [syn(22, PIO_ADDR, at=NOW - 310)]},
+        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1, NOW - 9)],
+        history={SSH: CheckHistory(NOW - 1000, NOW - 1000, "fail", NOW - 1000)},
+    ),
+    Case(
+        "not reported yet, and the check's state changed after the previous SYN: none stands",
+        SSH,
+        r22("filtered", mode="syn", last_hop="198.18.1.1", last_hop_hops=1),
+        "dropped",
+        None,
+        Device("198.18.1.1", 1, "prem-rt", "after"),
+        "dropped: no answer from 198.18.1.30:22 after 3 tries; last hop that answered",
+        peers={"prem-mgr": [syn(22, PIO_ADDR, at=NOW - 310)]},
+        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1, NOW - 9)],
+        history={SSH: CheckHistory(NOW - 1000, NOW - 100, "fail", NOW - 1000)},
+    ),
+    Case(
+        "reported past the newest probe: an earlier SYN does not stand in for its silence",
+        SSH,
+        r22("filtered", mode="syn", last_hop="198.18.1.1", last_hop_hops=1),
+        "dropped",
+        "network",
+        Device("198.18.1.1", 1, "prem-rt", "after"),
+        "and prem-mgr's interface never saw the SYN",
+        peers={"prem-mgr": [syn(22, PIO_ADDR, at=NOW - 310)]},
+        history={SSH: CheckHistory(NOW - 1000, NOW - 1000, "fail", NOW - 1000)},
     ),
     Case(
         "host-firewall drop, the SYN's TTL says nothing (a traceroute probe's), no hop known",
@@ -265,6 +329,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_diagnosis(spec: Spec, inv: Inventory, case: Case) -> None:
     seen = observed(case.results, case.listeners, case.peers, case.agents)
+    seen = dataclasses.replace(seen, history=case.history)
     ev = evaluate(spec, expected(spec, inv), seen, NOW)
     (row,) = [r for r in ev.rows if r.check.spec.check_id == case.check]
     assert (row.verdict, row.cause) == ("fail", case.cause), row.diagnosis

@@ -188,7 +188,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[labmod.Lab]:
     with labmod.ready_session(name, PREFIX, STATE, "netns", probe_mode=mode) as running:
         if _needs_destination_evidence(name):
             # What a destination saw (peers, captured SYNs) travels in its agent's NEXT batch:
-            # a probe that reached it after it reported its round shows only one round later.
+            # until then the SYN of the probe before stands in (controller.evaluate), and in
+            # the first round there is none.
             assert running.wait_round(time.time(), 6.0, 3 * labmod.LAB_PERIOD_S + 20) == []
         yield running
 
@@ -382,3 +383,26 @@ def test_failing_checks_name_side_device_and_nat_address(
             wrong.append((c["check_id"], want, got, c["diagnosis"]))
     assert wrong == [], "\n".join(str(w) for w in wrong[:30])
     assert touched == 0 or scen.get("rules") or scen.get("nat")
+
+
+def test_a_host_firewall_reads_host_through_the_rounds(lab: labmod.Lab) -> None:
+    """What the destination's capture saw travels a batch behind the source's result: the
+    diagnosis of a host firewall must say ``host`` all along, never ``network`` (its silence
+    read before it was reported) nor nothing, sampled twice a second over two rounds."""
+    topology, scen, _ = _raw(lab)
+    if not any(r.get("at") == "host" for r in scen.get("rules") or []):
+        pytest.skip("the scenario has no host firewall")
+    site = {name: r["site"] for name, r in topology["roles"].items()}
+    wrong: list[tuple[int, str, Any, str]] = []
+    samples, deadline = 0, time.monotonic() + 2 * labmod.LAB_PERIOD_S + 10
+    while time.monotonic() < deadline:
+        status, body = lab.get("/api/v1/report?format=json", 20.0)
+        assert status == 200, body[:500]
+        for c in json.loads(body)["checks"]:
+            want = diagnosis(scen, c, site)
+            if want is not None and want.get("side") == "host" and c["side"] != "host":
+                wrong.append((samples, c["check_id"], c["side"], c["diagnosis"]))
+        samples += 1
+        time.sleep(0.5)
+    assert samples >= 10
+    assert wrong == [], "\n".join(str(w) for w in wrong[:30])

@@ -45,7 +45,8 @@ def result(inter: int, src: str, dst: str, port: int, state: str, **kw: Any) -> 
 
 
 def agent(role: str, host: str) -> AgentSeen:
-    return AgentSeen(role, host, "", "connect", "1", NOW - 5)
+    """An agent that reported 5 s ago, every peer it saw until then included."""
+    return AgentSeen(role, host, "", "connect", "1", NOW - 5, NOW - 5)
 
 
 PIO, MGR = agent("pio", "pio-1"), agent("prem_manager", "prem-mgr")

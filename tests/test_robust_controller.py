@@ -148,14 +148,16 @@ async def test_a_future_timestamp_is_refused_with_its_skew_and_pins_nothing(
         error = (await r.json())["error"]
         assert "results[0].started_at is 864000 s ahead" in error, error
         assert f"at most {FUTURE_SECONDS:.0f} s" in error
-        for field, value in [("sent_at", time.time() + 3600), ("sent_at", -5.0)]:
+        ahead = time.time() + 3600
+        for field, value in [("sent_at", ahead), ("sent_at", -5.0), ("peers_until", ahead)]:
             r = await client.post(
                 "/api/v1/results", json={**vm_batch(0), field: value}, headers=AUTH
             )
             assert r.status == 400, field
+            assert f"{field} is" in (await r.json())["error"]
         assert (await client.post("/api/v1/results", json=vm_batch(0), headers=AUTH)).status == 200
         text = await (await client.get("/metrics")).text()
-        assert 'netcheck_batches_rejected_total{reason="skew"} 3.0' in text
+        assert 'netcheck_batches_rejected_total{reason="skew"} 4.0' in text
         assert "netcheck_results_ingested_total 5.0" in text
     finally:
         await client.close()

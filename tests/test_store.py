@@ -487,7 +487,7 @@ def test_a_file_of_version_2_is_migrated(tmp_path: Path) -> None:
     assert results_v2 != schema.RESULTS
     old = [res(22, 1.0), res(23, 2.0, "refused")]
     with closing(sqlite3.connect(db)) as c:
-        for create in (schema.AGENTS, results_v2, schema.LISTENERS, schema._PEERS_4):
+        for create in (schema._AGENTS_8, results_v2, schema.LISTENERS, schema._PEERS_4):
             c.execute(create)
         c.execute(schema.COUNTERS)
         c.executescript(OLD_ROWS)
@@ -505,7 +505,7 @@ def test_a_file_of_version_2_is_migrated(tmp_path: Path) -> None:
     assert s.sent_by() == {old[0].check_id: "cert:ab"}
     assert s.snapshot().sent_by == {old[0].check_id: "cert:ab"}
     s.close()
-    assert file_version(db) == schema.VERSION == 8
+    assert file_version(db) == schema.VERSION == 9
     new = tmp_path / "new.sqlite"
     Store.open(new).close()
     assert layout(db) == layout(new)
