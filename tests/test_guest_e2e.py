@@ -59,7 +59,7 @@ def _guest_command(pyz: Path) -> "tuple[list[str], tuple[str, ...], dict[str, st
     return guest, ident, genv
 
 
-def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+def cli(*argv: str) -> "subprocess.CompletedProcess[str]":
     return _run(
         [sys.executable, "-m", "netcheck.controller", *argv],
         cwd=REPO, env=ENV, timeout=60, check=False,
@@ -73,7 +73,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[tuple[str, Path, Path, Path]]:
+def controller(tmp_path: Path) -> "Iterator[tuple[str, Path, Path, Path]]":
     """(URL, CA file, database, inventory) of a running `serve --pki`."""
     inv = tmp_path / "inventory.yaml"
     inv.write_text(SITE)
@@ -103,7 +103,7 @@ def controller(tmp_path: Path) -> Iterator[tuple[str, Path, Path, Path]]:
         proc.communicate(timeout=15)
 
 
-def _guest_and_token(tmp_path: Path, db: Path, inv: Path) -> tuple[Path, Path]:
+def _guest_and_token(tmp_path: Path, db: Path, inv: Path) -> "tuple[Path, Path]":
     """The guest archive, built, and a join token for cloud-vm-1 in a file (0600)."""
     pyz = tmp_path / "netcheck-guest.pyz"
     _run(
@@ -121,7 +121,7 @@ def _guest_and_token(tmp_path: Path, db: Path, inv: Path) -> tuple[Path, Path]:
 
 @needs_openssl
 def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
-    tmp_path: Path, controller: tuple[str, Path, Path, Path]
+    tmp_path: Path, controller: "tuple[str, Path, Path, Path]"
 ) -> None:
     url, ca, db, inv = controller
     pyz, token_file = _guest_and_token(tmp_path, db, inv)
@@ -178,7 +178,7 @@ def test_the_guest_enrols_reports_over_mtls_and_the_gate_reads_its_facts(
 
 @needs_openssl
 def test_the_guest_serves_until_sigterm_then_reports_its_listeners_closed(
-    tmp_path: Path, controller: tuple[str, Path, Path, Path]
+    tmp_path: Path, controller: "tuple[str, Path, Path, Path]"
 ) -> None:
     url, ca, db, inv = controller
     pyz, token_file = _guest_and_token(tmp_path, db, inv)
@@ -195,7 +195,7 @@ def test_the_guest_serves_until_sigterm_then_reports_its_listeners_closed(
         env=genv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 
-    def states() -> set[str]:
+    def states() -> "set[str]":
         with closing(sqlite3.connect(db)) as c:
             rows = c.execute("SELECT state FROM listeners WHERE host = 'cloud-vm-1'")
             return {r[0] for r in rows}
