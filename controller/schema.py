@@ -362,17 +362,6 @@ _TO_5 = (
     "DROP TABLE peers_v4",
 )
 
-# The agents table of versions 1-8 (the step to 9 adds peers_until).
-_AGENTS_8 = """CREATE TABLE agents (
-    host TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    address TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    version TEXT NOT NULL,
-    registered_at REAL NOT NULL,
-    last_report REAL
-)"""
-
 # version -> the step that makes it from the version before.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _run(_TO_2),

@@ -226,9 +226,8 @@ def test_every_result_field_round_trips(tmp_path: Path) -> None:
     s.close()
 
 
-# The layouts files were written with before user_version, as the code of the time created
-# them (CREATE statements copied from controller/store.py at commits 109efb6 and 99c64b6).
-LAYOUT_0_1 = """
+# The agents table as every layout up to 8 had it (layout 9 adds peers_until).
+AGENTS_BEFORE_9 = """
 CREATE TABLE IF NOT EXISTS agents (
     host TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -238,6 +237,12 @@ CREATE TABLE IF NOT EXISTS agents (
     registered_at REAL NOT NULL,
     last_report REAL
 );
+"""
+# The layouts files were written with before user_version, as the code of the time created
+# them (CREATE statements copied from controller/store.py at commits 109efb6 and 99c64b6).
+LAYOUT_0_1 = (
+    AGENTS_BEFORE_9
+    + """
 CREATE TABLE IF NOT EXISTS results (
     check_id TEXT PRIMARY KEY,
     src_host TEXT NOT NULL,
@@ -266,16 +271,10 @@ CREATE TABLE IF NOT EXISTS counters (
     value REAL NOT NULL
 );
 """
-LAYOUT_BEFORE_VERSIONS = """
-CREATE TABLE IF NOT EXISTS agents (
-    host TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    address TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    version TEXT NOT NULL,
-    registered_at REAL NOT NULL,
-    last_report REAL
-);
+)
+LAYOUT_BEFORE_VERSIONS = (
+    AGENTS_BEFORE_9
+    + """
 CREATE TABLE IF NOT EXISTS listeners (
     host TEXT NOT NULL,
     port INTEGER NOT NULL,
@@ -303,6 +302,7 @@ NOT NULL, port INTEGER NOT NULL, state TEXT NOT NULL, mode TEXT NOT NULL, attemp
 NULL, started_at REAL NOT NULL, latency_s REAL, service_check TEXT, last_hop TEXT, responder \
 TEXT, rst_from_firewall INTEGER, error TEXT DEFAULT '', received_at REAL NOT NULL);
 """
+)
 OLD_ROWS = """
 INSERT INTO agents VALUES ('pio-1', 'pio', '198.18.1.10', 'connect', '0.1', 1.0, 9.0);
 INSERT INTO listeners (host, port, state, since, owner, error)
@@ -487,7 +487,8 @@ def test_a_file_of_version_2_is_migrated(tmp_path: Path) -> None:
     assert results_v2 != schema.RESULTS
     old = [res(22, 1.0), res(23, 2.0, "refused")]
     with closing(sqlite3.connect(db)) as c:
-        for create in (schema._AGENTS_8, results_v2, schema.LISTENERS, schema._PEERS_4):
+        c.executescript(AGENTS_BEFORE_9)
+        for create in (results_v2, schema.LISTENERS, schema._PEERS_4):
             c.execute(create)
         c.execute(schema.COUNTERS)
         c.executescript(OLD_ROWS)
