@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from test_agent_link import MATRIX, free_port
+from port_helpers import free_port
+from test_agent_link import MATRIX
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "reload-test-agent-token"

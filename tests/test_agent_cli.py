@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from port_helpers import free_ports
 
 from netcheck.agent.wire import (
     CheckSpec,
@@ -27,19 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.9"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((ADDR, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def test_offline_run_probes_its_own_listeners(tmp_path: Path) -> None:
-    ssh_port, tls_port, closed_port = free_ports(3)
+    ssh_port, tls_port, closed_port = free_ports(3, ADDR)
     services: tuple[tuple[int, Service], ...] = (
         (ssh_port, "ssh"),
         (tls_port, "tls"),
@@ -144,7 +133,7 @@ def _readable_agent(into: Path) -> Path:
 
 
 def _run_unprivileged(tmp_path: Path) -> None:
-    (high,) = free_ports(1)
+    (high,) = free_ports(1, ADDR)
     plan = Plan(
         role="esxi",
         host="esxi-1",

@@ -17,25 +17,13 @@ from pathlib import Path
 import pytest
 from agent_helpers import self_plan
 from aiohttp import web
+from port_helpers import free_ports
 
 from netcheck.agent.wire import Plan, ResultBatch, decode, encode
 
 REPO = Path(__file__).resolve().parent.parent
 ADDR = "127.0.0.31"
 RSS_LIMIT_KIB = 40 * 1024
-
-
-def free_ports(n: int, addr: str) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((addr, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def proc_status(pid: int) -> dict[str, int]:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from port_helpers import free_port, free_ports
 
 from netcheck.agent.link import HttpTransport, Link, LinkError
 from netcheck.agent.listeners import ListenerSet
@@ -39,24 +40,6 @@ rows:
   - {family: RHEL, os: "RHEL 7.4", boot: UEFI, vcd_warm: "Qualified", vcs_warm: "Qualified",
      any_cold: "Qualified", static_ip_vcd_cold: "Qualified", static_ip_vcd_warm: "Qualified"}
 """
-
-
-def free_port(addr: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int, addr: str = "127.0.0.1") -> list[int]:
-    """`n` distinct free ports: their sockets are held until all are chosen."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((addr, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def write_site(

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from agent_helpers import full_backlog_listener
+from port_helpers import free_port
 
 from netcheck.agent.certs import StandinCert
 from netcheck.agent.listeners import ListenerSet
@@ -20,12 +21,6 @@ from netcheck.agent.runner import run_plan, schedule
 from netcheck.agent.wire import CheckSpec, ListenSpec, Plan, ProbeResult, Service, ServiceCheck
 
 ADDR = "127.0.0.7"
-
-
-def free_port(addr: str = ADDR) -> int:
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return int(s.getsockname()[1])
 
 
 def check(port: int, service: Service = "tcp", addr: str = ADDR) -> CheckSpec:
@@ -48,7 +43,7 @@ async def standins() -> AsyncIterator[tuple[ListenerSet, dict[Service, int]]]:
     cert = StandinCert("test")
     listeners = ListenerSet(ADDR, cert.server_context(), idle_timeout=1.0)
     services: list[Service] = ["tcp", "ssh", "tls", "authd", "iscsi", "docker", "vsphere"]
-    ports = {svc: free_port() for svc in services}
+    ports = {svc: free_port(ADDR) for svc in services}
     statuses = await listeners.reconcile(ListenSpec(port=p, service=s) for s, p in ports.items())
     assert [s.state for s in statuses] == ["listening"] * len(services)
     try:
@@ -93,7 +88,7 @@ async def test_many_peers_at_once_all_complete_the_tls_handshake() -> None:
     # completes at once (a ClientHello read before start_tls used to hang until the timeout).
     cert = StandinCert("test")
     listeners = ListenerSet(ADDR, cert.server_context(), idle_timeout=1.0)
-    ports = [free_port() for _ in range(12)]
+    ports = [free_port(ADDR) for _ in range(12)]
     try:
         await listeners.reconcile(ListenSpec(port=p, service="https") for p in ports)
         t0 = time.monotonic()
@@ -126,7 +121,7 @@ async def test_wrong_service_is_a_mismatch(
 
 
 async def test_nothing_listening_is_refused() -> None:
-    res = await connect.probe(check(free_port()), OPTS)
+    res = await connect.probe(check(free_port(ADDR)), OPTS)
     assert res.state == "refused"
     assert res.attempts == 1
     assert "reset" in res.error
@@ -166,7 +161,7 @@ async def test_occupied_port_names_its_owner() -> None:
     port = holder.getsockname()[1]
     listeners = ListenerSet(ADDR, None)
     try:
-        free = free_port()
+        free = free_port(ADDR)
         statuses = await listeners.reconcile(
             [ListenSpec(port=port, service="tcp"), ListenSpec(port=free, service="tcp")]
         )
@@ -180,7 +175,7 @@ async def test_occupied_port_names_its_owner() -> None:
 
 
 async def test_a_port_dropped_from_the_plan_is_reported_closed() -> None:
-    kept, dropped = free_port(), free_port()
+    kept, dropped = free_port(ADDR), free_port(ADDR)
     listeners = ListenerSet(ADDR, None)
     try:
         await listeners.reconcile(
@@ -202,7 +197,7 @@ async def test_a_port_dropped_from_the_plan_is_reported_closed() -> None:
 
 
 async def test_concurrent_plan_takes_about_one_timeout() -> None:
-    ports = [free_port() for _ in range(40)]
+    ports = [free_port(ADDR) for _ in range(40)]
     t0 = time.monotonic()
     results = await connect.run([check(p) for p in ports], OPTS, concurrency=512)
     assert time.monotonic() - t0 < 1.0
@@ -211,7 +206,7 @@ async def test_concurrent_plan_takes_about_one_timeout() -> None:
 
 
 async def test_run_plan_takes_the_runner_of_its_mode_from_the_registry() -> None:
-    ports = [free_port() for _ in range(5)]
+    ports = [free_port(ADDR) for _ in range(5)]
     plan = Plan(
         role="a",
         host="a",

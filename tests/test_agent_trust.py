@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from test_agent_link import free_ports
+from port_helpers import free_ports
 from test_enrol import HOSTS, Controller, make_app
 
 from netcheck.agent import enrol as agent_enrol

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from check_helpers import result_for
+from port_helpers import free_port
 
 from netcheck.agent.wire import ResultBatch, encode
 from netcheck.controller.cli import main
@@ -88,12 +88,6 @@ def test_import_report_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["report", "--format", "json", *src, "--out", str(report)]) == 0
     assert "pio-1" in report.read_text()
     json.loads(report.read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

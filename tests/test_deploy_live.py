@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from port_helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PROMTOOL = shutil.which("promtool")
@@ -33,13 +33,6 @@ METRIC = re.compile(r"\b(netcheck_[a-z_]+)\b")
 pytestmark = pytest.mark.skipif(
     not (REPO / "controller" / "app.py").exists(), reason="controller.app is not there yet"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def get(url: str) -> str:

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any, Self
 
 import pytest
+from port_helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,13 +61,6 @@ def pyz(workdir: Path) -> Path:
     out: Path = zipapp_build.build(workdir / "netcheck-agent.pyz")
     out.chmod(0o644)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def check(port: int, interaction: int = 4) -> dict[str, object]:

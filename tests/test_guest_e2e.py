@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from port_helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -64,12 +65,6 @@ def cli(*argv: str) -> "subprocess.CompletedProcess[str]":
         [sys.executable, "-m", "netcheck.controller", *argv],
         cwd=REPO, env=ENV, timeout=60, check=False,
     )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from port_helpers import free_port
 from reload_helpers import (
     PIO_ADDRESSES,
     VC_ADDRESSES,
@@ -24,7 +25,6 @@ from reload_helpers import (
     topology,
     wait_for,
 )
-from test_agent_link import free_port
 
 PERIOD = 2.0
 # The agent checks its plan before a round for at most max(1, period / 2) s (daemon).

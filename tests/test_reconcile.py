@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from port_helpers import free_port
 from reload_helpers import (
     PIO_ADDRESSES,
     REPO,
@@ -21,7 +22,7 @@ from reload_helpers import (
     line_of,
     topology,
 )
-from test_agent_link import MATRIX, free_port
+from test_agent_link import MATRIX
 
 from netcheck.agent.listeners import ListenerSet, diff_listeners
 from netcheck.agent.protocols import SSH_BANNER

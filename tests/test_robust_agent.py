@@ -20,7 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_agent_link import AGENT_ADDR, REPO, agent_site, free_port, spawn_agent
+from port_helpers import free_port
+from test_agent_link import AGENT_ADDR, REPO, agent_site, spawn_agent
 
 from netcheck.agent.certs import StandinCert
 from netcheck.agent.errors import InputError

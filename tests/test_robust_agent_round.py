@@ -13,7 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-from test_agent_link import AGENT_ADDR, REPO, TOKEN, agent_site, free_port
+from port_helpers import free_port
+from test_agent_link import AGENT_ADDR, REPO, TOKEN, agent_site
 
 # Run as `python -c LAUNCHER ARGS...`: argv are the agent's own arguments.
 LAUNCHER = """

@@ -14,7 +14,6 @@ import datetime
 import http.client
 import json
 import os
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -32,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from port_helpers import free_port
 
 from netcheck.agent.wire import Registration, ResultBatch, check_id, encode
 from netcheck.controller import pki
@@ -58,12 +58,6 @@ def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check:
         assert done.returncode == 0, done.stderr
     return done
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
