@@ -79,6 +79,38 @@ def r22(state: str, **kw: object) -> list[ProbeResult]:
     return [result(4, "pio-1", "prem-mgr", 22, state, **kw)]
 
 
+def mgr_seen(last_report: float, peers_until: float | None = None) -> AgentSeen:
+    """prem-mgr's agent (capturing SYNs), as the controller last heard from it."""
+    return AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", last_report, peers_until)
+
+
+def unreported(name: str, mgr: AgentSeen) -> Case:
+    """A drop whose SYN the destination's capture has not told of (``mgr``): no side."""
+    return Case(
+        name,
+        SSH,
+        r22("filtered", mode="syn", last_hop="198.18.1.1"),
+        "dropped",
+        None,
+        Device("198.18.1.1", None, "prem-rt", "after"),
+        "last hop that answered 198.18.1.1 (prem-rt)",
+        peers=CAPTURING,
+        agents=[PIO, mgr],
+    )
+
+
+def steady(since: float) -> dict[str, CheckHistory]:
+    """SSH's history: failing since NOW - 1000, its state last changed at ``since``."""
+    return {SSH: CheckHistory(NOW - 1000, since, "fail", NOW - 1000)}
+
+
+# A SYN-mode drop whose traceroute's last answer came from prem-rt (hop 1); prem-mgr reported
+# after the probe, its peers only up to before it; pio-1's SYN of a probe a period earlier.
+SYN_DROP = r22("filtered", mode="syn", last_hop="198.18.1.1", last_hop_hops=1)
+BEHIND = [PIO, mgr_seen(NOW - 1, NOW - 9)]
+EARLIER_SYN = {"prem-mgr": [syn(22, PIO_ADDR, at=NOW - 310)]}
+
+
 CASES = [
     Case(
         "router drop, the destination's capture never saw the SYN",
@@ -102,40 +134,20 @@ CASES = [
         "dropped: no answer from 198.18.1.30:22 after 3 tries; last hop that answered "
         "198.18.254.2 (cloud-fw, hop 2)",
     ),
-    Case(
+    # The destination's capture saw nothing of this probe yet, as far as it has told:
+    unreported(
         "drop, capture on but the destination has not reported since the probe",
-        SSH,
-        r22("filtered", mode="syn", last_hop="198.18.1.1"),
-        "dropped",
-        None,
-        Device("198.18.1.1", None, "prem-rt", "after"),
-        "last hop that answered 198.18.1.1 (prem-rt)",
-        peers=CAPTURING,
-        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 9, NOW - 9)],
+        mgr_seen(NOW - 9, NOW - 9),
     ),
-    Case(
-        # A batch after the probe, built before its SYN arrived (an empty one that carried
-        # older peers): it says nothing of the SYN.
+    # a batch after the probe, built before its SYN arrived (an empty one that carried older
+    # peers), says nothing of the SYN;
+    unreported(
         "drop, the destination reported since the probe but not its peers since",
-        SSH,
-        r22("filtered", mode="syn", last_hop="198.18.1.1"),
-        "dropped",
-        None,
-        Device("198.18.1.1", None, "prem-rt", "after"),
-        "last hop that answered 198.18.1.1 (prem-rt)",
-        peers=CAPTURING,
-        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1, NOW - 9)],
+        mgr_seen(NOW - 1, NOW - 9),
     ),
-    Case(
+    unreported(
         "drop, an older agent that does not say up to when its peers are complete",
-        SSH,
-        r22("filtered", mode="syn", last_hop="198.18.1.1"),
-        "dropped",
-        None,
-        Device("198.18.1.1", None, "prem-rt", "after"),
-        "last hop that answered 198.18.1.1 (prem-rt)",
-        peers=CAPTURING,
-        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1)],
+        mgr_seen(NOW - 1),
     ),
     Case(
         "old agent in connect mode, nothing else known",
@@ -158,42 +170,42 @@ CASES = [
         peers={"prem-mgr": [syn(22, PIO_ADDR)]},
     ),
     # The newest probe (NOW - 10) is not covered yet: prem-mgr's peers are reported up to
-    # NOW - 9 only. An earlier probe's SYN (one period of 300 s back) may stand in.
+    # NOW - 9 only (BEHIND). An earlier probe's SYN (one period of 300 s back) may stand in.
     Case(
         "host-firewall drop, the newest probe's SYN not reported yet: an earlier one stands in",
         SSH,
-        r22("filtered", mode="syn", last_hop="198.18.1.1", last_hop_hops=1),
+        SYN_DROP,
         "dropped",
         "host",
         Device(MGR_ADDR, 2, "prem-mgr"),
         "dropped by the destination's own firewall: prem-mgr's interface saw the SYN from "
         "198.18.1.10",
-        peers={"prem-mgr": [syn(22, PIO_ADDR, at=NOW - 310)]},
-        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1, NOW - 9)],
-        history={SSH: CheckHistory(NOW - 1000, NOW - 1000, "fail", NOW - 1000)},
+        peers=EARLIER_SYN,
+        agents=BEHIND,
+        history=steady(since=NOW - 1000),
     ),
     Case(
         "not reported yet, and the check's state changed after the previous SYN: none stands",
         SSH,
-        r22("filtered", mode="syn", last_hop="198.18.1.1", last_hop_hops=1),
+        SYN_DROP,
         "dropped",
         None,
         Device("198.18.1.1", 1, "prem-rt", "after"),
         "dropped: no answer from 198.18.1.30:22 after 3 tries; last hop that answered",
-        peers={"prem-mgr": [syn(22, PIO_ADDR, at=NOW - 310)]},
-        agents=[PIO, AgentSeen("prem_manager", "prem-mgr", "", "syn", "1", NOW - 1, NOW - 9)],
-        history={SSH: CheckHistory(NOW - 1000, NOW - 100, "fail", NOW - 1000)},
+        peers=EARLIER_SYN,
+        agents=BEHIND,
+        history=steady(since=NOW - 100),
     ),
     Case(
         "reported past the newest probe: an earlier SYN does not stand in for its silence",
         SSH,
-        r22("filtered", mode="syn", last_hop="198.18.1.1", last_hop_hops=1),
+        SYN_DROP,
         "dropped",
         "network",
         Device("198.18.1.1", 1, "prem-rt", "after"),
         "and prem-mgr's interface never saw the SYN",
-        peers={"prem-mgr": [syn(22, PIO_ADDR, at=NOW - 310)]},
-        history={SSH: CheckHistory(NOW - 1000, NOW - 1000, "fail", NOW - 1000)},
+        peers=EARLIER_SYN,
+        history=steady(since=NOW - 1000),
     ),
     Case(
         "host-firewall drop, the SYN's TTL says nothing (a traceroute probe's), no hop known",
