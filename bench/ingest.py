@@ -111,6 +111,7 @@ def batch_body(plan: dict[str, Any], round_no: int, now: float, churn: bool = Fa
         "results": results,
         "listeners": listeners,
         "sent_at": now,
+        "peers_until": now,  # as a real agent says with every batch (its peers: none here)
     }
     return json.dumps(body).encode()
 
