@@ -433,6 +433,22 @@ def _targets(n: int, label: str, m: Measured) -> list[Target]:
     return out
 
 
+def _row(n: int, label: str, m: Measured, http_rate: float, results_total: int) -> tuple[str, ...]:
+    """One line of the ingest table: ``n`` agents over ``label``, as measured in ``m``."""
+    rate = median(m.burst_rate)
+    return (
+        str(n),
+        label,
+        f"{rate:,.0f}",
+        f"{rate / http_rate:.2f}",
+        secs(median(m.burst_wall_s)),
+        _p50_p99(m.burst_rtt),
+        _p50_p99(m.paced_rtt),
+        _p50_p99(m.register_rtt),
+        f"{m.server_cpu_s / max(1, results_total) * 1e6:.1f} µs",
+    )
+
+
 def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
     rows: list[tuple[str, ...]] = []
     targets: list[Target] = []
@@ -441,19 +457,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
         rates = {t: median(m.burst_rate) for t, m in ms.items()}
         results_total = n * RESULTS_PER_BATCH * cfg.repeats
         for t, m in ms.items():
-            rows.append(
-                (
-                    str(n),
-                    LABEL[t],
-                    f"{rates[t]:,.0f}",
-                    f"{rates[t] / rates['http']:.2f}",
-                    secs(median(m.burst_wall_s)),
-                    _p50_p99(m.burst_rtt),
-                    _p50_p99(m.paced_rtt),
-                    _p50_p99(m.register_rtt),
-                    f"{m.server_cpu_s / max(1, results_total) * 1e6:.1f} µs",
-                )
-            )
+            rows.append(_row(n, LABEL[t], m, rates["http"], results_total))
         if n == max(cfg.agents):
             ratio = rates["mtls"] / rates["http"]
             targets.append(
@@ -468,19 +472,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None]) -> Section:
                 targets += _targets(n, LABEL[t], ms[t])
             churned = asyncio.run(drive(n, "mtls", cfg.repeats, cfg.paced_window_s, log, True))
             rate = median(churned.burst_rate)
-            rows.append(
-                (
-                    str(n),
-                    f"{LABEL['mtls']}, churn",
-                    f"{rate:,.0f}",
-                    f"{rate / rates['http']:.2f}",
-                    secs(median(churned.burst_wall_s)),
-                    _p50_p99(churned.burst_rtt),
-                    _p50_p99(churned.paced_rtt),
-                    _p50_p99(churned.register_rtt),
-                    f"{churned.server_cpu_s / max(1, results_total) * 1e6:.1f} µs",
-                )
-            )
+            rows.append(_row(n, f"{LABEL['mtls']}, churn", churned, rates["http"], results_total))
             targets.append(
                 Target(
                     name=f"ingest under churn / steady ({n} agents, burst, mutual TLS)",
